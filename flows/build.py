@@ -1,0 +1,89 @@
+"""Prefect flow `build_dataset`: wraps curation.runner's plan / process_unit / finalize as tasks.
+
+All the work is plain Python in `curation/`; tasks receive small things (config JSON, a work unit)
+and no task input is hashed for caching (cache_policy=NONE: configs and clips are not cache keys).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from curation.config import BuildConfig, load_config
+from curation.pipeline import ClipResult
+from curation.runner import BuildPlan, WorkUnit, finalize, plan_build, process_unit
+
+# In-process progress hooks, keyed by output folder: the CLI registers one to draw its progress bar.
+# A flow run started elsewhere (a deployment) has none and reports through its logs only.
+PROGRESS_HOOKS: dict[str, Callable[[ClipResult], None]] = {}
+
+
+def _config(cfg_json: str) -> BuildConfig:
+    return BuildConfig.model_validate_json(cfg_json)
+
+
+@task(name="plan", cache_policy=NONE)
+def plan_task(cfg_json: str) -> BuildPlan:
+    plan = plan_build(_config(cfg_json))
+    get_run_logger().info(
+        "%d clips listed (%d ignored files), %d already done, %d to process in %d units",
+        len(plan.listing.clips),
+        len(plan.listing.ignored),
+        len(plan.done),
+        plan.pending_clips,
+        len(plan.units),
+    )
+    return plan
+
+
+@task(
+    name="process-unit",
+    task_run_name="unit {unit.unit_id} ({n_clips} clips)",
+    cache_policy=NONE,
+    retries=1,
+    retry_delay_seconds=5,
+)
+def unit_task(cfg_json: str, unit: WorkUnit, n_clips: int) -> dict[str, Any]:
+    cfg = _config(cfg_json)
+    logger = get_run_logger()
+    hook = PROGRESS_HOOKS.get(cfg.output)
+
+    def on_clip(res: ClipResult) -> None:
+        outcome = f"{len(res.pairs)} pairs" if res.accepted else ", ".join(r.reason.value for r in res.rejects)
+        logger.info("%s: %s", res.clip.clip_id, outcome)
+        if hook is not None:
+            hook(res)
+
+    record = process_unit(cfg, unit, on_clip=on_clip)
+    logger.info("unit %s committed: %d samples in %d shards", unit.unit_id, record["samples"], len(record["shards"]))
+    return record
+
+
+@task(name="finalize", cache_policy=NONE)
+def finalize_task(cfg_json: str, plan: BuildPlan) -> dict[str, Any]:
+    return finalize(_config(cfg_json), plan)
+
+
+@flow(name="build_dataset", flow_run_name="build {output}", log_prints=True)
+def build_dataset(
+    output: str,
+    input: str | None = None,
+    config_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build (or resume) a dataset: folder `input` (or the config's sources) -> shards under `output`."""
+    extra: dict[str, Any] = dict(overrides or {})
+    if input is not None:
+        extra["sources"] = [{"kind": "folder", "root": input}]
+    cfg = load_config(config_path, output=output, **extra)
+    cfg_json = cfg.model_dump_json()
+    plan = plan_task(cfg_json)
+    for unit in plan.units:
+        unit_task(cfg_json, unit, len(unit.clips))
+    stats = finalize_task(cfg_json, plan)
+    logging.getLogger(__name__).info("build finished: %s pairs from %s clips", stats["pairs"], stats["clips_in"])
+    return stats

@@ -1,0 +1,195 @@
+"""`motionpairs` command line: build, inspect, demo-clip."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# Offline-safe defaults, set before prefect or ultralytics are imported (user settings win).
+for _k, _v in {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "YOLO_OFFLINE": "1",
+    "YOLO_AUTOINSTALL": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+log = logging.getLogger("motionpairs")
+
+
+def _fail(msg: str) -> int:
+    print(f"motionpairs: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if getattr(args, "device", None):
+        out["pose"] = {"device": args.device}
+    return out
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from curation.config import ConfigError, load_config
+    from curation.ingest import SourceError
+    from curation.runner import plan_build, run_build
+
+    extra = _overrides(args)
+    if args.input is not None:
+        extra["sources"] = [{"kind": "folder", "root": args.input}]
+    try:
+        cfg = load_config(args.config, output=args.output, **extra)
+        if not cfg.sources:
+            raise ConfigError("no input: pass --input DIR or list sources in --config")
+        plan = plan_build(cfg)  # fails fast on a missing input folder, before any model loads
+    except (ConfigError, SourceError) as e:
+        return _fail(str(e))
+
+    console = Console(stderr=True)
+    Path(cfg.output).mkdir(parents=True, exist_ok=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        bar = progress.add_task("clips", total=plan.pending_clips, last="")
+
+        def on_clip(res) -> None:
+            note = f"{len(res.pairs)} pairs" if res.accepted else res.rejects[-1].reason.value
+            progress.update(bar, advance=1, last=f"{res.clip.clip_id[:40]}: {note}")
+
+        if args.engine == "local":
+            stats = run_build(cfg, on_clip=on_clip)
+        else:
+            from flows.build import PROGRESS_HOOKS, build_dataset
+
+            PROGRESS_HOOKS[cfg.output] = on_clip
+            try:
+                stats = build_dataset(output=cfg.output, config_path=None, overrides=_as_overrides(cfg))
+            finally:
+                PROGRESS_HOOKS.pop(cfg.output, None)
+    print_summary(Path(cfg.output), console)
+    return 0 if not stats["unaccounted_clips"] else 1
+
+
+def _as_overrides(cfg) -> dict[str, Any]:
+    data = cfg.model_dump(mode="json")
+    data.pop("output")
+    return data
+
+
+def print_summary(out: Path, console=None) -> None:
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
+
+    console = console or Console()
+    stats = json.loads((out / STATS_FILE).read_text())
+    t = Table(title=f"motionpairs build: {out}")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    for k in ("clips_in", "clips_accepted", "clips_rejected", "pairs", "shards", "candidate_rejects", "ignored_files"):
+        t.add_row(k.replace("_", " "), str(stats[k]))
+    t.add_row("shard MB", f"{stats['shard_bytes'] / 1e6:.1f}")
+    if stats.get("unaccounted_clips"):
+        t.add_row("[red]unaccounted clips", str(len(stats["unaccounted_clips"])))
+    console.print(t)
+
+    rejects = pd.read_parquet(out / REJECTS_FILE)
+    clip_level = rejects[rejects["level"] == "clip"]
+    if len(clip_level):
+        r = Table(title="rejected clips by stage and reason")
+        for c in ("stage", "reason", "clips", "examples"):
+            r.add_column(c, justify="right" if c == "clips" else "left")
+        for (stage, reason), g in clip_level.groupby(["stage", "reason"], sort=True):
+            r.add_row(stage, reason, str(len(g)), ", ".join(g["clip_id"].head(3)))
+        console.print(r)
+    samples = pd.read_parquet(out / SAMPLES_FILE)
+    if len(samples):
+        s = Table(title="pairs by source (first captions)")
+        for c in ("source", "clips", "pairs", "example caption"):
+            s.add_column(c)
+        for source, g in samples.groupby("source", sort=True):
+            s.add_row(source, str(g["clip_id"].nunique()), str(len(g)), str(g["caption"].iloc[0]))
+        console.print(s)
+    secs = stats.get("seconds", {})
+    if secs:
+        console.print(
+            "time (s): " + ", ".join(f"{k} {v}" for k, v in secs.items()) + f"; frames decoded {stats['frames_decoded']}"
+        )
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from schemas.manifest import STATS_FILE
+
+    out = Path(args.output)
+    if not (out / STATS_FILE).is_file():
+        return _fail(f"{out} holds no finished build (no {STATS_FILE})")
+    print_summary(out)
+    return 0
+
+
+def cmd_demo_clip(args: argparse.Namespace) -> int:
+    from curation.demo import write_demo_clip
+
+    path = write_demo_clip(Path(args.folder))
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="motionpairs", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build (or resume) a dataset of before/after motion pairs")
+    b.add_argument("--input", help="folder of videos (searched recursively)")
+    b.add_argument("--output", required=True, help="output folder (shards/, samples.parquet, rejects.parquet)")
+    b.add_argument("--config", help="YAML config file (see README); keys not known are an error")
+    b.add_argument("--device", help="pose model device: auto (default), cpu, cuda, cuda:1")
+    b.add_argument(
+        "--engine",
+        choices=("prefect", "local"),
+        default="prefect",
+        help="prefect: run as the Prefect flow build_dataset (default; ephemeral API unless PREFECT_API_URL "
+        "is set); local: the same steps in this process without Prefect",
+    )
+    b.set_defaults(func=cmd_build)
+
+    i = sub.add_parser("inspect", help="counts of a finished build: clips in, pairs out, rejects by reason")
+    i.add_argument("output")
+    i.set_defaults(func=cmd_inspect)
+
+    d = sub.add_parser("demo-clip", help="write the self-made demo clip (a moving astronaut) into FOLDER")
+    d.add_argument("folder")
+    d.set_defaults(func=cmd_demo_clip)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

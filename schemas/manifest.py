@@ -1,0 +1,129 @@
+"""Parquet manifests, derived from the records in schemas.records.
+
+samples.parquet: one row per pair (FramePair flattened: clip fields, motion figures, both poses, the
+                 chosen caption, the shard that holds it).
+rejects.parquet: one row per Reject.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from .records import SCHEMA_VERSION, Caption, Clip, FramePair, MotionFigures, Reject
+
+SAMPLES_FILE = "samples.parquet"
+REJECTS_FILE = "rejects.parquet"
+STATS_FILE = "stats.json"
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _arrow_type(args[0])
+    if origin is typing.Annotated:
+        return _arrow_type(args[0])
+    if origin is typing.Literal:
+        return pa.string()
+    if isinstance(annotation, type):
+        if issubclass(annotation, bool):
+            return pa.bool_()
+        if issubclass(annotation, int) and not issubclass(annotation, Enum):
+            return pa.int64()
+        if issubclass(annotation, float):
+            return pa.float64()
+        if issubclass(annotation, (str, Enum)):
+            return pa.string()
+        if issubclass(annotation, datetime):
+            return pa.timestamp("us", tz="UTC")
+    if origin is dict:
+        return pa.string()  # stored as JSON text
+    raise TypeError(f"no arrow type for {annotation!r}")
+
+
+def _fields(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ()) -> list[pa.Field]:
+    return [
+        pa.field(prefix + name, _arrow_type(f.annotation))
+        for name, f in model.model_fields.items()
+        if name not in skip
+    ]
+
+
+def _pose_fields(prefix: str) -> list[pa.Field]:
+    return [
+        pa.field(f"{prefix}_keypoints", pa.list_(pa.float32(), 51)),  # 17 x (x, y, conf), row-major
+        pa.field(f"{prefix}_box", pa.list_(pa.float32(), 4)),
+        pa.field(f"{prefix}_score", pa.float32()),
+    ]
+
+
+SAMPLES_SCHEMA = pa.schema(
+    [pa.field("schema_version", pa.int32()), pa.field("pair_id", pa.string())]
+    + _fields(Clip)
+    + _fields(FramePair, skip=("schema_version", "pair_id", "clip", "before_pose", "after_pose", "motion", "caption"))
+    + [pa.field("frame_width", pa.int32()), pa.field("frame_height", pa.int32())]
+    + _pose_fields("before")
+    + _pose_fields("after")
+    + _fields(MotionFigures)
+    + [pa.field("caption", pa.string())]
+    + _fields(Caption, prefix="caption_", skip=("text",))
+    + [pa.field("shard", pa.string())]
+)
+
+REJECTS_SCHEMA = pa.schema(_fields(Reject))
+
+
+def _flat_pose(pose) -> list[float]:
+    return [float(v) for kp in pose.keypoints for v in kp]
+
+
+def sample_row(pair: FramePair, shard: str) -> dict[str, Any]:
+    clip = pair.clip.model_dump()
+    clip["extra"] = json.dumps(clip["extra"], sort_keys=True)
+    cap = pair.caption
+    row: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "pair_id": pair.pair_id,
+        **clip,
+        "strategy": pair.strategy,
+        "before_time_s": pair.before_time_s,
+        "after_time_s": pair.after_time_s,
+        "before_index": pair.before_index,
+        "after_index": pair.after_index,
+        "frame_width": pair.before_pose.frame_width,
+        "frame_height": pair.before_pose.frame_height,
+        "before_keypoints": _flat_pose(pair.before_pose),
+        "before_box": pair.before_pose.box,
+        "before_score": pair.before_pose.score,
+        "after_keypoints": _flat_pose(pair.after_pose),
+        "after_box": pair.after_pose.box,
+        "after_score": pair.after_pose.score,
+        **pair.motion.model_dump(),
+        "caption": cap.text if cap else None,
+        "caption_captioner": cap.captioner if cap else None,
+        "caption_model": cap.model if cap else None,
+        "caption_prompt_version": cap.prompt_version if cap else None,
+        "caption_created_at": cap.created_at if cap else None,
+        "shard": shard,
+    }
+    return row
+
+
+def reject_row(reject: Reject) -> dict[str, Any]:
+    return reject.model_dump(mode="json")
+
+
+def samples_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA)
+
+
+def rejects_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=REJECTS_SCHEMA)

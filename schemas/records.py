@@ -1,0 +1,238 @@
+"""Records that travel through the pipeline: the one definition the writer and the reader share.
+
+Coordinates are pixels of the stored frame (the decoded, possibly downscaled image that lands in the
+shard), origin top-left. Keypoint confidences are the detector's raw values; a keypoint whose
+confidence is below a threshold keeps its predicted location, it is only *less trusted*. Locations
+that the detector did not report are NaN, never (0, 0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+# COCO-17 keypoint order (as emitted by YOLO-pose and used by the COCO keypoint challenge).
+COCO17 = (
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+)
+KP = {name: i for i, name in enumerate(COCO17)}
+# Index permutation that maps a pose onto its horizontal mirror image (left <-> right).
+COCO17_FLIP = tuple(KP[n.replace("left_", "#").replace("right_", "left_").replace("#", "right_")] for n in COCO17)
+
+
+class Stage(StrEnum):
+    """Pipeline stage that decided a reject."""
+
+    INGEST = "ingest"
+    DECODE = "decode"
+    POSE = "pose"
+    MOTION = "motion"
+    PAIRING = "pairing"
+    CAPTION = "caption"
+    SINK = "sink"
+
+
+class RejectReason(StrEnum):
+    """The one reject vocabulary. Every reject row names exactly one of these."""
+
+    # ingest
+    MISSING_FILE = "missing_file"
+    EMPTY_FILE = "empty_file"
+    BAD_ANNOTATION = "bad_annotation"
+    # decode
+    UNREADABLE = "unreadable"  # not a video decord can open (random bytes, unknown container/codec)
+    TRUNCATED = "truncated"  # opens, but frames inside the segment cannot be decoded
+    TOO_FEW_FRAMES = "too_few_frames"  # fewer than two distinct frames in the segment
+    SEGMENT_OUT_OF_RANGE = "segment_out_of_range"
+    # pose / motion funnel (clip level: the first filter that left no usable candidate)
+    NO_PERSON = "no_person"
+    MULTIPLE_PEOPLE = "multiple_people"
+    PARTIAL_BODY = "partial_body"  # a person, but not shoulders and hips (face close-up, legs only)
+    NO_VALID_WINDOW = "no_valid_window"  # single-person frames exist but no two within the gap bounds
+    IDENTITY_SWITCH = "identity_switch"  # the single person is not the same one in both frames
+    SHOT_CUT = "shot_cut"
+    CAMERA_MOTION = "camera_motion"
+    LOW_MOTION = "low_motion"  # the pose does not change enough (normalised by body size)
+    # captioning
+    CAPTION_FAILED = "caption_failed"
+    # anything unexpected inside one clip: recorded, never crashes the build
+    INTERNAL_ERROR = "internal_error"
+
+
+class Level(StrEnum):
+    """`clip`: the clip produced no sample and this row is why. `candidate`: one rejected candidate
+    pair inside a clip (accepted or not), kept for audit; never counted as the clip's outcome."""
+
+    CLIP = "clip"
+    CANDIDATE = "candidate"
+
+
+def clip_key(text: str) -> str:
+    """A webdataset-safe key: no dots (webdataset splits keys at the first dot), no path separators
+    other than '/', no spaces."""
+    out = text.replace("\\", "/").replace(".", "_").replace(" ", "_")
+    return out.strip("/")
+
+
+class Clip(BaseModel):
+    """One unit of input: a whole video file or a segment inside one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str  # "folder", "kinetics", "ntu", "epic"
+    clip_id: str  # unique within the build, dot-free (webdataset key-safe)
+    uri: str  # path or URL of the video file
+    start_s: float | None = None  # segment start in seconds (None: start of file)
+    end_s: float | None = None  # segment end in seconds (None: end of file)
+    label: str | None = None  # action label / narration when known
+    split: str | None = None
+    licence: str | None = None
+    video_id: str | None = None  # the source video (several clips may share one); defaults to clip_id
+    extra: dict[str, str | int | float | bool | None] = Field(default_factory=dict)  # dataset's own ids
+
+    @field_validator("clip_id")
+    @classmethod
+    def _dot_free(cls, v: str) -> str:
+        if not v or "." in v or v != v.strip():
+            raise ValueError(f"clip_id must be non-empty and contain no dots: {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _segment_ok(self) -> Clip:
+        if self.start_s is not None and self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"segment end {self.end_s} <= start {self.start_s}")
+        return self
+
+
+Triple = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class Pose17(BaseModel):
+    """One detected person: 17 COCO keypoints as [x, y, confidence] in pixels of the stored frame."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keypoints: Annotated[list[Triple], Field(min_length=17, max_length=17)]
+    frame_width: int
+    frame_height: int
+    box: Annotated[list[float], Field(min_length=4, max_length=4)]  # x1, y1, x2, y2
+    score: float  # person detection confidence
+
+    @field_validator("keypoints", mode="before")
+    @classmethod
+    def _null_is_nan(cls, v):
+        # JSON has no NaN: an unreported location is written as null and read back as NaN
+        if isinstance(v, list):
+            return [[math.nan if c is None else c for c in kp] if isinstance(kp, list) else kp for kp in v]
+        return v
+
+    def visible(self, name: str, min_conf: float) -> bool:
+        x, y, c = self.keypoints[KP[name]]
+        return c >= min_conf and math.isfinite(x) and math.isfinite(y)
+
+
+class MotionFigures(BaseModel):
+    """What the motion filter measured for a pair (all normalised by body size = torso length)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pose_change: float  # mean root-relative displacement of keypoints visible in both frames / torso
+    max_joint_change: float  # largest single root-relative displacement / torso
+    translation: float  # displacement of the hip centre / torso
+    body_size_px: float  # torso length in the before frame
+    camera_motion: float  # median background displacement / frame diagonal, accumulated over the gap
+    scene_similarity: float  # lowest colour-histogram correlation between consecutive sampled frames
+    keypoints_compared: int
+
+
+class Caption(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    captioner: str  # "offline", "openai", ...
+    model: str | None = None
+    prompt_version: str | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @field_validator("text")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("caption text is empty")
+        return v
+
+
+PairStrategy = Literal["segment_endpoints", "max_motion"]
+
+
+def make_pair_id(clip_id: str, before_index: int, after_index: int) -> str:
+    """Deterministic, dot-free, short: the same clip and frames always give the same id."""
+    digest = hashlib.sha1(f"{clip_id}|{before_index}|{after_index}".encode()).hexdigest()[:16]
+    return digest
+
+
+class FramePair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    pair_id: str
+    clip: Clip
+    strategy: PairStrategy
+    before_time_s: float
+    after_time_s: float
+    before_index: int  # frame index in the video file
+    after_index: int
+    before_pose: Pose17
+    after_pose: Pose17
+    motion: MotionFigures
+    caption: Caption | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FramePair:
+        if self.after_index <= self.before_index:
+            raise ValueError("after frame must come after before frame")
+        if self.pair_id != make_pair_id(self.clip.clip_id, self.before_index, self.after_index):
+            raise ValueError("pair_id does not match clip and frame indices")
+        return self
+
+    @property
+    def key(self) -> str:
+        """webdataset __key__: dot-free and unique."""
+        return f"{self.clip.clip_id}/{self.pair_id}"
+
+
+class Reject(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    clip_id: str
+    source: str
+    uri: str
+    stage: Stage
+    reason: RejectReason
+    level: Level = Level.CLIP
+    detail: str = ""
+    pair_id: str | None = None  # for candidate-level rejects
