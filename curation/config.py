@@ -33,6 +33,9 @@ class DecodeConfig(_Section):
     max_frames: int = Field(48, ge=2, description="cap on sampled frames per clip (spread evenly)")
     max_side: int = Field(640, ge=64, description="frames are decoded at most this large (longest side)")
     batch_frames: int = Field(16, ge=1, description="frames decoded and detected per batch")
+    max_failed_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of sampled frames that may fail to decode before the clip is rejected"
+    )
 
 
 class PoseConfig(_Section):
@@ -58,7 +61,7 @@ class MotionConfig(_Section):
     min_frame_fraction: float = Field(
         0.2, ge=0, le=1, description="each funnel step must keep this share of the sampled frames"
     )
-    min_pose_change: float = Field(0.25, ge=0, description="mean root-relative keypoint motion / torso length")
+    min_pose_change: float = Field(0.25, ge=0, description="mean root-relative limb-joint motion / torso length")
     max_track_jump: float = Field(1.0, gt=0, description="body-centre jump between sampled frames / torso")
     max_size_ratio: float = Field(1.6, gt=1, description="torso length may change at most by this factor")
     max_camera_motion: float = Field(0.1, ge=0, description="background motion over the pair / frame diagonal")

@@ -99,9 +99,15 @@ def root_and_torso(pose: Pose17, use_hips: bool = True) -> tuple[np.ndarray, flo
 # ---------------------------------------------------------------- pair measures
 
 
+# the joints whose motion makes an edit; face and torso points barely move relative to the hips and
+# would only dilute the mean
+LIMB_MASK = np.zeros(17, bool)
+LIMB_MASK[[KP[f"{s}_{j}"] for s in ("left", "right") for j in ("elbow", "wrist", "knee", "ankle")]] = True
+
+
 def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> tuple[float, float, float, float, int]:
-    """(mean, max) root-relative keypoint displacement, root translation (all / torso length),
-    torso length of `a` in pixels, and the number of keypoints compared."""
+    """Root-relative displacement (mean over visible limb joints, max over all visible joints), root
+    translation (all / torso length), torso length of `a` in pixels, the number of keypoints compared."""
     hips = _hips_visible(cfg.keypoint_conf, a, b)
     ra, ta = root_and_torso(a, hips)
     rb, tb = root_and_torso(b, hips)
@@ -114,8 +120,10 @@ def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> tuple[float, float, 
     both &= np.isfinite(ka[:, :2]).all(1) & np.isfinite(kb[:, :2]).all(1)
     if not both.any():
         return 0.0, 0.0, float(np.linalg.norm(rb - ra) / torso), ta, 0
-    d = np.linalg.norm((kb[both, :2] - rb) - (ka[both, :2] - ra), axis=1) / torso
-    return float(d.mean()), float(d.max()), float(np.linalg.norm(rb - ra) / torso), ta, int(both.sum())
+    d = np.linalg.norm((kb[:, :2] - rb) - (ka[:, :2] - ra), axis=1) / torso
+    limbs = both & LIMB_MASK
+    mean = float(d[limbs].mean()) if limbs.any() else 0.0
+    return mean, float(d[both].max()), float(np.linalg.norm(rb - ra) / torso), ta, int(both.sum())
 
 
 def same_person(a: Pose17, b: Pose17, cfg: MotionConfig) -> bool:
@@ -168,7 +176,9 @@ def camera_motion(a: np.ndarray, b: np.ndarray, people: list[Pose17]) -> np.ndar
         if ok.sum() >= 8:
             d = (nxt[ok] - pts[ok]).reshape(-1, 2)
             return np.median(d, axis=0).astype(np.float64) / diag
-    (dx, dy), _ = cv2.phaseCorrelate(ga.astype(np.float32), gb.astype(np.float32))
+    (dx, dy), response = cv2.phaseCorrelate(ga.astype(np.float32), gb.astype(np.float32))
+    if not (response >= 0.1 and math.isfinite(dx) and math.isfinite(dy)):
+        return np.zeros(2)  # no texture to measure by: no measurable camera motion
     return np.array([dx, dy], dtype=np.float64) / diag
 
 

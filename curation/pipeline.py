@@ -108,12 +108,13 @@ class ClipProcessor:
                 res.stage = Stage.DECODE
         res.frames_decoded = len(obs)
         res.seconds = {"decode": time.perf_counter() - t0 - t_pose, "pose": t_pose}
-        if len(obs) < 2:
-            lost = len(plan) - len(obs)
-            reason = RejectReason.TRUNCATED if lost else RejectReason.TOO_FEW_FRAMES
-            raise DecodeFailure(reason, f"{len(obs)} of {len(plan)} sampled frames decoded")
-        if len(obs) < len(plan):
-            log.info("%s: %d of %d sampled frames could not be decoded", clip.clip_id, len(plan) - len(obs), len(plan))
+        lost = len(plan) - len(obs)
+        if lost > cfg.decode.max_failed_fraction * len(plan) or len(obs) < 2:
+            first_bad = min(set(plan) - {o.index for o in obs}, default=None)
+            raise DecodeFailure(
+                RejectReason.TRUNCATED,
+                f"{lost} of {len(plan)} sampled frames could not be decoded (first at frame {first_bad})",
+            )
 
         t2 = time.perf_counter()
         res.stage = Stage.MOTION

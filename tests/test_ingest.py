@@ -1,0 +1,20 @@
+import pytest
+
+from curation.config import SourceConfig
+from curation.ingest import SourceError, list_folder
+
+
+def test_folder_listing_ids_and_ignored(tmp_path):
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    for rel in ["a.mp4", "sub/b.v2.MP4", "sub/deeper/c.webm", "x.avi", "x.mp4", "notes.txt", "clip.gif"]:
+        (tmp_path / rel).write_bytes(b"")
+    listing = list_folder(SourceConfig(root=str(tmp_path)))
+    ids = [c.clip_id for c in listing.clips]
+    assert ids == ["a", "sub/b_v2", "sub/deeper/c", "x", "x_mp4"]  # sorted, dot-free, collision kept apart
+    assert sorted(listing.ignored) == ["clip.gif", "notes.txt"]
+    assert all(c.source == "folder" and c.uri.startswith("/") for c in listing.clips)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        list_folder(SourceConfig(root=str(tmp_path / "nope")))

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from curation.config import MotionConfig, PairingConfig
+from curation.motion import ClipTrack, FrameKind, FrameObs, camera_motion, classify, pose_change, select_pairs
+from posekit import RIGHT_ARM_UP, make_pose
+
+CFG = MotionConfig()
+
+
+def test_pose_change_is_normalised_by_body_size_and_ignores_translation():
+    a, b = make_pose(), make_pose(RIGHT_ARM_UP)
+    mean, mx, trans, torso, n = pose_change(a, b, CFG)
+    assert torso == pytest.approx(100) and n == 17 and trans == pytest.approx(0)
+    big_a, big_b = make_pose(scale=2.5), make_pose(RIGHT_ARM_UP, scale=2.5, shift=(300, 40))
+    mean2, mx2, trans2, _, _ = pose_change(big_a, big_b, CFG)
+    assert mean2 == pytest.approx(mean) and mx2 == pytest.approx(mx)  # same motion, bigger and moved
+    assert trans2 > 1
+    assert pose_change(a, make_pose(shift=(50, 0)), CFG)[0] == pytest.approx(0)  # walking sideways is no pose change
+
+
+def test_low_confidence_keypoints_are_not_compared():
+    a = make_pose()
+    b = make_pose(RIGHT_ARM_UP, low=("right_wrist", "right_elbow"))
+    mean, _, _, _, n = pose_change(a, b, CFG)
+    assert n == 15 and mean == pytest.approx(0)
+
+
+def test_frame_classes():
+    face = make_pose(low=("left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"))
+    assert classify(FrameObs(0, 0, []), CFG) is FrameKind.NONE
+    assert classify(FrameObs(0, 0, [make_pose()]), CFG) is FrameKind.BODY
+    assert classify(FrameObs(0, 0, [face]), CFG) is FrameKind.PARTIAL
+    assert classify(FrameObs(0, 0, [make_pose(), make_pose(shift=(300, 0), score=0.55)]), CFG) is FrameKind.MULTI
+    assert classify(FrameObs(0, 0, [make_pose(), make_pose(shift=(300, 0), score=0.3)]), CFG) is FrameKind.BODY
+    assert classify(FrameObs(0, 0, [make_pose(score=0.55)]), CFG) is FrameKind.NONE
+
+
+def track(poses_per_frame, fps=4.0, frames=None):
+    obs = [FrameObs(i * 10, i / fps, p) for i, p in enumerate(poses_per_frame)]
+    frames = frames or [np.full((120, 160, 3), 100, np.uint8) for _ in obs]
+    return ClipTrack.build(obs, frames, CFG)
+
+
+def arm_raise(n=12):
+    return [[make_pose(RIGHT_ARM_UP if i >= n // 2 else None)] for i in range(n)]
+
+
+def test_pairs_from_a_clean_arm_raise():
+    sel = select_pairs(track(arm_raise()), CFG, PairingConfig(pairs_per_clip=2))
+    assert sel.reason is None and len(sel.pairs) >= 1
+    c = sel.pairs[0]
+    assert c.i < 6 <= c.j and c.motion.pose_change >= CFG.min_pose_change
+    assert all(p.j <= q.i or p.i >= q.j for p in sel.pairs for q in sel.pairs if p is not q)  # no overlap
+
+
+def test_segment_endpoints_strategy_takes_first_and_last_frames():
+    sel = select_pairs(track(arm_raise()), CFG, PairingConfig(strategies=["segment_endpoints"]))
+    assert [(c.i, c.j, c.strategy) for c in sel.pairs] == [(0, 11, "segment_endpoints")]
+
+
+@pytest.mark.parametrize(
+    "frames, reason",
+    [
+        ([[]] * 12, "no_person"),
+        ([[make_pose(), make_pose(shift=(300, 0))]] * 12, "multiple_people"),
+        ([[make_pose(low=("left_hip", "right_hip"))]] * 12, "partial_body"),
+        ([[make_pose()]] * 12, "low_motion"),
+    ],
+)
+def test_clip_level_reasons(frames, reason):
+    sel = select_pairs(track(frames), CFG, PairingConfig())
+    assert not sel.pairs and sel.reason == reason and sel.detail
+
+
+def test_a_second_person_anywhere_in_the_window_rejects_it():
+    frames = arm_raise()
+    for k in range(1, 12, 2):  # a passer-by in every other frame
+        frames[k] = frames[k] + [make_pose(shift=(350, 0))]
+    sel = select_pairs(track(frames), CFG, PairingConfig())
+    assert sel.reason == "multiple_people" and sel.funnel["after_multiple_people"] == 0
+
+
+def test_identity_switch_and_shot_cut():
+    # every candidate window spans a jump to someone else elsewhere / a cut to another scene
+    frames = arm_raise()
+    for k in range(1, 12, 2):
+        frames[k] = [make_pose(RIGHT_ARM_UP, shift=(380, 0))]
+    sel = select_pairs(track(frames), CFG, PairingConfig())
+    assert sel.reason == "identity_switch" and sel.funnel["after_identity_switch"] == 0
+    rng = np.random.default_rng(0)
+    red = np.full((120, 160, 3), (200, 30, 30), np.uint8)
+    noise = (rng.integers(0, 60, (120, 160, 3)) + np.array([0, 0, 150])).astype(np.uint8)
+    imgs = [red if k % 2 == 0 else noise for k in range(12)]
+    sel = select_pairs(track(arm_raise(), frames=imgs), CFG, PairingConfig())
+    assert sel.reason == "shot_cut" and sel.funnel["after_shot_cut"] == 0
+
+
+def test_camera_motion_measures_background_shift():
+    rng = np.random.default_rng(1)
+    scene = (rng.random((300, 400)) * 255).astype(np.uint8)
+    scene = np.stack([scene] * 3, -1)
+    a, b = scene[50:250, 50:350], scene[50:250, 62:362]  # the camera panned 12 px
+    v = camera_motion(a, b, [])
+    assert np.linalg.norm(v) * np.hypot(200, 300) == pytest.approx(12, abs=1.0)
+    assert np.linalg.norm(camera_motion(a, a.copy(), [])) < 1e-3

@@ -1,0 +1,116 @@
+import json
+import math
+
+import pyarrow as pa
+import pytest
+
+from schemas.manifest import REJECTS_SCHEMA, SAMPLES_SCHEMA, rejects_table, reject_row, sample_row, samples_table
+from schemas.records import (
+    COCO17,
+    COCO17_FLIP,
+    SCHEMA_VERSION,
+    Caption,
+    Clip,
+    FramePair,
+    MotionFigures,
+    Pose17,
+    Reject,
+    RejectReason,
+    Stage,
+    clip_key,
+    make_pair_id,
+)
+from schemas.shard import ShardFormatError, decode_sample, encode_sample
+
+
+def pose(nan_at: int | None = None) -> Pose17:
+    kps = [[10.0 + i, 20.0 + i, 0.9] for i in range(17)]
+    if nan_at is not None:
+        kps[nan_at] = [math.nan, math.nan, 0.1]
+    return Pose17(keypoints=kps, frame_width=64, frame_height=48, box=[1, 2, 30, 40], score=0.9)
+
+
+def pair(**kw) -> FramePair:
+    clip = Clip(source="folder", clip_id="a/b_c", uri="/x/a/b.c.mp4", label="tai chi")
+    return FramePair(
+        pair_id=make_pair_id(clip.clip_id, 3, 9),
+        clip=clip,
+        strategy="max_motion",
+        before_time_s=0.1,
+        after_time_s=0.3,
+        before_index=3,
+        after_index=9,
+        before_pose=pose(nan_at=4),
+        after_pose=pose(),
+        motion=MotionFigures(
+            pose_change=0.5,
+            max_joint_change=1.0,
+            translation=0.1,
+            body_size_px=20,
+            camera_motion=0.0,
+            scene_similarity=0.99,
+            keypoints_compared=16,
+        ),
+        caption=Caption(text="raise your right arm", captioner="offline"),
+        **kw,
+    )
+
+
+JPEG = b"\xff\xd8\xff\xe0fakejpeg"
+
+
+def test_pair_id_is_deterministic_and_checked():
+    assert make_pair_id("x", 1, 2) == make_pair_id("x", 1, 2) != make_pair_id("x", 1, 3)
+    with pytest.raises(ValueError, match="pair_id"):
+        pair().model_copy(update={}).model_validate({**pair().model_dump(), "pair_id": "wrong"})
+
+
+def test_clip_id_must_be_dot_free():
+    assert clip_key("sub/a.b.c") == "sub/a_b_c"
+    with pytest.raises(ValueError, match="no dots"):
+        Clip(source="folder", clip_id="a.b", uri="x")
+
+
+def test_flip_permutation_swaps_sides():
+    for i, name in enumerate(COCO17):
+        other = COCO17[COCO17_FLIP[i]]
+        assert other == name.replace("left", "#").replace("right", "left").replace("#", "right")
+
+
+def test_shard_sample_round_trip_keeps_nan_as_missing():
+    p = pair()
+    sample = encode_sample(p, JPEG, JPEG)
+    assert sample["__key__"] == "a/b_c/" + p.pair_id and "." not in sample["__key__"]
+    meta = json.loads(sample["json"])
+    assert meta["schema_version"] == SCHEMA_VERSION
+    assert meta["before_pose"]["keypoints"][4][:2] == [None, None]  # JSON null, never (0, 0)
+    back = decode_sample(sample)
+    assert back.pair.before_pose.keypoints[4][2] == pytest.approx(0.1)
+    assert math.isnan(back.pair.before_pose.keypoints[4][0])
+    assert back.pair.caption.text == "raise your right arm"
+
+
+def test_decode_rejects_other_schema_versions_and_missing_members():
+    sample = encode_sample(pair(), JPEG, JPEG)
+    meta = json.loads(sample["json"])
+    meta["schema_version"] = 999
+    with pytest.raises(ShardFormatError, match="schema_version"):
+        decode_sample({**sample, "json": json.dumps(meta).encode()})
+    with pytest.raises(ShardFormatError, match="lacks"):
+        decode_sample({k: v for k, v in sample.items() if k != "after.jpg"})
+    with pytest.raises(ShardFormatError, match="JPEG"):
+        encode_sample(pair(), b"PNG", JPEG)
+
+
+def test_parquet_rows_follow_the_derived_schemas():
+    table = samples_table([sample_row(pair(), "s-0000.tar")])
+    assert table.schema == SAMPLES_SCHEMA
+    for col in ("pair_id", "clip_id", "source", "caption", "label", "split", "caption_model", "shard"):
+        assert col in table.column_names
+    assert table.schema.field("before_keypoints").type == pa.list_(pa.float32(), 51)
+    row = table.to_pylist()[0]
+    assert math.isnan(row["before_keypoints"][4 * 3]) and row["before_keypoints"][4 * 3 + 2] == pytest.approx(0.1)
+    r = Reject(clip_id="x", source="folder", uri="/x", stage=Stage.DECODE, reason=RejectReason.UNREADABLE)
+    rt = rejects_table([reject_row(r)])
+    assert rt.schema == REJECTS_SCHEMA and rt.to_pylist()[0]["reason"] == "unreadable"
+    assert rt.to_pylist()[0]["level"] == "clip"

@@ -1,0 +1,132 @@
+"""Stream motionpairs shards with webdataset. Sample layout and validation come from schemas.shard:
+nothing here parses a sample a second way.
+
+    from training.data import open_shards
+    for s in open_shards("OUT"):             # an output folder, a glob, a brace pattern or a list
+        s.before, s.after                    # HxWx3 uint8 RGB arrays
+        s.pair.caption.text, s.pair.after_pose.keypoints
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from schemas.shard import SIZES_FILE, ShardFormatError, ShardSample, decode_sample
+
+log = logging.getLogger(__name__)
+
+
+def shard_urls(spec: str | os.PathLike | Iterable[str]) -> list[str]:
+    """An output folder (its shards/*.tar), a glob, a brace pattern ("a-{0000..0009}.tar") or a list."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return [str(s) for s in spec]
+    text = str(spec)
+    p = Path(text)
+    if p.is_dir():
+        shard_dir = p / "shards" if (p / "shards").is_dir() else p
+        urls = sorted(str(x) for x in shard_dir.glob("*.tar"))
+        if not urls:
+            raise FileNotFoundError(f"no .tar shards in {shard_dir}")
+        return urls
+    if any(ch in text for ch in "*?["):
+        urls = sorted(glob.glob(text))
+        if not urls:
+            raise FileNotFoundError(f"no shards match {text}")
+        return urls
+    if "{" in text:
+        import braceexpand
+
+        return list(braceexpand.braceexpand(text))
+    return [text]
+
+
+def dataset_size(urls: list[str]) -> int | None:
+    """Sample count from the sizes.json beside the shards (None when it does not cover them all)."""
+    total = 0
+    cache: dict[str, dict[str, int]] = {}
+    for u in urls:
+        d = os.path.dirname(u)
+        if d not in cache:
+            f = os.path.join(d, SIZES_FILE)
+            cache[d] = json.loads(Path(f).read_text()) if os.path.isfile(f) else {}
+        n = cache[d].get(os.path.basename(u))
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+class SkipCounter:
+    """webdataset handler that skips a bad sample or shard, logs it, and counts it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, exn: Exception) -> bool:
+        with self._lock:
+            self.count += 1
+            n = self.count
+        log.warning("skipped bad sample #%d: %s: %s", n, type(exn).__name__, exn)
+        return True  # keep going
+
+
+def _rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def decode(sample: dict) -> ShardSample:
+    """Raw webdataset sample -> validated ShardSample with decoded RGB images."""
+    s = decode_sample(sample)
+    try:
+        s.before, s.after = _rgb(s.before), _rgb(s.after)
+    except Exception as e:
+        raise ShardFormatError(f"sample {s.key!r}: image does not decode: {e}") from e
+    return s
+
+
+def validate_only(sample: dict) -> ShardSample:
+    """Raw sample -> validated ShardSample, images left as JPEG bytes."""
+    return decode_sample(sample)
+
+
+def open_shards(
+    spec: str | os.PathLike | Iterable[str],
+    *,
+    shuffle: int = 0,
+    resampled: bool = False,
+    decode_images: bool = True,
+    skip_bad: SkipCounter | None = None,
+    seed: int = 0,
+) -> wds.WebDataset:
+    """A webdataset pipeline of ShardSamples. `shuffle` > 0 shuffles shards and a buffer of that many
+    samples; `resampled` draws shards with replacement (endless). Shards are split across nodes and
+    DataLoader workers. With `skip_bad`, bad samples (and unreadable shards) are counted and skipped;
+    without it the first bad sample raises."""
+    urls = shard_urls(spec)
+    handler = skip_bad if skip_bad is not None else wds.reraise_exception
+    ds = wds.WebDataset(
+        urls,
+        shardshuffle=(100 if shuffle else False) if not resampled else True,
+        resampled=resampled,
+        nodesplitter=wds.split_by_node,
+        workersplitter=wds.split_by_worker,
+        handler=handler,
+        seed=seed,
+        empty_check=False,
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle)
+    return ds.map(decode if decode_images else validate_only, handler=handler)
