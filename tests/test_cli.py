@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import ACCEPTED, video
+
+MP = [sys.executable, "-m", "flows.cli"]
+
+
+def run(args, **kw):
+    return subprocess.run(MP + args, capture_output=True, text=True, timeout=600, env=os.environ.copy(), **kw)
+
+
+def test_missing_input_folder_is_a_one_line_error(tmp_path):
+    r = run(["build", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out"), "--engine", "local"])
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "input folder does not exist" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_config_key_is_a_one_line_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("pairing:\n  pairs_per_clipp: 3\n")
+    r = run(["build", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", str(cfg)])
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "unknown config key 'pairing.pairs_per_clipp'; did you mean 'pairing.pairs_per_clip'?" in r.stderr
+
+
+def test_build_on_the_default_prefect_engine_then_inspect(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "dribbler.mp4").symlink_to(video(ACCEPTED["dribbler"]))
+    (folder / "empty.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    r = run(["build", "--input", str(folder), "--output", str(out)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "clips accepted" in r.stderr and "pairs" in r.stderr  # the summary table
+    s = pd.read_parquet(out / "samples.parquet")
+    assert set(s.clip_id) == {"dribbler"} and {"pair_id", "clip_id", "source", "caption"} <= set(s.columns)
+    rj = pd.read_parquet(out / "rejects.parquet")
+    assert rj[["clip_id", "stage", "reason"]].values.tolist() == [["empty", "ingest", "empty_file"]]
+    assert list((out / "shards").glob("*.tar"))
+    r = run(["inspect", str(out)])
+    assert r.returncode == 0 and "empty_file" in r.stdout and "clips in" in r.stdout
+    r = run(["inspect", str(tmp_path / "nothing")])
+    assert r.returncode == 2 and "no finished build" in r.stderr

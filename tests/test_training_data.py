@@ -1,0 +1,34 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from training.data import SkipCounter, dataset_size, open_shards, shard_urls
+
+
+def test_reader_streams_validated_samples(real_build):
+    _, out, stats = real_build
+    urls = shard_urls(out)
+    assert dataset_size(urls) == stats["pairs"]
+    got = list(open_shards(out))
+    assert len(got) == stats["pairs"]
+    s = got[0]
+    assert s.before.dtype == np.uint8 and s.before.shape == (s.pair.before_pose.frame_height, s.pair.before_pose.frame_width, 3)
+    assert s.caption.text and s.key == s.pair.key
+    shuffled = [x.key for x in open_shards(str(out / "shards" / "*.tar"), shuffle=10, seed=1)]
+    assert sorted(shuffled) == sorted(x.key for x in got)
+
+
+def test_bad_samples_are_counted_and_skipped(real_build, tmp_path):
+    _, out, stats = real_build
+    for p in (out / "shards").glob("*.tar"):
+        shutil.copy(p, tmp_path / p.name)
+    victim = sorted(tmp_path.glob("*.tar"))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])  # a truncated shard
+    with pytest.raises(Exception):
+        list(open_shards(tmp_path))
+    counter = SkipCounter()
+    got = list(open_shards(tmp_path, skip_bad=counter))
+    assert counter.count >= 1 and 0 < len(got) < stats["pairs"]
+    assert all(x.before.ndim == 3 for x in got)
