@@ -1,5 +1,5 @@
-# motionpairs: the two set-up commands are `make setup demo` (install, then the main job on a built-in
-# default) and `make setup test` (install, then every test, offline, on CPU).
+# motionpairs: the two set-up commands are `make demo` (install, then the main job on a built-in
+# default) and `make test` (install, then every test, offline, on CPU).
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
