@@ -45,7 +45,8 @@ def main() -> None:
     frames = stats["frames_decoded"]
     import torch
 
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else f"cpu x{os.cpu_count()}"
+    on_gpu = torch.cuda.is_available() and args.device != "cpu"
+    dev = torch.cuda.get_device_name(0) if on_gpu else f"cpu x{os.cpu_count()}"
     figures = {
         "device": dev,
         "clips": stats["clips_in"],
@@ -58,7 +59,7 @@ def main() -> None:
         "motion_s": sec.get("motion"),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
-    if torch.cuda.is_available() and args.device != "cpu":
+    if on_gpu:
         figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     print(json.dumps(figures, indent=2))
 

@@ -234,7 +234,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> RejectReason | 
     if any(track.kinds[k] is FrameKind.MULTI for k in window):
         return RejectReason.MULTIPLE_PEOPLE
     seen = [k for k in window if track.kinds[k] in (FrameKind.BODY, FrameKind.PARTIAL)]
-    for k0, k1 in zip(seen, seen[1:]):
+    for k0, k1 in zip(seen, seen[1:], strict=False):
         p0, p1 = track.person(k0, cfg), track.person(k1, cfg)
         if track.kinds[k0] is FrameKind.BODY and track.kinds[k1] is FrameKind.BODY:
             if not same_person(p0, p1, cfg):
@@ -292,7 +292,8 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
     cands = [c for s in pcfg.strategies for c in _candidates(track, s, pcfg)]
     funnel["candidates"] = len(cands)
     if not cands:
-        return Selection([], RejectReason.NO_VALID_WINDOW, f"no two body frames within the gap bounds ({summary})", funnel)
+        detail = f"no two body frames within the gap bounds ({summary})"
+        return Selection([], RejectReason.NO_VALID_WINDOW, detail, funnel)
 
     failed: Counter[RejectReason] = Counter()
     passed: list[Candidate] = []

@@ -102,7 +102,7 @@ class ClipProcessor:
                 t1 = time.perf_counter()
                 poses = self.detector(batch.frames)
                 t_pose += time.perf_counter() - t1
-                for idx, t, frame, p in zip(batch.indices, batch.times, batch.frames, poses):
+                for idx, t, frame, p in zip(batch.indices, batch.times, batch.frames, poses, strict=True):
                     obs.append(FrameObs(index=idx, time=t, poses=p))
                     frames.append(frame)
                 res.stage = Stage.DECODE
@@ -147,11 +147,8 @@ class ClipProcessor:
                 pair.caption = self.captioner(pair)
             except Exception as e:
                 log.warning("caption failed for %s: %s", pair.pair_id, e)
-                res.rejects.append(
-                    _reject(
-                        clip, Stage.CAPTION, RejectReason.CAPTION_FAILED, str(e), level=Level.CANDIDATE, pair_id=pair.pair_id
-                    )
-                )
+                failed = _reject(clip, Stage.CAPTION, RejectReason.CAPTION_FAILED, str(e), level=Level.CANDIDATE)
+                res.rejects.append(failed.model_copy(update={"pair_id": pair.pair_id}))
                 continue
             q = cfg.shards.jpeg_quality
             res.pairs.append(EncodedPair(pair, encode_jpeg(frames[c.i], q), encode_jpeg(frames[c.j], q)))

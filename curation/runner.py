@@ -238,6 +238,7 @@ def build_stats(
             rejects.column("stage").to_pylist(),
             rejects.column("reason").to_pylist(),
             levels,
+            strict=True,
         )
         if lv == Level.CLIP.value
     ]

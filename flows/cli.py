@@ -15,6 +15,7 @@ for _k, _v in {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "curation",  # curation's logs appear in the flow run's logs
     "YOLO_OFFLINE": "1",
     "YOLO_AUTOINSTALL": "false",
 }.items():
@@ -130,9 +131,8 @@ def print_summary(out: Path, console=None) -> None:
         console.print(s)
     secs = stats.get("seconds", {})
     if secs:
-        console.print(
-            "time (s): " + ", ".join(f"{k} {v}" for k, v in secs.items()) + f"; frames decoded {stats['frames_decoded']}"
-        )
+        timings = ", ".join(f"{k} {v}" for k, v in secs.items())
+        console.print(f"time (s): {timings}; frames decoded {stats['frames_decoded']}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

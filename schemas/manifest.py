@@ -51,9 +51,7 @@ def _arrow_type(annotation: Any) -> pa.DataType:
 
 def _fields(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ()) -> list[pa.Field]:
     return [
-        pa.field(prefix + name, _arrow_type(f.annotation))
-        for name, f in model.model_fields.items()
-        if name not in skip
+        pa.field(prefix + name, _arrow_type(f.annotation)) for name, f in model.model_fields.items() if name not in skip
     ]
 
 

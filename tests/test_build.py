@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
+from conftest import ACCEPTED, BAD, REJECTED
 from PIL import Image
 
-from conftest import ACCEPTED, BAD, REJECTED
 from curation.runner import plan_build, run_build
 from schemas.shard import decode_sample
 
@@ -118,7 +118,9 @@ def test_segment_endpoint_pairs_on_a_real_clip(tmp_path, real_input, strategy):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "tai_chi.mp4").symlink_to((real_input / "tai_chi_glass.mp4").resolve())
-    cfg = load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}], pairing={"strategies": [strategy]})
+    cfg = load_config(
+        None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}], pairing={"strategies": [strategy]}
+    )
     run_build(cfg)
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert len(s) == 1 and s.strategy.iloc[0] == strategy

@@ -1,5 +1,6 @@
-from curation.captions import OfflineCaptioner, describe
 from posekit import KNEES_BENT, RIGHT_ARM_UP, make_pose
+
+from curation.captions import OfflineCaptioner, describe
 
 
 def test_raise_right_arm_above_head():

@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import pandas as pd
-
 from conftest import ACCEPTED, video
 
 MP = [sys.executable, "-m", "flows.cli"]

@@ -1,8 +1,8 @@
 import decord
 import numpy as np
 import pytest
-
 from conftest import ACCEPTED, REJECTED, make_bad_inputs, video, write_video
+
 from curation.config import DecodeConfig
 from curation.decode import DecodeFailure, VideoSource
 from schemas.records import Clip

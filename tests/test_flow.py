@@ -1,9 +1,9 @@
 """The Prefect flow, run for real on the ephemeral API, produces what the plain runner produces."""
 
 import pandas as pd
+from conftest import ACCEPTED, make_bad_inputs, video
 from prefect.client.orchestration import get_client
 
-from conftest import ACCEPTED, make_bad_inputs, video
 from curation.config import load_config
 from curation.runner import run_build
 from flows.build import build_dataset
@@ -14,8 +14,9 @@ def test_build_dataset_flow_matches_the_plain_runner(tmp_path):
     folder.mkdir()
     (folder / "tai_chi.mp4").symlink_to(video(ACCEPTED["tai_chi_forest"]))
     make_bad_inputs(folder)
-    state = build_dataset(output=str(tmp_path / "flow"), input=str(folder), overrides={"shards": {"clips_per_unit": 2}},
-                          return_state=True)
+    state = build_dataset(
+        output=str(tmp_path / "flow"), input=str(folder), overrides={"shards": {"clips_per_unit": 2}}, return_state=True
+    )
     assert state.is_completed()
     stats = state.result()
     assert stats["clips_in"] == 5 and stats["clips_accepted"] == 1 and stats["units"] == 3
@@ -32,7 +33,6 @@ def test_build_dataset_flow_matches_the_plain_runner(tmp_path):
 
     # the API saw the flow run and its named tasks
     import anyio
-
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     run_id = state.state_details.flow_run_id

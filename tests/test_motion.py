@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from posekit import RIGHT_ARM_UP, make_pose
 
 from curation.config import MotionConfig, PairingConfig
 from curation.motion import ClipTrack, FrameKind, FrameObs, camera_motion, classify, pose_change, select_pairs
-from posekit import RIGHT_ARM_UP, make_pose
 
 CFG = MotionConfig()
 

@@ -3,10 +3,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import REJECTED, video
 from skimage import data
 from ultralytics.engine.results import Results
 
-from conftest import REJECTED, video
 from curation.config import DecodeConfig, PoseConfig
 from curation.decode import VideoSource
 from curation.pose import PoseDetector, default_weights, poses_from_result

@@ -4,7 +4,7 @@ import math
 import pyarrow as pa
 import pytest
 
-from schemas.manifest import REJECTS_SCHEMA, SAMPLES_SCHEMA, rejects_table, reject_row, sample_row, samples_table
+from schemas.manifest import REJECTS_SCHEMA, SAMPLES_SCHEMA, reject_row, rejects_table, sample_row, samples_table
 from schemas.records import (
     COCO17,
     COCO17_FLIP,
@@ -30,16 +30,16 @@ def pose(nan_at: int | None = None) -> Pose17:
     return Pose17(keypoints=kps, frame_width=64, frame_height=48, box=[1, 2, 30, 40], score=0.9)
 
 
-def pair(**kw) -> FramePair:
+def pair(before_index: int = 3, after_index: int = 9) -> FramePair:
     clip = Clip(source="folder", clip_id="a/b_c", uri="/x/a/b.c.mp4", label="tai chi")
     return FramePair(
-        pair_id=make_pair_id(clip.clip_id, 3, 9),
+        pair_id=make_pair_id(clip.clip_id, before_index, after_index),
         clip=clip,
         strategy="max_motion",
         before_time_s=0.1,
         after_time_s=0.3,
-        before_index=3,
-        after_index=9,
+        before_index=before_index,
+        after_index=after_index,
         before_pose=pose(nan_at=4),
         after_pose=pose(),
         motion=MotionFigures(
@@ -52,7 +52,6 @@ def pair(**kw) -> FramePair:
             keypoints_compared=16,
         ),
         caption=Caption(text="raise your right arm", captioner="offline"),
-        **kw,
     )
 
 

@@ -13,7 +13,8 @@ def test_reader_streams_validated_samples(real_build):
     got = list(open_shards(out))
     assert len(got) == stats["pairs"]
     s = got[0]
-    assert s.before.dtype == np.uint8 and s.before.shape == (s.pair.before_pose.frame_height, s.pair.before_pose.frame_width, 3)
+    pose = s.pair.before_pose
+    assert s.before.dtype == np.uint8 and s.before.shape == (pose.frame_height, pose.frame_width, 3)
     assert s.caption.text and s.key == s.pair.key
     shuffled = [x.key for x in open_shards(str(out / "shards" / "*.tar"), shuffle=10, seed=1)]
     assert sorted(shuffled) == sorted(x.key for x in got)
@@ -26,7 +27,7 @@ def test_bad_samples_are_counted_and_skipped(real_build, tmp_path):
     victim = sorted(tmp_path.glob("*.tar"))[0]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # a truncated shard
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - webdataset raises tarfile.ReadError or ValueError
         list(open_shards(tmp_path))
     counter = SkipCounter()
     got = list(open_shards(tmp_path, skip_bad=counter))
