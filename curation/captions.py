@@ -214,8 +214,14 @@ class OfflineCaptioner:
         return self
 
     def __call__(self, pair: FramePair) -> Caption:
-        text = describe(pair.before_pose, pair.after_pose, self.keypoint_conf)
         label = (pair.clip.label or "").strip()
-        if label:
-            text = f"{label}: {text}"
+        if pair.before_pose is None or pair.after_pose is None:
+            # egocentric pairs: the narration is the instruction ("take plate" -> "take the plate")
+            text = str(pair.clip.extra.get("instruction") or label)
+            if not text:
+                raise ValueError("no poses and no narration to describe the change with")
+        else:
+            text = describe(pair.before_pose, pair.after_pose, self.keypoint_conf)
+            if label:
+                text = f"{label}: {text}"
         return Caption(text=text, captioner=CAPTIONER, model=None, prompt_version=VERSION)

@@ -11,13 +11,13 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.records import COCO17, PairStrategy
+from schemas.records import COCO17, PairingMode, PairStrategy
 
 
 class ConfigError(ValueError):
@@ -92,10 +92,68 @@ class ShardConfig(_Section):
     clips_per_unit: int = Field(8, ge=1, description="clips per work unit (the resume granularity)")
 
 
-class SourceConfig(_Section):
+VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov"]
+
+
+class _SourceBase(_Section):
+    root: str = Field(..., description="where the dataset's videos are")
+    licence: str | None = Field(None, description="licence note carried into every sample of this source")
+    val_fraction: float = Field(
+        0.0, ge=0, le=1, description="share of source videos hashed into split 'val' when the dataset has none"
+    )
+
+
+class FolderSource(_SourceBase):
     kind: Literal["folder"] = "folder"
-    root: str = Field(..., description="folder of videos (searched recursively)")
-    extensions: list[str] = Field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+    extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+
+
+class KineticsSource(_SourceBase):
+    kind: Literal["kinetics"]
+    annotations: list[str] = Field(..., min_length=1, description="official CSVs (train/val/test)")
+    licence: str | None = "Kinetics: annotations CC BY 4.0 (DeepMind); videos are YouTube content of their owners"
+
+
+NTUProtocol = Literal["cross_subject", "cross_setup", "cross_view"]
+
+
+class NTUSource(_SourceBase):
+    kind: Literal["ntu"]
+    annotations: list[str] = Field(
+        default_factory=list,
+        description="ntu120_action_classes.tsv (names, mutual flags) and the official missing-skeleton lists",
+    )
+    protocol: NTUProtocol = "cross_subject"
+    include_mutual: bool = Field(False, description="two-person actions (A050-A060, A106-A120) are skipped unless set")
+    licence: str | None = "NTU RGB+D: ROSE Lab release agreement, research and non-commercial use"
+
+
+class EpicSource(_SourceBase):
+    kind: Literal["epic"]
+    annotations: list[str] = Field(..., min_length=1, description="EPIC_100_{train,validation}.csv narration files")
+    mode: PairingMode = "egocentric"
+    licence: str | None = "EPIC-KITCHENS-100: CC BY-NC 4.0"
+
+
+def _source_kind(v: Any) -> str:
+    return v.get("kind", "folder") if isinstance(v, dict) else getattr(v, "kind", "folder")
+
+
+SourceConfig = Annotated[
+    Annotated[FolderSource, Tag("folder")]
+    | Annotated[KineticsSource, Tag("kinetics")]
+    | Annotated[NTUSource, Tag("ntu")]
+    | Annotated[EpicSource, Tag("epic")],
+    Discriminator(_source_kind),
+]
+
+
+class EgocentricConfig(_Section):
+    """Head-camera clips (EPIC): hands, not a body. Pairs are a segment's first and last frames."""
+
+    max_camera_motion: float = Field(0.35, ge=0, description="net background motion over the segment / diagonal")
+    min_scene_similarity: float = Field(0.3, ge=-1, le=1)
+    min_gap_s: float = Field(0.5, ge=0, description="shorter segments give no pair")
 
 
 class BuildConfig(BaseSettings):
@@ -107,12 +165,19 @@ class BuildConfig(BaseSettings):
     pose: PoseConfig = Field(default_factory=PoseConfig)
     motion: MotionConfig = Field(default_factory=MotionConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
+    egocentric: EgocentricConfig = Field(default_factory=EgocentricConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
     shards: ShardConfig = Field(default_factory=ShardConfig)
 
+    def mode_for(self, source_kind: str) -> PairingMode:
+        """How clips of a source kind are paired: around one body, or egocentric (EPIC)."""
+        modes = {getattr(s, "mode", "body") for s in self.sources if s.kind == source_kind}
+        return modes.pop() if len(modes) == 1 else "body"
+
     def fingerprint(self) -> str:
-        """Hash of everything that changes what a clip produces (not where it is written)."""
-        relevant = self.model_dump(mode="json", exclude={"output", "sources"})
+        """Hash of everything that changes what a clip produces (not where it is written, nor the device).
+        Sources are part of it: their settings decide labels and splits."""
+        relevant = self.model_dump(mode="json", exclude={"output"})
         relevant["pose"].pop("device", None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -126,13 +191,32 @@ def _check_keys(data: Any, model: type[BaseModel], where: str = "") -> None:
             near = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"; did you mean '{where}{near[0]}'?" if near else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"unknown config key '{where}{key}'{hint}")
-        ann = fields[key].annotation
-        sub = getattr(ann, "__args__", (ann,))
-        for t in sub:
-            if isinstance(t, type) and issubclass(t, BaseModel):
-                items = value if isinstance(value, list) else [value]
-                for item in items:
-                    _check_keys(item, t, f"{where}{key}.")
+        models = _models_in(fields[key].annotation)
+        items = value if isinstance(value, list) else [value]
+        for n, item in enumerate(items):
+            if not isinstance(item, dict) or not models:
+                continue
+            model = _pick_model(models, item)
+            label = f"{where}{key}[{n}]." if isinstance(value, list) else f"{where}{key}."
+            _check_keys(item, model, label)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _models_in(a)]
+
+
+def _pick_model(models: list[type[BaseModel]], item: dict) -> type[BaseModel]:
+    """For a union of sections (sources), the one whose `kind` matches the item."""
+    if len(models) == 1:
+        return models[0]
+    kind = item.get("kind", "folder")
+    for m in models:
+        if "kind" in m.model_fields and kind in get_args(m.model_fields["kind"].annotation):
+            return m
+    kinds = [get_args(m.model_fields["kind"].annotation)[0] for m in models if "kind" in m.model_fields]
+    raise ConfigError(f"unknown source kind {kind!r}; use one of {', '.join(kinds)}")
 
 
 def _merge(base: dict, over: dict) -> dict:

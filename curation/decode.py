@@ -158,6 +158,11 @@ class VideoSource:
             raise DecodeFailure(
                 RejectReason.SEGMENT_OUT_OF_RANGE, f"segment starts at {start:.2f}s, video ends at {last_time:.2f}s"
             )
+        frame_s = 1.0 / info.fps if info.fps > 0 else 0.1
+        if self.clip.end_s is not None and end > last_time + 2 * frame_s:
+            raise DecodeFailure(
+                RejectReason.SEGMENT_OUT_OF_RANGE, f"segment ends at {end:.2f}s, video ends at {last_time:.2f}s"
+            )
         end = min(end, last_time + 1e-6)
         # times of every frame are monotone: locate the segment's frames by binary search on timestamps
         first = self._first_index_at_or_after(start)

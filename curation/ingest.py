@@ -1,20 +1,26 @@
-"""Sources: turn what the user points at into Clips (or ingest-stage Rejects)."""
+"""Sources: turn what the user points at into Clips, or ingest-stage Rejects (missing files, bad rows).
+
+One function per source kind returns a Listing; `list_sources` combines them and checks that clip ids
+are unique across sources. Splits never leak: all clips of one source video (NTU: one performer under
+cross-subject) get the same split, decided deterministically.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.records import Clip, Reject, clip_key
+from schemas.records import Clip, Reject, RejectReason, Stage, clip_key
 
-from .config import SourceConfig
+from .config import FolderSource, SourceConfig
 
 log = logging.getLogger(__name__)
 
 
 class SourceError(ValueError):
-    """The source as a whole cannot be read (missing root, ...): a clear one-line error."""
+    """The source as a whole cannot be read (missing root, unreadable CSV): a clear one-line error."""
 
 
 @dataclass
@@ -22,6 +28,50 @@ class Listing:
     clips: list[Clip]
     rejects: list[Reject] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # files that are not inputs (wrong extension, ...)
+    unlisted: list[str] = field(default_factory=list)  # videos on disk that no annotation row names
+
+    def extend(self, other: Listing) -> None:
+        self.clips += other.clips
+        self.rejects += other.rejects
+        self.ignored += other.ignored
+        self.unlisted += other.unlisted
+
+
+def hashed_split(group: str, val_fraction: float) -> str:
+    """'val' for a stable val_fraction share of groups (source videos), else 'train'."""
+    if val_fraction <= 0:
+        return "train"
+    h = int(hashlib.sha1(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if h < val_fraction else "train"
+
+
+def ingest_reject(source: str, clip_id: str, uri: str, reason: RejectReason, detail: str) -> Reject:
+    return Reject(clip_id=clip_id, source=source, uri=uri, stage=Stage.INGEST, reason=reason, detail=detail)
+
+
+def check_root(root: str) -> Path:
+    p = Path(root).expanduser()
+    if not p.exists():
+        raise SourceError(f"input folder does not exist: {p}")
+    if not p.is_dir():
+        raise SourceError(f"input is not a folder: {p}")
+    return p
+
+
+def index_videos(root: Path, extensions: list[str]) -> tuple[dict[str, list[Path]], list[str]]:
+    """Every video under root by file stem (several when the same stem sits in several folders), and
+    the other files (relative paths)."""
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
+    by_stem: dict[str, list[Path]] = {}
+    other: list[str] = []
+    for p in sorted(root.rglob("*")):
+        if not (p.is_file() or p.is_symlink()):
+            continue
+        if p.suffix.lower() in exts:
+            by_stem.setdefault(p.stem, []).append(p)
+        else:
+            other.append(str(p.relative_to(root)))
+    return by_stem, other
 
 
 def folder_clip_id(path: Path, root: Path) -> str:
@@ -30,47 +80,61 @@ def folder_clip_id(path: Path, root: Path) -> str:
     return clip_key(str(rel.with_suffix("")))
 
 
-def list_folder(cfg: SourceConfig) -> Listing:
-    root = Path(cfg.root).expanduser()
-    if not root.exists():
-        raise SourceError(f"input folder does not exist: {root}")
-    if not root.is_dir():
-        raise SourceError(f"input is not a folder: {root}")
-    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in cfg.extensions}
+def list_folder(cfg: FolderSource) -> Listing:
+    root = check_root(cfg.root)
+    by_stem, ignored = index_videos(root, cfg.extensions)
     clips: list[Clip] = []
-    ignored: list[str] = []
-    seen: dict[str, Path] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
-        rel = str(path.relative_to(root))
-        if path.suffix.lower() not in exts:
-            ignored.append(rel)
-            continue
+    seen: set[str] = set()
+    for path in sorted(p for paths in by_stem.values() for p in paths):
         cid = folder_clip_id(path, root)
         if cid in seen:  # a.mp4 beside a.avi, or a.b.mp4 beside a_b.mp4: keep both, disambiguate
-            cid = f"{cid}_{path.suffix.lower().lstrip('.')}"
-            n = 2
-            base = cid
+            base = f"{cid}_{path.suffix.lower().lstrip('.')}"
+            cid, n = base, 2
             while cid in seen:
-                cid = f"{base}_{n}"
-                n += 1
-            log.warning("clip id collision: %s is stored as %s", rel, cid)
-        seen[cid] = path
-        clips.append(Clip(source="folder", clip_id=cid, uri=str(path.resolve() if path.exists() else path)))
+                cid, n = f"{base}_{n}", n + 1
+            log.warning("clip id collision: %s is stored as %s", path.relative_to(root), cid)
+        seen.add(cid)
+        clips.append(
+            Clip(
+                source="folder",
+                clip_id=cid,
+                uri=str(path.resolve() if path.exists() else path),
+                video_id=cid,
+                split=hashed_split(cid, cfg.val_fraction),
+                licence=cfg.licence,
+            )
+        )
     return Listing(clips=clips, ignored=ignored)
+
+
+def list_source(src: SourceConfig) -> Listing:
+    if src.kind == "folder":
+        return list_folder(src)
+    if src.kind == "kinetics":
+        from .sources.kinetics import list_kinetics
+
+        return list_kinetics(src)
+    if src.kind == "ntu":
+        from .sources.ntu import list_ntu
+
+        return list_ntu(src)
+    if src.kind == "epic":
+        from .sources.epic import list_epic
+
+        return list_epic(src)
+    raise SourceError(f"unknown source kind {src.kind!r}")  # pragma: no cover - the config validates kinds
 
 
 def list_sources(sources: list[SourceConfig]) -> Listing:
     out = Listing(clips=[])
     ids: set[str] = set()
     for src in sources:
-        if src.kind != "folder":  # pragma: no cover - guarded by the config's Literal
-            raise SourceError(f"unknown source kind {src.kind!r}")
-        part = list_folder(src)
-        for c in part.clips:
-            if c.clip_id in ids:
-                raise SourceError(f"clip_id {c.clip_id!r} appears in two sources; give them distinct roots")
-            ids.add(c.clip_id)
-        out.clips += part.clips
-        out.rejects += part.rejects
-        out.ignored += part.ignored
+        part = list_source(src)
+        for cid in [c.clip_id for c in part.clips] + [r.clip_id for r in part.rejects]:
+            if cid in ids:
+                raise SourceError(f"clip_id {cid!r} appears twice across sources; give each source its own root")
+            ids.add(cid)
+        if part.unlisted:
+            log.warning("%s: %d videos under %s are in no annotation file", src.kind, len(part.unlisted), src.root)
+        out.extend(part)
     return out

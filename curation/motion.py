@@ -18,7 +18,7 @@ import numpy as np
 
 from schemas.records import KP, MotionFigures, PairStrategy, Pose17, RejectReason
 
-from .config import MotionConfig, PairingConfig
+from .config import EgocentricConfig, MotionConfig, PairingConfig
 
 
 class FrameKind(str, Enum):
@@ -337,3 +337,30 @@ def _pick(passed: list[Candidate], pcfg: PairingConfig, track: ClipTrack) -> lis
             if all((c.i, c.j) != (o.i, o.j) for o in chosen):  # two strategies may agree on a pair
                 chosen.append(c)
     return sorted(chosen, key=lambda c: (c.i, c.j))
+
+
+def select_egocentric(track: ClipTrack, cfg: EgocentricConfig) -> Selection:
+    """Head-camera segments (EditAction's EPIC set): the segment's first and last sampled frames, if
+    the segment is long enough, holds no cut and the camera's net motion stays under the limit."""
+    n = len(track.obs)
+    span = track.obs[-1].time - track.obs[0].time
+    funnel = {"frames": n}
+    if span < cfg.min_gap_s:
+        return Selection([], RejectReason.NO_VALID_WINDOW, f"segment spans {span:.2f}s < {cfg.min_gap_s}s", funnel)
+    sim = min(track.similarity)
+    cam = float(np.linalg.norm(np.sum(track.cam, axis=0)))
+    figures = MotionFigures(
+        pose_change=None,
+        max_joint_change=None,
+        translation=None,
+        body_size_px=None,
+        camera_motion=cam,
+        scene_similarity=sim,
+        keypoints_compared=0,
+    )
+    if sim < cfg.min_scene_similarity:
+        return Selection([], RejectReason.SHOT_CUT, f"scene similarity {sim:.2f} < {cfg.min_scene_similarity}", funnel)
+    if cam > cfg.max_camera_motion:
+        detail = f"camera moved {cam:.3f} of the frame diagonal > {cfg.max_camera_motion}"
+        return Selection([], RejectReason.CAMERA_MOTION, detail, funnel)
+    return Selection([Candidate("segment_endpoints", 0, n - 1, figures)], None, "", funnel)

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from schemas.records import Clip, FramePair, Level, Reject, RejectReason, Stage, make_pair_id
+from schemas.records import Clip, FramePair, Level, Pose17, Reject, RejectReason, Stage, make_pair_id
 
 from .captions import OfflineCaptioner
 from .config import BuildConfig
 from .decode import DecodeFailure, VideoSource
-from .motion import ClipTrack, FrameObs, select_pairs
+from .motion import ClipTrack, FrameObs, select_egocentric, select_pairs
 from .pose import PoseDetector
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class ClipProcessor:
 
     def _run(self, clip: Clip, res: ClipResult) -> None:
         cfg = self.cfg
+        egocentric = cfg.mode_for(clip.source) == "egocentric"
         t0 = time.perf_counter()
         obs: list[FrameObs] = []
         frames: list[np.ndarray] = []
@@ -100,7 +102,7 @@ class ClipProcessor:
             for batch in video.batches(plan):
                 res.stage = Stage.POSE
                 t1 = time.perf_counter()
-                poses = self.detector(batch.frames)
+                poses = [[] for _ in batch.indices] if egocentric else self.detector(batch.frames)
                 t_pose += time.perf_counter() - t1
                 for idx, t, frame, p in zip(batch.indices, batch.times, batch.frames, poses, strict=True):
                     obs.append(FrameObs(index=idx, time=t, poses=p))
@@ -119,7 +121,7 @@ class ClipProcessor:
         t2 = time.perf_counter()
         res.stage = Stage.MOTION
         track = ClipTrack.build(obs, frames, cfg.motion)
-        sel = select_pairs(track, cfg.motion, cfg.pairing)
+        sel = select_egocentric(track, cfg.egocentric) if egocentric else select_pairs(track, cfg.motion, cfg.pairing)
         res.funnel = sel.funnel
         res.seconds["motion"] = time.perf_counter() - t2
         if not sel.pairs:
@@ -129,6 +131,7 @@ class ClipProcessor:
 
         t3 = time.perf_counter()
         res.stage = Stage.CAPTION
+        reference = self._reference_poses(clip, video.info, frames[0].shape)
         for c in sel.pairs:
             a, b = track.obs[c.i], track.obs[c.j]
             pair = FramePair(
@@ -139,8 +142,12 @@ class ClipProcessor:
                 after_time_s=b.time,
                 before_index=a.index,
                 after_index=b.index,
-                before_pose=track.person(c.i, cfg.motion),
-                after_pose=track.person(c.j, cfg.motion),
+                frame_width=frames[c.i].shape[1],
+                frame_height=frames[c.i].shape[0],
+                before_pose=None if egocentric else track.person(c.i, cfg.motion),
+                after_pose=None if egocentric else track.person(c.j, cfg.motion),
+                before_reference_pose=reference(a.index),
+                after_reference_pose=reference(b.index),
                 motion=c.motion,
             )
             try:
@@ -155,3 +162,20 @@ class ClipProcessor:
         res.seconds["caption_encode"] = time.perf_counter() - t3
         if not res.pairs:
             res.rejects.append(_reject(clip, Stage.CAPTION, RejectReason.CAPTION_FAILED, "no pair got a caption"))
+
+    @staticmethod
+    def _reference_poses(clip: Clip, info, shape) -> Callable[[int], Pose17 | None]:
+        """A dataset's own pose for a frame index (NTU Kinect skeletons), or None."""
+        path = clip.extra.get("skeleton")
+        if not path:
+            return lambda index: None
+        from .sources.ntu import read_skeleton, reference_pose
+
+        try:
+            frames = read_skeleton(path)
+        except (OSError, ValueError) as e:
+            log.warning("%s: skeleton not used: %s", clip.clip_id, e)
+            return lambda index: None
+        h, w = shape[:2]
+        sx, sy = w / info.source_width, h / info.source_height
+        return lambda index: reference_pose(frames, index, w, h, sx, sy)

@@ -260,6 +260,7 @@ def build_stats(
         "unaccounted_clips": sorted(set(all_ids) - set(outcomes)),
         "double_counted_clips": sorted(c for c, n in outcomes.items() if n > 1),
         "ignored_files": len(plan.listing.ignored),
+        "unlisted_files": len(plan.listing.unlisted),
         "shards": len(sizes),
         "shard_bytes": sum((out / SHARDS / n).stat().st_size for n in sizes if (out / SHARDS / n).exists()),
         "units": len(records),

@@ -45,9 +45,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     from curation.runner import plan_build, run_build
 
     extra = _overrides(args)
-    if args.input is not None:
-        extra["sources"] = [{"kind": "folder", "root": args.input}]
     try:
+        if args.input is not None and args.root is not None:
+            raise ConfigError("give --input DIR (a folder of videos) or --source KIND --root DIR, not both")
+        if args.input is not None or args.root is not None:
+            src: dict[str, Any] = {"kind": args.source, "root": args.input or args.root}
+            if args.annotations:
+                src["annotations"] = args.annotations
+            extra["sources"] = [src]
+        elif args.annotations:
+            raise ConfigError("--annotations needs --source KIND --root DIR")
         cfg = load_config(args.config, output=args.output, **extra)
         if not cfg.sources:
             raise ConfigError("no input: pass --input DIR or list sources in --config")
@@ -159,7 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build (or resume) a dataset of before/after motion pairs")
-    b.add_argument("--input", help="folder of videos (searched recursively)")
+    b.add_argument("--input", help="folder of videos (searched recursively); same as --source folder --root DIR")
+    b.add_argument(
+        "--source",
+        choices=("folder", "kinetics", "ntu", "epic"),
+        default="folder",
+        help="dataset kind of --root (several sources: list them under `sources:` in --config)",
+    )
+    b.add_argument("--root", help="the dataset's video folder")
+    b.add_argument(
+        "--annotations",
+        action="append",
+        metavar="FILE",
+        help="annotation file, repeatable: Kinetics CSVs; NTU class TSV and missing-skeleton lists; EPIC CSVs",
+    )
     b.add_argument("--output", required=True, help="output folder (shards/, samples.parquet, rejects.parquet)")
     b.add_argument("--config", help="YAML config file (see README); keys not known are an error")
     b.add_argument("--device", help="pose model device: auto (default), cpu, cuda, cuda:1")

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel
 
-from .records import SCHEMA_VERSION, Caption, Clip, FramePair, MotionFigures, Reject
+from .records import SCHEMA_VERSION, Caption, Clip, FramePair, MotionFigures, Pose17, Reject
 
 SAMPLES_FILE = "samples.parquet"
 REJECTS_FILE = "rejects.parquet"
@@ -63,13 +63,44 @@ def _pose_fields(prefix: str) -> list[pa.Field]:
     ]
 
 
+# The datasets' own ids, lifted out of Clip.extra into columns of their own (null where not applicable).
+DATASET_ID_FIELDS = [
+    pa.field("youtube_id", pa.string()),  # Kinetics
+    pa.field("setup", pa.int32()),  # NTU RGB+D SsssCcccPpppRrrrAaaa
+    pa.field("camera", pa.int32()),
+    pa.field("performer", pa.int32()),
+    pa.field("replication", pa.int32()),
+    pa.field("action", pa.int32()),
+    pa.field("narration_id", pa.string()),  # EPIC-Kitchens
+    pa.field("participant_id", pa.string()),
+    pa.field("verb", pa.string()),
+    pa.field("verb_class", pa.int32()),
+    pa.field("noun", pa.string()),
+    pa.field("noun_class", pa.int32()),
+]
+
 SAMPLES_SCHEMA = pa.schema(
     [pa.field("schema_version", pa.int32()), pa.field("pair_id", pa.string())]
     + _fields(Clip)
-    + _fields(FramePair, skip=("schema_version", "pair_id", "clip", "before_pose", "after_pose", "motion", "caption"))
-    + [pa.field("frame_width", pa.int32()), pa.field("frame_height", pa.int32())]
+    + DATASET_ID_FIELDS
+    + _fields(
+        FramePair,
+        skip=(
+            "schema_version",
+            "pair_id",
+            "clip",
+            "before_pose",
+            "after_pose",
+            "before_reference_pose",
+            "after_reference_pose",
+            "motion",
+            "caption",
+        ),
+    )
     + _pose_fields("before")
     + _pose_fields("after")
+    + [pa.field("before_reference_keypoints", pa.list_(pa.float32(), 51))]
+    + [pa.field("after_reference_keypoints", pa.list_(pa.float32(), 51))]
     + _fields(MotionFigures)
     + [pa.field("caption", pa.string())]
     + _fields(Caption, prefix="caption_", skip=("text",))
@@ -79,31 +110,39 @@ SAMPLES_SCHEMA = pa.schema(
 REJECTS_SCHEMA = pa.schema(_fields(Reject))
 
 
-def _flat_pose(pose) -> list[float]:
-    return [float(v) for kp in pose.keypoints for v in kp]
+def _flat(pose: Pose17 | None) -> list[float] | None:
+    return [float(v) for kp in pose.keypoints for v in kp] if pose is not None else None
+
+
+def _pose_cols(prefix: str, pose: Pose17 | None) -> dict[str, Any]:
+    return {
+        f"{prefix}_keypoints": _flat(pose),
+        f"{prefix}_box": pose.box if pose is not None else None,
+        f"{prefix}_score": pose.score if pose is not None else None,
+    }
 
 
 def sample_row(pair: FramePair, shard: str) -> dict[str, Any]:
     clip = pair.clip.model_dump()
+    ids = {f.name: clip["extra"].get(f.name) for f in DATASET_ID_FIELDS}
     clip["extra"] = json.dumps(clip["extra"], sort_keys=True)
     cap = pair.caption
-    row: dict[str, Any] = {
+    return {
         "schema_version": SCHEMA_VERSION,
         "pair_id": pair.pair_id,
         **clip,
+        **ids,
         "strategy": pair.strategy,
         "before_time_s": pair.before_time_s,
         "after_time_s": pair.after_time_s,
         "before_index": pair.before_index,
         "after_index": pair.after_index,
-        "frame_width": pair.before_pose.frame_width,
-        "frame_height": pair.before_pose.frame_height,
-        "before_keypoints": _flat_pose(pair.before_pose),
-        "before_box": pair.before_pose.box,
-        "before_score": pair.before_pose.score,
-        "after_keypoints": _flat_pose(pair.after_pose),
-        "after_box": pair.after_pose.box,
-        "after_score": pair.after_pose.score,
+        "frame_width": pair.frame_width,
+        "frame_height": pair.frame_height,
+        **_pose_cols("before", pair.before_pose),
+        **_pose_cols("after", pair.after_pose),
+        "before_reference_keypoints": _flat(pair.before_reference_pose),
+        "after_reference_keypoints": _flat(pair.after_reference_pose),
         **pair.motion.model_dump(),
         "caption": cap.text if cap else None,
         "caption_captioner": cap.captioner if cap else None,
@@ -112,7 +151,6 @@ def sample_row(pair: FramePair, shard: str) -> dict[str, Any]:
         "caption_created_at": cap.created_at if cap else None,
         "shard": shard,
     }
-    return row
 
 
 def reject_row(reject: Reject) -> dict[str, Any]:

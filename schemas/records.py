@@ -61,7 +61,8 @@ class RejectReason(StrEnum):
     # ingest
     MISSING_FILE = "missing_file"
     EMPTY_FILE = "empty_file"
-    BAD_ANNOTATION = "bad_annotation"
+    BAD_ANNOTATION = "bad_annotation"  # an annotation row that cannot be read (bad times, empty timestamps)
+    EXCLUDED = "excluded"  # left out by a source rule (NTU mutual actions by default); detail says which
     # decode
     UNREADABLE = "unreadable"  # not a video decord can open (random bytes, unknown container/codec)
     TRUNCATED = "truncated"  # opens, but frames inside the segment cannot be decoded
@@ -155,15 +156,16 @@ class Pose17(BaseModel):
 
 
 class MotionFigures(BaseModel):
-    """What the motion filter measured for a pair (all normalised by body size = torso length)."""
+    """What the motion filter measured for a pair (pose figures normalised by body size = torso length;
+    None where not measured: egocentric pairs have no body)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    pose_change: float  # mean root-relative displacement of limb joints (elbows, wrists, knees, ankles) / torso
-    max_joint_change: float  # largest root-relative displacement of any keypoint visible in both / torso
-    translation: float  # displacement of the hip centre / torso
-    body_size_px: float  # torso length in the before frame
-    camera_motion: float  # median background displacement / frame diagonal, accumulated over the gap
+    pose_change: float | None  # mean root-relative displacement of limb joints (elbows, wrists, knees, ankles)
+    max_joint_change: float | None  # largest root-relative displacement of any keypoint visible in both
+    translation: float | None  # displacement of the hip centre
+    body_size_px: float | None  # torso length in the before frame
+    camera_motion: float  # net background displacement / frame diagonal over the gap
     scene_similarity: float  # lowest colour-histogram correlation between consecutive sampled frames
     keypoints_compared: int
 
@@ -187,6 +189,7 @@ class Caption(BaseModel):
 
 
 PairStrategy = Literal["segment_endpoints", "max_motion"]
+PairingMode = Literal["body", "egocentric"]
 
 
 def make_pair_id(clip_id: str, before_index: int, after_index: int) -> str:
@@ -206,8 +209,12 @@ class FramePair(BaseModel):
     after_time_s: float
     before_index: int  # frame index in the video file
     after_index: int
-    before_pose: Pose17
-    after_pose: Pose17
+    frame_width: int  # stored JPEG size
+    frame_height: int
+    before_pose: Pose17 | None  # the detector's pose of the one person (None in egocentric mode)
+    after_pose: Pose17 | None
+    before_reference_pose: Pose17 | None = None  # a dataset's own pose (NTU Kinect skeleton), COCO-17 subset
+    after_reference_pose: Pose17 | None = None
     motion: MotionFigures
     caption: Caption | None = None
 

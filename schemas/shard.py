@@ -80,8 +80,11 @@ def decode_sample(sample: dict[str, Any]) -> ShardSample:
 
 
 def keypoints_array(pair: FramePair) -> tuple[np.ndarray, np.ndarray]:
-    """Both poses as float32 arrays of shape (17, 3): x, y, confidence."""
-    return (
-        np.asarray(pair.before_pose.keypoints, dtype=np.float32),
-        np.asarray(pair.after_pose.keypoints, dtype=np.float32),
-    )
+    """Both poses as float32 arrays of shape (17, 3): x, y, confidence (all NaN where there is no pose)."""
+
+    def arr(pose) -> np.ndarray:
+        if pose is None:
+            return np.full((17, 3), np.nan, np.float32)
+        return np.asarray(pose.keypoints, dtype=np.float32)
+
+    return arr(pair.before_pose), arr(pair.after_pose)

@@ -45,3 +45,24 @@ def test_build_on_the_default_prefect_engine_then_inspect(tmp_path):
     assert r.returncode == 0 and "empty_file" in r.stdout and "clips in" in r.stdout
     r = run(["inspect", str(tmp_path / "nothing")])
     assert r.returncode == 2 and "no finished build" in r.stderr
+
+
+def test_build_a_dataset_source_from_the_command_line(tmp_path):
+    root = tmp_path / "k"
+    root.mkdir()
+    (root / "Kop0sDqOn-c_000253_000263.mp4").symlink_to(video(ACCEPTED["tai_chi_forest"]))
+    ann = tmp_path / "val.csv"
+    ann.write_text(
+        'label,youtube_id,time_start,time_end,split,is_cc\n"tai chi",Kop0sDqOn-c,253,263,val,0\n'
+        "abseiling,0wR5jVB-WPk,417,427,val,0\n"
+    )
+    out = tmp_path / "out"
+    args = ["build", "--source", "kinetics", "--root", str(root), "--annotations", str(ann), "--output", str(out)]
+    r = run(args + ["--engine", "local"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = pd.read_parquet(out / "samples.parquet")
+    assert set(s.clip_id) == {"Kop0sDqOn-c_000253_000263"} and (s.label == "tai chi").all()
+    rj = pd.read_parquet(out / "rejects.parquet")
+    assert rj[["clip_id", "reason"]].values.tolist() == [["0wR5jVB-WPk_000417_000427", "missing_file"]]
+    r = run(["build", "--input", str(root), "--root", str(root), "--output", str(out)])
+    assert r.returncode == 2 and "not both" in r.stderr

@@ -1,6 +1,6 @@
 import pytest
 
-from curation.config import SourceConfig
+from curation.config import FolderSource
 from curation.ingest import SourceError, list_folder
 
 
@@ -8,7 +8,7 @@ def test_folder_listing_ids_and_ignored(tmp_path):
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
     for rel in ["a.mp4", "sub/b.v2.MP4", "sub/deeper/c.webm", "x.avi", "x.mp4", "notes.txt", "clip.gif"]:
         (tmp_path / rel).write_bytes(b"")
-    listing = list_folder(SourceConfig(root=str(tmp_path)))
+    listing = list_folder(FolderSource(root=str(tmp_path)))
     ids = [c.clip_id for c in listing.clips]
     assert ids == ["a", "sub/b_v2", "sub/deeper/c", "x", "x_mp4"]  # sorted, dot-free, collision kept apart
     assert sorted(listing.ignored) == ["clip.gif", "notes.txt"]
@@ -17,4 +17,4 @@ def test_folder_listing_ids_and_ignored(tmp_path):
 
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
-        list_folder(SourceConfig(root=str(tmp_path / "nope")))
+        list_folder(FolderSource(root=str(tmp_path / "nope")))

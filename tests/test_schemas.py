@@ -40,6 +40,8 @@ def pair(before_index: int = 3, after_index: int = 9) -> FramePair:
         after_time_s=0.3,
         before_index=before_index,
         after_index=after_index,
+        frame_width=64,
+        frame_height=48,
         before_pose=pose(nan_at=4),
         after_pose=pose(),
         motion=MotionFigures(

@@ -1,0 +1,127 @@
+"""EPIC-KITCHENS-100: one Clip per narration segment inside a long head-camera video.
+
+Videos: <root>/<participant>/videos/<video_id>.MP4 (also <root>/<video_id>.MP4). Segment bounds come
+from start_timestamp / stop_timestamp (HH:MM:SS.ff), never from the frame columns: those count at 60
+fps for EPIC-55 videos and 50 fps for the extension, not at the native rate. Only the segment is
+decoded. Rows with empty or unreadable timestamps are rejects (bad_annotation); segments past the
+video's end are rejected when decoded (segment_out_of_range).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import re
+from pathlib import Path
+
+from schemas.records import Clip, RejectReason
+
+from ..config import EpicSource
+from ..ingest import Listing, SourceError, check_root, hashed_split, index_videos, ingest_reject
+
+TIMESTAMP = re.compile(r"^(\d+):([0-5]\d):(\d+(?:\.\d+)?)$")
+SPLIT_BY_FILE = {"validation": "val", "train": "train", "test": "test"}
+# words after the verb that already determine the noun phrase
+_DETERMINED = {
+    "the", "a", "an", "some", "any", "all", "your", "my", "his", "her", "their", "its", "this", "that", "these",
+    "those", "in", "into", "on", "onto", "from", "to", "with", "off", "out", "up", "down", "away", "back",
+    "around", "over", "under", "through", "for", "of", "and", "it", "them", "each", "every", "both", "more",
+}  # fmt: skip
+
+
+def parse_timestamp(text: str) -> float:
+    m = TIMESTAMP.match((text or "").strip())
+    if not m:
+        raise ValueError(f"not a HH:MM:SS.ff timestamp: {text!r}")
+    h, mnt, s = m.groups()
+    return int(h) * 3600 + int(mnt) * 60 + float(s)
+
+
+def narration_instruction(narration: str, verb: str | None = None) -> str:
+    """'take plate' -> 'take the plate'; 'put down plate' -> 'put down the plate'; 'turn on tap' -> 'turn
+    on the tap'. The verb column ('put-down') tells where the verb ends; an object that already starts
+    with an article, a pronoun or a preposition is left as it is."""
+    words = narration.strip().split()
+    if not words:
+        return narration.strip()
+    verb_words = (verb or "").replace("-", " ").split()
+    n = len(verb_words) if verb_words and [w.lower() for w in words[: len(verb_words)]] == verb_words else 1
+    head, rest = words[:n], words[n:]
+    if rest and rest[0].lower() not in _DETERMINED:
+        rest = ["the", *rest]
+    return " ".join(head + rest)
+
+
+def _split_for(path: Path) -> str | None:
+    stem = path.stem.lower()
+    return next((v for k, v in SPLIT_BY_FILE.items() if k in stem), None)
+
+
+def list_epic(cfg: EpicSource) -> Listing:
+    root = check_root(cfg.root)
+    by_stem, _ = index_videos(root, [".mp4"])
+    out = Listing(clips=[])
+    used: set[str] = set()
+    for ann in cfg.annotations:
+        path = Path(ann).expanduser()
+        file_split = _split_for(path)
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except OSError as e:
+            raise SourceError(f"cannot read {path}: {e.strerror}") from e
+        if rows and "narration_id" not in rows[0]:
+            raise SourceError(f"{path} is not an EPIC-KITCHENS narration CSV (no narration_id column)")
+        for line, row in enumerate(rows, start=2):
+            nid = (row.get("narration_id") or "").strip() or f"{path.stem}_line{line}"
+            vid = (row.get("video_id") or "").strip()
+            part = (row.get("participant_id") or vid.split("_")[0]).strip()
+            candidates = by_stem.get(vid, [])
+            preferred = [p for p in candidates if p.parent.name == "videos" and p.parent.parent.name == part]
+            video = (preferred or candidates or [None])[0]
+            uri = str(video.resolve()) if video else str(root / part / "videos" / f"{vid}.MP4")
+            try:
+                start = parse_timestamp(row.get("start_timestamp", ""))
+                end = parse_timestamp(row.get("stop_timestamp", ""))
+                if end <= start:
+                    raise ValueError(f"stop {end:.2f}s is not after start {start:.2f}s")
+            except ValueError as e:
+                detail = f"{path.name} line {line}: {e}"
+                out.rejects.append(ingest_reject("epic", nid, uri, RejectReason.BAD_ANNOTATION, detail))
+                continue
+            if video is None:
+                detail = f"{vid}.MP4 not found under {root} (expected {part}/videos/{vid}.MP4)"
+                out.rejects.append(ingest_reject("epic", nid, uri, RejectReason.MISSING_FILE, detail))
+                continue
+            used.add(vid)
+            extra: dict[str, str | int | None] = {
+                "narration_id": nid,
+                "participant_id": part,
+                "narration": row.get("narration"),
+                "instruction": narration_instruction(row.get("narration", ""), row.get("verb")),
+                "verb": row.get("verb") or None,
+                "noun": row.get("noun") or None,
+            }
+            for k in ("verb_class", "noun_class"):
+                extra[k] = int(row[k]) if (row.get(k) or "").strip().lstrip("-").isdigit() else None
+            if row.get("all_nouns"):
+                try:
+                    extra["all_nouns"] = ";".join(ast.literal_eval(row["all_nouns"]))
+                except (ValueError, SyntaxError):
+                    extra["all_nouns"] = row["all_nouns"]
+            out.clips.append(
+                Clip(
+                    source="epic",
+                    clip_id=nid,
+                    uri=uri,
+                    start_s=start,
+                    end_s=end,
+                    label=row.get("narration") or None,
+                    split=file_split or hashed_split(vid, cfg.val_fraction),
+                    licence=cfg.licence,
+                    video_id=vid,
+                    extra=extra,
+                )
+            )
+    out.unlisted = sorted(str(p.relative_to(root)) for s, ps in by_stem.items() if s not in used for p in ps)
+    return out
