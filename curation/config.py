@@ -82,7 +82,39 @@ class PairingConfig(_Section):
 
 
 class CaptionConfig(_Section):
-    captioner: Literal["offline"] = "offline"
+    """The offline captioner needs nothing. `openai` talks to any OpenAI-compatible server; the API key
+    is read from the environment variable named by api_key_env (or a Prefect Secret in flows), never
+    from this config."""
+
+    captioner: Literal["offline", "openai"] = "offline"
+    model: str | None = Field(None, description="model name on the server (required for openai)")
+    base_url: str | None = Field(None, description="server URL; default: $OPENAI_BASE_URL, else OpenAI")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable that holds the API key")
+    api_key_secret: str | None = Field(None, description="Prefect Secret block holding the key (flows only)")
+    prompt_version: str = Field("v1", description="curation/prompts/<version>.md")
+    image_detail: Literal["low", "high", "auto"] = "low"
+    image_max_side: int = Field(512, ge=64, description="images are sent at most this large")
+    max_concurrency: int = Field(4, ge=1)
+    requests_per_minute: float = Field(60, gt=0)
+    tokens_per_minute: float = Field(200_000, gt=0)
+    timeout_s: float = Field(60, gt=0)
+    max_retries: int = Field(4, ge=0, description="client retries on 429/5xx/timeouts, honouring Retry-After")
+    max_tokens: int = Field(300, ge=16, description="answer length cap")
+    max_requests: int | None = Field(None, ge=0, description="budget: requests per run")
+    max_cost_usd: float | None = Field(None, ge=0, description="budget: estimated dollars per run")
+    usd_per_1m_input_tokens: float = Field(0.0, ge=0, description="price, for the cost estimate")
+    usd_per_1m_output_tokens: float = Field(0.0, ge=0)
+    batch: bool = Field(False, description="use the Batch API (files + batches endpoints) instead of live calls")
+    batch_poll_s: float = Field(30, gt=0)
+
+    def model_post_init(self, _: Any) -> None:
+        if self.captioner == "openai" and not self.model:
+            raise ValueError("caption.model is required with captioner openai")
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that change a caption (not limits, budgets or timeouts)."""
+        keys = ("captioner", "model", "prompt_version", "image_detail", "image_max_side")
+        return {k: getattr(self, k) for k in keys}
 
 
 class ShardConfig(_Section):
@@ -179,6 +211,7 @@ class BuildConfig(BaseSettings):
         Sources are part of it: their settings decide labels and splits."""
         relevant = self.model_dump(mode="json", exclude={"output"})
         relevant["pose"].pop("device", None)
+        relevant["caption"] = self.caption.result_settings()
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -36,13 +36,12 @@ from schemas.shard import SIZES_FILE
 
 from .config import BuildConfig
 from .ingest import Listing, list_sources
-from .pipeline import ClipProcessor, ClipResult
-from .sink import ShardSet, write_json, write_parquet
+from .pipeline import ClipProcessor, ClipResult, EncodedPair
+from .sink import SHARDS, ShardSet, current_shard_set, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
 PARTS = "parts"
-SHARDS = "shards"
 
 
 @dataclass(frozen=True)
@@ -129,27 +128,35 @@ def process_unit(
     unit: WorkUnit,
     processor: ClipProcessor | None = None,
     on_clip: Callable[[ClipResult], None] | None = None,
+    api_key: str | None = None,
 ) -> dict[str, Any]:
     """Process the unit's clips, write its tars and parts, then commit its record. Returns the record."""
     out = Path(cfg.output)
     processor = processor or get_processor(cfg)
-    shards = ShardSet(out / SHARDS, unit.unit_id, cfg.shards.max_samples, cfg.shards.max_bytes)
+    shards = ShardSet(current_shard_set(out), unit.unit_id, cfg.shards.max_samples, cfg.shards.max_bytes)
     sample_rows: list[dict[str, Any]] = []
     reject_rows: list[dict[str, Any]] = []
     seconds: Counter[str] = Counter()
     frames = 0
     t0 = time.perf_counter()
+    results: list[ClipResult] = []
     try:
         for clip in unit.clips:
             res = processor(clip)
-            for item in res.pairs:
-                shard = shards.write(item)
-                sample_rows.append(sample_row(item.pair, shard))
+            results.append(res)
             reject_rows += [reject_row(r) for r in res.rejects]
             seconds.update(res.seconds)
             frames += res.frames_decoded
             if on_clip is not None:
                 on_clip(res)
+        if cfg.caption.captioner != "offline":
+            t1 = time.perf_counter()
+            caption_with_llm(cfg, unit.unit_id, [item for r in results for item in r.pairs], api_key)
+            seconds["llm_caption"] += time.perf_counter() - t1
+        for res in results:
+            for item in res.pairs:
+                shard = shards.write(item)
+                sample_rows.append(sample_row(item.pair, shard))
         sizes = shards.close()
     except BaseException:
         shards.abort()
@@ -171,6 +178,30 @@ def process_unit(
     }
     write_json(parts / f"{unit.unit_id}.json", record)  # the commit
     return record
+
+
+def caption_with_llm(cfg: BuildConfig, unit_id: str, items: list[EncodedPair], api_key: str | None = None) -> None:
+    """Replace the offline captions of a unit's pairs with the LLM's where it gave a usable answer. A
+    pair whose request failed keeps its offline caption; every attempt is recorded as a caption row
+    (recaption later with --where "caption_captioner == 'offline'")."""
+    from schemas.captions import CaptionStatus
+    from schemas.records import Caption
+
+    from .llm import CaptionJob, LLMCaptioner
+    from .recaption import write_caption_rows
+
+    if not items:
+        return
+    captioner = LLMCaptioner(cfg.caption, Path(cfg.output), api_key=api_key, run_id=unit_id).setup()
+    rows = captioner.caption([CaptionJob(i.pair, i.before_jpg, i.after_jpg) for i in items])
+    by_pair = {r["pair_id"]: r for r in rows}
+    for item in items:
+        r = by_pair.get(item.pair.pair_id)
+        if r is not None and r["status"] == CaptionStatus.OK:
+            item.pair.caption = Caption(
+                text=r["text"], captioner=captioner.name, model=cfg.caption.model, prompt_version=r["prompt_version"]
+            )
+    write_caption_rows(Path(cfg.output), unit_id, rows)
 
 
 def _read_parts(out: Path, unit_ids: list[str], kind: str, schema: pa.Schema) -> pa.Table:
@@ -195,7 +226,7 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     sizes: dict[str, int] = {}
     for r in records:
         sizes.update(r["shards"])
-    write_json(out / SHARDS / SIZES_FILE, dict(sorted(sizes.items())))
+    write_json(current_shard_set(out) / SIZES_FILE, dict(sorted(sizes.items())))
     _drop_stale(out, plan.stale_units)
 
     stats = build_stats(plan, records, samples, rejects, sizes, out)
@@ -270,7 +301,9 @@ def build_stats(
     }
 
 
-def run_build(cfg: BuildConfig, on_clip: Callable[[ClipResult], None] | None = None) -> dict[str, Any]:
+def run_build(
+    cfg: BuildConfig, on_clip: Callable[[ClipResult], None] | None = None, api_key: str | None = None
+) -> dict[str, Any]:
     """The whole build in this process: the same steps the Prefect flow runs as tasks."""
     t0 = time.perf_counter()
     plan = plan_build(cfg)
@@ -282,7 +315,7 @@ def run_build(cfg: BuildConfig, on_clip: Callable[[ClipResult], None] | None = N
         len(plan.units),
     )
     for unit in plan.units:
-        process_unit(cfg, unit, on_clip=on_clip)
+        process_unit(cfg, unit, on_clip=on_clip, api_key=api_key)
     return finalize(cfg, plan, time.perf_counter() - t0)
 
 

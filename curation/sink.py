@@ -27,6 +27,36 @@ from schemas.shard import encode_sample
 from .pipeline import EncodedPair
 
 TAR_BLOCK = 512
+SHARDS = "shards"  # OUT/shards: a symlink to the current set under OUT/shardsets/
+SHARD_SETS = "shardsets"
+
+
+def current_shard_set(out: Path) -> Path:
+    """The folder that holds the current tars, creating the first set (and the link) when needed."""
+    link = Path(out) / SHARDS
+    if link.is_symlink() or link.is_dir():
+        return link.resolve()
+    first = new_shard_set(out)
+    swap_shard_set(out, first)
+    return first
+
+
+def new_shard_set(out: Path) -> Path:
+    from datetime import datetime, timezone
+
+    name = datetime.now(timezone.utc).strftime("set-%Y%m%dT%H%M%S%fZ")
+    path = Path(out) / SHARD_SETS / name
+    path.mkdir(parents=True)
+    return path
+
+
+def swap_shard_set(out: Path, target: Path) -> None:
+    """Point OUT/shards at `target` in one atomic rename of a symlink."""
+    link = Path(out) / SHARDS
+    tmp = Path(out) / f".{SHARDS}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, Path(out)), tmp)
+    os.replace(tmp, link)
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
