@@ -1,0 +1,221 @@
+"""LLM captions against a real HTTP server on loopback speaking the Chat Completions wire protocol."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from curation.config import CaptionConfig, load_config
+from curation.llm import CaptionJob, LLMCaptioner
+from curation.recaption import load_jobs, load_samples, publish, read_caption_rows, recaption
+from curation.runner import run_build
+from fake_openai import FakeOpenAI
+from training.data import open_shards
+
+KEY = "sk-test-SECRET-0123456789"
+
+
+@pytest.fixture()
+def server():
+    s = FakeOpenAI(api_key=KEY, slow_s=2.0).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def built(real_build, tmp_path):
+    """A private copy of the shared real build (3 clips, 6 pairs) to caption and publish."""
+    _, out, _ = real_build
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    return copy
+
+
+def cfg(server, **kw) -> CaptionConfig:
+    base = dict(
+        captioner="openai",
+        model="fake-vlm",
+        base_url=server.base_url,
+        timeout_s=1.0,
+        max_retries=3,
+        requests_per_minute=6000,
+        usd_per_1m_input_tokens=2.0,
+        usd_per_1m_output_tokens=8.0,
+    )
+    return CaptionConfig(**{**base, **kw})
+
+
+def test_requests_carry_both_images_schema_and_grounding(server, built, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    summary, run_id = recaption(built, cfg(server))
+    n = len(load_samples(built))
+    assert summary.ok == n and summary.requests == n and summary.failed == 0
+    assert len(server.requests) == n and server.invalid == []  # the server accepted every request
+    rows = read_caption_rows(built)
+    assert (rows.status == "ok").all() and (rows.caption_version == "fake-vlm@v1").all()
+    r = rows.iloc[0]
+    assert r.text.startswith("[fake-vlm] raise your right arm") and json.loads(r.raw)["visible_change"] is True
+    assert r.tokens_in == 250 and r.tokens_out == 40 and r.cost_usd == pytest.approx((250 * 2 + 40 * 8) / 1e6)
+    assert r.model == "fake-vlm" and r.prompt_version == "v1" and r.seconds > 0
+
+
+def test_faults_end_as_retried_successes_or_recorded_failures(server, built, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    pids = list(load_samples(built).pair_id)
+    plan = {
+        pids[0]: ["429", "ok"],  # Retry-After honoured, then fine
+        pids[1]: ["500", "500", "ok"],
+        pids[2]: ["slow", "ok"],  # the first attempt times out
+        pids[3]: ["malformed"],
+        pids[4]: ["refusal"],
+        pids[5]: ["empty"],
+    }
+    for pid, script in plan.items():
+        server.script[pid] = list(script)
+    with caplog.at_level(logging.DEBUG):
+        summary, _ = recaption(built, cfg(server))
+    rows = read_caption_rows(built).set_index("pair_id")
+    assert [rows.loc[p, "status"] for p in pids[:3]] == ["ok", "ok", "ok"]
+    assert [rows.loc[p, "reason"] for p in pids[3:6]] == ["invalid_json", "refusal", "empty_answer"]
+    assert rows.loc[pids[3], "raw"].startswith('{"instruction"')  # the raw answer is kept
+    assert len(server.chat_requests(pids[0])) == 2 and len(server.chat_requests(pids[1])) == 3
+    assert len(server.chat_requests(pids[2])) == 2  # timed out once, then answered
+    gaps = [b["t"] - a["t"] for a, b in zip(server.chat_requests(pids[0]), server.chat_requests(pids[0])[1:])]
+    assert gaps[0] >= 0.9  # waited for Retry-After: 1
+    # publishing applies only valid answers: the failed ones keep their offline captions
+    before = load_samples(built).set_index("pair_id")
+    publish(built)
+    after = load_samples(built).set_index("pair_id")
+    for p in pids[:3]:
+        assert after.loc[p, "caption"].startswith("[fake-vlm]") and after.loc[p, "caption_model"] == "fake-vlm"
+    for p in pids[3:6]:
+        assert after.loc[p, "caption"] == before.loc[p, "caption"] and after.loc[p, "caption_captioner"] == "offline"
+    shard_caps = {s.pair.pair_id: s.pair.caption.text for s in open_shards(built)}
+    assert shard_caps == after.caption.to_dict()
+    assert KEY not in caplog.text
+
+
+def test_persistent_timeouts_and_server_errors_are_recorded_not_raised(server, built, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    pids = list(load_samples(built).pair_id)
+    server.script[pids[0]] = ["slow"] * 3
+    server.script[pids[1]] = ["500"] * 3
+    summary, _ = recaption(built, cfg(server, max_retries=2), where=f"pair_id in {pids[:2]!r}")
+    rows = read_caption_rows(built).set_index("pair_id")
+    assert rows.loc[pids[0], "reason"] == "timeout" and rows.loc[pids[1], "reason"] == "http_500"
+    assert summary.failed == 2 and len(server.requests) == 6
+
+
+def test_rerun_pays_nothing_and_a_killed_run_pays_only_for_the_rest(server, built, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    n = len(load_samples(built))
+    s1, _ = recaption(built, cfg(server, max_requests=2))  # stops cleanly at the budget
+    assert s1.requests == 2 and s1.skipped_budget == n - 2 and len(server.requests) == 2
+    s2, _ = recaption(built, cfg(server))  # "restarted": only the rest is paid for
+    assert s2.cached == 2 and s2.requests == n - 2 and len(server.requests) == n
+    s3, _ = recaption(built, cfg(server))  # finished: zero requests
+    assert s3.requests == 0 and s3.cached == n and len(server.requests) == n
+    # a crash between answers and the rows file: the cache still has every answer
+    for f in (built / "captions").glob("rows-*.parquet"):
+        f.unlink()
+    s4, _ = recaption(built, cfg(server))
+    assert s4.requests == 0 and len(read_caption_rows(built)) == n
+
+
+def test_requests_per_minute_limit_is_respected(server, built, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    summary, _ = recaption(built, cfg(server, requests_per_minute=240, max_concurrency=4))  # one per 0.25 s
+    times = sorted(r["t"] for r in server.requests)
+    assert summary.requests == len(times) >= 5
+    gaps = np.diff(times)
+    assert gaps.min() >= 0.2  # measured by the server: never faster than the limit
+    assert len(times) - 1 <= (times[-1] - times[0]) * 240 / 60 + 1
+
+
+def test_batch_mode_round_trips_files_and_batches(server, built, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    pids = list(load_samples(built).pair_id)
+    server.script[pids[0]] = ["refusal"]
+    summary, _ = recaption(built, cfg(server, batch=True, batch_poll_s=0.1))
+    assert len(server.batches) == 1 and all(r.get("batch") for r in server.requests)
+    rows = read_caption_rows(built).set_index("pair_id")
+    assert rows.loc[pids[0], "reason"] == "refusal" and (rows.drop(pids[0]).status == "ok").all()
+    assert not list((built / "captions").glob("batch-*.json"))  # state file removed once ingested
+    s2, _ = recaption(built, cfg(server, batch=True, batch_poll_s=0.1))
+    assert s2.requests == 0 and len(server.batches) == 1
+
+
+def test_recaption_of_a_subset_changes_exactly_those_after_publish(server, built, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    old_shards = (built / "shards").resolve()
+    before = {s.key: s for s in open_shards(built, decode_images=False)}
+    where = "clip_id == 'dribbler'"
+    recaption(built, cfg(server), where=where)
+    recaption(built, cfg(server, model="other-vlm"), where="clip_id == 'tai_chi_glass'")
+    rows = read_caption_rows(built)
+    assert set(rows.caption_version) == {"fake-vlm@v1", "other-vlm@v1"}
+    publish(built, caption_version="fake-vlm@v1")
+    assert (built / "shards").resolve() != old_shards and not old_shards.exists()  # swapped, old set removed
+    after = {s.key: s for s in open_shards(built, decode_images=False)}
+    assert set(after) == set(before)
+    changed = {k for k in after if after[k].pair.caption.text != before[k].pair.caption.text}
+    assert changed == {k for k in after if k.startswith("dribbler/")} and changed
+    for k in set(after) - changed:  # the rest are identical, byte for byte
+        assert after[k].before == before[k].before and after[k].pair == before[k].pair
+    s = load_samples(built)
+    assert (s[s.clip_id == "dribbler"].caption_prompt_version == "v1").all()
+    assert (s[s.clip_id != "dribbler"].caption_captioner == "offline").all()
+    # older caption versions are kept
+    assert len(read_caption_rows(built)) == len(rows)
+
+
+def test_build_with_the_openai_captioner_and_no_key_leaks(server, tmp_path, real_input, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.symlink((real_input / "dribbler.mp4").resolve(), folder / "dribbler.mp4")
+    c = load_config(
+        None,
+        output=str(tmp_path / "o"),
+        sources=[{"root": str(folder)}],
+        caption={"captioner": "openai", "model": "m1"},
+    )
+    with caplog.at_level(logging.DEBUG):
+        stats = run_build(c)
+    s = load_samples(tmp_path / "o")
+    assert stats["pairs"] == len(s) >= 1 and s.caption.str.startswith("[m1]").all()
+    assert (s.caption_captioner == "openai").all() and (s.caption_model == "m1").all()
+    for path in (tmp_path / "o").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert KEY not in caplog.text
+
+
+def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):
+    from curation.llm import CaptionSetupError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(CaptionSetupError, match=r"no API key: set \$OPENAI_API_KEY"):
+        LLMCaptioner(CaptionConfig(captioner="openai", model="m"), tmp_path).setup()
+    with pytest.raises(CaptionSetupError, match="unknown prompt version"):
+        LLMCaptioner(CaptionConfig(captioner="openai", model="m", prompt_version="v9"), tmp_path, api_key="k").setup()
+
+
+def test_not_visible_answers_are_recorded_but_never_published(server, built, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    pid = load_samples(built).pair_id.iloc[0]
+    server.script[pid] = ["not_visible"]
+    jobs = load_jobs(built, load_samples(built).head(1))
+    assert isinstance(jobs[0], CaptionJob)
+    recaption(built, cfg(server), where=f"pair_id == {pid!r}")
+    assert read_caption_rows(built).status.tolist() == ["not_visible"]
+    publish(built)
+    assert load_samples(built).set_index("pair_id").loc[pid, "caption_captioner"] == "offline"
+    pd.testing.assert_series_equal(read_caption_rows(built).status, pd.Series(["not_visible"], name="status"))
