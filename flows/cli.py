@@ -33,7 +33,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if getattr(args, "device", None):
         out["pose"] = {"device": args.device}
+    caption = {
+        k: v
+        for k, v in {
+            "captioner": getattr(args, "captioner", None),
+            "model": getattr(args, "model", None),
+            "base_url": getattr(args, "base_url", None),
+            "prompt_version": getattr(args, "prompt_version", None),
+            "max_requests": getattr(args, "max_requests", None),
+            "max_cost_usd": getattr(args, "max_cost_usd", None),
+            "batch": getattr(args, "batch", None) or None,
+        }.items()
+        if v is not None
+    }
+    if caption:
+        out["caption"] = caption
     return out
+
+
+def _add_caption_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name on the OpenAI-compatible server")
+    p.add_argument("--base-url", help="server URL (default: $OPENAI_BASE_URL, else OpenAI); key: $OPENAI_API_KEY")
+    p.add_argument("--prompt-version", help="prompt file curation/prompts/<version>.md (default v1)")
+    p.add_argument("--max-requests", type=int, help="budget: stop cleanly after this many paid requests")
+    p.add_argument("--max-cost-usd", type=float, help="budget: stop cleanly at this estimated cost")
+    p.add_argument("--batch", action="store_true", help="use the Batch API (upload, submit, poll, ingest)")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -42,6 +66,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     from curation.config import ConfigError, load_config
     from curation.ingest import SourceError
+    from curation.llm import CaptionSetupError, LLMCaptioner
     from curation.runner import plan_build, run_build
 
     extra = _overrides(args)
@@ -59,7 +84,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         if not cfg.sources:
             raise ConfigError("no input: pass --input DIR or list sources in --config")
         plan = plan_build(cfg)  # fails fast on a missing input folder, before any model loads
-    except (ConfigError, SourceError) as e:
+        if cfg.caption.captioner == "openai":
+            LLMCaptioner(cfg.caption, Path(cfg.output)).setup()  # no key or model: say so before any work
+    except (ConfigError, SourceError, CaptionSetupError) as e:
         return _fail(str(e))
 
     console = Console(stderr=True)
@@ -142,6 +169,33 @@ def print_summary(out: Path, console=None) -> None:
         console.print(f"time (s): {timings}; frames decoded {stats['frames_decoded']}")
 
 
+def cmd_recaption(args: argparse.Namespace) -> int:
+    from curation.config import ConfigError, load_config
+    from curation.llm import CaptionSetupError
+    from curation.recaption import RecaptionError, recaption
+
+    extra = _overrides(args)
+    extra.setdefault("caption", {})["captioner"] = "openai"
+    try:
+        cfg = load_config(args.config, output=args.output, **extra)
+        summary, run_id = recaption(Path(args.output), cfg.caption, where=args.where)
+    except (ConfigError, CaptionSetupError, RecaptionError) as e:
+        return _fail(str(e))
+    print(json.dumps({"run_id": run_id, **summary.__dict__}, indent=2))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from curation.recaption import RecaptionError, publish
+
+    try:
+        summary = publish(Path(args.output), caption_version=args.caption_version)
+    except RecaptionError as e:
+        return _fail(str(e))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from schemas.manifest import STATS_FILE
 
@@ -190,7 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefect: run as the Prefect flow build_dataset (default; ephemeral API unless PREFECT_API_URL "
         "is set); local: the same steps in this process without Prefect",
     )
+    b.add_argument("--captioner", choices=("offline", "openai"), help="default: offline (no network)")
+    _add_caption_flags(b)
     b.set_defaults(func=cmd_build)
+
+    rc = sub.add_parser("recaption", help="caption a subset of a finished build again (appends a caption version)")
+    rc.add_argument("output")
+    rc.add_argument(
+        "--where", help="pandas query over samples.parquet, e.g. \"source == 'kinetics' and split == 'val'\""
+    )
+    rc.add_argument("--config", help="YAML config; its caption section sets limits, prices, image size")
+    _add_caption_flags(rc)
+    rc.set_defaults(func=cmd_recaption)
+
+    pb = sub.add_parser("publish", help="rewrite the shards with the chosen caption per sample (atomic swap)")
+    pb.add_argument("output")
+    pb.add_argument("--caption-version", help="'<model>@<prompt version>'; default: the newest usable caption")
+    pb.set_defaults(func=cmd_publish)
 
     i = sub.add_parser("inspect", help="counts of a finished build: clips in, pairs out, rejects by reason")
     i.add_argument("output")

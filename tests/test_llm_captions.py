@@ -219,3 +219,29 @@ def test_not_visible_answers_are_recorded_but_never_published(server, built, mon
     publish(built)
     assert load_samples(built).set_index("pair_id").loc[pid, "caption_captioner"] == "offline"
     pd.testing.assert_series_equal(read_caption_rows(built).status, pd.Series(["not_visible"], name="status"))
+
+
+def test_recaption_and_publish_from_the_cli_and_as_prefect_flows(server, built, monkeypatch):
+    import subprocess
+    import sys
+
+    from flows.captions import publish as publish_flow
+    from flows.captions import recaption as recaption_flow
+
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": server.base_url}
+    cmd = [sys.executable, "-m", "flows.cli", "recaption", str(built), "--where", "clip_id == 'dribbler'"]
+    r = subprocess.run(cmd + ["--model", "cli-vlm"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["ok"] >= 1 and KEY not in r.stdout + r.stderr
+    bad = cmd[:5] + ["--where", "no_such_column == 1", "--model", "m"]
+    r = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2 and "bad --where query" in r.stderr
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    out = recaption_flow(output=str(built), where="clip_id == 'tai_chi_forest'", model="flow-vlm")
+    assert out["ok"] >= 1
+    published = publish_flow(output=str(built), caption_version="flow-vlm@v1")
+    assert published["captions_applied"] == out["ok"]
+    s = load_samples(built)
+    assert (s[s.clip_id == "tai_chi_forest"].caption_model == "flow-vlm").all()
+    assert (s[s.clip_id == "dribbler"].caption_captioner == "offline").all()  # cli-vlm not chosen
