@@ -196,6 +196,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.train import main as train_main
+
+    return train_main(args)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from training.edit import main as edit_main
+
+    return edit_main(args)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from schemas.manifest import STATS_FILE
 
@@ -265,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="counts of a finished build: clips in, pairs out, rejects by reason")
     i.add_argument("output")
     i.set_defaults(func=cmd_inspect)
+
+    from training.config import add_arguments as add_train_arguments
+    from training.config import add_edit_arguments
+
+    t = sub.add_parser("train", help="finetune an InstructPix2Pix editor on the shards (see training/train.py)")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("edit", help="run a trained checkpoint on an image and an instruction")
+    add_edit_arguments(e)
+    e.set_defaults(func=cmd_edit)
 
     d = sub.add_parser("demo-clip", help="write the self-made demo clip (a moving astronaut) into FOLDER")
     d.add_argument("folder")

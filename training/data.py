@@ -120,6 +120,7 @@ def open_shards(
     ds = wds.WebDataset(
         urls,
         shardshuffle=(100 if shuffle else False) if not resampled else True,
+        detshuffle=bool(shuffle),
         resampled=resampled,
         nodesplitter=wds.split_by_node,
         workersplitter=wds.split_by_worker,
@@ -128,5 +129,5 @@ def open_shards(
         empty_check=False,
     )
     if shuffle:
-        ds = ds.shuffle(shuffle)
+        ds = ds.shuffle(shuffle, seed=seed)
     return ds.map(decode if decode_images else validate_only, handler=handler)

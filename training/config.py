@@ -1,0 +1,76 @@
+"""Training configuration: every flag of `motionpairs train` (light to import: the CLI builds its
+help from these descriptions without loading torch or diffusers)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Every flag of `motionpairs train` (the CLI help is generated from these descriptions)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shards: list[str] = Field(..., description="output folder(s), globs, brace patterns or tar paths")
+    output: str = Field(..., description="run folder: metrics.jsonl, checkpoint-*/, validation/")
+    pretrained: str = Field("tiny", description="'tiny' (random, built in code) or an InstructPix2Pix folder/hub id")
+    resolution: int = Field(64, ge=16, description="training image size (square)")
+    train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_train_steps: int = Field(100, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    adam_weight_decay: float = Field(1e-2, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    conditioning_dropout_prob: float = Field(0.05, ge=0, le=0.33, description="text, image, both: p each")
+    freeze_cross_attention: bool = Field(False, description="EditAction: text cross-attention stops learning")
+    contrastive_weight: float = Field(0.0, ge=0, description="EditAction's contrastive action loss weight")
+    regularizer_weight: float = Field(0.0, ge=0, description="L2 pull of the UNet towards its starting weights")
+    pose_conditioning: bool = Field(False, description="add the target pose branch (rendered skeleton)")
+    shuffle_buffer: int = Field(256, ge=0)
+    flip_p: float = Field(0.5, ge=0, le=1)
+    num_workers: int = Field(0, ge=0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    logging_steps: int = Field(1, ge=1)
+    checkpointing_steps: int = Field(50, ge=1)
+    checkpoints_total_limit: int | None = Field(None, ge=1)
+    resume_from_checkpoint: str | None = Field(None, description="a checkpoint folder, or 'latest'")
+    validation_steps: int = Field(0, ge=0, description="write an edit grid every N steps (0: never)")
+    validation_samples: int = Field(4, ge=1)
+    validation_inference_steps: int = Field(10, ge=1)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        helptext = field.description or ""
+        if name == "shards":
+            p.add_argument(flag, nargs="+", required=True, help=helptext)
+        elif field.annotation is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helptext)
+        elif name == "output":
+            p.add_argument(flag, required=True, help=helptext)
+        else:
+            kind = type(default) if default is not None and not isinstance(default, str) else str
+            if name in ("checkpoints_total_limit",):
+                kind = int
+            p.add_argument(flag, type=kind, default=default, help=f"{helptext} (default: {default})".strip())
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{k: getattr(args, k) for k in TrainConfig.model_fields})
+
+
+def add_edit_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoint-N folder")
+    p.add_argument("--image", required=True, help="input image")
+    p.add_argument("--instruction", required=True, help='edit instruction, e.g. "raise your right arm"')
+    p.add_argument("--output", required=True, help="edited image path (.png)")
+    p.add_argument("--steps", type=int, default=20, help="inference steps (default 20; EditAction used 100)")
+    p.add_argument("--image-guidance", type=float, default=1.5, help="image guidance scale (default 1.5)")
+    p.add_argument("--text-guidance", type=float, default=7.5, help="text guidance scale (default 7.5)")
+    p.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,298 @@
+"""Finetune an InstructPix2Pix editor on motionpairs shards.
+
+    motionpairs train --shards "OUT/shards/*.tar" --output RUN --pretrained tiny --max-train-steps 100
+
+The InstructPix2Pix objective: the UNet (8 input channels: noisy latent of the after-image + latent of
+the before-image) predicts the noise, conditioned on the instruction; conditioning dropout on the
+text, the image and both makes classifier-free guidance possible. Options from EditAction: frozen
+cross-attention, the contrastive action loss against an instruction that shares no token with the true
+one, a regulariser towards the starting UNet. Option from the non-rigid editing paper: the target pose
+as a rendered skeleton through a zero-initialised branch. `accelerate` handles devices and mixed
+precision; checkpoints hold model, optimizer, RNG and data position, so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig, config_from_args
+from .data import SkipCounter, dataset_size, open_shards, shard_urls
+from .model import EditorParts, add_pose_branch, build_tiny, freeze_cross_attention, load_pretrained, render_pose
+from .transforms import PairTransform
+
+log = logging.getLogger(__name__)
+
+# instructions to contrast with: a negative must share no token with the true instruction
+NEGATIVE_POOL = [
+    "turn around",
+    "crouch down",
+    "lean to the left",
+    "wave hello",
+    "jump",
+    "sit",
+    "kick",
+    "clap hands",
+    "open the door",
+    "stir the pan",
+]
+
+
+def _null_embedding(parts: EditorParts, device) -> torch.Tensor:
+    ids = parts.tokenizer([""], padding="max_length", max_length=parts.tokenizer.model_max_length, return_tensors="pt")
+    with torch.no_grad():
+        return parts.text_encoder(ids.input_ids.to(device))[0]
+
+
+def _token_set(tokenizer, text: str) -> set[int]:
+    special = set(tokenizer.all_special_ids)
+    return {t for t in tokenizer(text).input_ids if t not in special}
+
+
+def pick_negatives(texts: list[str], tokenizer, rng: random.Random) -> list[str]:
+    """For each instruction, another one (from the batch, else a fixed pool) sharing no token with it."""
+    sets = [_token_set(tokenizer, t) for t in texts]
+    pool = [(t, _token_set(tokenizer, t)) for t in NEGATIVE_POOL]
+    out = []
+    for i, s in enumerate(sets):
+        cands = [texts[j] for j in range(len(texts)) if j != i and not (sets[j] & s)]
+        cands = cands or [t for t, ts in pool if not (ts & s)]
+        out.append(rng.choice(cands) if cands else min(pool, key=lambda p: len(p[1] & s))[0])
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg
+        self.out = Path(cfg.output)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
+        )
+        set_seed(cfg.seed)
+        parts = build_tiny(cfg.seed, cfg.resolution) if cfg.pretrained == "tiny" else load_pretrained(cfg.pretrained)
+        self.pose_conv = add_pose_branch(parts) if cfg.pose_conditioning else None
+        self.frozen = freeze_cross_attention(parts.unet) if cfg.freeze_cross_attention else []
+        parts.vae.requires_grad_(False)
+        parts.text_encoder.requires_grad_(False)
+        self.parts = parts
+        self.params = [p for p in parts.unet.parameters() if p.requires_grad]
+        # the regulariser's anchor: the weights training started from (rebuilt the same way on resume)
+        self.anchor = [p.detach().clone() for p in self.params] if cfg.regularizer_weight > 0 else None
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+        self.unet, self.optimizer = self.accelerator.prepare(parts.unet, self.optimizer)
+        device = self.accelerator.device
+        parts.vae.to(device)
+        parts.text_encoder.to(device)
+        self.null_text = _null_embedding(parts, device)
+        self.urls = [u for s in cfg.shards for u in shard_urls(s)]
+        self.size = dataset_size(self.urls)
+        self.skipped = SkipCounter()
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+
+    # ------------------------------------------------------------------ data
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Endless batches, epoch after epoch, in a deterministic order; resumes mid-epoch."""
+        cfg = self.cfg
+        while True:
+            ds = open_shards(self.urls, shuffle=cfg.shuffle_buffer, seed=cfg.seed + self.epoch, skip_bad=self.skipped)
+            ds = ds.map(PairTransform(cfg.resolution, cfg.seed, self.epoch, cfg.flip_p))
+            loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train_batch_size, num_workers=cfg.num_workers)
+            n = 0
+            for batch in loader:
+                n += 1
+                if n <= self.batches_in_epoch:
+                    continue  # consumed before the checkpoint this run resumed from
+                self.batches_in_epoch = n
+                yield batch
+            if n == 0:
+                raise RuntimeError(f"no readable samples in {len(self.urls)} shards")
+            self.epoch += 1
+            self.batches_in_epoch = 0
+
+    # ------------------------------------------------------------------ the objective
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        tok = self.parts.tokenizer
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            return self.parts.text_encoder(ids.input_ids.to(self.accelerator.device))[0]
+
+    def loss(self, batch: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
+        cfg, parts, device = self.cfg, self.parts, self.accelerator.device
+        before = batch["before"].to(device)
+        after = batch["after"].to(device)
+        bsz = before.shape[0]
+        with torch.no_grad():
+            latents = parts.vae.encode(after).latent_dist.sample() * parts.vae.config.scaling_factor
+            image_latents = parts.vae.encode(before).latent_dist.mode()
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, parts.scheduler.config.num_train_timesteps, (bsz,), device=device).long()
+        noisy = parts.scheduler.add_noise(latents, noise, timesteps)
+        text = self.encode_text(list(batch["text"]))
+        p = cfg.conditioning_dropout_prob
+        if p > 0:  # as in InstructPix2Pix: drop text, image, or both, p each
+            r = torch.rand(bsz, device=device)
+            text = torch.where((r < 2 * p).view(bsz, 1, 1), self.null_text.expand_as(text), text)
+            keep_image = 1 - ((r >= p) & (r < 3 * p)).to(image_latents.dtype)
+            image_latents = image_latents * keep_image.view(bsz, 1, 1, 1)
+        if self.pose_conv is not None:
+            self.pose_conv.pose_maps = render_pose(batch["pose"].to(device), noisy.shape[-1])
+        model_in = torch.cat([noisy, image_latents], dim=1)
+        pred = self.unet(model_in, timesteps, encoder_hidden_states=text).sample
+        per_sample = F.mse_loss(pred.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        out = {"loss_mse": per_sample.mean()}
+        total = out["loss_mse"]
+        if cfg.contrastive_weight > 0:
+            negatives = self.encode_text(pick_negatives(list(batch["text"]), parts.tokenizer, rng))
+            pred_neg = self.unet(model_in, timesteps, encoder_hidden_states=negatives).sample
+            per_neg = F.mse_loss(pred_neg.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+            # the diffusion model as a classifier: the true instruction must explain the edit better
+            out["loss_contrastive"] = F.softplus(per_sample - per_neg).mean()
+            total = total + cfg.contrastive_weight * out["loss_contrastive"]
+        if self.anchor is not None:
+            out["loss_reg"] = sum(((p - a) ** 2).sum() for p, a in zip(self.params, self.anchor, strict=True))
+            total = total + cfg.regularizer_weight * out["loss_reg"]
+        if self.pose_conv is not None:
+            self.pose_conv.pose_maps = None
+        out["loss"] = total
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+    def save(self) -> Path:
+        path = self.out / f"checkpoint-{self.step}"
+        self.accelerator.save_state(str(path))
+        state = {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+        (path / "trainer_state.json").write_text(json.dumps(state))
+        (self.out / "train_config.json").write_text(self.cfg.model_dump_json(indent=2))
+        limit = self.cfg.checkpoints_total_limit
+        if limit:
+            for old in self.checkpoints()[:-limit]:
+                shutil.rmtree(old)
+        return path
+
+    def resume(self, which: str) -> None:
+        path = self.checkpoints()[-1] if which == "latest" else Path(which)
+        if which == "latest" and not self.checkpoints():
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.out}")
+        self.accelerator.load_state(str(path))
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
+        metrics = self.out / "metrics.jsonl"
+        if metrics.exists():  # drop what the stopped run logged after this checkpoint
+            keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
+            metrics.write_text("".join(k + "\n" for k in keep))
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self) -> Path | None:
+        from PIL import Image
+
+        cfg = self.cfg
+        ds = open_shards(self.urls, skip_bad=self.skipped).map(PairTransform(cfg.resolution, 0, 0, 0.0, False))
+        rows = []
+        pipe = self.parts.pipeline()
+        pipe.unet = self.accelerator.unwrap_model(self.unet)
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator("cpu").manual_seed(cfg.seed)
+        for i, s in enumerate(ds):
+            if i >= cfg.validation_samples:
+                break
+
+            def pil(t: torch.Tensor) -> Image.Image:
+                return Image.fromarray(((t.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8))
+
+            if self.pose_conv is not None:
+                maps = render_pose(s["pose"][None], cfg.resolution // 2)
+                self.pose_conv.pose_maps = torch.cat([maps] * 3).to(self.accelerator.device)  # CFG batch of 3
+            edited = pipe(
+                s["text"],
+                image=pil(s["before"]),
+                num_inference_steps=cfg.validation_inference_steps,
+                generator=generator,
+                output_type="np",
+            ).images[0]
+            if self.pose_conv is not None:
+                self.pose_conv.pose_maps = None
+            edited_u8 = (edited * 255).astype(np.uint8)
+            rows.append(np.concatenate([np.asarray(pil(s["before"])), np.asarray(pil(s["after"])), edited_u8], 1))
+        if not rows:
+            return None
+        path = self.out / "validation" / f"step-{self.step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate(rows, 0)).save(path)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if cfg.resume_from_checkpoint:
+            self.resume(cfg.resume_from_checkpoint)
+        metrics = open(self.out / "metrics.jsonl", "a")
+        data = self.batches()
+        t0, samples = time.perf_counter(), 0
+        last: dict[str, float] = {}
+        self.unet.train()
+        while self.step < cfg.max_train_steps:
+            rng = random.Random(cfg.seed * 1000003 + self.step)  # negatives: the same on a resumed run
+            for _ in range(cfg.gradient_accumulation_steps):
+                batch = next(data)
+                with self.accelerator.accumulate(self.unet):
+                    losses = self.loss(batch, rng)
+                    self.accelerator.backward(losses["loss"])
+                    if self.accelerator.sync_gradients:
+                        self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                samples += batch["before"].shape[0]
+            self.step += 1
+            last = {k: float(v.detach()) for k, v in losses.items()}
+            if self.step % cfg.logging_steps == 0:
+                rec = {"step": self.step, "epoch": self.epoch, **last, "lr": cfg.learning_rate}
+                rec["samples_per_s"] = round(samples / (time.perf_counter() - t0), 2)
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+            if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
+                self.accelerator.wait_for_everyone()
+                self.save()  # save_state writes from the main process and syncs the others
+            if cfg.validation_steps and self.step % cfg.validation_steps == 0:
+                self.validate()
+        metrics.close()
+        summary = {"step": self.step, "epoch": self.epoch, "skipped_samples": self.skipped.count, **last}
+        if self.size:
+            summary["dataset_size"] = self.size
+        return summary
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    summary = Trainer(cfg).train()
+    print(json.dumps(summary))
+    return 0 if math.isfinite(summary.get("loss", 0.0)) else 1
