@@ -147,7 +147,7 @@ class FakeOpenAI:
             return JSONResponse(payload, status_code=status, headers=headers)
 
         @app.post("/v1/files")
-        async def upload(request: Request, file: UploadFile = File(...), purpose: str = Form(...)):
+        async def upload(request: Request, file: UploadFile = File(...), purpose: str = Form(...)):  # noqa: B008
             if not authorised(request):
                 return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
             data = await file.read()

@@ -115,7 +115,14 @@ class Trainer:
         while True:
             ds = open_shards(self.urls, shuffle=cfg.shuffle_buffer, seed=cfg.seed + self.epoch, skip_bad=self.skipped)
             ds = ds.map(PairTransform(cfg.resolution, cfg.seed, self.epoch, cfg.flip_p))
-            loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train_batch_size, num_workers=cfg.num_workers)
+            # its own generator: starting a loader must not draw from the global RNG the training
+            # steps use, or a resumed run (which starts one more loader) would drift
+            loader = torch.utils.data.DataLoader(
+                ds,
+                batch_size=cfg.train_batch_size,
+                num_workers=cfg.num_workers,
+                generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
+            )
             n = 0
             for batch in loader:
                 n += 1

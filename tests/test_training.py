@@ -1,0 +1,173 @@
+"""Training on real pairs built from the shared clips, on CPU, with the tiny random InstructPix2Pix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from schemas.records import COCO17, KP
+from training.config import TrainConfig
+from training.data import open_shards
+from training.model import render_pose
+from training.train import Trainer, pick_negatives
+from training.transforms import PairTransform, swap_sides
+
+
+def config(out, tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        shards=[str(out)],
+        output=str(tmp_path / "run"),
+        resolution=32,
+        train_batch_size=4,
+        learning_rate=1e-3,
+        max_train_steps=4,
+        checkpointing_steps=2,
+        shuffle_buffer=16,
+        seed=3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls_on_real_pairs(real_build, tmp_path):
+    _, out, stats = real_build
+    summary = Trainer(config(out, tmp_path, max_train_steps=40, checkpointing_steps=40)).train()
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert len(losses) == 40 and summary["dataset_size"] == stats["pairs"]
+    assert np.mean(losses[-8:]) < 0.6 * np.mean(losses[:8])
+
+
+def test_checkpoint_resume_continues_bit_for_bit(real_build, tmp_path):
+    _, out, _ = real_build
+    straight = config(out, tmp_path / "a", contrastive_weight=0.1, pose_conditioning=True)
+    Trainer(straight).train()
+    first_half = config(out, tmp_path / "b", contrastive_weight=0.1, pose_conditioning=True, max_train_steps=2)
+    Trainer(first_half).train()
+    resumed = first_half.model_copy(update={"max_train_steps": 4, "resume_from_checkpoint": "latest"})
+    Trainer(resumed).train()
+    a = load_file(str(tmp_path / "a" / "run" / "checkpoint-4" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "checkpoint-4" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = metrics(tmp_path / "a" / "run"), metrics(tmp_path / "b" / "run")
+    assert [m["step"] for m in lb] == [1, 2, 3, 4]
+    assert [m["loss"] for m in la] == [m["loss"] for m in lb]
+
+
+def test_contrastive_loss_uses_a_disjoint_negative_and_changes_gradients(real_build, tmp_path):
+    _, out, _ = real_build
+    import random
+
+    t = Trainer(config(out, tmp_path, contrastive_weight=1.0))
+    texts = ["raise your right arm", "bend your knees", "raise your left arm"]
+    negs = pick_negatives(texts, t.parts.tokenizer, random.Random(0))
+    for text, neg in zip(texts, negs, strict=True):
+        from training.train import _token_set
+
+        assert not (_token_set(t.parts.tokenizer, text) & _token_set(t.parts.tokenizer, neg)), (text, neg)
+    batch = next(t.batches())
+
+    def grads(weight: float) -> list[torch.Tensor]:
+        t.cfg = t.cfg.model_copy(update={"contrastive_weight": weight})
+        t.optimizer.zero_grad()
+        torch.manual_seed(0)
+        losses = t.loss(batch, random.Random(0))
+        losses["loss"].backward()
+        return [p.grad.clone() for p in t.params if p.grad is not None], losses
+
+    g0, l0 = grads(0.0)
+    g1, l1 = grads(1.0)
+    assert "loss_contrastive" in l1 and "loss_contrastive" not in l0
+    assert torch.isfinite(l1["loss_contrastive"]) and l1["loss"] > l0["loss"]
+    assert any(not torch.allclose(a, b) for a, b in zip(g0, g1, strict=True))
+
+
+def test_frozen_cross_attention_does_not_move(real_build, tmp_path):
+    _, out, _ = real_build
+    t = Trainer(config(out, tmp_path, freeze_cross_attention=True, max_train_steps=3, checkpointing_steps=3))
+    start = {n: p.detach().clone() for n, p in t.parts.unet.named_parameters()}
+    assert t.frozen and all(".attn2." in n for n in t.frozen)
+    t.train()
+    after = dict(t.accelerator.unwrap_model(t.unet).named_parameters())
+    assert all(torch.equal(start[n], after[n]) for n in t.frozen)
+    moved = [n for n in start if n not in t.frozen and not torch.equal(start[n], after[n])]
+    assert moved and all(".attn2." not in n for n in moved)
+    trainable = sum(p.numel() for p in t.params)
+    assert trainable < sum(p.numel() for p in start.values())
+
+
+def test_pose_conditioning_is_an_extra_input_that_starts_neutral(real_build, tmp_path):
+    _, out, _ = real_build
+    t = Trainer(config(out, tmp_path, pose_conditioning=True, max_train_steps=3, checkpointing_steps=3))
+    unet = t.accelerator.unwrap_model(t.unet)
+    x = torch.randn(1, 8, 16, 16)
+    ts = torch.tensor([500])
+    text = t.encode_text(["raise your right arm"])
+    pose_a = torch.rand(1, 17, 3)
+    pose_a[..., 2] = 1.0
+    pose_b = pose_a.clone()
+    pose_b[0, KP["right_wrist"], :2] = torch.tensor([0.05, 0.05])
+
+    def run(pose):
+        t.pose_conv.pose_maps = None if pose is None else render_pose(pose, 16)
+        with torch.no_grad():
+            return unet(x, ts, encoder_hidden_states=text).sample
+
+    assert torch.equal(run(None), run(pose_a))  # zero-initialised: no effect before training
+    t.train()
+    assert not torch.equal(t.pose_conv.encoder.zero.weight, torch.zeros_like(t.pose_conv.encoder.zero.weight))
+    assert not torch.allclose(run(pose_a), run(pose_b))  # after training, the target pose steers the output
+    maps = render_pose(pose_a, 16)
+    assert maps.shape == (1, 16, 16, 16) and maps.max() > 0.5
+
+
+def test_flip_swaps_sides_in_images_text_and_keypoints(real_build):
+    _, out, _ = real_build
+    s = next(iter(open_shards(out)))
+    plain = PairTransform(32, flip_p=0.0, random_crop=False)(s)
+    flipped = PairTransform(32, flip_p=1.0, random_crop=False)(s)
+    assert torch.equal(flipped["before"], plain["before"].flip(-1))
+    assert flipped["text"] == swap_sides(plain["text"])
+    assert swap_sides("raise your Right arm, lower the left") == "raise your Left arm, lower the right"
+    for name in ("left_wrist", "right_ankle", "nose"):
+        other = name.replace("left", "#").replace("right", "left").replace("#", "right")
+        a, b = plain["pose"][KP[name]], flipped["pose"][COCO17.index(other)]
+        if torch.isfinite(a).all():
+            assert b[0].item() == pytest.approx(1 - a[0].item(), abs=1e-5) and b[1] == a[1] and b[2] == a[2]
+
+
+def test_train_and_edit_from_the_command_line(real_build, tmp_path):
+    _, out, _ = real_build
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "flows.cli", "train", "--shards", f"{out}/shards/*.tar", "--output", str(run)]
+    cmd += ["--pretrained", "tiny", "--max-train-steps", "3", "--resolution", "32", "--validation-steps", "3"]
+    cmd += ["--validation-inference-steps", "2", "--validation-samples", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = metrics(run)
+    assert [m["step"] for m in lines] == [1, 2, 3] and all("loss" in m for m in lines)
+    assert (run / "checkpoint-3" / "model.safetensors").is_file()
+    grid = Image.open(run / "validation" / "step-000003.png")
+    assert grid.size == (3 * 32, 2 * 32)
+    src = tmp_path / "in.png"
+    s = next(iter(open_shards(out)))
+    Image.fromarray(s.before).save(src)
+    edited = tmp_path / "out.png"
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "edit", "--checkpoint", str(run / "checkpoint-3"), "--image", str(src)]
+        + ["--instruction", "raise your right arm", "--output", str(edited), "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert Image.open(edited).size == (32, 32)
