@@ -6,10 +6,13 @@ raises for a bad clip: every failure becomes a Reject naming the stage and the r
 
 from __future__ import annotations
 
+import functools
 import logging
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -47,6 +50,28 @@ class ClipResult:
         return bool(self.pairs)
 
 
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("motionpairs")
+    except PackageNotFoundError:
+        v = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{v}+g{commit}" if commit else v
+
+
 def encode_jpeg(frame_rgb: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame_rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -75,7 +100,7 @@ class ClipProcessor:
 
     @property
     def versions(self) -> dict[str, str]:
-        return {"pose_model": self.detector.version, "captioner": f"{self.captioner.name}"}
+        return {"pose_model": self.detector.version, "captioner": self.captioner.name, "code": code_version()}
 
     def __call__(self, clip: Clip) -> ClipResult:
         res = ClipResult(clip=clip)

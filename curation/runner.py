@@ -156,7 +156,7 @@ def process_unit(
         for res in results:
             for item in res.pairs:
                 shard = shards.write(item)
-                sample_rows.append(sample_row(item.pair, shard))
+                sample_rows.append(sample_row(item.pair, shard, unit.unit_id))
         sizes = shards.close()
     except BaseException:
         shards.abort()
@@ -314,9 +314,19 @@ def run_build(
         plan.pending_clips,
         len(plan.units),
     )
+    if nothing_to_do(cfg, plan):
+        log.info("nothing new: %s is up to date", cfg.output)
+        return json.loads((Path(cfg.output) / STATS_FILE).read_text())
     for unit in plan.units:
         process_unit(cfg, unit, on_clip=on_clip, api_key=api_key)
     return finalize(cfg, plan, time.perf_counter() - t0)
+
+
+def nothing_to_do(cfg: BuildConfig, plan: BuildPlan) -> bool:
+    """No pending unit, nothing stale, manifests in place: a re-run is a no-op (nothing is rewritten)."""
+    out = Path(cfg.output)
+    done = all((out / f).is_file() for f in (SAMPLES_FILE, REJECTS_FILE, STATS_FILE))
+    return done and not plan.units and not plan.stale_units
 
 
 __all__ = ["BuildPlan", "WorkUnit", "plan_build", "process_unit", "finalize", "run_build", "get_processor"]

@@ -104,7 +104,7 @@ SAMPLES_SCHEMA = pa.schema(
     + _fields(MotionFigures)
     + [pa.field("caption", pa.string())]
     + _fields(Caption, prefix="caption_", skip=("text",))
-    + [pa.field("shard", pa.string())]
+    + [pa.field("shard", pa.string()), pa.field("unit_id", pa.string())]  # the unit record says what built it
 )
 
 REJECTS_SCHEMA = pa.schema(_fields(Reject))
@@ -122,7 +122,7 @@ def _pose_cols(prefix: str, pose: Pose17 | None) -> dict[str, Any]:
     }
 
 
-def sample_row(pair: FramePair, shard: str) -> dict[str, Any]:
+def sample_row(pair: FramePair, shard: str, unit_id: str | None = None) -> dict[str, Any]:
     clip = pair.clip.model_dump()
     ids = {f.name: clip["extra"].get(f.name) for f in DATASET_ID_FIELDS}
     clip["extra"] = json.dumps(clip["extra"], sort_keys=True)
@@ -150,6 +150,7 @@ def sample_row(pair: FramePair, shard: str) -> dict[str, Any]:
         "caption_prompt_version": cap.prompt_version if cap else None,
         "caption_created_at": cap.created_at if cap else None,
         "shard": shard,
+        "unit_id": unit_id,
     }
 
 
