@@ -191,7 +191,8 @@ class EgocentricConfig(_Section):
 class BuildConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOTIONPAIRS_", env_nested_delimiter="__", extra="forbid")
 
-    output: str = Field(..., description="output folder")
+    output: str = Field(..., description="output folder, or an fsspec URL such as s3://bucket/prefix")
+    staging_dir: str | None = Field(None, description="local working copy of a remote output (default: a cache dir)")
     sources: list[SourceConfig] = Field(default_factory=list)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     pose: PoseConfig = Field(default_factory=PoseConfig)
@@ -209,7 +210,7 @@ class BuildConfig(BaseSettings):
     def fingerprint(self) -> str:
         """Hash of everything that changes what a clip produces (not where it is written, nor the device).
         Sources are part of it: their settings decide labels and splits."""
-        relevant = self.model_dump(mode="json", exclude={"output"})
+        relevant = self.model_dump(mode="json", exclude={"output", "staging_dir"})
         relevant["pose"].pop("device", None)
         relevant["caption"] = self.caption.result_settings()
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

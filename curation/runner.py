@@ -38,6 +38,7 @@ from .config import BuildConfig
 from .ingest import Listing, list_sources
 from .pipeline import ClipProcessor, ClipResult, EncodedPair
 from .sink import SHARDS, ShardSet, current_shard_set, write_json, write_parquet
+from .storage import RemoteMirror, default_staging, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,12 @@ class BuildPlan:
         return sum(len(u.clips) for u in self.units)
 
 
-def _units_dir(cfg: BuildConfig) -> Path:
-    return Path(cfg.output) / PARTS
+def local_view(cfg: BuildConfig) -> tuple[BuildConfig, RemoteMirror | None]:
+    """For an output at a remote URL: the same config on its local staging copy, and the mirror."""
+    if not is_remote(cfg.output):
+        return cfg, None
+    staging = Path(cfg.staging_dir) if cfg.staging_dir else default_staging(cfg.output)
+    return cfg.model_copy(update={"output": str(staging)}), RemoteMirror(cfg.output, staging)
 
 
 def committed_units(out: Path) -> list[dict[str, Any]]:
@@ -78,6 +83,9 @@ def committed_units(out: Path) -> list[dict[str, Any]]:
 
 
 def plan_build(cfg: BuildConfig) -> BuildPlan:
+    cfg, mirror = local_view(cfg)
+    if mirror is not None:
+        mirror.pull_state()
     out = Path(cfg.output)
     listing = list_sources(cfg.sources)
     fp = cfg.fingerprint()
@@ -119,8 +127,9 @@ def _processor_for(cfg_json: str) -> ClipProcessor:
 
 
 def get_processor(cfg: BuildConfig) -> ClipProcessor:
-    """One loaded processor per worker process and config (the pose model loads once)."""
-    return _processor_for(cfg.model_dump_json())
+    """One loaded processor per worker process and config (the pose model loads once, whatever the
+    output folder)."""
+    return _processor_for(cfg.model_copy(update={"output": "-"}).model_dump_json())
 
 
 def process_unit(
@@ -130,7 +139,9 @@ def process_unit(
     on_clip: Callable[[ClipResult], None] | None = None,
     api_key: str | None = None,
 ) -> dict[str, Any]:
-    """Process the unit's clips, write its tars and parts, then commit its record. Returns the record."""
+    """Process the unit's clips, write its tars and parts, then commit its record (and publish the unit
+    to a remote output). Returns the record."""
+    cfg, mirror = local_view(cfg)
     out = Path(cfg.output)
     processor = processor or get_processor(cfg)
     shards = ShardSet(current_shard_set(out), unit.unit_id, cfg.shards.max_samples, cfg.shards.max_bytes)
@@ -177,6 +188,8 @@ def process_unit(
         "committed_at": datetime.now(timezone.utc).isoformat(),
     }
     write_json(parts / f"{unit.unit_id}.json", record)  # the commit
+    if mirror is not None:
+        mirror.push_unit(record)
     return record
 
 
@@ -211,7 +224,9 @@ def _read_parts(out: Path, unit_ids: list[str], kind: str, schema: pa.Schema) ->
 
 def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None) -> dict[str, Any]:
     """Consolidate committed units into samples.parquet, rejects.parquet, shards/sizes.json, stats.json."""
+    cfg, mirror = local_view(cfg)
     out = Path(cfg.output)
+    stale_records = [r for r in committed_units(out) if r["unit_id"] in set(plan.stale_units)]
     records = [r for r in committed_units(out) if r["fingerprint"] == plan.fingerprint]
     unit_ids = [r["unit_id"] for r in records]
     samples = _read_parts(out, unit_ids, "samples", samples_table([]).schema)
@@ -233,6 +248,9 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     if run_seconds is not None:
         stats["last_run_seconds"] = round(run_seconds, 2)
     write_json(out / STATS_FILE, stats)
+    if mirror is not None:
+        mirror.drop_units(stale_records)
+        mirror.push_manifests()
     if stats["unaccounted_clips"] or stats["double_counted_clips"]:
         log.error(
             "clip accounting does not add up: unaccounted %s, double %s",
@@ -316,7 +334,7 @@ def run_build(
     )
     if nothing_to_do(cfg, plan):
         log.info("nothing new: %s is up to date", cfg.output)
-        return json.loads((Path(cfg.output) / STATS_FILE).read_text())
+        return current_stats(cfg)
     for unit in plan.units:
         process_unit(cfg, unit, on_clip=on_clip, api_key=api_key)
     return finalize(cfg, plan, time.perf_counter() - t0)
@@ -324,9 +342,20 @@ def run_build(
 
 def nothing_to_do(cfg: BuildConfig, plan: BuildPlan) -> bool:
     """No pending unit, nothing stale, manifests in place: a re-run is a no-op (nothing is rewritten)."""
-    out = Path(cfg.output)
-    done = all((out / f).is_file() for f in (SAMPLES_FILE, REJECTS_FILE, STATS_FILE))
-    return done and not plan.units and not plan.stale_units
+    if plan.units or plan.stale_units:
+        return False
+    local, mirror = local_view(cfg)
+    files = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE)
+    if mirror is not None:
+        return all(mirror.fs.exists(f"{mirror.root}/{f}") for f in files)
+    return all((Path(cfg.output) / f).is_file() for f in files)
+
+
+def current_stats(cfg: BuildConfig) -> dict[str, Any]:
+    _, mirror = local_view(cfg)
+    if mirror is not None:
+        return json.loads(mirror.fs.cat_file(f"{mirror.root}/{STATS_FILE}"))
+    return json.loads((Path(cfg.output) / STATS_FILE).read_text())
 
 
 __all__ = ["BuildPlan", "WorkUnit", "plan_build", "process_unit", "finalize", "run_build", "get_processor"]

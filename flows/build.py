@@ -6,10 +6,8 @@ and no task input is hashed for caching (cache_policy=NONE: configs and clips ar
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -17,8 +15,7 @@ from prefect.cache_policies import NONE
 
 from curation.config import BuildConfig, load_config
 from curation.pipeline import ClipResult
-from curation.runner import BuildPlan, WorkUnit, finalize, nothing_to_do, plan_build, process_unit
-from schemas.manifest import STATS_FILE
+from curation.runner import BuildPlan, WorkUnit, current_stats, finalize, nothing_to_do, plan_build, process_unit
 
 # In-process progress hooks, keyed by output folder: the CLI registers one to draw its progress bar.
 # A flow run started elsewhere (a deployment) has none and reports through its logs only.
@@ -90,7 +87,7 @@ def build_dataset(
     plan = plan_task(cfg_json)
     if nothing_to_do(cfg, plan):
         get_run_logger().info("nothing new: %s is up to date", output)
-        return json.loads((Path(output) / STATS_FILE).read_text())
+        return current_stats(cfg)
     if parallel:
         futures = [unit_task.submit(cfg_json, unit, len(unit.clips)) for unit in plan.units]
         for f in futures:

@@ -89,8 +89,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     except (ConfigError, SourceError, CaptionSetupError) as e:
         return _fail(str(e))
 
+    from curation.runner import local_view
+
     console = Console(stderr=True)
-    Path(cfg.output).mkdir(parents=True, exist_ok=True)
+    local = Path(local_view(cfg)[0].output)
+    local.mkdir(parents=True, exist_ok=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -117,7 +120,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 stats = build_dataset(output=cfg.output, config_path=None, overrides=_as_overrides(cfg))
             finally:
                 PROGRESS_HOOKS.pop(cfg.output, None)
-    print_summary(Path(cfg.output), console)
+    print_summary(local, console)
     return 0 if not stats["unaccounted_clips"] else 1
 
 

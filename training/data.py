@@ -18,20 +18,50 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import webdataset as wds
 from PIL import Image
+from webdataset.gopen import gopen_schemes
 
 from schemas.shard import SIZES_FILE, ShardFormatError, ShardSample, decode_sample
 
 log = logging.getLogger(__name__)
 
 
+def is_remote(url: str) -> bool:
+    return fsspec.core.split_protocol(str(url))[0] not in (None, "file", "local")
+
+
+def _fsspec_opener(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
+    return fsspec.open(url, mode).open()
+
+
+def _register(url: str) -> None:
+    """Let webdataset open this URL's protocol (s3://, gs://, ...) through fsspec."""
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol and protocol not in gopen_schemes:
+        gopen_schemes[protocol] = _fsspec_opener
+
+
+def _remote_urls(text: str) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(text)
+    protocol = fsspec.core.split_protocol(text)[0]
+    pattern = root if root.endswith(".tar") or any(c in root for c in "*?[") else f"{root.rstrip('/')}/shards/*.tar"
+    urls = sorted(f"{protocol}://{p}" for p in fs.glob(pattern))
+    if not urls:
+        raise FileNotFoundError(f"no shards match {text}")
+    return urls
+
+
 def shard_urls(spec: str | os.PathLike | Iterable[str]) -> list[str]:
-    """An output folder (its shards/*.tar), a glob, a brace pattern ("a-{0000..0009}.tar") or a list."""
+    """An output folder (its shards/*.tar), a glob, a brace pattern ("a-{0000..0009}.tar") or a list;
+    local, or at any fsspec URL (s3://bucket/out)."""
     if not isinstance(spec, (str, os.PathLike)):
         return [str(s) for s in spec]
     text = str(spec)
+    if is_remote(text) and "{" not in text:
+        return _remote_urls(text)
     p = Path(text)
     if p.is_dir():
         shard_dir = p / "shards" if (p / "shards").is_dir() else p
@@ -56,10 +86,13 @@ def dataset_size(urls: list[str]) -> int | None:
     total = 0
     cache: dict[str, dict[str, int]] = {}
     for u in urls:
-        d = os.path.dirname(u)
+        d = u.rsplit("/", 1)[0]
         if d not in cache:
-            f = os.path.join(d, SIZES_FILE)
-            cache[d] = json.loads(Path(f).read_text()) if os.path.isfile(f) else {}
+            try:
+                with fsspec.open(f"{d}/{SIZES_FILE}", "rb") as f:
+                    cache[d] = json.loads(f.read())
+            except (FileNotFoundError, OSError, json.JSONDecodeError):
+                cache[d] = {}
         n = cache[d].get(os.path.basename(u))
         if n is None:
             return None
@@ -116,6 +149,8 @@ def open_shards(
     DataLoader workers. With `skip_bad`, bad samples (and unreadable shards) are counted and skipped;
     without it the first bad sample raises."""
     urls = shard_urls(spec)
+    for u in urls:
+        _register(u)
     handler = skip_bad if skip_bad is not None else wds.reraise_exception
     ds = wds.WebDataset(
         urls,
