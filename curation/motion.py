@@ -207,6 +207,11 @@ class ClipTrack:
     def person(self, k: int, cfg: MotionConfig) -> Pose17:
         return confident(self.obs[k].poses, cfg)[0]
 
+    def scene(self, i: int, j: int) -> tuple[float, float]:
+        """Between sampled frames i and j: the lowest scene similarity of consecutive frames, and the
+        camera's net motion (a pan adds up, shake cancels out)."""
+        return min(self.similarity[i:j]), float(np.linalg.norm(np.sum(self.cam[i:j], axis=0)))
+
 
 def _candidates(track: ClipTrack, strategy: PairStrategy, pcfg: PairingConfig) -> list[Candidate]:
     good = [k for k, kind in enumerate(track.kinds) if kind is FrameKind.BODY]
@@ -239,10 +244,9 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> RejectReason | 
         if track.kinds[k0] is FrameKind.BODY and track.kinds[k1] is FrameKind.BODY:
             if not same_person(p0, p1, cfg):
                 return RejectReason.IDENTITY_SWITCH
-    sim = min(track.similarity[c.i : c.j])
+    sim, cam = track.scene(c.i, c.j)
     if sim < cfg.min_scene_similarity:
         return RejectReason.SHOT_CUT
-    cam = float(np.linalg.norm(np.sum(track.cam[c.i : c.j], axis=0)))  # net: a pan, not shake
     a, b = track.person(c.i, cfg), track.person(c.j, cfg)
     mean, mx, trans, torso, n = pose_change(a, b, cfg)
     c.motion = MotionFigures(
@@ -347,8 +351,7 @@ def select_egocentric(track: ClipTrack, cfg: EgocentricConfig) -> Selection:
     funnel = {"frames": n}
     if span < cfg.min_gap_s:
         return Selection([], RejectReason.NO_VALID_WINDOW, f"segment spans {span:.2f}s < {cfg.min_gap_s}s", funnel)
-    sim = min(track.similarity)
-    cam = float(np.linalg.norm(np.sum(track.cam, axis=0)))
+    sim, cam = track.scene(0, n - 1)
     figures = MotionFigures(
         pose_change=None,
         max_joint_change=None,
