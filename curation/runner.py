@@ -225,6 +225,8 @@ def _read_parts(out: Path, unit_ids: list[str], kind: str, schema: pa.Schema) ->
 def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None) -> dict[str, Any]:
     """Consolidate committed units into samples.parquet, rejects.parquet, shards/sizes.json, stats.json."""
     cfg, mirror = local_view(cfg)
+    if mirror is not None:  # units may have been published by other machines (Dask workers)
+        mirror.pull_state()
     out = Path(cfg.output)
     stale_records = [r for r in committed_units(out) if r["unit_id"] in set(plan.stale_units)]
     records = [r for r in committed_units(out) if r["fingerprint"] == plan.fingerprint]
