@@ -17,9 +17,19 @@ from curation.config import BuildConfig, load_config
 from curation.pipeline import ClipResult
 from curation.runner import BuildPlan, WorkUnit, current_stats, finalize, nothing_to_do, plan_build, process_unit
 
+# curation's INFO logs (model loaded, unit committed, ...) reach the run logs when Prefect attaches its
+# handlers to the "curation" logger (PREFECT_LOGGING_EXTRA_LOGGERS=curation); the root logger's WARNING
+# level would otherwise drop them first.
+if logging.getLogger("curation").level == logging.NOTSET:
+    logging.getLogger("curation").setLevel(logging.INFO)
+
 # In-process progress hooks, keyed by output folder: the CLI registers one to draw its progress bar.
 # A flow run started elsewhere (a deployment) has none and reports through its logs only.
 PROGRESS_HOOKS: dict[str, Callable[[ClipResult], None]] = {}
+
+
+def _sources(unit: WorkUnit) -> str:
+    return "+".join(sorted({c.source for c in unit.clips}))
 
 
 def _config(cfg_json: str) -> BuildConfig:
@@ -42,12 +52,12 @@ def plan_task(cfg_json: str) -> BuildPlan:
 
 @task(
     name="process-unit",
-    task_run_name="unit {unit.unit_id} ({n_clips} clips)",
+    task_run_name="unit {unit.unit_id}: {n_clips} clips from {sources}",
     cache_policy=NONE,
     retries=1,
     retry_delay_seconds=5,
 )
-def unit_task(cfg_json: str, unit: WorkUnit, n_clips: int) -> dict[str, Any]:
+def unit_task(cfg_json: str, unit: WorkUnit, n_clips: int, sources: str) -> dict[str, Any]:
     cfg = _config(cfg_json)
     logger = get_run_logger()
     hook = PROGRESS_HOOKS.get(cfg.output)
@@ -89,12 +99,12 @@ def build_dataset(
         get_run_logger().info("nothing new: %s is up to date", output)
         return current_stats(cfg)
     if parallel:
-        futures = [unit_task.submit(cfg_json, unit, len(unit.clips)) for unit in plan.units]
+        futures = [unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit)) for unit in plan.units]
         for f in futures:
             f.result()  # a unit that failed after its retries fails the run, visibly
     else:
         for unit in plan.units:
-            unit_task(cfg_json, unit, len(unit.clips))
+            unit_task(cfg_json, unit, len(unit.clips), _sources(unit))
     stats = finalize_task(cfg_json, plan)
     logging.getLogger(__name__).info("build finished: %s pairs from %s clips", stats["pairs"], stats["clips_in"])
     return stats

@@ -17,12 +17,12 @@ import argparse
 import os
 from typing import Any
 
-from prefect import serve
-
-from flows.build import build_dataset, with_dask
-
-# logs from curation/ show in each flow run's log view
+# logs from curation/ show in each flow run's log view (set before Prefect configures logging)
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "curation")
+
+from prefect import serve  # noqa: E402
+
+from flows.build import build_dataset, with_dask  # noqa: E402
 
 
 def make_deployment(

@@ -76,7 +76,7 @@ def test_scheduled_deployment_runs_end_to_end(prefect_server, tmp_path):
     folder.mkdir()
     (folder / "tai_chi.mp4").symlink_to(video(ACCEPTED["tai_chi_glass"]))
     out = tmp_path / "out"
-    serve_env = {**env, "PREFECT_API_URL": url}
+    serve_env = {**env, "PREFECT_API_URL": url, "PREFECT_LOGGING_LEVEL": "INFO"}
     log = open(tmp_path / "serve.log", "w")
     serve = subprocess.Popen(
         [sys.executable, "-m", "flows.deploy", "--name", "nightly", "--cron", "0 3 * * *"]
@@ -104,6 +104,15 @@ def test_scheduled_deployment_runs_end_to_end(prefect_server, tmp_path):
             run = run_deployment("build_dataset/nightly", timeout=600)
             assert run.state.is_completed(), (run.state, (tmp_path / "serve.log").read_text()[-3000:])
             assert run.name == f"build {out}"
+
+            async def logs():
+                from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+                async with get_client() as client:
+                    return await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+
+            names = {entry.name for entry in anyio.run(logs)}
+            assert any(n.startswith("curation") for n in names), names  # curation's logs reach the UI
     finally:
         serve.terminate()
         try:

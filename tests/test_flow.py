@@ -46,4 +46,4 @@ def test_build_dataset_flow_matches_the_plain_runner(tmp_path):
 
     names = anyio.run(task_names)
     assert any(n.startswith("plan") for n in names) and any(n.startswith("finalize") for n in names)
-    assert sum(n.startswith("unit u") for n in names) == 3
+    assert sum(n.startswith("unit u") and n.endswith("clips from folder") for n in names) == 3
