@@ -246,3 +246,29 @@ def test_recaption_and_publish_from_the_cli_and_as_prefect_flows(server, built, 
     s = load_samples(built)
     assert (s[s.clip_id == "tai_chi_forest"].caption_model == "flow-vlm").all()
     assert (s[s.clip_id == "dribbler"].caption_captioner == "offline").all()  # cli-vlm not chosen
+
+
+def test_a_run_killed_halfway_pays_only_for_the_rest(server, built, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = len(load_samples(built))
+    conf = tmp_path / "slow.yaml"
+    conf.write_text("caption:\n  requests_per_minute: 60\n  max_concurrency: 1\n")  # one request a second
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": server.base_url}
+    cmd = [sys.executable, "-m", "flows.cli", "recaption", str(built), "--model", "fake-vlm", "--config", str(conf)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(server.requests) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # no clean shutdown: only what reached the cache survives
+    proc.wait()
+    paid_before = len(server.requests)
+    assert 3 <= paid_before < n
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    summary, _ = recaption(built, cfg(server))
+    assert summary.cached >= paid_before - 1  # at most the one in flight at the kill is paid twice
+    assert summary.requests == n - summary.cached and len(server.requests) <= n + 1
+    assert (read_caption_rows(built).groupby("pair_id").status.last() == "ok").all()
