@@ -56,7 +56,13 @@ def read_caption_rows(out: Path) -> pd.DataFrame:
     return pd.concat([pq.read_table(f, schema=CAPTION_ROWS_SCHEMA).to_pandas() for f in files], ignore_index=True)
 
 
-def load_samples(out: Path) -> pd.DataFrame:
+def load_samples(out: Path | str) -> pd.DataFrame:
+    from .storage import is_remote
+
+    if is_remote(str(out)):
+        raise RecaptionError(
+            f"{out}: recaption and publish work on a local output (a remote build's staging folder holds one)"
+        )
     path = Path(out) / SAMPLES_FILE
     if not path.is_file():
         raise RecaptionError(f"{out} holds no finished build (no {SAMPLES_FILE})")
@@ -88,9 +94,10 @@ def load_jobs(out: Path, subset: pd.DataFrame) -> list[CaptionJob]:
 
 
 def recaption(
-    out: Path, cfg: CaptionConfig, where: str | None = None, api_key: str | None = None
+    out: Path | str, cfg: CaptionConfig, where: str | None = None, api_key: str | None = None
 ) -> tuple[RunSummary, str]:
     samples = load_samples(out)
+    out = Path(out)
     subset = select(samples, where)
     captioner = LLMCaptioner(cfg, out, api_key=api_key).setup()
     jobs = load_jobs(out, subset)
@@ -127,9 +134,9 @@ def _caption_columns(table: pa.Table, chosen: dict[str, Caption]) -> pa.Table:
     return pa.Table.from_pandas(df, schema=table.schema, preserve_index=False)
 
 
-def publish(out: Path, caption_version: str | None = None) -> dict[str, Any]:
-    out = Path(out)
+def publish(out: Path | str, caption_version: str | None = None) -> dict[str, Any]:
     samples = load_samples(out)
+    out = Path(out)
     rows = read_caption_rows(out)
     if caption_version and caption_version not in set(rows.caption_version):
         known = ", ".join(sorted(set(rows.caption_version))) or "none"

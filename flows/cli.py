@@ -130,7 +130,9 @@ def _as_overrides(cfg) -> dict[str, Any]:
     return data
 
 
-def print_summary(out: Path, console=None) -> None:
+def print_summary(out: Path | str, console=None) -> None:
+    """Counts, rejects by stage and reason, and timings of a build (a folder or an fsspec URL)."""
+    import fsspec
     import pandas as pd
     from rich.console import Console
     from rich.table import Table
@@ -138,7 +140,9 @@ def print_summary(out: Path, console=None) -> None:
     from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 
     console = console or Console()
-    stats = json.loads((out / STATS_FILE).read_text())
+    base = str(out).rstrip("/")
+    with fsspec.open(f"{base}/{STATS_FILE}", "rb") as f:
+        stats = json.loads(f.read())
     t = Table(title=f"motionpairs build: {out}")
     t.add_column("what")
     t.add_column("count", justify="right")
@@ -149,7 +153,7 @@ def print_summary(out: Path, console=None) -> None:
         t.add_row("[red]unaccounted clips", str(len(stats["unaccounted_clips"])))
     console.print(t)
 
-    rejects = pd.read_parquet(out / REJECTS_FILE)
+    rejects = pd.read_parquet(f"{base}/{REJECTS_FILE}")
     clip_level = rejects[rejects["level"] == "clip"]
     if len(clip_level):
         r = Table(title="rejected clips by stage and reason")
@@ -158,7 +162,7 @@ def print_summary(out: Path, console=None) -> None:
         for (stage, reason), g in clip_level.groupby(["stage", "reason"], sort=True):
             r.add_row(stage, reason, str(len(g)), ", ".join(g["clip_id"].head(3)))
         console.print(r)
-    samples = pd.read_parquet(out / SAMPLES_FILE)
+    samples = pd.read_parquet(f"{base}/{SAMPLES_FILE}", columns=["source", "clip_id", "caption"])
     if len(samples):
         s = Table(title="pairs by source (first captions)")
         for c in ("source", "clips", "pairs", "example caption"):
@@ -181,7 +185,7 @@ def cmd_recaption(args: argparse.Namespace) -> int:
     extra.setdefault("caption", {})["captioner"] = "openai"
     try:
         cfg = load_config(args.config, output=args.output, **extra)
-        summary, run_id = recaption(Path(args.output), cfg.caption, where=args.where)
+        summary, run_id = recaption(args.output, cfg.caption, where=args.where)
     except (ConfigError, CaptionSetupError, RecaptionError) as e:
         return _fail(str(e))
     print(json.dumps({"run_id": run_id, **summary.__dict__}, indent=2))
@@ -192,7 +196,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from curation.recaption import RecaptionError, publish
 
     try:
-        summary = publish(Path(args.output), caption_version=args.caption_version)
+        summary = publish(args.output, caption_version=args.caption_version)
     except RecaptionError as e:
         return _fail(str(e))
     print(json.dumps(summary, indent=2))
@@ -212,10 +216,13 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import fsspec
+
     from schemas.manifest import STATS_FILE
 
-    out = Path(args.output)
-    if not (out / STATS_FILE).is_file():
+    out = args.output.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(out)
+    if not fs.isfile(f"{root}/{STATS_FILE}"):
         return _fail(f"{out} holds no finished build (no {STATS_FILE})")
     print_summary(out)
     return 0

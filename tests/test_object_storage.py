@@ -70,6 +70,19 @@ def test_build_to_s3_resume_from_scratch_and_read_back(s3, tmp_path, monkeypatch
     stats_b = run_build(cfg_b)
     assert stats_b["clips_in"] == 3 and stats_b["units"] == 3
 
+    # inspect reads the manifests from the bucket; publish says it needs a local output
+    from rich.console import Console
+
+    from curation.recaption import RecaptionError, publish
+    from flows.cli import print_summary
+
+    console = Console(record=True, width=200)
+    print_summary(url, console)
+    text = console.export_text()
+    assert "clips in" in text and "no_person" in text
+    with pytest.raises(RecaptionError, match="local output"):
+        publish(url)
+
     # training.data streams the shards straight from the object store
     urls = shard_urls(url)
     assert urls and all(u.startswith("s3://motionpairs-test/builds/v1/shards/") for u in urls)
