@@ -164,9 +164,24 @@ def _body_changes(a: _Pose, b: _Pose) -> list[Change]:
     return out
 
 
+def _both_arms(right: list[Change], left: list[Change]) -> list[Change]:
+    """'raise your right arm' + 'raise your left arm' -> 'raise both arms' (above your head if both are)."""
+    for r in right:
+        for lc in left:
+            verb = r.phrase.split()[0]
+            if verb == lc.phrase.split()[0] and verb in ("raise", "lower", "bend", "straighten", "stretch", "bring"):
+                tail_r = r.phrase.split(" arm", 1)[1]
+                tail_l = lc.phrase.split(" arm", 1)[1]
+                tail = tail_r if tail_r == tail_l else ""
+                merged = Change(r.magnitude + lc.magnitude, f"{verb} both arms{tail}")
+                return [c for c in right if c is not r] + [c for c in left if c is not lc] + [merged]
+    return right + left
+
+
 def describe(before: Pose17, after: Pose17, min_conf: float = 0.5, max_phrases: int = 2) -> str:
     a, b = _Pose(before, min_conf), _Pose(after, min_conf)
-    changes = _arm_changes(a, b, "right") + _arm_changes(a, b, "left") + _leg_changes(a, b) + _body_changes(a, b)
+    arms = _both_arms(_arm_changes(a, b, "right"), _arm_changes(a, b, "left"))
+    changes = arms + _leg_changes(a, b) + _body_changes(a, b)
     changes.sort(key=lambda c: (-c.magnitude, c.phrase))
     phrases: list[str] = []
     for c in changes:

@@ -30,3 +30,8 @@ def test_deterministic_and_label_leads():
     cap = OfflineCaptioner()(pair())
     assert cap.captioner == "offline" and cap.text.startswith("tai chi: ") and cap.model is None
     assert OfflineCaptioner()(pair()).text == cap.text
+
+
+def test_both_arms_are_one_phrase():
+    both_up = {**RIGHT_ARM_UP, "left_elbow": (250, 100), "left_wrist": (255, 45)}
+    assert describe(make_pose(), make_pose(both_up)) == "raise both arms above your head"
