@@ -78,7 +78,7 @@ def finalize_task(cfg_json: str, plan: BuildPlan) -> dict[str, Any]:
     return finalize(_config(cfg_json), plan)
 
 
-@flow(name="build_dataset", flow_run_name="build {output}", log_prints=True)
+@flow(name="build_dataset", flow_run_name="build {output}")
 def build_dataset(
     output: str,
     input: str | None = None,

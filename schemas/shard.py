@@ -22,7 +22,6 @@ BEFORE = "before.jpg"
 AFTER = "after.jpg"
 META = "json"
 MEMBERS = (BEFORE, AFTER, META)
-SHARD_GLOB = "shards/*.tar"
 SIZES_FILE = "sizes.json"  # {shard name: sample count}, beside the shards (open_clip convention)
 
 

@@ -14,6 +14,14 @@ import pytest
 from conftest import ACCEPTED, REPO, video
 
 
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -59,11 +67,7 @@ def prefect_server(tmp_path):
         wait_healthy(url, proc)
         yield url, env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def test_scheduled_deployment_runs_end_to_end(prefect_server, tmp_path):
@@ -114,10 +118,6 @@ def test_scheduled_deployment_runs_end_to_end(prefect_server, tmp_path):
             names = {entry.name for entry in anyio.run(logs)}
             assert any(n.startswith("curation") for n in names), names  # curation's logs reach the UI
     finally:
-        serve.terminate()
-        try:
-            serve.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
+        stop(serve)
     s = pd.read_parquet(out / "samples.parquet")
     assert set(s.clip_id) == {"tai_chi"}
