@@ -1,4 +1,5 @@
-"""`motionpairs` command line: build, inspect, demo-clip."""
+"""motionpairs: before/after motion pairs for instruction-based image editors, from videos of people.
+Commands: build, inspect, recaption, publish, train, edit, demo-clip (each has --help)."""
 
 from __future__ import annotations
 
@@ -256,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="annotation file, repeatable: Kinetics CSVs; NTU class TSV and missing-skeleton lists; EPIC CSVs",
     )
-    b.add_argument("--output", required=True, help="output folder (shards/, samples.parquet, rejects.parquet)")
+    b.add_argument(
+        "--output", required=True, help="output folder or fsspec URL such as s3://bucket/prefix (shards/, *.parquet)"
+    )
     b.add_argument("--config", help="YAML config file (see README); keys not known are an error")
     b.add_argument("--device", help="pose model device: auto (default), cpu, cuda, cuda:1")
     b.add_argument(
