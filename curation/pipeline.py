@@ -94,7 +94,9 @@ class ClipProcessor:
         self.captioner = OfflineCaptioner(cfg.motion.keypoint_conf)
 
     def setup(self) -> ClipProcessor:
-        self.detector.setup()
+        # egocentric-only builds (EPIC) never run the pose model: don't load it for them
+        if not self.cfg.sources or any(self.cfg.mode_for(s.kind) == "body" for s in self.cfg.sources):
+            self.detector.setup()
         self.captioner.setup()
         return self
 
