@@ -1,14 +1,17 @@
-"""Training throughput: the data loader on CPU, and a Stable-Diffusion-sized InstructPix2Pix UNet.
+"""Training throughput: the data loader on CPU, and real training steps of a Stable-Diffusion-sized editor.
 
     python bench/train_throughput.py loader [--shards OUT] [--samples 2000] [--workers 0 2]
-    python bench/train_throughput.py unet [--resolution 256] [--batch 8] [--steps 20] [--precision bf16]
+    python bench/train_throughput.py train [--pretrained sd15-random] [--resolution 256] [--batch 8]
+        [--steps 20] [--precision bf16] [--workers 4] [--variants full frozen_xattn contrastive pose]
 
 `loader` streams shards through training.data + the paired transform + a torch DataLoader and prints
 samples/s (with no --shards it writes synthetic 640x360 JPEG pairs in the real shard format first).
-`unet` builds the SD-1.5 UNet layout (320/640/1280/1280 channels, 768-d cross-attention, 8 input
-channels) with random weights and times forward+backward+AdamW steps at the given resolution; on a GPU
-it reports samples/s and peak memory, with and without frozen cross-attention. Prints figures only.
-"""
+`train` runs training.train.Trainer (what `motionpairs train` runs: VAE and text encoder, the 8-channel
+UNet, AdamW, the InstructPix2Pix objective, accelerate mixed precision) on such shards, with
+`--pretrained sd15-random` (Stable Diffusion 1.5's layout, random weights, ~860M UNet parameters) by
+default; per variant it prints steady-state samples/s and seconds per step (first steps excluded), peak
+GPU memory on a GPU, then the loader's samples/s on the same shards with the same workers and the
+headroom (loader / fastest training variant: above 1, the loader is not the bottleneck). Figures only."""
 
 from __future__ import annotations
 
@@ -24,12 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+INSTRUCTIONS = ["raise your right arm", "lower both arms", "bend your left knee", "turn to the left"]
+
 
 def synthetic_shards(folder: Path, n: int) -> Path:
     import cv2
     import webdataset as wds
 
-    from schemas.records import Clip, FramePair, MotionFigures, Pose17, make_pair_id
+    from schemas.records import Caption, Clip, FramePair, MotionFigures, Pose17, make_pair_id
     from schemas.shard import encode_sample
 
     rng = np.random.default_rng(0)
@@ -58,6 +63,7 @@ def synthetic_shards(folder: Path, n: int) -> Path:
                 after_index=i + 10,
                 frame_width=640,
                 frame_height=360,
+                caption=Caption(text=INSTRUCTIONS[i % len(INSTRUCTIONS)], captioner="offline"),
                 before_pose=pose,
                 after_pose=pose,
                 motion=MotionFigures(
@@ -93,64 +99,70 @@ def bench_loader(args) -> dict:
     return out
 
 
-def sd_unet(freeze_cross_attention: bool):
-    from diffusers import UNet2DConditionModel
+def bench_train(args) -> dict:
+    """Real training steps through training.train.Trainer (VAE + text encoder + UNet + AdamW, the
+    InstructPix2Pix objective) on real-format shards; steady-state figures exclude the first steps."""
+    import gc
+    import resource
 
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=8,
-        out_channels=4,
-        layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    if freeze_cross_attention:
-        from training.model import freeze_cross_attention as freeze
+    from training.config import TrainConfig
+    from training.train import Trainer
 
-        freeze(unet)
-    return unet
+    class NoSave(Trainer):  # no checkpoint writes: an SD-sized one is ~10 GB of disk
+        def save(self):
+            return self.out
 
-
-def bench_unet(args) -> dict:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[args.precision]
-    out = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "resolution": args.resolution}
-    out["batch"] = args.batch
-    latent = args.resolution // 8
-    for frozen in (False, True):
-        unet = sd_unet(frozen).to(device)
-        unet.enable_gradient_checkpointing() if args.gradient_checkpointing else None
-        params = [p for p in unet.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-5)
-        x = torch.randn(args.batch, 8, latent, latent, device=device)
-        text = torch.randn(args.batch, 77, 768, device=device)
-        noise = torch.randn(args.batch, 4, latent, latent, device=device)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = []
-        for step in range(args.steps + 2):
-            t0 = time.perf_counter()
-            with torch.autocast(device, dtype=dtype, enabled=args.precision != "no"):
-                pred = unet(x, torch.randint(0, 1000, (args.batch,), device=device), encoder_hidden_states=text).sample
-                loss = torch.nn.functional.mse_loss(pred.float(), noise)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if step >= 2:  # warm-up excluded
-                times.append(time.perf_counter() - t0)
-        key = "frozen_xattn" if frozen else "full"
-        out[f"{key}_params_trained_m"] = round(sum(p.numel() for p in params) / 1e6, 1)
-        out[f"{key}_samples_per_s"] = round(args.batch / float(np.median(times)), 2)
-        if device == "cuda":
-            out[f"{key}_peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        del unet, opt
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    cuda = torch.cuda.is_available()
+    out: dict = {"device": torch.cuda.get_device_name(0) if cuda else f"cpu ({torch.get_num_threads()} threads)"}
+    precision = args.precision if cuda else "no"  # CPU: fp32
+    out.update(pretrained=args.pretrained, resolution=args.resolution, batch=args.batch, precision=precision)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = args.shards or str(synthetic_shards(Path(tmp) / "shards", args.samples))
+        for variant in args.variants:
+            cfg = TrainConfig(
+                shards=[spec],
+                output=str(Path(tmp) / f"run-{variant}"),
+                pretrained=args.pretrained,
+                resolution=args.resolution,
+                train_batch_size=args.batch,
+                max_train_steps=args.warmup + args.steps,
+                mixed_precision=precision,
+                allow_tf32=cuda,
+                gradient_checkpointing=args.gradient_checkpointing,
+                freeze_cross_attention=variant == "frozen_xattn",
+                contrastive_weight=0.1 if variant == "contrastive" else 0.0,
+                pose_conditioning=variant == "pose",
+                num_workers=args.workers,
+                checkpointing_steps=10**9,
+            )
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            trainer = NoSave(cfg)
+            trained = sum(p.numel() for p in trainer.params)
+            summary = trainer.train()
+            rows = [json.loads(x) for x in (Path(cfg.output) / "metrics.jsonl").read_text().splitlines()]
+            steady = rows[args.warmup - 1 :] if args.warmup else [{"elapsed_s": 0.0}, *rows]
+            seconds = steady[-1]["elapsed_s"] - steady[0]["elapsed_s"]
+            fig = {
+                "params_trained_m": round(trained / 1e6, 1),
+                "samples_per_s": round(args.batch * (len(steady) - 1) / seconds, 2),
+                "step_s": round(seconds / (len(steady) - 1), 3),
+                "final_loss": round(summary["loss"], 4),
+            }
+            if cuda:
+                fig["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            out[variant] = fig
+            del trainer
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+        # the loader alone, on the same shards with the same workers: it must outpace training
+        args.shards, args.workers = spec, [args.workers]
+        loader = bench_loader(args)
+        out["loader_samples_per_s"] = loader[f"samples_per_s_workers_{args.workers[0]}"]
+        fastest = max(out[v]["samples_per_s"] for v in args.variants)
+        out["loader_headroom"] = round(out["loader_samples_per_s"] / fastest, 2)
+    out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return out
 
 
@@ -162,14 +174,26 @@ def main() -> None:
     lo.add_argument("--samples", type=int, default=2000)
     lo.add_argument("--resolution", type=int, default=256)
     lo.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    un = sub.add_parser("unet")
-    un.add_argument("--resolution", type=int, default=256)
-    un.add_argument("--batch", type=int, default=8)
-    un.add_argument("--steps", type=int, default=20)
-    un.add_argument("--precision", choices=("no", "fp16", "bf16"), default="bf16")
-    un.add_argument("--gradient-checkpointing", action="store_true")
+    tr = sub.add_parser("train")
+    tr.add_argument("--pretrained", default="sd15-random", help="sd15-random (SD-1.5 size), tiny, or a pipeline")
+    tr.add_argument("--shards", help="shards to train on (default: synthetic 640x360 pairs)")
+    tr.add_argument("--samples", type=int, default=512, help="synthetic pairs to write")
+    tr.add_argument("--resolution", type=int, default=256)
+    tr.add_argument("--batch", type=int, default=8)
+    tr.add_argument("--steps", type=int, default=20, help="timed steps")
+    tr.add_argument("--warmup", type=int, default=3, help="untimed first steps")
+    tr.add_argument("--precision", choices=("no", "fp16", "bf16"), default="bf16", help="on a GPU")
+    tr.add_argument("--workers", type=int, default=4, help="DataLoader workers")
+    tr.add_argument("--gradient-checkpointing", action="store_true")
+    tr.add_argument(
+        "--variants",
+        nargs="+",
+        default=["full", "frozen_xattn"],
+        choices=("full", "frozen_xattn", "contrastive", "pose"),
+        help="full UNet; EditAction's frozen cross-attention / contrastive loss; pose branch",
+    )
     args = ap.parse_args()
-    print(json.dumps(bench_loader(args) if args.part == "loader" else bench_unet(args), indent=2))
+    print(json.dumps(bench_loader(args) if args.part == "loader" else bench_train(args), indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from schemas.records import COCO17, KP
 from training.config import TrainConfig
 from training.data import open_shards
-from training.model import render_pose
+from training.model import build_editor, render_pose
 from training.train import Trainer, pick_negatives
 from training.transforms import PairTransform, swap_sides
 
@@ -49,9 +49,10 @@ def test_loss_falls_on_real_pairs(real_build, tmp_path):
 
 def test_checkpoint_resume_continues_bit_for_bit(real_build, tmp_path):
     _, out, _ = real_build
-    straight = config(out, tmp_path / "a", contrastive_weight=0.1, pose_conditioning=True)
+    opts = dict(contrastive_weight=0.1, pose_conditioning=True, lr_scheduler="cosine", lr_warmup_steps=2)
+    straight = config(out, tmp_path / "a", **opts)
     Trainer(straight).train()
-    first_half = config(out, tmp_path / "b", contrastive_weight=0.1, pose_conditioning=True, max_train_steps=2)
+    first_half = config(out, tmp_path / "b", **opts, max_train_steps=2)
     Trainer(first_half).train()
     resumed = first_half.model_copy(update={"max_train_steps": 4, "resume_from_checkpoint": "latest"})
     Trainer(resumed).train()
@@ -61,6 +62,10 @@ def test_checkpoint_resume_continues_bit_for_bit(real_build, tmp_path):
     la, lb = metrics(tmp_path / "a" / "run"), metrics(tmp_path / "b" / "run")
     assert [m["step"] for m in lb] == [1, 2, 3, 4]
     assert [m["loss"] for m in la] == [m["loss"] for m in lb]
+    # the schedule resumed where it was: warm-up to the peak, then the cosine decay over the 4 steps
+    lrs = [m["lr"] for m in la]
+    assert [m["lr"] for m in lb] == lrs
+    assert lrs[0] == pytest.approx(0.5e-3) and lrs[1] == pytest.approx(1e-3) and lrs[1] > lrs[2] > lrs[3]
 
 
 def test_contrastive_loss_uses_a_disjoint_negative_and_changes_gradients(real_build, tmp_path):
@@ -171,3 +176,74 @@ def test_train_and_edit_from_the_command_line(real_build, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert Image.open(edited).size == (32, 32)
+
+
+def test_mixed_precision_gradient_checkpointing_and_pose_validation(real_build, tmp_path):
+    """bf16 (CPU autocast) with the frozen VAE/text encoder cast down, gradient checkpointing, the pose
+    branch and a validation grid: the path a GPU run takes, exercised on CPU."""
+    from accelerate.state import AcceleratorState
+
+    _, out, _ = real_build
+    cfg = config(out, tmp_path, mixed_precision="bf16", gradient_checkpointing=True, pose_conditioning=True)
+    AcceleratorState._reset_state(True)  # accelerate keeps one precision per process: this test's own
+    try:
+        t = Trainer(cfg.model_copy(update={"max_train_steps": 2, "validation_steps": 2, "validation_samples": 2}))
+        assert t.parts.vae.dtype == torch.bfloat16 and t.parts.text_encoder.dtype == torch.bfloat16
+        unet = t.accelerator.unwrap_model(t.unet)
+        assert unet.is_gradient_checkpointing and all(p.dtype == torch.float32 for p in t.params)
+        t.train()
+    finally:
+        AcceleratorState._reset_state(True)
+    assert all(np.isfinite(m["loss"]) and m["elapsed_s"] > 0 for m in metrics(tmp_path / "run"))
+    grid = Image.open(tmp_path / "run" / "validation" / "step-000002.png")
+    assert grid.size == (3 * 32, 2 * 32)
+
+
+def test_sd15_random_has_stable_diffusion_1_5_size():
+    """`--pretrained sd15-random` is Stable Diffusion 1.5's layout (built on the meta device: no memory)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        parts = build_editor("sd15-random", resolution=256)
+
+    def millions(m):
+        return sum(p.numel() for p in m.parameters()) / 1e6
+
+    assert parts.unet.config.in_channels == 8 and parts.unet.config.cross_attention_dim == 768
+    assert 855 < millions(parts.unet) < 865  # SD-1.5: 859.5M with 4 input channels
+    assert 83 < millions(parts.vae) < 84.5 and 122 < millions(parts.text_encoder) < 124
+    ids = parts.tokenizer(["raise your right arm"]).input_ids[0]
+    assert max(ids) < parts.text_encoder.config.vocab_size
+
+
+def test_edit_follows_a_target_pose(real_build, tmp_path):
+    """`motionpairs edit --pose` feeds a pose-conditioned checkpoint the target pose (a manifest's
+    after_pose JSON as it is); moving one wrist in it changes the edit."""
+    import argparse
+
+    from training.config import add_edit_arguments
+    from training.edit import main as edit_main
+
+    _, out, _ = real_build
+    Trainer(config(out, tmp_path, pose_conditioning=True, max_train_steps=3, checkpointing_steps=3)).train()
+    s = next(iter(open_shards(out)))
+    src = tmp_path / "in.png"
+    Image.fromarray(s.before).save(src)
+    pose_a = tmp_path / "a.json"
+    pose_a.write_text(s.pair.after_pose.model_dump_json())
+    moved = s.pair.after_pose.model_copy(deep=True)
+    moved.keypoints[KP["right_wrist"]] = [5.0, 5.0, 1.0]
+    pose_b = tmp_path / "b.json"
+    pose_b.write_text(moved.model_dump_json())
+    parser = argparse.ArgumentParser()
+    add_edit_arguments(parser)
+
+    def edit(name, *extra):
+        args = ["--checkpoint", str(tmp_path / "run" / "checkpoint-3"), "--image", str(src), "--steps", "2"]
+        args += ["--instruction", "raise your right arm", "--output", str(tmp_path / name), *extra]
+        assert edit_main(parser.parse_args(args)) == 0
+        return np.asarray(Image.open(tmp_path / name))
+
+    a, b, none = edit("a.png", "--pose", str(pose_a)), edit("b.png", "--pose", str(pose_b)), edit("none.png")
+    assert a.shape == (32, 32, 3) and not np.array_equal(a, b) and not np.array_equal(a, none)
+    assert np.array_equal(a, edit("a2.png", "--pose", str(pose_a)))  # seeded: the same pose, the same edit

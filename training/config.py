@@ -4,7 +4,7 @@ help from these descriptions without loading torch or diffusers)."""
 from __future__ import annotations
 
 import argparse
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,31 +16,43 @@ class TrainConfig(BaseModel):
 
     shards: list[str] = Field(..., description="output folder(s), globs, brace patterns or tar paths")
     output: str = Field(..., description="run folder: metrics.jsonl, checkpoint-*/, validation/")
-    pretrained: str = Field("tiny", description="'tiny' (random, built in code) or an InstructPix2Pix folder/hub id")
+    pretrained: str = Field(
+        "tiny",
+        description="'tiny' or 'sd15-random' (random weights built in code, no download; sd15-random has Stable "
+        "Diffusion 1.5's size) or an InstructPix2Pix pipeline folder/hub id",
+    )
     resolution: int = Field(64, ge=16, description="training image size (square)")
-    train_batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_train_steps: int = Field(100, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
-    adam_weight_decay: float = Field(1e-2, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    train_batch_size: int = Field(4, ge=1, description="pairs per step per device")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="batches summed into one optimizer step")
+    max_train_steps: int = Field(100, ge=1, description="optimizer steps to train for (a resumed run counts on)")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW peak learning rate")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="learning-rate schedule over max_train_steps (diffusers.optimization)"
+    )
+    lr_warmup_steps: int = Field(0, ge=0, description="linear warm-up steps of the schedule")
+    adam_weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     conditioning_dropout_prob: float = Field(0.05, ge=0, le=0.33, description="text, image, both: p each")
     freeze_cross_attention: bool = Field(False, description="EditAction: text cross-attention stops learning")
     contrastive_weight: float = Field(0.0, ge=0, description="EditAction's contrastive action loss weight")
     regularizer_weight: float = Field(0.0, ge=0, description="L2 pull of the UNet towards its starting weights")
     pose_conditioning: bool = Field(False, description="add the target pose branch (rendered skeleton)")
-    shuffle_buffer: int = Field(256, ge=0)
-    flip_p: float = Field(0.5, ge=0, le=1)
-    num_workers: int = Field(0, ge=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 0
-    logging_steps: int = Field(1, ge=1)
-    checkpointing_steps: int = Field(50, ge=1)
-    checkpoints_total_limit: int | None = Field(None, ge=1)
+    shuffle_buffer: int = Field(256, ge=0, description="webdataset sample shuffle buffer (0: shard order)")
+    flip_p: float = Field(0.5, ge=0, le=1, description="horizontal flip probability (swaps left/right too)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (shards are split between them)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate mixed precision")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute UNet activations: less memory, about a third slower"
+    )
+    allow_tf32: bool = Field(False, description="TF32 matmuls on Ampere+ GPUs (faster fp32)")
+    seed: int = Field(0, description="seeds model init, data order, noise and flips")
+    logging_steps: int = Field(1, ge=1, description="write a metrics.jsonl line every N steps")
+    checkpointing_steps: int = Field(50, ge=1, description="save RUN/checkpoint-N every N steps (and at the end)")
+    checkpoints_total_limit: int | None = Field(None, ge=1, description="keep only the newest N checkpoints")
     resume_from_checkpoint: str | None = Field(None, description="a checkpoint folder, or 'latest'")
     validation_steps: int = Field(0, ge=0, description="write an edit grid every N steps (0: never)")
-    validation_samples: int = Field(4, ge=1)
-    validation_inference_steps: int = Field(10, ge=1)
+    validation_samples: int = Field(4, ge=1, description="pairs edited per validation grid")
+    validation_inference_steps: int = Field(10, ge=1, description="denoising steps of validation edits")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,7 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             kind = type(default) if default is not None and not isinstance(default, str) else str
             if name in ("checkpoints_total_limit",):
                 kind = int
-            p.add_argument(flag, type=kind, default=default, help=f"{helptext} (default: {default})".strip())
+            choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+            p.add_argument(
+                flag, type=kind, default=default, choices=choices, help=f"{helptext} (default: {default})".strip()
+            )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -70,6 +85,11 @@ def add_edit_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="input image")
     p.add_argument("--instruction", required=True, help='edit instruction, e.g. "raise your right arm"')
     p.add_argument("--output", required=True, help="edited image path (.png)")
+    p.add_argument(
+        "--pose",
+        help="target pose JSON for a --pose-conditioning checkpoint: {'keypoints': [[x, y, conf] x 17]} in pixels "
+        "(a manifest's after_pose works as it is); without it the pose branch adds nothing",
+    )
     p.add_argument("--steps", type=int, default=20, help="inference steps (default 20; EditAction used 100)")
     p.add_argument("--image-guidance", type=float, default=1.5, help="image guidance scale (default 1.5)")
     p.add_argument("--text-guidance", type=float, default=7.5, help="text guidance scale (default 7.5)")

@@ -105,12 +105,14 @@ class SkipCounter:
 
     def __init__(self) -> None:
         self.count = 0
+        self.last = ""
         self._lock = threading.Lock()
 
     def __call__(self, exn: Exception) -> bool:
         with self._lock:
             self.count += 1
             n = self.count
+            self.last = f"{type(exn).__name__}: {str(exn)[:300]}"
         log.warning("skipped bad sample #%d: %s: %s", n, type(exn).__name__, exn)
         return True  # keep going
 

@@ -12,14 +12,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from .config import TrainConfig
-from .model import add_pose_branch, build_tiny, load_pretrained
+from .model import PoseConditionedConvIn, add_pose_branch, build_editor, render_pose
 
 
 def load_editor(checkpoint: Path):
     """The pipeline of a run's checkpoint (the run's train_config.json tells how it was built)."""
     run = checkpoint.parent
     cfg = TrainConfig.model_validate_json((run / "train_config.json").read_text())
-    parts = build_tiny(cfg.seed, cfg.resolution) if cfg.pretrained == "tiny" else load_pretrained(cfg.pretrained)
+    parts = build_editor(cfg.pretrained, cfg.seed, cfg.resolution)
     if cfg.pose_conditioning:
         add_pose_branch(parts)
     weights = sorted(checkpoint.glob("model*.safetensors"))
@@ -31,9 +31,32 @@ def load_editor(checkpoint: Path):
     return pipe, cfg
 
 
+def target_pose(path: Path, image_size: tuple[int, int]) -> torch.Tensor:
+    """A target pose file -> (1, 17, 3) keypoints in [0, 1] image coordinates. The file holds
+    {"keypoints": [[x, y, conf] * 17]} in pixels (null for a missing point); a pose as the manifest
+    stores it (with frame_width/frame_height) is read in its own frame's pixels, otherwise in the input
+    image's."""
+    doc = json.loads(path.read_text())
+    kp = np.array([[np.nan if v is None else v for v in row] for row in doc["keypoints"]], dtype=np.float32)
+    if kp.shape != (17, 3):
+        raise ValueError(f"{path}: expected 17 keypoints of [x, y, conf], got shape {kp.shape}")
+    w, h = doc.get("frame_width") or image_size[0], doc.get("frame_height") or image_size[1]
+    kp[:, 0] /= w
+    kp[:, 1] /= h
+    return torch.from_numpy(kp)[None]
+
+
 def main(args: argparse.Namespace) -> int:
     pipe, cfg = load_editor(Path(args.checkpoint))
-    image = Image.open(args.image).convert("RGB").resize((cfg.resolution, cfg.resolution))
+    source = Image.open(args.image).convert("RGB")
+    image = source.resize((cfg.resolution, cfg.resolution))
+    branch = pipe.unet.conv_in if isinstance(pipe.unet.conv_in, PoseConditionedConvIn) else None
+    if args.pose and branch is None:
+        raise SystemExit(f"--pose: {args.checkpoint} was trained without --pose-conditioning")
+    if branch is not None and args.pose:
+        scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        maps = render_pose(target_pose(Path(args.pose), source.size), cfg.resolution // scale)
+        branch.pose_maps = torch.cat([maps] * 3)  # the classifier-free guidance batch: text, image, none
     out = pipe(
         args.instruction,
         image=image,
@@ -44,5 +67,5 @@ def main(args: argparse.Namespace) -> int:
         output_type="np",
     ).images[0]
     Image.fromarray((out * 255).astype(np.uint8)).save(args.output)
-    print(json.dumps({"output": args.output, "instruction": args.instruction}))
+    print(json.dumps({"output": args.output, "instruction": args.instruction, "pose": args.pose}))
     return 0

@@ -1,8 +1,9 @@
 """The editor: an InstructPix2Pix pipeline's parts (VAE, CLIP text encoder, 8-channel UNet, scheduler),
-either loaded from a pretrained pipeline (folder or hub id) or built tiny and random in code (tests),
-plus the optional pose branch: the target 17-keypoint pose, rendered as a skeleton image, through a
-small encoder whose zero-initialised output is added after the UNet's first convolution
-(ControlNet-style: at step 0 the model is exactly the one it started from)."""
+either loaded from a pretrained pipeline (folder or hub id) or built random in code with no download
+(`tiny`, about 1M UNet parameters, what the tests use; `sd15-random`, Stable Diffusion 1.5's layout, for
+benchmarks and scale checks), plus the optional pose branch: the target 17-keypoint pose, rendered as
+a skeleton image, through a small encoder whose zero-initialised output is added after the UNet's first
+convolution (ControlNet-style: at step 0 the model is exactly the one it started from)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,63 @@ def build_tiny(seed: int = 0, resolution: int = 64) -> EditorParts:
     )
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     return EditorParts(unet, vae, text_encoder, tokenizer, scheduler)
+
+
+def build_sd15_random(seed: int = 0, resolution: int = 512) -> EditorParts:
+    """Stable Diffusion 1.5's layout with random weights (UNet ~860M parameters with 8 input channels,
+    the 83M VAE, CLIP ViT-L/14's 123M text encoder): the real cost of a training step, no download. The
+    text side uses the built-in tokenizer (its ids fit in CLIP's 49,408-token embedding)."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            eos_token_id=eos,
+            bos_token_id=tokenizer.convert_tokens_to_ids("<|startoftext|>"),
+            pad_token_id=eos,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=resolution // 8,
+        in_channels=8,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=resolution,
+        scaling_factor=0.18215,
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
+    return EditorParts(unet, vae, text_encoder, tokenizer, scheduler)
+
+
+RANDOM_MODELS = {"tiny": build_tiny, "sd15-random": build_sd15_random}
+
+
+def build_editor(pretrained: str, seed: int = 0, resolution: int = 64) -> EditorParts:
+    """`--pretrained`: a random model built in code (RANDOM_MODELS) or a pipeline folder / hub id."""
+    if pretrained in RANDOM_MODELS:
+        return RANDOM_MODELS[pretrained](seed, resolution)
+    return load_pretrained(pretrained)
 
 
 def load_pretrained(path_or_id: str) -> EditorParts:

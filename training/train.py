@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
 
 from .config import TrainConfig, config_from_args
 from .data import SkipCounter, dataset_size, open_shards, shard_urls
-from .model import EditorParts, add_pose_branch, build_tiny, freeze_cross_attention, load_pretrained, render_pose
+from .model import EditorParts, add_pose_branch, build_editor, freeze_cross_attention, render_pose
 from .transforms import PairTransform
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class Trainer:
             mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
         )
         set_seed(cfg.seed)
-        parts = build_tiny(cfg.seed, cfg.resolution) if cfg.pretrained == "tiny" else load_pretrained(cfg.pretrained)
+        parts = build_editor(cfg.pretrained, cfg.seed, cfg.resolution)
         self.pose_conv = add_pose_branch(parts) if cfg.pose_conditioning else None
         self.frozen = freeze_cross_attention(parts.unet) if cfg.freeze_cross_attention else []
         parts.vae.requires_grad_(False)
@@ -94,12 +95,31 @@ class Trainer:
         self.params = [p for p in parts.unet.parameters() if p.requires_grad]
         # the regulariser's anchor: the weights training started from (rebuilt the same way on resume)
         self.anchor = [p.detach().clone() for p in self.params] if cfg.regularizer_weight > 0 else None
+        if cfg.gradient_checkpointing:
+            parts.unet.enable_gradient_checkpointing()
+        if cfg.allow_tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
-        self.unet, self.optimizer = self.accelerator.prepare(parts.unet, self.optimizer)
+        # counted in optimizer steps on every process (the prepared scheduler steps once per process)
+        n = self.accelerator.num_processes
+        lr_scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            self.optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps * n,
+            num_training_steps=cfg.max_train_steps * n,
+        )
+        self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+            parts.unet, self.optimizer, lr_scheduler
+        )
         device = self.accelerator.device
-        parts.vae.to(device)
-        parts.text_encoder.to(device)
+        # the frozen VAE and text encoder run in the mixed-precision dtype (as diffusers' training scripts
+        # do); the trained UNet keeps fp32 weights under autocast
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+        for frozen in (parts.vae, parts.text_encoder):
+            frozen.to(device) if self.weight_dtype == torch.float32 else frozen.to(device, dtype=self.weight_dtype)
         self.null_text = _null_embedding(parts, device)
+        self.vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)  # image px per latent px
         self.urls = [u for s in cfg.shards for u in shard_urls(s)]
         self.size = dataset_size(self.urls)
         self.skipped = SkipCounter()
@@ -131,7 +151,8 @@ class Trainer:
                 self.batches_in_epoch = n
                 yield batch
             if n == 0:
-                raise RuntimeError(f"no readable samples in {len(self.urls)} shards")
+                why = f"; {self.skipped.count} skipped, the last as {self.skipped.last}" if self.skipped.count else ""
+                raise RuntimeError(f"no readable samples in {len(self.urls)} shards{why}")
             self.epoch += 1
             self.batches_in_epoch = 0
 
@@ -145,8 +166,8 @@ class Trainer:
 
     def loss(self, batch: dict[str, Any], rng: random.Random) -> dict[str, torch.Tensor]:
         cfg, parts, device = self.cfg, self.parts, self.accelerator.device
-        before = batch["before"].to(device)
-        after = batch["after"].to(device)
+        before = batch["before"].to(device, dtype=self.weight_dtype)
+        after = batch["after"].to(device, dtype=self.weight_dtype)
         bsz = before.shape[0]
         with torch.no_grad():
             latents = parts.vae.encode(after).latent_dist.sample() * parts.vae.config.scaling_factor
@@ -233,15 +254,16 @@ class Trainer:
                 return Image.fromarray(((t.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8))
 
             if self.pose_conv is not None:
-                maps = render_pose(s["pose"][None], cfg.resolution // 2)
+                maps = render_pose(s["pose"][None], cfg.resolution // self.vae_scale)
                 self.pose_conv.pose_maps = torch.cat([maps] * 3).to(self.accelerator.device)  # CFG batch of 3
-            edited = pipe(
-                s["text"],
-                image=pil(s["before"]),
-                num_inference_steps=cfg.validation_inference_steps,
-                generator=generator,
-                output_type="np",
-            ).images[0]
+            with self.accelerator.autocast():
+                edited = pipe(
+                    s["text"],
+                    image=pil(s["before"]),
+                    num_inference_steps=cfg.validation_inference_steps,
+                    generator=generator,
+                    output_type="np",
+                ).images[0]
             if self.pose_conv is not None:
                 self.pose_conv.pose_maps = None
             edited_u8 = (edited * 255).astype(np.uint8)
@@ -274,13 +296,15 @@ class Trainer:
                     if self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     self.optimizer.step()
+                    self.lr_scheduler.step()
                     self.optimizer.zero_grad()
                 samples += batch["before"].shape[0]
             self.step += 1
             last = {k: float(v.detach()) for k, v in losses.items()}
             if self.step % cfg.logging_steps == 0:
-                rec = {"step": self.step, "epoch": self.epoch, **last, "lr": cfg.learning_rate}
-                rec["samples_per_s"] = round(samples / (time.perf_counter() - t0), 2)
+                elapsed = time.perf_counter() - t0
+                rec = {"step": self.step, "epoch": self.epoch, **last, "lr": self.lr_scheduler.get_last_lr()[0]}
+                rec.update(samples_per_s=round(samples / elapsed, 2), elapsed_s=round(elapsed, 3))
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
             if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
