@@ -33,3 +33,19 @@ def test_bad_samples_are_counted_and_skipped(real_build, tmp_path):
     got = list(open_shards(tmp_path, skip_bad=counter))
     assert counter.count >= 1 and 0 < len(got) < stats["pairs"]
     assert all(x.before.ndim == 3 for x in got)
+
+
+def test_skips_in_dataloader_workers_count_in_the_training_process(real_build, tmp_path):
+    import torch
+
+    from training.transforms import PairTransform
+
+    _, out, stats = real_build
+    for p in (out / "shards").glob("*.tar"):
+        data = p.read_bytes()
+        (tmp_path / p.name).write_bytes(data[: len(data) // 2])  # every shard truncated
+    counter = SkipCounter()
+    ds = open_shards(tmp_path, skip_bad=counter).map(PairTransform(32))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    got = sum(b["before"].shape[0] for b in loader)
+    assert counter.count >= 1 and got < stats["pairs"]

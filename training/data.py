@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import os
-import threading
+import multiprocessing
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -101,19 +101,23 @@ def dataset_size(urls: list[str]) -> int | None:
 
 
 class SkipCounter:
-    """webdataset handler that skips a bad sample or shard, logs it, and counts it."""
+    """webdataset handler that skips a bad sample or shard, logs it, and counts it. The count lives in
+    shared memory, so skips inside DataLoader worker processes count in the training process too."""
 
     def __init__(self) -> None:
-        self.count = 0
-        self.last = ""
-        self._lock = threading.Lock()
+        self._count = multiprocessing.Value("q", 0)
+        self.last = ""  # the last error seen in this process
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
 
     def __call__(self, exn: Exception) -> bool:
-        with self._lock:
-            self.count += 1
-            n = self.count
-            self.last = f"{type(exn).__name__}: {str(exn)[:300]}"
-        log.warning("skipped bad sample #%d: %s: %s", n, type(exn).__name__, exn)
+        with self._count.get_lock():
+            self._count.value += 1
+            n = self._count.value
+        self.last = f"{type(exn).__name__}: {str(exn)[:300]}"
+        log.warning("skipped bad sample #%d: %s", n, self.last)
         return True  # keep going
 
 

@@ -151,7 +151,8 @@ class Trainer:
                 self.batches_in_epoch = n
                 yield batch
             if n == 0:
-                why = f"; {self.skipped.count} skipped, the last as {self.skipped.last}" if self.skipped.count else ""
+                last = self.skipped.last or "in DataLoader workers, see their warnings"
+                why = f"; {self.skipped.count} samples skipped, the last: {last}" if self.skipped.count else ""
                 raise RuntimeError(f"no readable samples in {len(self.urls)} shards{why}")
             self.epoch += 1
             self.batches_in_epoch = 0
