@@ -13,8 +13,8 @@ import glob
 import io
 import json
 import logging
-import os
 import multiprocessing
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
