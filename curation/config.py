@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -17,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.records import COCO17, PairingMode, PairStrategy
+from schemas.records import COCO17, Clip, PairingMode, PairStrategy
 
 
 class ConfigError(ValueError):
@@ -208,12 +209,25 @@ class BuildConfig(BaseSettings):
         return modes.pop() if len(modes) == 1 else "body"
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes what a clip produces (not where it is written, nor the device).
-        Sources are part of it: their settings decide labels and splits."""
-        relevant = self.model_dump(mode="json", exclude={"output", "staging_dir"})
+        """Hash of the settings that change what any clip produces (not where it is written, nor the
+        device, nor the sources: what a source decides for a clip is in that clip's record, see
+        clip_key)."""
+        relevant = self.model_dump(mode="json", exclude={"output", "staging_dir", "sources"})
         relevant["pose"].pop("device", None)
         relevant["caption"] = self.caption.result_settings()
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def clip_keys(self, clips: Iterable[Clip]) -> dict[str, str]:
+        """clip_id -> a hash of everything that decides the clip's result: the settings fingerprint, the
+        clip record as its source listed it (file, segment, label, split, ids) and its pairing mode. A
+        committed clip whose key is unchanged is not redone; adding a source leaves the others' work be."""
+        fp = self.fingerprint()
+        modes: dict[str, str] = {}
+        keys = {}
+        for c in clips:
+            mode = modes.setdefault(c.source, self.mode_for(c.source))
+            keys[c.clip_id] = hashlib.sha1(f"{fp}\n{mode}\n{c.model_dump_json()}".encode()).hexdigest()[:16]
+        return keys
 
 
 def _check_keys(data: Any, model: type[BaseModel], where: str = "") -> None:

@@ -1,8 +1,11 @@
 """The build: plan (what is new), process work units (clips -> shards + parts), finalize (manifests).
 
 Plain Python: the CLI runs it directly and the Prefect flow wraps the same three functions.
-Resumable and idempotent: a unit is committed by writing its record last; a re-run skips clips
-whose unit was committed with the same config fingerprint and redoes the rest.
+Resumable and idempotent: a unit is committed by writing its record last. A re-run keeps a committed
+unit when every clip in it is still listed with the same clip key (settings fingerprint + the clip as
+its source lists it) and redoes the rest: new clips and sources are added, changed settings redo what
+they affect, and a unit holding a clip that is gone from the sources is dropped (its other clips redone),
+so the dataset is always what the current sources and settings give.
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ class WorkUnit:
 class BuildPlan:
     listing: Listing
     units: list[WorkUnit]  # pending work
-    done: set[str]  # clip_ids already committed with this config
-    fingerprint: str
-    stale_units: list[str] = field(default_factory=list)  # committed with another config
+    done: set[str]  # clip_ids already committed with these settings
+    fingerprint: str  # the settings fingerprint
+    stale_units: list[str] = field(default_factory=list)  # other settings, or a clip no longer listed
+    kept_units: list[str] = field(default_factory=list)  # committed units that stand
+    listing_digest: str = ""
 
     @property
     def pending_clips(self) -> int:
@@ -89,12 +94,16 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     out = Path(cfg.output)
     listing = list_sources(cfg.sources)
     fp = cfg.fingerprint()
+    keys = cfg.clip_keys(listing.clips)
     done: set[str] = set()
     stale: list[str] = []
+    kept: list[str] = []
     referenced: set[str] = set()
     for rec in committed_units(out):
-        if rec["fingerprint"] == fp:
-            done.update(rec["clip_ids"])
+        rec_keys = rec.get("clip_keys")  # records of older versions have none: redone
+        if rec["fingerprint"] == fp and rec_keys and all(keys.get(c) == k for c, k in rec_keys.items()):
+            done.update(rec_keys)
+            kept.append(rec["unit_id"])
         else:
             stale.append(rec["unit_id"])
         referenced.update(rec["shards"])
@@ -104,9 +113,28 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
     units = []
     for i in range(0, len(pending), n):
         chunk = tuple(pending[i : i + n])
-        digest = hashlib.sha1((fp + "\n" + "\n".join(c.clip_id for c in chunk)).encode()).hexdigest()[:12]
+        digest = hashlib.sha1("\n".join(f"{c.clip_id} {keys[c.clip_id]}" for c in chunk).encode()).hexdigest()[:12]
         units.append(WorkUnit(unit_id=f"u{digest}", clips=chunk))
-    return BuildPlan(listing=listing, units=units, done=done, fingerprint=fp, stale_units=stale)
+    return BuildPlan(
+        listing=listing,
+        units=units,
+        done=done,
+        fingerprint=fp,
+        stale_units=stale,
+        kept_units=kept,
+        listing_digest=listing_digest(listing),
+    )
+
+
+def listing_digest(listing: Listing) -> str:
+    """What the sources list (clips and ingest-level rejects): a manifest made from another listing is
+    out of date even when no unit changed."""
+    h = hashlib.sha1()
+    for c in sorted(listing.clips, key=lambda c: c.clip_id):
+        h.update(c.model_dump_json().encode())
+    for r in sorted(listing.rejects, key=lambda r: r.clip_id):
+        h.update(r.model_dump_json().encode())
+    return h.hexdigest()[:16]
 
 
 def _remove_orphans(out: Path, referenced: set[str]) -> None:
@@ -180,6 +208,7 @@ def process_unit(
         "fingerprint": cfg.fingerprint(),
         "versions": processor.versions,
         "clip_ids": [c.clip_id for c in unit.clips],
+        "clip_keys": cfg.clip_keys(unit.clips),
         "shards": sizes,
         "samples": len(sample_rows),
         "rejects": len(reject_rows),
@@ -229,7 +258,8 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
         mirror.pull_state()
     out = Path(cfg.output)
     stale_records = [r for r in committed_units(out) if r["unit_id"] in set(plan.stale_units)]
-    records = [r for r in committed_units(out) if r["fingerprint"] == plan.fingerprint]
+    standing = set(plan.kept_units) | {u.unit_id for u in plan.units}
+    records = [r for r in committed_units(out) if r["unit_id"] in standing]
     unit_ids = [r["unit_id"] for r in records]
     samples = _read_parts(out, unit_ids, "samples", samples_table([]).schema)
     rejects = _read_parts(out, unit_ids, "rejects", rejects_table([]).schema)
@@ -301,6 +331,7 @@ def build_stats(
     versions = records[-1]["versions"] if records else {}
     return {
         "fingerprint": plan.fingerprint,
+        "listing_digest": plan.listing_digest,
         "versions": versions,
         "clips_in": len(all_ids),
         "clips_accepted": len(accepted),
@@ -343,14 +374,17 @@ def run_build(
 
 
 def nothing_to_do(cfg: BuildConfig, plan: BuildPlan) -> bool:
-    """No pending unit, nothing stale, manifests in place: a re-run is a no-op (nothing is rewritten)."""
+    """No pending unit, nothing stale, manifests in place and made from this same listing: a re-run is a
+    no-op (nothing is rewritten)."""
     if plan.units or plan.stale_units:
         return False
     local, mirror = local_view(cfg)
     files = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE)
     if mirror is not None:
-        return all(mirror.fs.exists(f"{mirror.root}/{f}") for f in files)
-    return all((Path(cfg.output) / f).is_file() for f in files)
+        present = all(mirror.fs.exists(f"{mirror.root}/{f}") for f in files)
+    else:
+        present = all((Path(cfg.output) / f).is_file() for f in files)
+    return present and current_stats(cfg).get("listing_digest") == plan.listing_digest
 
 
 def current_stats(cfg: BuildConfig) -> dict[str, Any]:

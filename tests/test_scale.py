@@ -9,7 +9,8 @@ import pandas as pd
 from conftest import ACCEPTED, REJECTED, video
 
 from curation.config import load_config
-from curation.runner import plan_build, run_build
+from curation.runner import finalize, listing_digest, nothing_to_do, plan_build, run_build
+from schemas.records import Reject
 
 COLS = ["pair_id", "clip_id", "before_index", "after_index", "caption", "pose_change", "shard"]
 
@@ -70,6 +71,44 @@ def test_a_threshold_change_redoes_the_affected_work(tmp_path):
     assert stats["pairs"] == 0 and stats["rejects_by_reason"] == {"motion/low_motion": 1}
     assert len(list((tmp_path / "o" / "parts").glob("*.json"))) == 1  # the superseded unit is gone
     assert not list((tmp_path / "o" / "shards").glob("*.tar"))
+
+
+def test_a_new_source_adds_to_the_build_and_a_removed_clip_leaves_it(tmp_path):
+    """Adding a source processes only its clips (the first source's tars stay untouched); a clip gone
+    from its source takes its unit's samples and tars out of the dataset."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    link(first, {"tai_chi_glass": ACCEPTED["tai_chi_glass"]})
+    link(second, {"bunny": REJECTED["big_buck_bunny"][0]})
+    out = tmp_path / "o"
+    one = load_config(None, output=str(out), sources=[{"root": str(first)}])
+    assert run_build(one)["clips_accepted"] == 1
+    tars = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
+    both = load_config(None, output=str(out), sources=[{"root": str(first)}, {"root": str(second)}])
+    assert both.fingerprint() == one.fingerprint()
+    assert [c.clip_id for u in plan_build(both).units for c in u.clips] == ["bunny"]
+    stats = run_build(both)
+    assert (
+        stats["clips_in"] == 2 and stats["clips_accepted"] == 1 and stats["rejects_by_reason"] == {"pose/no_person": 1}
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == tars
+    assert plan_build(both).units == [] and run_build(both) == stats  # up to date: nothing rewritten
+    # the clip is taken down at its source: the rebuilt dataset no longer has it, in manifest or tars
+    (first / "tai_chi_glass.mp4").unlink()
+    plan = plan_build(both)
+    assert plan.units == [] and len(plan.stale_units) == 1
+    stats = run_build(both)
+    assert stats["clips_in"] == 1 and stats["pairs"] == 0 and stats["unaccounted_clips"] == []
+    assert pd.read_parquet(out / "samples.parquet").empty and not list((out / "shards").glob("*.tar"))
+    assert set(pd.read_parquet(out / "rejects.parquet").clip_id) == {"bunny"}
+    # an input rejected at listing (a bad annotation row: no unit to process) still makes the manifest stale
+    plan = plan_build(both)
+    assert nothing_to_do(both, plan)
+    plan.listing.rejects.append(
+        Reject(clip_id="row7", source="kinetics", uri="x.mp4", stage="ingest", reason="missing_file")
+    )
+    plan.listing_digest = listing_digest(plan.listing)
+    assert not nothing_to_do(both, plan)
+    assert finalize(both, plan)["rejects_by_reason"]["ingest/missing_file"] == 1
 
 
 def test_two_worker_dask_cluster_equals_the_single_process_build(tmp_path):
