@@ -210,6 +210,7 @@ def process_unit(
         "clip_ids": [c.clip_id for c in unit.clips],
         "clip_keys": cfg.clip_keys(unit.clips),
         "shards": sizes,
+        "shard_bytes": sum((current_shard_set(out) / name).stat().st_size for name in sizes),
         "samples": len(sample_rows),
         "rejects": len(reject_rows),
         "frames_decoded": frames,
@@ -344,12 +345,16 @@ def build_stats(
         "ignored_files": len(plan.listing.ignored),
         "unlisted_files": len(plan.listing.unlisted),
         "shards": len(sizes),
-        "shard_bytes": sum((out / SHARDS / n).stat().st_size for n in sizes if (out / SHARDS / n).exists()),
+        "shard_bytes": sum(r["shard_bytes"] if "shard_bytes" in r else _local_bytes(out, r) for r in records),
         "units": len(records),
         "frames_decoded": sum(r.get("frames_decoded", 0) for r in records),
         "seconds": {k: round(v, 2) for k, v in sorted(seconds.items())},
         "finalized_at": datetime.now(timezone.utc).isoformat(),
     }
+
+
+def _local_bytes(out: Path, record: dict) -> int:  # records written before units counted their bytes
+    return sum((out / SHARDS / n).stat().st_size for n in record["shards"] if (out / SHARDS / n).exists())
 
 
 def run_build(

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import fsspec
 
+from schemas.captions import CAPTIONS_DIR
+
 log = logging.getLogger(__name__)
 
 PARTS = "parts"
@@ -68,6 +70,9 @@ class RemoteMirror:
             self.fs.put_file(
                 str(self.staging / PARTS / f"{uid}.{kind}.parquet"), self._remote(f"{PARTS}/{uid}.{kind}.parquet")
             )
+        rows = self.staging / CAPTIONS_DIR / f"rows-{uid}.parquet"  # the unit's LLM caption attempts
+        if rows.exists():
+            self.fs.put_file(str(rows), self._remote(f"{CAPTIONS_DIR}/{rows.name}"))
         self.fs.put_file(str(self.staging / PARTS / f"{uid}.json"), self._remote(f"{PARTS}/{uid}.json"))  # the commit
         log.info("unit %s published to %s", uid, self.url)
 

@@ -4,6 +4,7 @@ an empty staging folder, and read back by training.data."""
 from __future__ import annotations
 
 import socket
+import urllib.request
 
 import fsspec
 import pandas as pd
@@ -26,6 +27,8 @@ def s3(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    # moto keeps its buckets per process, across servers: each test starts from an empty store
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
     for k, v in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -69,6 +72,10 @@ def test_build_to_s3_resume_from_scratch_and_read_back(s3, tmp_path, monkeypatch
     assert [c.clip_id for u in plan.units for c in u.clips] == ["dribbler"]
     stats_b = run_build(cfg_b)
     assert stats_b["clips_in"] == 3 and stats_b["units"] == 3
+    # byte counts cover every unit's tars, also those this machine never had in its staging folder
+    s3.invalidate_cache()
+    on_bucket = sum(s3.size(p) for p in s3.glob("motionpairs-test/builds/v1/shards/*.tar"))
+    assert stats_b["shard_bytes"] == on_bucket > 0
 
     # inspect reads the manifests from the bucket; publish says it needs a local output
     from rich.console import Console
@@ -90,3 +97,33 @@ def test_build_to_s3_resume_from_scratch_and_read_back(s3, tmp_path, monkeypatch
     got = list(open_shards(url))
     assert len(got) == stats_b["pairs"] and {s.pair.clip.clip_id for s in got} == {"tai_chi", "dribbler"}
     assert got[0].before.ndim == 3
+
+
+def test_llm_caption_rows_of_a_remote_build_reach_the_bucket_without_the_key(s3, tmp_path, monkeypatch):
+    from fake_openai import FakeOpenAI
+
+    key = "sk-test-S3-SECRET-42"
+    server = FakeOpenAI(api_key=key).start()
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", key)
+        folder = tmp_path / "in"
+        folder.mkdir()
+        (folder / "dribbler.mp4").symlink_to(video(ACCEPTED["dribbler"]))
+        url = "s3://motionpairs-test/builds/llm"
+        cfg = load_config(
+            None,
+            output=url,
+            staging_dir=str(tmp_path / "staging"),
+            sources=[{"root": str(folder)}],
+            caption={"captioner": "openai", "model": "m1", "base_url": server.base_url},
+        )
+        stats = run_build(cfg)
+    finally:
+        server.stop()
+    rows = s3.glob("motionpairs-test/builds/llm/captions/rows-*.parquet")
+    assert len(rows) == 1 and stats["pairs"] >= 1
+    with s3.open(rows[0], "rb") as f:
+        table = pd.read_parquet(f)
+    assert len(table) == stats["pairs"] and (table.status == "ok").all()
+    for p in s3.find("motionpairs-test/builds/llm"):
+        assert key.encode() not in s3.cat_file(p), p
