@@ -178,7 +178,7 @@ class ClipProcessor:
                 motion=c.motion,
             )
             try:
-                pair.caption = self.captioner(pair)
+                pair.add_caption(self.captioner(pair), publish=True)
             except Exception as e:
                 log.warning("caption failed for %s: %s", pair.pair_id, e)
                 failed = _reject(clip, Stage.CAPTION, RejectReason.CAPTION_FAILED, str(e), level=Level.CANDIDATE)

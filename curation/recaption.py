@@ -5,7 +5,9 @@
 - `publish(out, caption_version=...)` picks one caption per sample (the newest usable one of that
   version; samples without one keep theirs), writes a complete new shard set beside the old one, and
   only then swaps OUT/shards (a symlink) to it in one atomic rename. Readers of the old set are not
-  disturbed; samples.parquet and the unit parts get the same captions.
+  disturbed; samples.parquet and the unit parts get the same captions. Each pair in the shards also
+  carries every usable caption version known for it (`captions`), so training can choose one
+  (`motionpairs train --caption-version`) without another publish.
 """
 
 from __future__ import annotations
@@ -107,18 +109,29 @@ def recaption(
     return captioner.summary, captioner.run_id
 
 
+def _caption(r) -> Caption:
+    return Caption(
+        text=r.text, captioner=r.captioner, model=r.model, prompt_version=r.prompt_version, created_at=r.created_at
+    )
+
+
 def choose_captions(rows: pd.DataFrame, caption_version: str | None) -> dict[str, Caption]:
     """Per pair: the newest usable caption (of `caption_version` when given)."""
     ok = rows[rows.status == CaptionStatus.OK]
     if caption_version:
         ok = ok[ok.caption_version == caption_version]
     ok = ok.sort_values("created_at").drop_duplicates("pair_id", keep="last")
-    return {
-        r.pair_id: Caption(
-            text=r.text, captioner=r.captioner, model=r.model, prompt_version=r.prompt_version, created_at=r.created_at
-        )
-        for r in ok.itertuples()
-    }
+    return {r.pair_id: _caption(r) for r in ok.itertuples()}
+
+
+def known_versions(rows: pd.DataFrame) -> dict[str, list[Caption]]:
+    """Per pair: the newest usable caption of every version, oldest first (what the shards carry)."""
+    ok = rows[rows.status == CaptionStatus.OK].sort_values("created_at")
+    ok = ok.drop_duplicates(["pair_id", "caption_version"], keep="last")
+    out: dict[str, list[Caption]] = {}
+    for r in ok.itertuples():
+        out.setdefault(r.pair_id, []).append(_caption(r))
+    return out
 
 
 def _caption_columns(table: pa.Table, chosen: dict[str, Caption]) -> pa.Table:
@@ -141,11 +154,13 @@ def publish(out: Path | str, caption_version: str | None = None) -> dict[str, An
     if caption_version and caption_version not in set(rows.caption_version):
         known = ", ".join(sorted(set(rows.caption_version))) or "none"
         raise RecaptionError(f"no captions of version {caption_version!r}; known versions: {known}")
-    chosen = {p: c for p, c in choose_captions(rows, caption_version).items() if p in set(samples.pair_id)}
+    ids = set(samples.pair_id)
+    chosen = {p: c for p, c in choose_captions(rows, caption_version).items() if p in ids}
+    versions = {p: v for p, v in known_versions(rows).items() if p in ids}
     old_dir = current_shard_set(out)
     sizes = json.loads((old_dir / SIZES_FILE).read_text())
     new_dir = new_shard_set(out)
-    changed_shards = set(samples[samples.pair_id.isin(chosen)].shard)
+    changed_shards = set(samples[samples.pair_id.isin(chosen) | samples.pair_id.isin(versions)].shard)
     for name in sizes:
         src, dst = old_dir / name, new_dir / name
         if name not in changed_shards:
@@ -159,8 +174,11 @@ def publish(out: Path | str, caption_version: str | None = None) -> dict[str, An
             for raw in wds.WebDataset(str(src), shardshuffle=False):
                 sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
                 pair = decode_sample(raw).pair
-                if pair.pair_id in chosen:
-                    pair.caption = chosen[pair.pair_id]
+                if pair.pair_id in chosen or pair.pair_id in versions:
+                    for c in versions.get(pair.pair_id, []):  # every version travels with the pair
+                        pair.add_caption(c)
+                    if pair.pair_id in chosen:
+                        pair.caption = chosen[pair.pair_id]
                     sample[META] = pair.model_dump_json().encode()
                     decode_sample(sample)  # never write what the reader would refuse
                 w.write(sample)

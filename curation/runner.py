@@ -241,9 +241,10 @@ def caption_with_llm(cfg: BuildConfig, unit_id: str, items: list[EncodedPair], a
     for item in items:
         r = by_pair.get(item.pair.pair_id)
         if r is not None and r["status"] == CaptionStatus.OK:
-            item.pair.caption = Caption(
+            caption = Caption(
                 text=r["text"], captioner=captioner.name, model=cfg.caption.model, prompt_version=r["prompt_version"]
             )
+            item.pair.add_caption(caption, publish=True)  # the offline caption stays among its versions
     write_caption_rows(Path(cfg.output), unit_id, rows)
 
 

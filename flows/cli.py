@@ -138,6 +138,7 @@ def print_summary(out: Path | str, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from curation.storage import is_remote
     from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 
     console = console or Console()
@@ -171,10 +172,41 @@ def print_summary(out: Path | str, console=None) -> None:
         for source, g in samples.groupby("source", sort=True):
             s.add_row(source, str(g["clip_id"].nunique()), str(len(g)), str(g["caption"].iloc[0]))
         console.print(s)
+    if not is_remote(base):  # caption rows are read from a local output
+        _print_caption_versions(Path(base), console)
     secs = stats.get("seconds", {})
     if secs:
         timings = ", ".join(f"{k} {v}" for k, v in secs.items())
         console.print(f"time (s): {timings}; frames decoded {stats['frames_decoded']}")
+
+
+def _print_caption_versions(out: Path, console) -> None:
+    """The caption versions a build holds (what `publish --caption-version` and `train --caption-version`
+    choose from): pairs with a usable caption of each, pairs whose attempts failed, pairs publishing it."""
+    import pandas as pd
+    from rich.table import Table
+
+    from curation.recaption import read_caption_rows
+    from schemas.captions import CaptionStatus
+    from schemas.manifest import SAMPLES_FILE
+    from schemas.records import OFFLINE_VERSION, caption_version
+
+    cols = ["caption_captioner", "caption_model", "caption_prompt_version"]
+    samples = pd.read_parquet(out / SAMPLES_FILE, columns=cols)
+    published = [
+        OFFLINE_VERSION if c == OFFLINE_VERSION else caption_version(m, p)
+        for c, m, p in samples[cols].itertuples(index=False)
+    ]
+    rows = read_caption_rows(out)
+    v = Table(title="caption versions")
+    for c in ("version", "pairs with it", "failed / not visible", "published"):
+        v.add_column(c, justify="left" if c == "version" else "right")
+    v.add_row(OFFLINE_VERSION, str(len(samples)), "0", str(published.count(OFFLINE_VERSION)))
+    for version, g in rows.groupby("caption_version", sort=True):
+        ok = set(g[g.status == CaptionStatus.OK].pair_id)
+        bad = set(g[g.status != CaptionStatus.OK].pair_id) - ok
+        v.add_row(version, str(len(ok)), str(len(bad)), str(published.count(version)))
+    console.print(v)
 
 
 def cmd_recaption(args: argparse.Namespace) -> int:

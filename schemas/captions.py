@@ -9,6 +9,8 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .records import caption_version  # noqa: F401 - the version format lives with Caption
+
 CAPTIONS_DIR = "captions"
 
 
@@ -69,7 +71,3 @@ CAPTION_ROWS_SCHEMA = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-
-
-def caption_version(model: str, prompt_version: str) -> str:
-    return f"{model}@{prompt_version}"

@@ -95,6 +95,7 @@ SAMPLES_SCHEMA = pa.schema(
             "after_reference_pose",
             "motion",
             "caption",
+            "captions",  # the versions live in OUT/captions/ rows; the manifest has the published one
         ),
     )
     + _pose_fields("before")

@@ -187,6 +187,20 @@ class Caption(BaseModel):
             raise ValueError("caption text is empty")
         return v
 
+    @property
+    def version(self) -> str:
+        """'offline', or MODEL@PROMPT_VERSION for an LLM caption (what `publish` and `train` choose by)."""
+        if self.captioner == OFFLINE_VERSION:
+            return OFFLINE_VERSION
+        return caption_version(self.model, self.prompt_version)
+
+
+OFFLINE_VERSION = "offline"
+
+
+def caption_version(model: str | None, prompt_version: str | None) -> str:
+    return f"{model or '?'}@{prompt_version}"
+
 
 PairStrategy = Literal["segment_endpoints", "max_motion"]
 PairingMode = Literal["body", "egocentric"]
@@ -216,7 +230,25 @@ class FramePair(BaseModel):
     before_reference_pose: Pose17 | None = None  # a dataset's own pose (NTU Kinect skeleton), COCO-17 subset
     after_reference_pose: Pose17 | None = None
     motion: MotionFigures
-    caption: Caption | None = None
+    caption: Caption | None = None  # the published caption
+    captions: list[Caption] = Field(default_factory=list)  # every version known for the pair, newest last
+
+    def caption_for(self, version: str | None = None) -> Caption | None:
+        """The caption of `version` (newest of it); without one, or when the pair has none of that
+        version, the published caption, else the offline one."""
+        if version:
+            for c in reversed(self.captions):
+                if c.version == version:
+                    return c
+        if self.caption is not None:
+            return self.caption
+        return next((c for c in self.captions if c.version == OFFLINE_VERSION), None)
+
+    def add_caption(self, caption: Caption, publish: bool = False) -> None:
+        """Record a caption version (replacing an older one of the same version); optionally publish it."""
+        self.captions = [c for c in self.captions if c.version != caption.version] + [caption]
+        if publish:
+            self.caption = caption
 
     @model_validator(mode="after")
     def _ordered(self) -> FramePair:

@@ -4,8 +4,8 @@ training reader (training.data); nothing else encodes or decodes samples.
 A sample is three tar members sharing one dot-free key:
   <key>.before.jpg   the before frame (JPEG)
   <key>.after.jpg    the after frame (JPEG)
-  <key>.json         the FramePair record (schemas.records.FramePair) as JSON, plus
-                     "captions": every caption version known for the pair (newest last)
+  <key>.json         the FramePair record (schemas.records.FramePair) as JSON: "caption" is the
+                     published caption, "captions" every caption version known for the pair
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from curation.llm import CaptionJob, LLMCaptioner
 from curation.recaption import load_jobs, load_samples, publish, read_caption_rows, recaption
 from curation.runner import run_build
 from training.data import open_shards
+from training.transforms import PairTransform
 
 KEY = "sk-test-SECRET-0123456789"
 
@@ -167,13 +168,26 @@ def test_recaption_of_a_subset_changes_exactly_those_after_publish(server, built
     assert set(after) == set(before)
     changed = {k for k in after if after[k].pair.caption.text != before[k].pair.caption.text}
     assert changed == {k for k in after if k.startswith("dribbler/")} and changed
-    for k in set(after) - changed:  # the rest are identical, byte for byte
-        assert after[k].before == before[k].before and after[k].pair == before[k].pair
+    for k in set(after) - changed:  # the rest keep their caption; untouched clips are identical, byte for byte
+        assert after[k].before == before[k].before and after[k].pair.caption == before[k].pair.caption
+        if not k.startswith("tai_chi_glass/"):
+            assert after[k].pair == before[k].pair
     s = load_samples(built)
     assert (s[s.clip_id == "dribbler"].caption_prompt_version == "v1").all()
     assert (s[s.clip_id != "dribbler"].caption_captioner == "offline").all()
-    # older caption versions are kept
+    # older caption versions are kept, and every pair carries each version it has in the shards
     assert len(read_caption_rows(built)) == len(rows)
+    for k, x in after.items():
+        versions = [c.version for c in x.pair.captions]
+        want = {"dribbler": ["offline", "fake-vlm@v1"], "tai_chi_glass": ["offline", "other-vlm@v1"]}
+        assert versions == want.get(k.split("/")[0], ["offline"]), k
+    # training chooses a version without another publish: the published one, a named one, or offline
+    for x in open_shards(built):
+        k, offline = x.key, x.pair.captions[0].text
+        assert PairTransform(32, flip_p=0.0)(x)["text"] == x.pair.caption.text
+        assert PairTransform(32, flip_p=0.0, caption_version="offline")(x)["text"] == offline
+        other = PairTransform(32, flip_p=0.0, caption_version="other-vlm@v1")(x)["text"]
+        assert other.startswith("[other-vlm]") if k.startswith("tai_chi_glass/") else other == x.pair.caption.text
 
 
 def test_build_with_the_openai_captioner_and_no_key_leaks(server, tmp_path, real_input, monkeypatch, caplog):
@@ -246,6 +260,11 @@ def test_recaption_and_publish_from_the_cli_and_as_prefect_flows(server, built, 
     s = load_samples(built)
     assert (s[s.clip_id == "tai_chi_forest"].caption_model == "flow-vlm").all()
     assert (s[s.clip_id == "dribbler"].caption_captioner == "offline").all()  # cli-vlm not chosen
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "inspect", str(built)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cells = [[c.strip() for c in ln.split("│")[1:-1]] for ln in r.stdout.splitlines() if "@v1" in ln]
+    table = {c[0]: c[1:] for c in cells}  # version -> pairs with it, failed, published
+    assert table["cli-vlm@v1"][2] == "0" and table["flow-vlm@v1"][2] == str(out["ok"])
 
 
 def test_a_run_killed_halfway_pays_only_for_the_rest(server, built, tmp_path, monkeypatch):

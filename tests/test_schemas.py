@@ -115,3 +115,20 @@ def test_parquet_rows_follow_the_derived_schemas():
     rt = rejects_table([reject_row(r)])
     assert rt.schema == REJECTS_SCHEMA and rt.to_pylist()[0]["reason"] == "unreadable"
     assert rt.to_pylist()[0]["level"] == "clip"
+
+
+def test_a_pair_carries_its_caption_versions_and_training_picks_one():
+    p = pair().model_copy(update={"caption": None})
+    offline = Caption(text="raise your right arm", captioner="offline")
+    llm_old = Caption(text="lift the right arm", captioner="openai", model="m", prompt_version="v1")
+    llm_new = Caption(text="raise the right arm high", captioner="openai", model="m", prompt_version="v1")
+    other = Caption(text="arm up", captioner="openai", model="n", prompt_version="v2")
+    p.add_caption(offline, publish=True)
+    p.add_caption(llm_old)
+    p.add_caption(other)
+    p.add_caption(llm_new)  # the same version again: replaces the older answer
+    assert [c.version for c in p.captions] == ["offline", "n@v2", "m@v1"]
+    assert p.caption_for() == offline and p.caption_for("m@v1") == llm_new
+    assert p.caption_for("offline") == offline and p.caption_for("x@v9") == offline  # falls back
+    back = decode_sample(encode_sample(p, JPEG, JPEG)).pair
+    assert back.captions == p.captions and back.caption == offline

@@ -38,6 +38,11 @@ class TrainConfig(BaseModel):
     regularizer_weight: float = Field(0.0, ge=0, description="L2 pull of the UNet towards its starting weights")
     pose_conditioning: bool = Field(False, description="add the target pose branch (rendered skeleton)")
     shuffle_buffer: int = Field(256, ge=0, description="webdataset sample shuffle buffer (0: shard order)")
+    caption_version: str | None = Field(
+        None,
+        description="caption to train on: 'offline' or MODEL@PROMPT_VERSION (`motionpairs inspect` lists them); "
+        "a pair without it uses its published caption (default: the published caption)",
+    )
     flip_p: float = Field(0.5, ge=0, le=1, description="horizontal flip probability (swaps left/right too)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (shards are split between them)")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate mixed precision")

@@ -134,7 +134,7 @@ class Trainer:
         cfg = self.cfg
         while True:
             ds = open_shards(self.urls, shuffle=cfg.shuffle_buffer, seed=cfg.seed + self.epoch, skip_bad=self.skipped)
-            ds = ds.map(PairTransform(cfg.resolution, cfg.seed, self.epoch, cfg.flip_p))
+            ds = ds.map(PairTransform(cfg.resolution, cfg.seed, self.epoch, cfg.flip_p, True, cfg.caption_version))
             # its own generator: starting a loader must not draw from the global RNG the training
             # steps use, or a resumed run (which starts one more loader) would drift
             loader = torch.utils.data.DataLoader(
@@ -241,7 +241,9 @@ class Trainer:
         from PIL import Image
 
         cfg = self.cfg
-        ds = open_shards(self.urls, skip_bad=self.skipped).map(PairTransform(cfg.resolution, 0, 0, 0.0, False))
+        ds = open_shards(self.urls, skip_bad=self.skipped).map(
+            PairTransform(cfg.resolution, 0, 0, 0.0, False, cfg.caption_version)
+        )
         rows = []
         pipe = self.parts.pipeline()
         pipe.unet = self.accelerator.unwrap_model(self.unet)

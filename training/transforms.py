@@ -32,12 +32,21 @@ def sample_rng(key: str, seed: int, epoch: int) -> random.Random:
 class PairTransform:
     """ShardSample -> dict of tensors for training. Module-level class: picklable for DataLoader workers."""
 
-    def __init__(self, resolution: int, seed: int = 0, epoch: int = 0, flip_p: float = 0.5, random_crop: bool = True):
+    def __init__(
+        self,
+        resolution: int,
+        seed: int = 0,
+        epoch: int = 0,
+        flip_p: float = 0.5,
+        random_crop: bool = True,
+        caption_version: str | None = None,
+    ):
         self.resolution = resolution
         self.seed = seed
         self.epoch = epoch
         self.flip_p = flip_p
         self.random_crop = random_crop
+        self.caption_version = caption_version  # None: the published caption (FramePair.caption_for)
 
     def __call__(self, s: ShardSample) -> dict:
         rng = sample_rng(s.key, self.seed, self.epoch)
@@ -59,7 +68,8 @@ class PairTransform:
         kp = target.copy()
         kp[:, 0] = (kp[:, 0] * (nw / w) - left) / r
         kp[:, 1] = (kp[:, 1] * (nh / h) - top) / r
-        text = s.pair.caption.text if s.pair.caption else ""
+        caption = s.pair.caption_for(self.caption_version)
+        text = caption.text if caption else ""
         if flip:
             kp[:, 0] = 1.0 - kp[:, 0]
             kp = kp[list(COCO17_FLIP)]
