@@ -211,7 +211,7 @@ class BuildConfig(BaseSettings):
     def fingerprint(self) -> str:
         """Hash of the settings that change what any clip produces (not where it is written, nor the
         device, nor the sources: what a source decides for a clip is in that clip's record, see
-        clip_key)."""
+        clip_keys)."""
         relevant = self.model_dump(mode="json", exclude={"output", "staging_dir", "sources"})
         relevant["pose"].pop("device", None)
         relevant["caption"] = self.caption.result_settings()

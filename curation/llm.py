@@ -34,8 +34,8 @@ import openai
 from aiolimiter import AsyncLimiter
 from pydantic import ValidationError
 
-from schemas.captions import CAPTIONS_DIR, CaptionAnswer, CaptionStatus, answer_json_schema, caption_version
-from schemas.records import FramePair
+from schemas.captions import CAPTIONS_DIR, CaptionAnswer, CaptionStatus, answer_json_schema
+from schemas.records import FramePair, caption_version
 
 from .captions import describe
 from .config import CaptionConfig

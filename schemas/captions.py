@@ -9,8 +9,6 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .records import caption_version  # noqa: F401 - the version format lives with Caption
-
 CAPTIONS_DIR = "captions"
 
 

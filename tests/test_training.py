@@ -247,3 +247,13 @@ def test_edit_follows_a_target_pose(real_build, tmp_path):
     a, b, none = edit("a.png", "--pose", str(pose_a)), edit("b.png", "--pose", str(pose_b)), edit("none.png")
     assert a.shape == (32, 32, 3) and not np.array_equal(a, b) and not np.array_equal(a, none)
     assert np.array_equal(a, edit("a2.png", "--pose", str(pose_a)))  # seeded: the same pose, the same edit
+
+
+def test_caption_version_choice_is_reported_per_step(real_build, tmp_path, caplog):
+    _, out, _ = real_build
+    Trainer(config(out, tmp_path / "a", caption_version="offline", max_train_steps=2)).train()
+    assert [m["caption_version_share"] for m in metrics(tmp_path / "a" / "run")] == [1.0, 1.0]
+    with caplog.at_level("WARNING", logger="training.train"):
+        Trainer(config(out, tmp_path / "b", caption_version="no-such-vlm@v9", max_train_steps=2)).train()
+    assert [m["caption_version_share"] for m in metrics(tmp_path / "b" / "run")] == [0.0, 0.0]
+    assert "no sample so far has caption version 'no-such-vlm@v9'" in caplog.text

@@ -117,7 +117,10 @@ class Trainer:
         # do); the trained UNet keeps fp32 weights under autocast
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
         for frozen in (parts.vae, parts.text_encoder):
-            frozen.to(device) if self.weight_dtype == torch.float32 else frozen.to(device, dtype=self.weight_dtype)
+            if self.weight_dtype == torch.float32:
+                frozen.to(device)
+            else:
+                frozen.to(device, dtype=self.weight_dtype)
         self.null_text = _null_embedding(parts, device)
         self.vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)  # image px per latent px
         self.urls = [u for s in cfg.shards for u in shard_urls(s)]
@@ -134,7 +137,9 @@ class Trainer:
         cfg = self.cfg
         while True:
             ds = open_shards(self.urls, shuffle=cfg.shuffle_buffer, seed=cfg.seed + self.epoch, skip_bad=self.skipped)
-            ds = ds.map(PairTransform(cfg.resolution, cfg.seed, self.epoch, cfg.flip_p, True, cfg.caption_version))
+            ds = ds.map(
+                PairTransform(cfg.resolution, cfg.seed, self.epoch, cfg.flip_p, caption_version=cfg.caption_version)
+            )
             # its own generator: starting a loader must not draw from the global RNG the training
             # steps use, or a resumed run (which starts one more loader) would drift
             loader = torch.utils.data.DataLoader(
@@ -241,9 +246,8 @@ class Trainer:
         from PIL import Image
 
         cfg = self.cfg
-        ds = open_shards(self.urls, skip_bad=self.skipped).map(
-            PairTransform(cfg.resolution, 0, 0, 0.0, False, cfg.caption_version)
-        )
+        plain = PairTransform(cfg.resolution, flip_p=0.0, random_crop=False, caption_version=cfg.caption_version)
+        ds = open_shards(self.urls, skip_bad=self.skipped).map(plain)
         rows = []
         pipe = self.parts.pipeline()
         pipe.unet = self.accelerator.unwrap_model(self.unet)
@@ -287,6 +291,7 @@ class Trainer:
         metrics = open(self.out / "metrics.jsonl", "a")
         data = self.batches()
         t0, samples = time.perf_counter(), 0
+        wanted = 0  # samples that had the requested --caption-version (the rest used their published caption)
         last: dict[str, float] = {}
         self.unet.train()
         while self.step < cfg.max_train_steps:
@@ -302,12 +307,21 @@ class Trainer:
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad()
                 samples += batch["before"].shape[0]
+                wanted += sum(v == cfg.caption_version for v in batch["caption_version"])
             self.step += 1
             last = {k: float(v.detach()) for k, v in losses.items()}
             if self.step % cfg.logging_steps == 0:
                 elapsed = time.perf_counter() - t0
                 rec = {"step": self.step, "epoch": self.epoch, **last, "lr": self.lr_scheduler.get_last_lr()[0]}
                 rec.update(samples_per_s=round(samples / elapsed, 2), elapsed_s=round(elapsed, 3))
+                if cfg.caption_version:
+                    rec["caption_version_share"] = round(wanted / samples, 4)
+                    if wanted == 0 and self.step == cfg.logging_steps:
+                        log.warning(
+                            "no sample so far has caption version %r: they train on their published captions "
+                            "(motionpairs inspect OUT lists the versions)",
+                            cfg.caption_version,
+                        )
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
             if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:

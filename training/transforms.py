@@ -79,6 +79,7 @@ class PairTransform:
             "before": image(s.before),
             "after": image(s.after),
             "text": text,
+            "caption_version": caption.version if caption else "",
             "pose": torch.from_numpy(kp.astype(np.float32)),
             "flipped": flip,
         }
