@@ -214,6 +214,8 @@ def test_sd15_random_has_stable_diffusion_1_5_size():
     assert 83 < millions(parts.vae) < 84.5 and 122 < millions(parts.text_encoder) < 124
     ids = parts.tokenizer(["raise your right arm"]).input_ids[0]
     assert max(ids) < parts.text_encoder.config.vocab_size
+    with pytest.raises(ValueError, match="not a folder, a hub id .* tiny, sd15-random"):
+        build_editor("sd15-randm")  # a typo is a clear error, not an attempted download
 
 
 def test_edit_follows_a_target_pose(real_build, tmp_path):
@@ -257,3 +259,21 @@ def test_caption_version_choice_is_reported_per_step(real_build, tmp_path, caplo
         Trainer(config(out, tmp_path / "b", caption_version="no-such-vlm@v9", max_train_steps=2)).train()
     assert [m["caption_version_share"] for m in metrics(tmp_path / "b" / "run")] == [0.0, 0.0]
     assert "no sample so far has caption version 'no-such-vlm@v9'" in caplog.text
+
+
+def test_train_command_line_mistakes_are_clear_errors(real_build, tmp_path, capsys):
+    import argparse
+
+    from training.config import add_arguments
+    from training.train import main as train_main
+
+    _, out, _ = real_build
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--shards", str(out), "--output", str(tmp_path / "run")]
+    for extra, message in [
+        (["--pretrained", "sd15-randm"], "not a folder, a hub id"),
+        (["--conditioning-dropout-prob", "0.5"], "conditioning_dropout_prob"),
+    ]:
+        assert train_main(parser.parse_args(base + extra)) == 2
+        assert message in capsys.readouterr().err

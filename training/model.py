@@ -8,6 +8,7 @@ convolution (ControlNet-style: at step 0 the model is exactly the one it started
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
@@ -136,6 +137,10 @@ def build_editor(pretrained: str, seed: int = 0, resolution: int = 64) -> Editor
     """`--pretrained`: a random model built in code (RANDOM_MODELS) or a pipeline folder / hub id."""
     if pretrained in RANDOM_MODELS:
         return RANDOM_MODELS[pretrained](seed, resolution)
+    if "/" not in pretrained and not Path(pretrained).exists():  # neither a folder nor an org/name hub id
+        raise ValueError(
+            f"--pretrained {pretrained!r}: not a folder, a hub id (org/name) or one of {', '.join(RANDOM_MODELS)}"
+        )
     return load_pretrained(pretrained)
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -340,7 +341,11 @@ class Trainer:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    summary = Trainer(cfg).train()
+    try:  # a bad flag, a missing shard folder, an unknown --pretrained: a clear message, not a traceback
+        trainer = Trainer(config_from_args(args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"motionpairs train: error: {e}", file=sys.stderr)
+        return 2
+    summary = trainer.train()
     print(json.dumps(summary))
     return 0 if math.isfinite(summary.get("loss", 0.0)) else 1
