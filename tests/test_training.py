@@ -277,3 +277,12 @@ def test_train_command_line_mistakes_are_clear_errors(real_build, tmp_path, caps
     ]:
         assert train_main(parser.parse_args(base + extra)) == 2
         assert message in capsys.readouterr().err
+
+
+def test_epochs_become_steps_from_the_shards_sizes(real_build, tmp_path):
+    _, out, stats = real_build
+    t = Trainer(config(out, tmp_path, num_train_epochs=2, train_batch_size=4, checkpointing_steps=100))
+    assert t.max_steps == -(-2 * stats["pairs"] // 4)
+    summary = t.train()
+    assert summary["step"] == t.max_steps and len(metrics(tmp_path / "run")) == t.max_steps
+    assert (tmp_path / "run" / f"checkpoint-{t.max_steps}").is_dir()

@@ -25,6 +25,12 @@ class TrainConfig(BaseModel):
     train_batch_size: int = Field(4, ge=1, description="pairs per step per device")
     gradient_accumulation_steps: int = Field(1, ge=1, description="batches summed into one optimizer step")
     max_train_steps: int = Field(100, ge=1, description="optimizer steps to train for (a resumed run counts on)")
+    num_train_epochs: float | None = Field(
+        None,
+        gt=0,
+        description="train for this many passes over the shards instead (steps from the dataset size in "
+        "sizes.json: epochs x samples / (batch x accumulation x processes), rounded up)",
+    )
     learning_rate: float = Field(1e-4, gt=0, description="AdamW peak learning rate")
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
         "constant", description="learning-rate schedule over max_train_steps (diffusers.optimization)"

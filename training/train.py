@@ -102,13 +102,16 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
-        # counted in optimizer steps on every process (the prepared scheduler steps once per process)
         n = self.accelerator.num_processes
+        self.urls = [u for s in cfg.shards for u in shard_urls(s)]
+        self.size = dataset_size(self.urls)
+        self.max_steps = self._max_steps(n)
+        # counted in optimizer steps on every process (the prepared scheduler steps once per process)
         lr_scheduler = get_scheduler(
             cfg.lr_scheduler,
             self.optimizer,
             num_warmup_steps=cfg.lr_warmup_steps * n,
-            num_training_steps=cfg.max_train_steps * n,
+            num_training_steps=self.max_steps * n,
         )
         self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             parts.unet, self.optimizer, lr_scheduler
@@ -124,12 +127,19 @@ class Trainer:
                 frozen.to(device, dtype=self.weight_dtype)
         self.null_text = _null_embedding(parts, device)
         self.vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)  # image px per latent px
-        self.urls = [u for s in cfg.shards for u in shard_urls(s)]
-        self.size = dataset_size(self.urls)
         self.skipped = SkipCounter()
         self.step = 0
         self.epoch = 0
         self.batches_in_epoch = 0
+
+    def _max_steps(self, processes: int) -> int:
+        cfg = self.cfg
+        if cfg.num_train_epochs is None:
+            return cfg.max_train_steps
+        if not self.size:
+            raise ValueError("--num-train-epochs needs the dataset size (sizes.json beside the shards)")
+        per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps * processes
+        return max(1, math.ceil(cfg.num_train_epochs * self.size / per_step))
 
     # ------------------------------------------------------------------ data
 
@@ -295,7 +305,7 @@ class Trainer:
         wanted = 0  # samples that had the requested --caption-version (the rest used their published caption)
         last: dict[str, float] = {}
         self.unet.train()
-        while self.step < cfg.max_train_steps:
+        while self.step < self.max_steps:
             rng = random.Random(cfg.seed * 1000003 + self.step)  # negatives: the same on a resumed run
             for _ in range(cfg.gradient_accumulation_steps):
                 batch = next(data)
@@ -325,7 +335,7 @@ class Trainer:
                         )
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
-            if self.step % cfg.checkpointing_steps == 0 or self.step == cfg.max_train_steps:
+            if self.step % cfg.checkpointing_steps == 0 or self.step == self.max_steps:
                 self.accelerator.wait_for_everyone()
                 self.save()  # save_state writes from the main process and syncs the others
             if cfg.validation_steps and self.step % cfg.validation_steps == 0:
