@@ -207,7 +207,6 @@ def process_unit(
         "unit_id": unit.unit_id,
         "fingerprint": cfg.fingerprint(),
         "versions": processor.versions,
-        "clip_ids": [c.clip_id for c in unit.clips],
         "clip_keys": cfg.clip_keys(unit.clips),
         "shards": sizes,
         "shard_bytes": sum((current_shard_set(out) / name).stat().st_size for name in sizes),
@@ -278,7 +277,7 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     write_json(current_shard_set(out) / SIZES_FILE, dict(sorted(sizes.items())))
     _drop_stale(out, plan.stale_units)
 
-    stats = build_stats(plan, records, samples, rejects, sizes, out)
+    stats = build_stats(plan, records, samples, rejects, sizes)
     if run_seconds is not None:
         stats["last_run_seconds"] = round(run_seconds, 2)
     write_json(out / STATS_FILE, stats)
@@ -309,7 +308,7 @@ def _drop_stale(out: Path, stale_units: list[str]) -> None:
 
 
 def build_stats(
-    plan: BuildPlan, records: list[dict], samples: pa.Table, rejects: pa.Table, sizes: dict[str, int], out: Path
+    plan: BuildPlan, records: list[dict], samples: pa.Table, rejects: pa.Table, sizes: dict[str, int]
 ) -> dict[str, Any]:
     all_ids = [c.clip_id for c in plan.listing.clips] + [r.clip_id for r in plan.listing.rejects]
     accepted = set(samples.column("clip_id").to_pylist())
@@ -346,16 +345,12 @@ def build_stats(
         "ignored_files": len(plan.listing.ignored),
         "unlisted_files": len(plan.listing.unlisted),
         "shards": len(sizes),
-        "shard_bytes": sum(r["shard_bytes"] if "shard_bytes" in r else _local_bytes(out, r) for r in records),
+        "shard_bytes": sum(r["shard_bytes"] for r in records),  # standing records all have clip keys and bytes
         "units": len(records),
         "frames_decoded": sum(r.get("frames_decoded", 0) for r in records),
         "seconds": {k: round(v, 2) for k, v in sorted(seconds.items())},
         "finalized_at": datetime.now(timezone.utc).isoformat(),
     }
-
-
-def _local_bytes(out: Path, record: dict) -> int:  # records written before units counted their bytes
-    return sum((out / SHARDS / n).stat().st_size for n in record["shards"] if (out / SHARDS / n).exists())
 
 
 def run_build(

@@ -195,7 +195,7 @@ def _print_caption_versions(out: Path, console) -> None:
     samples = pd.read_parquet(out / SAMPLES_FILE, columns=cols)
     published = [
         OFFLINE_VERSION if c == OFFLINE_VERSION else caption_version(m, p)
-        for c, m, p in samples[cols].itertuples(index=False)
+        for c, m, p in samples.itertuples(index=False)
     ]
     rows = read_caption_rows(out)
     v = Table(title="caption versions")

@@ -100,7 +100,7 @@ def test_resume_after_a_stop_mid_build(real_build, tmp_path):
     unit_json.unlink()
     (copy / "shards" / ".leftover.tar.tmp").write_bytes(b"partial")
     plan = plan_build(rcfg)
-    assert {c.clip_id for u in plan.units for c in u.clips} == set(record["clip_ids"])
+    assert {c.clip_id for u in plan.units for c in u.clips} == set(record["clip_keys"])
     assert not (copy / "shards" / ".leftover.tar.tmp").exists()
     assert not any((copy / "shards" / n).exists() for n in record["shards"])  # orphans removed
     stats = run_build(rcfg)

@@ -54,8 +54,7 @@ def main(args: argparse.Namespace) -> int:
     if args.pose and branch is None:
         raise SystemExit(f"--pose: {args.checkpoint} was trained without --pose-conditioning")
     if branch is not None and args.pose:
-        scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-        maps = render_pose(target_pose(Path(args.pose), source.size), cfg.resolution // scale)
+        maps = render_pose(target_pose(Path(args.pose), source.size), cfg.resolution // pipe.vae_scale_factor)
         branch.pose_maps = torch.cat([maps] * 3)  # the classifier-free guidance batch: text, image, none
     out = pipe(
         args.instruction,

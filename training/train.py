@@ -126,7 +126,6 @@ class Trainer:
             else:
                 frozen.to(device, dtype=self.weight_dtype)
         self.null_text = _null_embedding(parts, device)
-        self.vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)  # image px per latent px
         self.skipped = SkipCounter()
         self.step = 0
         self.epoch = 0
@@ -272,7 +271,7 @@ class Trainer:
                 return Image.fromarray(((t.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8))
 
             if self.pose_conv is not None:
-                maps = render_pose(s["pose"][None], cfg.resolution // self.vae_scale)
+                maps = render_pose(s["pose"][None], cfg.resolution // pipe.vae_scale_factor)
                 self.pose_conv.pose_maps = torch.cat([maps] * 3).to(self.accelerator.device)  # CFG batch of 3
             with self.accelerator.autocast():
                 edited = pipe(
