@@ -8,15 +8,16 @@ Unknown keys are an error with a near-match suggestion, never silently ignored.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from schemas.records import COCO17, Clip, PairingMode, PairStrategy
 
@@ -123,6 +124,9 @@ class ShardConfig(_Section):
     max_bytes: int = Field(512 * 1024**2, ge=1024, description="bytes per tar at most")
     jpeg_quality: int = Field(95, ge=50, le=100)
     clips_per_unit: int = Field(8, ge=1, description="clips per work unit (the resume granularity)")
+    keep_generations: int = Field(
+        1, ge=0, description="older generations a build keeps for running readers besides the current one"
+    )
 
 
 VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov"]
@@ -209,25 +213,65 @@ class BuildConfig(BaseSettings):
         return modes.pop() if len(modes) == 1 else "body"
 
     def fingerprint(self) -> str:
-        """Hash of the settings that change what any clip produces (not where it is written, nor the
-        device, nor the sources: what a source decides for a clip is in that clip's record, see
-        clip_keys)."""
+        """Hash of what changes what any clip produces: the result settings and the versions of the
+        pose model, its engine and the code's results (RESULTS_VERSION). Not where it is written, not
+        the device, not tuning (decode.batch_frames, shards.*), not the sources (see clip_keys)."""
         relevant = self.model_dump(mode="json", exclude={"output", "staging_dir", "sources"})
         relevant["pose"].pop("device", None)
+        relevant["decode"].pop("batch_frames", None)
+        relevant["shards"] = {"jpeg_quality": self.shards.jpeg_quality}
         relevant["caption"] = self.caption.result_settings()
+        relevant["versions"] = result_versions(self.pose.weights)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
-    def clip_keys(self, clips: Iterable[Clip]) -> dict[str, str]:
+    def clip_keys(self, clips: Iterable[Clip], identity: Callable[[str], str | None] | None = None) -> dict[str, str]:
         """clip_id -> a hash of everything that decides the clip's result: the settings fingerprint, the
-        clip record as its source listed it (file, segment, label, split, ids) and its pairing mode. A
-        committed clip whose key is unchanged is not redone; adding a source leaves the others' work be."""
+        clip as its source listed it (segment, label, split, ids; not where the file is mounted) and the
+        video's content identity, and its pairing mode. A committed clip whose key is unchanged is not
+        redone: moving the input root changes nothing, a video replaced under the same name is redone."""
+        from .ingest import ContentIds
+
+        identity = identity or ContentIds()
         fp = self.fingerprint()
         modes: dict[str, str] = {}
         keys = {}
         for c in clips:
             mode = modes.setdefault(c.source, self.mode_for(c.source))
-            keys[c.clip_id] = hashlib.sha1(f"{fp}\n{mode}\n{c.model_dump_json()}".encode()).hexdigest()[:16]
+            listed = c.model_dump_json(exclude={"uri"})
+            ident = identity(c.uri) or "missing"
+            keys[c.clip_id] = hashlib.sha1(f"{fp}\n{mode}\n{listed}\n{ident}".encode()).hexdigest()[:16]
         return keys
+
+
+# Bump when a code change alters what the build decides or writes for the same input and settings:
+# every unit is redone on the next run (a code change that does not alter results leaves data be).
+RESULTS_VERSION = 2
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_version(weights: str | None) -> str:
+    from .pose import default_weights, weights_version
+
+    try:
+        return weights_version(Path(weights).expanduser().resolve() if weights else default_weights())
+    except OSError:
+        return "unavailable"
+
+
+def result_versions(weights: str | None = None) -> dict[str, str]:
+    """What produced the results besides the settings: pose model (name and content hash), engine,
+    code results version. Recorded on every unit and in stats.json."""
+    import importlib.metadata as md
+
+    try:
+        ul = ".".join(md.version("ultralytics").split(".")[:2])
+    except md.PackageNotFoundError:  # pragma: no cover
+        ul = "none"
+    return {
+        "pose_model": _weights_version(weights),
+        "pose_engine": f"ultralytics-{ul}/torch",
+        "results": str(RESULTS_VERSION),
+    }
 
 
 def _check_keys(data: Any, model: type[BaseModel], where: str = "") -> None:
@@ -282,7 +326,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> BuildConfig
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"config file {p} is not a YAML text file ({type(e).__name__})") from e
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from e
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
         if not isinstance(loaded, dict):
@@ -292,7 +340,17 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> BuildConfig
     _check_keys(data, BuildConfig)
     _check_keys(clean, BuildConfig)
     try:
-        return BuildConfig.model_validate(_merge(_with_env(data), clean))
+        with_env = _with_env(data)
+    except SettingsError as e:  # a MOTIONPAIRS_* value that does not parse (a list that is not JSON)
+        cause = e.__cause__ or e
+        msg = f"bad MOTIONPAIRS_* environment value: {str(e).splitlines()[0]} ({cause}); lists are JSON, e.g. '[\"a\"]'"
+        raise ConfigError(msg) from e
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"invalid value for '{loc}' from MOTIONPAIRS_* or the config file: {err['msg']}") from e
+    try:
+        return BuildConfig.model_validate(_merge(with_env, clean))
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])

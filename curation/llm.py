@@ -39,7 +39,7 @@ from schemas.records import FramePair, caption_version
 
 from .captions import describe
 from .config import CaptionConfig
-from .sink import write_json
+from .store import write_json
 
 log = logging.getLogger(__name__)
 

@@ -110,6 +110,11 @@ class ClipProcessor:
             self._run(clip, res)
         except DecodeFailure as e:
             res.rejects.append(e.reject(clip))
+        except (OSError, MemoryError) as e:  # the file could not be read this time: retried next run
+            log.warning("clip %s: %s in stage %s (retried next run)", clip.clip_id, type(e).__name__, res.stage.value)
+            res.pairs.clear()
+            res.rejects = [r for r in res.rejects if r.level is Level.CANDIDATE]
+            res.rejects.append(_reject(clip, res.stage, RejectReason.IO_ERROR, f"{type(e).__name__}: {e}"))
         except Exception as e:  # one clip must never stop the build
             log.exception("clip %s failed in stage %s", clip.clip_id, res.stage.value)
             res.pairs.clear()

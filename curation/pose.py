@@ -52,6 +52,21 @@ def weights_version(path: Path) -> str:
     return f"{path.name}@{h.hexdigest()[:12]}"
 
 
+def check_device(device: str) -> None:
+    """A device this machine does not have is a problem of the run: say so before any clip is tried."""
+    if not device.startswith("cuda"):
+        if device not in ("cpu", "mps") and not device.isdigit():
+            raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but this machine has no usable CUDA GPU")
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPUs")
+
+
 class PoseDetector:
     """Model-backed stage: `setup()` loads the weights, `__call__` detects people in a batch of frames."""
 
@@ -70,6 +85,7 @@ class PoseDetector:
 
         if not self.weights.is_file():
             raise FileNotFoundError(f"pose weights not found: {self.weights}")
+        check_device(self.device)
         self.model = YOLO(str(self.weights), task="pose")
         log.info("loaded %s on %s", self.weights.name, self.device)
         return self

@@ -2,21 +2,23 @@
 
 - `recaption(out, where=...)` captions the samples that a pandas query over samples.parquet selects
   and appends the answers as a new caption run (OUT/captions/rows-<run>.parquet); nothing else changes.
-- `publish(out, caption_version=...)` picks one caption per sample (the newest usable one of that
-  version; samples without one keep theirs), writes a complete new shard set beside the old one, and
-  only then swaps OUT/shards (a symlink) to it in one atomic rename. Readers of the old set are not
-  disturbed; samples.parquet and the unit parts get the same captions. Each pair in the shards also
-  carries every usable caption version known for it (`captions`), so training can choose one
-  (`motionpairs train --caption-version`) without another publish.
+- `publish(out, caption_version=...)` records the choice (OUT/captions/published.json) and writes a
+  complete new generation: one caption per sample (the newest usable one of that version; samples
+  without one keep theirs), changed tars rewritten into the pool under new names, the others shared,
+  then the one pointer moves. Readers of the old generation are not disturbed until `gc`. Every later
+  build applies the same choice to its generation. Each pair in the shards also carries every usable
+  caption version known for it (`captions`), so training can choose one (`motionpairs train
+  --caption-version`) without another publish. Unit records and parts are never rewritten.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,17 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from schemas.captions import CAPTION_ROWS_SCHEMA, CAPTIONS_DIR, CaptionStatus
-from schemas.manifest import SAMPLES_FILE
+from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 from schemas.records import Caption
-from schemas.shard import META, SIZES_FILE, decode_sample
+from schemas.shard import META, decode_sample
 
 from .config import CaptionConfig
 from .llm import CaptionJob, LLMCaptioner, RunSummary
-from .sink import SHARDS, atomic_write, current_shard_set, new_shard_set, swap_shard_set, write_json, write_parquet
+from .store import Output, StoreError, require_local, write_json, write_parquet
+from .store.faults import crash_point
+from .store.files import FILE_MODE, TMP_SUFFIX, fsync_dir
+from .store.layout import PUBLISHED, SHARDS
+from .store.shards import describe_tar
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +65,10 @@ def read_caption_rows(out: Path) -> pd.DataFrame:
 
 
 def load_samples(out: Path | str) -> pd.DataFrame:
-    from .storage import is_remote
-
-    if is_remote(str(out)):
-        raise RecaptionError(
-            f"{out}: recaption and publish work on a local output (a remote build's staging folder holds one)"
-        )
+    try:
+        require_local(str(out), "recaption and publish")
+    except StoreError as e:
+        raise RecaptionError(str(e)) from e
     path = Path(out) / SAMPLES_FILE
     if not path.is_file():
         raise RecaptionError(f"{out} holds no finished build (no {SAMPLES_FILE})")
@@ -96,11 +100,20 @@ def load_jobs(out: Path, subset: pd.DataFrame) -> list[CaptionJob]:
 
 
 def recaption(
-    out: Path | str, cfg: CaptionConfig, where: str | None = None, api_key: str | None = None
+    out: Path | str,
+    cfg: CaptionConfig,
+    where: str | None = None,
+    api_key: str | None = None,
+    wait: float | None = None,
 ) -> tuple[RunSummary, str]:
     samples = load_samples(out)
     out = Path(out)
     subset = select(samples, where)
+    with Output(out).lock("recaption", wait):
+        return _recaption(out, cfg, subset, samples, api_key)
+
+
+def _recaption(out: Path, cfg: CaptionConfig, subset: pd.DataFrame, samples: pd.DataFrame, api_key: str | None):
     captioner = LLMCaptioner(cfg, out, api_key=api_key).setup()
     jobs = load_jobs(out, subset)
     log.info("recaptioning %d of %d samples with %s", len(jobs), len(samples), captioner.version)
@@ -147,56 +160,165 @@ def _caption_columns(table: pa.Table, chosen: dict[str, Caption]) -> pa.Table:
     return pa.Table.from_pandas(df, schema=table.schema, preserve_index=False)
 
 
-def publish(out: Path | str, caption_version: str | None = None) -> dict[str, Any]:
-    samples = load_samples(out)
-    out = Path(out)
-    rows = read_caption_rows(out)
+def published_choice(out: Output) -> dict[str, Any] | None:
+    """The caption choice a publish made for this output ({"caption_version": ...}), or None."""
+    try:
+        data = json.loads((out.root / CAPTIONS_DIR / PUBLISHED).read_text())
+    except (OSError, ValueError):
+        return None
+    return {"caption_version": data.get("caption_version")}
+
+
+def _published_name(name: str, sha256: str, changes: list[tuple[str, str, list[str]]]) -> str:
+    digest = hashlib.sha1(json.dumps([sha256, changes]).encode()).hexdigest()[:10]
+    return f"{name[: -len('.tar')]}-c{digest}.tar"
+
+
+def _rewrite_tar(out: Output, src_name: str, dst_name: str, chosen: dict, versions: dict) -> dict[str, Any]:
+    """Copy a pool tar into a new pool tar with the chosen captions (temp, fsync, rename)."""
+    tmp = out.tars / f".{dst_name}{TMP_SUFFIX}"
+    n = 0
+    with wds.TarWriter(str(tmp)) as w:
+        for raw in wds.WebDataset(str(out.tars / src_name), shardshuffle=False, empty_check=False):
+            sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
+            pair = decode_sample(raw).pair
+            if pair.pair_id in chosen or pair.pair_id in versions:
+                for c in versions.get(pair.pair_id, []):  # every version travels with the pair
+                    pair.add_caption(c)
+                if pair.pair_id in chosen:
+                    pair.caption = chosen[pair.pair_id]
+                sample[META] = pair.model_dump_json().encode()
+                decode_sample(sample)  # never write what the reader would refuse
+            w.write(sample)
+            n += 1
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, FILE_MODE)
+    os.replace(tmp, out.tars / dst_name)
+    fsync_dir(out.tars)
+    return describe_tar(out.tars / dst_name, n)
+
+
+def apply_published(
+    out: Output,
+    samples: pa.Table,
+    files: dict[str, dict[str, Any]],
+    fetch: Callable[[str], None] | None = None,
+) -> tuple[pa.Table, dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Apply the output's published caption choice to a generation being made: tars holding a pair
+    whose caption changes are rewritten into the pool under a name derived from their content and the
+    change (made once, reused by later generations); the samples get the same captions and tar names."""
+    choice = published_choice(out)
+    if choice is None:
+        return samples, files, None
+    rows = read_caption_rows(out.root)
+    ids = set(samples.column("pair_id").to_pylist())
+    chosen = {p: c for p, c in choose_captions(rows, choice["caption_version"]).items() if p in ids}
+    versions = {p: v for p, v in known_versions(rows).items() if p in ids}
+    by_shard: dict[str, list[str]] = defaultdict(list)
+    for pid, shard in zip(samples.column("pair_id").to_pylist(), samples.column("shard").to_pylist(), strict=True):
+        if pid in chosen or pid in versions:
+            by_shard[shard].append(pid)
+    renamed: dict[str, str] = {}
+    new_files = dict(files)
+    for i, (name, pids) in enumerate(sorted(by_shard.items())):
+        changes = [
+            (p, chosen[p].model_dump_json() if p in chosen else "", [c.model_dump_json() for c in versions.get(p, [])])
+            for p in sorted(pids)
+        ]
+        dst = _published_name(name, files[name]["sha256"], changes)
+        if fetch is not None and not (out.tars / dst).is_file():
+            fetch(name)  # a remote output: the source tar into the staging pool
+        entry = _rewrite_tar(out, name, dst, chosen, versions) if not (out.tars / dst).is_file() else None
+        if entry is None:
+            entry = describe_tar(out.tars / dst, files[name]["samples"])
+        del new_files[name]
+        new_files[dst] = entry
+        renamed[name] = dst
+        if i == 0:
+            crash_point("publish")
+    df = _caption_columns(samples, chosen).to_pandas()
+    df["shard"] = df["shard"].map(lambda s: renamed.get(s, s))
+    table = pa.Table.from_pandas(df, schema=samples.schema, preserve_index=False)
+    return table, new_files, choice | {"captions_applied": len(chosen), "shards_rewritten": len(renamed)}
+
+
+def publish(
+    out: Path | str, caption_version: str | None = None, wait: float | None = None, staging_dir: str | None = None
+) -> dict[str, Any]:
+    """Apply a caption choice as a new generation of a finished build, local or at an fsspec URL."""
+    from .store import RemoteMirror, default_staging, is_remote
+
+    mirror = None
+    if is_remote(str(out)):
+        mirror = RemoteMirror(str(out), Path(staging_dir) if staging_dir else default_staging(str(out)))
+        store = Output(mirror.staging)
+    else:
+        load_samples(out)
+        store = Output(out)
+    with store.lock("publish", wait):
+        if mirror is not None:
+            lease = mirror.lease("publish", wait).acquire()
+        try:
+            store.clean()
+            return _publish(store, mirror, caption_version)
+        finally:
+            if mirror is not None:
+                lease.release()
+
+
+def _publish(store: Output, mirror, caption_version: str | None) -> dict[str, Any]:
+    import tempfile
+
+    if mirror is not None:
+        mirror.pull_state()
+        mirror.pull_captions()
+        meta = mirror.meta()
+    else:
+        meta = store.meta()
+    if meta is None:
+        raise RecaptionError(f"{mirror.url if mirror else store.root} holds no finished build (no current generation)")
+    rows = read_caption_rows(store.root)
     if caption_version and caption_version not in set(rows.caption_version):
         known = ", ".join(sorted(set(rows.caption_version))) or "none"
         raise RecaptionError(f"no captions of version {caption_version!r}; known versions: {known}")
-    ids = set(samples.pair_id)
-    chosen = {p: c for p, c in choose_captions(rows, caption_version).items() if p in ids}
-    versions = {p: v for p, v in known_versions(rows).items() if p in ids}
-    old_dir = current_shard_set(out)
-    sizes = json.loads((old_dir / SIZES_FILE).read_text())
-    new_dir = new_shard_set(out)
-    changed_shards = set(samples[samples.pair_id.isin(chosen) | samples.pair_id.isin(versions)].shard)
-    for name in sizes:
-        src, dst = old_dir / name, new_dir / name
-        if name not in changed_shards:
-            try:
-                os.link(src, dst)  # unchanged: share the bytes
-            except OSError:
-                shutil.copy2(src, dst)
-            continue
-        tmp = new_dir / f".{name}.tmp"
-        with wds.TarWriter(str(tmp)) as w:
-            for raw in wds.WebDataset(str(src), shardshuffle=False):
-                sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
-                pair = decode_sample(raw).pair
-                if pair.pair_id in chosen or pair.pair_id in versions:
-                    for c in versions.get(pair.pair_id, []):  # every version travels with the pair
-                        pair.add_caption(c)
-                    if pair.pair_id in chosen:
-                        pair.caption = chosen[pair.pair_id]
-                    sample[META] = pair.model_dump_json().encode()
-                    decode_sample(sample)  # never write what the reader would refuse
-                w.write(sample)
-        os.replace(tmp, dst)
-    write_json(new_dir / SIZES_FILE, sizes)
-    # manifests first (their captions now match the new set), then the one atomic switch
-    for part in sorted((out / "parts").glob("*.samples.parquet")):
-        write_parquet(part, _caption_columns(pq.read_table(part), chosen))
-    write_parquet(out / SAMPLES_FILE, _caption_columns(pq.read_table(out / SAMPLES_FILE), chosen))
-    swap_shard_set(out, new_dir)
-    shutil.rmtree(old_dir, ignore_errors=True)
-    summary = {
+    write_json(store.root / CAPTIONS_DIR / PUBLISHED, {"caption_version": caption_version})
+    if mirror is not None:
+        mirror.push_published()
+    records = [r for r in store.records() if r["unit_id"] in meta["units"]]
+    if {r["unit_id"] for r in records} != set(meta["units"]):
+        raise RecaptionError("the current generation's units are not all committed; run the build first")
+    with tempfile.TemporaryDirectory(dir=store.root) as tmp:
+        if mirror is not None:
+            for name in (SAMPLES_FILE, REJECTS_FILE, STATS_FILE):
+                mirror.fetch_generation_file(name, Path(tmp) / name)
+            current = Path(tmp)
+        else:
+            current = store.root
+        schema = pq.read_schema(current / SAMPLES_FILE)
+        rejects = pq.read_table(current / REJECTS_FILE)
+        stats = json.loads((current / STATS_FILE).read_text())
+    parts = [pq.read_table(store.part(r["unit_id"], "samples"), schema=schema) for r in records]
+    samples = pa.concat_tables(parts) if parts else schema.empty_table()
+    samples = samples.sort_by([("clip_id", "ascending"), ("before_index", "ascending"), ("after_index", "ascending")])
+    files: dict[str, dict[str, Any]] = {}
+    for r in records:
+        files.update(r["files"])
+    samples, files, applied = apply_published(store, samples, files, fetch=mirror.fetch_tar if mirror else None)
+    stats |= {"shards": len(files), "shard_bytes": sum(f["bytes"] for f in files.values()), "published": applied}
+    new_meta = meta | {"published": published_choice(store)}
+    if mirror is not None:
+        mirror.push_tars(files)
+    gen = store.write_generation(
+        samples, rejects, stats, files, new_meta, link_tars=mirror is None, after=mirror.current() if mirror else None
+    )
+    if mirror is not None:
+        mirror.push_generation(gen)
+    return {
         "published_at": datetime.now(timezone.utc).isoformat(),
         "caption_version": caption_version,
-        "samples": len(samples),
-        "captions_applied": len(chosen),
-        "shards_rewritten": len(changed_shards),
-        "shard_set": new_dir.name,
+        "samples": samples.num_rows,
+        "captions_applied": applied["captions_applied"] if applied else 0,
+        "shards_rewritten": applied["shards_rewritten"] if applied else 0,
+        "generation": gen,
     }
-    atomic_write(out / CAPTIONS_DIR / "published.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
-    return summary

@@ -1,11 +1,11 @@
-"""The build: plan (what is new), process work units (clips -> shards + parts), finalize (manifests).
+"""The build: plan (what is new), process work units (clips -> tars + parts), finalize (a generation).
 
-Plain Python: the CLI runs it directly and the Prefect flow wraps the same three functions.
-Resumable and idempotent: a unit is committed by writing its record last. A re-run keeps a committed
-unit when every clip in it is still listed with the same clip key (settings fingerprint + the clip as
-its source lists it) and redoes the rest: new clips and sources are added, changed settings redo what
-they affect, and a unit holding a clip that is gone from the sources is dropped (its other clips redone),
-so the dataset is always what the current sources and settings give.
+Plain Python: the CLI runs it directly and the Prefect flow wraps the same three functions. Everything
+it writes goes through the output's store (curation.store): one writer at a time (the lock), units
+committed durably (tars, parts, then the record), the manifests switched as one generation.
+Resumable and idempotent: a re-run keeps a committed unit when every clip in it is still listed with
+the same clip key (settings fingerprint + versions + the clip as listed + its content identity) and
+redoes the rest; a unit whose clips failed for a transient reason (internal or I/O error) is redone.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,27 +27,28 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.manifest import (
-    REJECTS_FILE,
-    SAMPLES_FILE,
-    STATS_FILE,
-    reject_row,
-    rejects_table,
-    sample_row,
-    samples_table,
-)
-from schemas.records import Clip, Level
-from schemas.shard import SIZES_FILE
+from schemas.manifest import STATS_FILE, reject_row, rejects_table, sample_row, samples_table
+from schemas.records import TRANSIENT_REASONS, Clip, Level
 
 from .config import BuildConfig
-from .ingest import Listing, list_sources
+from .ingest import ContentIds, Listing, list_sources
 from .pipeline import ClipProcessor, ClipResult, EncodedPair
-from .sink import SHARDS, ShardSet, current_shard_set, write_json, write_parquet
-from .storage import RemoteMirror, default_staging, is_remote
+from .store import Output, RemoteMirror, default_staging, is_remote
 
 log = logging.getLogger(__name__)
 
-PARTS = "parts"
+CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in the (staging) output
+
+# Set by the CLI's SIGTERM/SIGINT handler: the build stops at the next unit boundary.
+STOP = threading.Event()
+
+
+class BuildStopped(RuntimeError):
+    """The build was asked to stop (SIGTERM/SIGINT); committed units stand, the rest is redone next run."""
+
+
+class SetupError(RuntimeError):
+    """The run cannot start (the model does not load on the device, ...): nothing is recorded."""
 
 
 @dataclass(frozen=True)
@@ -77,37 +80,51 @@ def local_view(cfg: BuildConfig) -> tuple[BuildConfig, RemoteMirror | None]:
     return cfg.model_copy(update={"output": str(staging)}), RemoteMirror(cfg.output, staging)
 
 
+@contextmanager
+def writer_lock(cfg: BuildConfig, command: str = "build", wait: float | None = None) -> Iterator[Output]:
+    """Hold the output for writing (the staging folder, and the lease on a remote output); clean what a
+    dead writer left. Nested use in one process (the CLI around a flow) is fine."""
+    local, mirror = local_view(cfg)
+    out = Output(local.output)
+    with ExitStack() as stack:
+        stack.enter_context(out.lock(command, wait))
+        if mirror is not None:
+            stack.enter_context(mirror.lease(command, wait))
+        out.clean()
+        yield out
+
+
 def committed_units(out: Path) -> list[dict[str, Any]]:
-    records = []
-    for p in sorted((out / PARTS).glob("*.json")):
-        try:
-            records.append(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError) as e:  # pragma: no cover - the rename makes this unlikely
-            log.warning("ignoring unreadable unit record %s: %s", p, e)
-    return records
+    return Output(out).records()
 
 
 def plan_build(cfg: BuildConfig) -> BuildPlan:
     cfg, mirror = local_view(cfg)
     if mirror is not None:
         mirror.pull_state()
-    out = Path(cfg.output)
-    listing = list_sources(cfg.sources)
+    out = Output(cfg.output)
+    identity = ContentIds(Path(cfg.output) / CONTENT_IDS if Path(cfg.output).is_dir() else None)
+    listing = list_sources(cfg.sources, identity)
     fp = cfg.fingerprint()
-    keys = cfg.clip_keys(listing.clips)
+    keys = cfg.clip_keys(listing.clips, identity)
+    identity.save()
     done: set[str] = set()
     stale: list[str] = []
     kept: list[str] = []
-    referenced: set[str] = set()
-    for rec in committed_units(out):
-        rec_keys = rec.get("clip_keys")  # records of older versions have none: redone
-        if rec["fingerprint"] == fp and rec_keys and all(keys.get(c) == k for c, k in rec_keys.items()):
+    for rec in out.records():
+        rec_keys = rec.get("clip_keys")  # records of older versions have none (or no tar checksums): redone
+        standing = (
+            rec.get("fingerprint") == fp
+            and rec_keys
+            and "files" in rec
+            and not rec.get("retry")
+            and all(keys.get(c) == k for c, k in rec_keys.items())
+        )
+        if standing:
             done.update(rec_keys)
             kept.append(rec["unit_id"])
         else:
             stale.append(rec["unit_id"])
-        referenced.update(rec["shards"])
-    _remove_orphans(out, referenced)
     pending = [c for c in listing.clips if c.clip_id not in done]
     n = cfg.shards.clips_per_unit
     units = []
@@ -128,30 +145,23 @@ def plan_build(cfg: BuildConfig) -> BuildPlan:
 
 def listing_digest(listing: Listing) -> str:
     """What the sources list (clips and ingest-level rejects): a manifest made from another listing is
-    out of date even when no unit changed."""
+    out of date even when no unit changed. Where the files are mounted does not count."""
     h = hashlib.sha1()
     for c in sorted(listing.clips, key=lambda c: c.clip_id):
-        h.update(c.model_dump_json().encode())
+        h.update(c.model_dump_json(exclude={"uri"}).encode())
     for r in sorted(listing.rejects, key=lambda r: r.clip_id):
-        h.update(r.model_dump_json().encode())
+        h.update(r.model_dump_json(exclude={"uri"}).encode())
     return h.hexdigest()[:16]
-
-
-def _remove_orphans(out: Path, referenced: set[str]) -> None:
-    """Tars (and temp files) no committed unit claims: left by a run that stopped mid-unit."""
-    for d in (out / SHARDS, out / PARTS):
-        if not d.is_dir():
-            continue
-        for p in d.iterdir():
-            orphan_tar = d.name == SHARDS and p.suffix == ".tar" and p.name not in referenced
-            if p.name.endswith(".tmp") or orphan_tar:
-                log.info("removing leftover %s", p)
-                p.unlink()
 
 
 @functools.lru_cache(maxsize=4)
 def _processor_for(cfg_json: str) -> ClipProcessor:
-    return ClipProcessor(BuildConfig.model_validate_json(cfg_json)).setup()
+    try:
+        return ClipProcessor(BuildConfig.model_validate_json(cfg_json)).setup()
+    except SetupError:
+        raise
+    except Exception as e:  # the model cannot load here: a problem of the run, not of any clip
+        raise SetupError(f"the pose model cannot be set up: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 
 
 def get_processor(cfg: BuildConfig) -> ClipProcessor:
@@ -170,11 +180,12 @@ def process_unit(
     """Process the unit's clips, write its tars and parts, then commit its record (and publish the unit
     to a remote output). Returns the record."""
     cfg, mirror = local_view(cfg)
-    out = Path(cfg.output)
     processor = processor or get_processor(cfg)
-    shards = ShardSet(current_shard_set(out), unit.unit_id, cfg.shards.max_samples, cfg.shards.max_bytes)
+    out = Output(cfg.output)
+    shards = out.shard_writer(unit.unit_id, cfg.shards.max_samples, cfg.shards.max_bytes)
     sample_rows: list[dict[str, Any]] = []
     reject_rows: list[dict[str, Any]] = []
+    retry: list[str] = []
     seconds: Counter[str] = Counter()
     frames = 0
     t0 = time.perf_counter()
@@ -184,6 +195,8 @@ def process_unit(
             res = processor(clip)
             results.append(res)
             reject_rows += [reject_row(r) for r in res.rejects]
+            if any(r.level is Level.CLIP and r.reason in TRANSIENT_REASONS for r in res.rejects):
+                retry.append(clip.clip_id)
             seconds.update(res.seconds)
             frames += res.frames_decoded
             if on_clip is not None:
@@ -196,27 +209,30 @@ def process_unit(
             for item in res.pairs:
                 shard = shards.write(item)
                 sample_rows.append(sample_row(item.pair, shard, unit.unit_id))
-        sizes = shards.close()
+        files = shards.close()
+        record = {
+            "unit_id": unit.unit_id,
+            "fingerprint": cfg.fingerprint(),
+            "versions": processor.versions,
+            "clip_keys": cfg.clip_keys(unit.clips),
+            "retry": retry,  # clips that failed for a transient reason: the unit is redone next run
+            "files": files,  # tar name -> samples, bytes, sha256
+            "shards": {n: f["samples"] for n, f in files.items()},
+            "shard_bytes": sum(f["bytes"] for f in files.values()),
+            "samples": len(sample_rows),
+            "rejects": len(reject_rows),
+            "frames_decoded": frames,
+            "seconds": {k: round(v, 3) for k, v in seconds.items()} | {"wall": round(time.perf_counter() - t0, 3)},
+            "committed_at": datetime.now(timezone.utc).isoformat(),
+        }
+        out.commit_unit(record, samples_table(sample_rows), rejects_table(reject_rows))
     except BaseException:
-        shards.abort()
+        shards.abort()  # nothing of an uncommitted unit stays behind
         raise
-    parts = out / PARTS
-    write_parquet(parts / f"{unit.unit_id}.samples.parquet", samples_table(sample_rows))
-    write_parquet(parts / f"{unit.unit_id}.rejects.parquet", rejects_table(reject_rows))
-    record = {
-        "unit_id": unit.unit_id,
-        "fingerprint": cfg.fingerprint(),
-        "versions": processor.versions,
-        "clip_keys": cfg.clip_keys(unit.clips),
-        "shards": sizes,
-        "shard_bytes": sum((current_shard_set(out) / name).stat().st_size for name in sizes),
-        "samples": len(sample_rows),
-        "rejects": len(reject_rows),
-        "frames_decoded": frames,
-        "seconds": {k: round(v, 3) for k, v in seconds.items()} | {"wall": round(time.perf_counter() - t0, 3)},
-        "committed_at": datetime.now(timezone.utc).isoformat(),
-    }
-    write_json(parts / f"{unit.unit_id}.json", record)  # the commit
+    if retry:
+        log.warning(
+            "unit %s: %d clips failed for a transient reason and are retried next run", unit.unit_id, len(retry)
+        )
     if mirror is not None:
         mirror.push_unit(record)
     return record
@@ -247,20 +263,31 @@ def caption_with_llm(cfg: BuildConfig, unit_id: str, items: list[EncodedPair], a
     write_caption_rows(Path(cfg.output), unit_id, rows)
 
 
-def _read_parts(out: Path, unit_ids: list[str], kind: str, schema: pa.Schema) -> pa.Table:
-    tables = [pq.read_table(out / PARTS / f"{u}.{kind}.parquet", schema=schema) for u in unit_ids]
+def _read_parts(out: Output, unit_ids: list[str], kind: str, schema: pa.Schema) -> pa.Table:
+    tables = [pq.read_table(out.part(u, kind), schema=schema) for u in unit_ids]
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+def _units_digest(records: list[dict]) -> dict[str, str]:
+    return {
+        r["unit_id"]: hashlib.sha1(json.dumps(r.get("files", {}), sort_keys=True).encode()).hexdigest()[:16]
+        for r in records
+    }
+
+
+def standing_records(out: Output, plan: BuildPlan) -> list[dict[str, Any]]:
+    standing = set(plan.kept_units) | {u.unit_id for u in plan.units}
+    return [r for r in out.records() if r["unit_id"] in standing]
+
+
 def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None) -> dict[str, Any]:
-    """Consolidate committed units into samples.parquet, rejects.parquet, shards/sizes.json, stats.json."""
+    """Consolidate the committed units into a new generation (samples.parquet, rejects.parquet,
+    stats.json, the shard listing), switch to it, then un-commit superseded units and apply retention."""
     cfg, mirror = local_view(cfg)
     if mirror is not None:  # units may have been published by other machines (Dask workers)
         mirror.pull_state()
-    out = Path(cfg.output)
-    stale_records = [r for r in committed_units(out) if r["unit_id"] in set(plan.stale_units)]
-    standing = set(plan.kept_units) | {u.unit_id for u in plan.units}
-    records = [r for r in committed_units(out) if r["unit_id"] in standing]
+    out = Output(cfg.output)
+    records = standing_records(out, plan)
     unit_ids = [r["unit_id"] for r in records]
     samples = _read_parts(out, unit_ids, "samples", samples_table([]).schema)
     rejects = _read_parts(out, unit_ids, "rejects", rejects_table([]).schema)
@@ -268,47 +295,57 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     rejects = pa.concat_tables([rejects, listing_rejects])
     samples = samples.sort_by([("clip_id", "ascending"), ("before_index", "ascending"), ("after_index", "ascending")])
     rejects = rejects.sort_by([("clip_id", "ascending"), ("level", "ascending"), ("stage", "ascending")])
-    write_parquet(out / SAMPLES_FILE, samples)
-    write_parquet(out / REJECTS_FILE, rejects)
-
-    sizes: dict[str, int] = {}
+    files: dict[str, dict[str, Any]] = {}
     for r in records:
-        sizes.update(r["shards"])
-    write_json(current_shard_set(out) / SIZES_FILE, dict(sorted(sizes.items())))
-    _drop_stale(out, plan.stale_units)
+        files.update(r["files"])
+    from .recaption import apply_published
 
-    stats = build_stats(plan, records, samples, rejects, sizes)
+    if mirror is not None:
+        mirror.pull_captions()
+    samples, files, published = apply_published(out, samples, files, fetch=mirror.fetch_tar if mirror else None)
+    if mirror is not None:
+        mirror.push_tars(files)
+    stats = build_stats(plan, records, samples, rejects, files)
+    previous = (mirror.meta() if mirror is not None else out.meta()) or {}
+    if previous.get("versions") and previous["versions"] != stats["versions"]:
+        stats["changed_versions"] = {
+            k: [previous["versions"].get(k), v]
+            for k, v in stats["versions"].items()
+            if previous["versions"].get(k) != v
+        }
     if run_seconds is not None:
         stats["last_run_seconds"] = round(run_seconds, 2)
-    write_json(out / STATS_FILE, stats)
+    meta = {
+        "listing_digest": plan.listing_digest,
+        "fingerprint": plan.fingerprint,
+        "versions": stats["versions"],
+        "units": _units_digest(records),
+        "published": published,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+    gen = out.write_generation(
+        samples, rejects, stats, files, meta, link_tars=mirror is None, after=mirror.current() if mirror else None
+    )
     if mirror is not None:
-        mirror.drop_units(stale_records)
-        mirror.push_manifests()
+        mirror.push_generation(gen)
+    stale = [u for u in plan.stale_units if u not in set(unit_ids)]
+    out.uncommit(stale)  # after the switch: until then the old generation and its units stand
+    if mirror is not None:
+        mirror.uncommit(stale)
+    out.gc(keep=cfg.shards.keep_generations)
+    if mirror is not None:
+        mirror.gc(keep=cfg.shards.keep_generations)
     if stats["unaccounted_clips"] or stats["double_counted_clips"]:
         log.error(
             "clip accounting does not add up: unaccounted %s, double %s",
             stats["unaccounted_clips"][:5],
             stats["double_counted_clips"][:5],
         )
-    return stats
-
-
-def _drop_stale(out: Path, stale_units: list[str]) -> None:
-    for u in stale_units:
-        rec_path = out / PARTS / f"{u}.json"
-        try:
-            rec = json.loads(rec_path.read_text())
-        except FileNotFoundError:
-            continue
-        rec_path.unlink()  # un-commit first, then remove what it held
-        for name in rec["shards"]:
-            (out / SHARDS / name).unlink(missing_ok=True)
-        for kind in ("samples", "rejects"):
-            (out / PARTS / f"{u}.{kind}.parquet").unlink(missing_ok=True)
+    return stats | {"generation": gen}
 
 
 def build_stats(
-    plan: BuildPlan, records: list[dict], samples: pa.Table, rejects: pa.Table, sizes: dict[str, int]
+    plan: BuildPlan, records: list[dict], samples: pa.Table, rejects: pa.Table, files: dict[str, dict]
 ) -> dict[str, Any]:
     all_ids = [c.clip_id for c in plan.listing.clips] + [r.clip_id for r in plan.listing.rejects]
     accepted = set(samples.column("clip_id").to_pylist())
@@ -329,11 +366,13 @@ def build_stats(
     seconds: Counter[str] = Counter()
     for r in records:
         seconds.update(r.get("seconds", {}))
+    from .config import result_versions
+
     versions = records[-1]["versions"] if records else {}
     return {
         "fingerprint": plan.fingerprint,
         "listing_digest": plan.listing_digest,
-        "versions": versions,
+        "versions": versions or {"code": "", **result_versions()},
         "clips_in": len(all_ids),
         "clips_accepted": len(accepted),
         "clips_rejected": len(rejected_ids),
@@ -342,10 +381,11 @@ def build_stats(
         "candidate_rejects": levels.count(Level.CANDIDATE.value),
         "unaccounted_clips": sorted(set(all_ids) - set(outcomes)),
         "double_counted_clips": sorted(c for c, n in outcomes.items() if n > 1),
+        "retried_next_run": sorted(c for r in records for c in r.get("retry", [])),
         "ignored_files": len(plan.listing.ignored),
         "unlisted_files": len(plan.listing.unlisted),
-        "shards": len(sizes),
-        "shard_bytes": sum(r["shard_bytes"] for r in records),  # standing records all have clip keys and bytes
+        "shards": len(files),
+        "shard_bytes": sum(f["bytes"] for f in files.values()),
         "units": len(records),
         "frames_decoded": sum(r.get("frames_decoded", 0) for r in records),
         "seconds": {k: round(v, 2) for k, v in sorted(seconds.items())},
@@ -354,45 +394,82 @@ def build_stats(
 
 
 def run_build(
-    cfg: BuildConfig, on_clip: Callable[[ClipResult], None] | None = None, api_key: str | None = None
+    cfg: BuildConfig,
+    on_clip: Callable[[ClipResult], None] | None = None,
+    api_key: str | None = None,
+    wait: float | None = None,
 ) -> dict[str, Any]:
     """The whole build in this process: the same steps the Prefect flow runs as tasks."""
     t0 = time.perf_counter()
-    plan = plan_build(cfg)
-    log.info(
-        "%d clips listed, %d already done, %d to process in %d units",
-        len(plan.listing.clips),
-        len(plan.done),
-        plan.pending_clips,
-        len(plan.units),
-    )
-    if nothing_to_do(cfg, plan):
-        log.info("nothing new: %s is up to date", cfg.output)
-        return current_stats(cfg)
-    for unit in plan.units:
-        process_unit(cfg, unit, on_clip=on_clip, api_key=api_key)
-    return finalize(cfg, plan, time.perf_counter() - t0)
+    with writer_lock(cfg, "build", wait):
+        plan = plan_build(cfg)
+        log.info(
+            "%d clips listed, %d already done, %d to process in %d units",
+            len(plan.listing.clips),
+            len(plan.done),
+            plan.pending_clips,
+            len(plan.units),
+        )
+        if nothing_to_do(cfg, plan):
+            log.info("nothing new: %s is up to date", cfg.output)
+            return current_stats(cfg)
+        if plan.units:
+            get_processor(cfg)  # a model that cannot load stops the run before any clip is marked
+        for unit in plan.units:
+            check_stop()
+            process_unit(cfg, unit, on_clip=on_clip, api_key=api_key)
+        return finalize(cfg, plan, time.perf_counter() - t0)
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise BuildStopped("stopped on request after the last committed unit; run the build again to resume")
 
 
 def nothing_to_do(cfg: BuildConfig, plan: BuildPlan) -> bool:
-    """No pending unit, nothing stale, manifests in place and made from this same listing: a re-run is a
-    no-op (nothing is rewritten)."""
+    """No pending unit, nothing stale, and the current generation made from this same listing, these
+    units and this published caption choice: a re-run is a no-op (nothing is rewritten). A missing or
+    stale generation (a crash inside finalize) is made again."""
     if plan.units or plan.stale_units:
         return False
     local, mirror = local_view(cfg)
-    files = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE)
+    out = Output(local.output)
+    meta = mirror.meta() if mirror is not None else out.meta()
+    if not meta:
+        return False
+    from .recaption import published_choice
+
     if mirror is not None:
-        present = all(mirror.fs.exists(f"{mirror.root}/{f}") for f in files)
-    else:
-        present = all((Path(cfg.output) / f).is_file() for f in files)
-    return present and current_stats(cfg).get("listing_digest") == plan.listing_digest
+        mirror.pull_captions()
+    same = (
+        meta.get("listing_digest") == plan.listing_digest
+        and meta.get("units") == _units_digest(standing_records(out, plan))
+        and meta.get("published") == published_choice(out)
+    )
+    if same and mirror is None:
+        out.ensure_links()
+    return same
 
 
 def current_stats(cfg: BuildConfig) -> dict[str, Any]:
-    _, mirror = local_view(cfg)
-    if mirror is not None:
-        return json.loads(mirror.fs.cat_file(f"{mirror.root}/{STATS_FILE}"))
-    return json.loads((Path(cfg.output) / STATS_FILE).read_text())
+    from .store import committed
+
+    c = committed(cfg.output)
+    import fsspec
+
+    with fsspec.open(c.file_url(STATS_FILE), "rb") as f:
+        return json.loads(f.read())
 
 
-__all__ = ["BuildPlan", "WorkUnit", "plan_build", "process_unit", "finalize", "run_build", "get_processor"]
+__all__ = [
+    "BuildPlan",
+    "BuildStopped",
+    "SetupError",
+    "WorkUnit",
+    "plan_build",
+    "process_unit",
+    "finalize",
+    "run_build",
+    "get_processor",
+    "writer_lock",
+]

@@ -15,7 +15,18 @@ from prefect.cache_policies import NONE
 
 from curation.config import BuildConfig, load_config
 from curation.pipeline import ClipResult
-from curation.runner import BuildPlan, WorkUnit, current_stats, finalize, nothing_to_do, plan_build, process_unit
+from curation.runner import (
+    BuildPlan,
+    WorkUnit,
+    check_stop,
+    current_stats,
+    finalize,
+    get_processor,
+    nothing_to_do,
+    plan_build,
+    process_unit,
+    writer_lock,
+)
 
 # curation's INFO logs (model loaded, unit committed, ...) reach the run logs when Prefect attaches its
 # handlers to the "curation" logger (PREFECT_LOGGING_EXTRA_LOGGERS=curation); the root logger's WARNING
@@ -85,27 +96,36 @@ def build_dataset(
     config_path: str | None = None,
     overrides: dict[str, Any] | None = None,
     parallel: bool = False,
+    wait: float | None = None,
 ) -> dict[str, Any]:
     """Build (or resume) a dataset: folder `input` (or the config's sources) -> shards under `output`.
     With `parallel` the work units are submitted to the flow's task runner (see `with_dask`); each
-    worker process loads the pose model once. Otherwise they run one after another in this process."""
+    worker process loads the pose model once. Otherwise they run one after another in this process.
+    The run holds the output's writer lock (`wait`: seconds to wait for another writer; default: fail)."""
     extra: dict[str, Any] = dict(overrides or {})
     if input is not None:
         extra["sources"] = [{"kind": "folder", "root": input}]
     cfg = load_config(config_path, output=output, **extra)
     cfg_json = cfg.model_dump_json()
-    plan = plan_task(cfg_json)
-    if nothing_to_do(cfg, plan):
-        get_run_logger().info("nothing new: %s is up to date", output)
-        return current_stats(cfg)
-    if parallel:
-        futures = [unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit)) for unit in plan.units]
-        for f in futures:
-            f.result()  # a unit that failed after its retries fails the run, visibly
-    else:
-        for unit in plan.units:
-            unit_task(cfg_json, unit, len(unit.clips), _sources(unit))
-    stats = finalize_task(cfg_json, plan)
+    with writer_lock(cfg, "build (prefect flow)", wait):  # one writer per output, also for scheduled runs
+        plan = plan_task(cfg_json)
+        if nothing_to_do(cfg, plan):
+            get_run_logger().info("nothing new: %s is up to date", output)
+            return current_stats(cfg)
+        if plan.units:
+            get_processor(cfg)  # a model that cannot load stops the run before any clip is marked
+        if parallel:
+            futures = []
+            for unit in plan.units:
+                check_stop()
+                futures.append(unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit)))
+            for f in futures:
+                f.result()  # a unit that failed after its retries fails the run, visibly
+        else:
+            for unit in plan.units:
+                check_stop()
+                unit_task(cfg_json, unit, len(unit.clips), _sources(unit))
+        stats = finalize_task(cfg_json, plan)
     logging.getLogger(__name__).info("build finished: %s pairs from %s clips", stats["pairs"], stats["clips_in"])
     return stats
 

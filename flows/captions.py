@@ -46,6 +46,6 @@ def recaption(
 @flow(name="publish", flow_run_name="publish {output}")
 def publish(output: str, caption_version: str | None = None) -> dict[str, Any]:
     """Rewrite the shards of `output` with the chosen caption per sample; swaps the set atomically."""
-    summary = publish_captions(Path(output), caption_version=caption_version)
+    summary = publish_captions(output, caption_version=caption_version)
     get_run_logger().info("published %s", summary)
     return summary

@@ -1,5 +1,5 @@
 """motionpairs: before/after motion pairs for instruction-based image editors, from videos of people.
-Commands: build, inspect, recaption, publish, train, edit, demo-clip (each has --help)."""
+Commands: build, inspect, verify, gc, recaption, publish, train, edit, demo-clip (each has --help)."""
 
 from __future__ import annotations
 
@@ -61,14 +61,47 @@ def _add_caption_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", action="store_true", help="use the Batch API (upload, submit, poll, ingest)")
 
 
+def _wait(args: argparse.Namespace) -> float | None:
+    w = getattr(args, "wait", None)
+    return None if w is None else (float("inf") if w == 0 else w)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM/SIGINT: finish nothing new, stop at the next unit boundary (committed units stand). A
+    second signal stops at once."""
+    import signal
+
+    from curation.runner import STOP
+
+    def handler(signum, frame) -> None:
+        if STOP.is_set():
+            raise KeyboardInterrupt
+        STOP.set()
+        print("motionpairs: stopping after the current unit (again to stop now)", file=sys.stderr)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
+def _add_wait_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=0,
+        metavar="SECONDS",
+        help="when another writer holds the output, wait (SECONDS, or as long as it takes) instead of exiting 2",
+    )
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from curation.config import ConfigError, load_config
-    from curation.ingest import SourceError
+    from curation.ingest import SourceError, check_root
     from curation.llm import CaptionSetupError, LLMCaptioner
-    from curation.runner import plan_build, run_build
+    from curation.runner import BuildStopped, SetupError, get_processor, local_view, plan_build, run_build, writer_lock
+    from curation.store import StoreError
 
     extra = _overrides(args)
     try:
@@ -84,17 +117,34 @@ def cmd_build(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, output=args.output, **extra)
         if not cfg.sources:
             raise ConfigError("no input: pass --input DIR or list sources in --config")
-        plan = plan_build(cfg)  # fails fast on a missing input folder, before any model loads
-        if cfg.caption.captioner == "openai":
-            LLMCaptioner(cfg.caption, Path(cfg.output)).setup()  # no key or model: say so before any work
-    except (ConfigError, SourceError, CaptionSetupError) as e:
+        for s in cfg.sources:
+            check_root(s.root)  # a missing input is an error before the output is touched
+    except (ConfigError, SourceError) as e:
         return _fail(str(e))
-
-    from curation.runner import local_view
 
     console = Console(stderr=True)
     local = Path(local_view(cfg)[0].output)
-    local.mkdir(parents=True, exist_ok=True)
+    _stop_on_signals()
+    try:
+        with writer_lock(cfg, "motionpairs build", _wait(args)):
+            plan = plan_build(cfg)  # fails fast on a missing input folder, before any model loads
+            if cfg.caption.captioner == "openai":
+                LLMCaptioner(cfg.caption, Path(cfg.output)).setup()  # no key or model: say so before any work
+            if plan.units:
+                get_processor(cfg)  # the model must load on the device before any clip is tried
+            stats = _run_build(args, cfg, plan, console, run_build)
+    except (ConfigError, SourceError, CaptionSetupError, StoreError, SetupError) as e:
+        return _fail(str(e))
+    except (BuildStopped, KeyboardInterrupt) as e:
+        print(f"motionpairs: stopped: {e or 'interrupted'}", file=sys.stderr)
+        return 130
+    print_summary(local, console)
+    return 0 if not stats["unaccounted_clips"] else 1
+
+
+def _run_build(args, cfg, plan, console, run_build) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -112,17 +162,22 @@ def cmd_build(args: argparse.Namespace) -> int:
             progress.update(bar, advance=1, last=f"{res.clip.clip_id[:40]}: {note}")
 
         if args.engine == "local":
-            stats = run_build(cfg, on_clip=on_clip)
-        else:
-            from flows.build import PROGRESS_HOOKS, build_dataset
+            return run_build(cfg, on_clip=on_clip)
+        from flows.build import PROGRESS_HOOKS, build_dataset
+        from flows.server import ephemeral_api
 
-            PROGRESS_HOOKS[cfg.output] = on_clip
-            try:
-                stats = build_dataset(output=cfg.output, config_path=None, overrides=_as_overrides(cfg))
-            finally:
-                PROGRESS_HOOKS.pop(cfg.output, None)
-    print_summary(local, console)
-    return 0 if not stats["unaccounted_clips"] else 1
+        from prefect.exceptions import TerminationSignal
+
+        from curation.runner import BuildStopped
+
+        PROGRESS_HOOKS[cfg.output] = on_clip
+        try:
+            with ephemeral_api():  # a Prefect API that dies with this process, however it dies
+                return build_dataset(output=cfg.output, config_path=None, overrides=_as_overrides(cfg))
+        except TerminationSignal as e:  # Prefect owns SIGTERM during a flow run: the unit in progress is dropped
+            raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
+        finally:
+            PROGRESS_HOOKS.pop(cfg.output, None)
 
 
 def _as_overrides(cfg) -> dict[str, Any]:
@@ -138,12 +193,13 @@ def print_summary(out: Path | str, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from curation.storage import is_remote
+    from curation.store import committed, is_remote
     from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 
     console = console or Console()
     base = str(out).rstrip("/")
-    with fsspec.open(f"{base}/{STATS_FILE}", "rb") as f:
+    gen = committed(base)  # read through the pointer: one generation, whatever a writer does meanwhile
+    with fsspec.open(gen.file_url(STATS_FILE), "rb") as f:
         stats = json.loads(f.read())
     t = Table(title=f"motionpairs build: {out}")
     t.add_column("what")
@@ -155,7 +211,7 @@ def print_summary(out: Path | str, console=None) -> None:
         t.add_row("[red]unaccounted clips", str(len(stats["unaccounted_clips"])))
     console.print(t)
 
-    rejects = pd.read_parquet(f"{base}/{REJECTS_FILE}")
+    rejects = pd.read_parquet(gen.file_url(REJECTS_FILE))
     clip_level = rejects[rejects["level"] == "clip"]
     if len(clip_level):
         r = Table(title="rejected clips by stage and reason")
@@ -164,7 +220,7 @@ def print_summary(out: Path | str, console=None) -> None:
         for (stage, reason), g in clip_level.groupby(["stage", "reason"], sort=True):
             r.add_row(stage, reason, str(len(g)), ", ".join(g["clip_id"].head(3)))
         console.print(r)
-    samples = pd.read_parquet(f"{base}/{SAMPLES_FILE}", columns=["source", "clip_id", "caption"])
+    samples = pd.read_parquet(gen.file_url(SAMPLES_FILE), columns=["source", "clip_id", "caption"])
     if len(samples):
         s = Table(title="pairs by source (first captions)")
         for c in ("source", "clips", "pairs", "example caption"):
@@ -174,6 +230,7 @@ def print_summary(out: Path | str, console=None) -> None:
         console.print(s)
     if not is_remote(base):  # caption rows are read from a local output
         _print_caption_versions(Path(base), console)
+    t.caption = f"generation {gen.generation}, {len(gen.shards)} tars"
     secs = stats.get("seconds", {})
     if secs:
         timings = ", ".join(f"{k} {v}" for k, v in secs.items())
@@ -213,13 +270,14 @@ def cmd_recaption(args: argparse.Namespace) -> int:
     from curation.config import ConfigError, load_config
     from curation.llm import CaptionSetupError
     from curation.recaption import RecaptionError, recaption
+    from curation.store import StoreError
 
     extra = _overrides(args)
     extra.setdefault("caption", {})["captioner"] = "openai"
     try:
         cfg = load_config(args.config, output=args.output, **extra)
-        summary, run_id = recaption(args.output, cfg.caption, where=args.where)
-    except (ConfigError, CaptionSetupError, RecaptionError) as e:
+        summary, run_id = recaption(args.output, cfg.caption, where=args.where, wait=_wait(args))
+    except (ConfigError, CaptionSetupError, RecaptionError, StoreError) as e:
         return _fail(str(e))
     print(json.dumps({"run_id": run_id, **summary.__dict__}, indent=2))
     return 0
@@ -227,10 +285,11 @@ def cmd_recaption(args: argparse.Namespace) -> int:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     from curation.recaption import RecaptionError, publish
+    from curation.store import StoreError
 
     try:
-        summary = publish(args.output, caption_version=args.caption_version)
-    except RecaptionError as e:
+        summary = publish(args.output, caption_version=args.caption_version, wait=_wait(args))
+    except (RecaptionError, StoreError) as e:
         return _fail(str(e))
     print(json.dumps(summary, indent=2))
     return 0
@@ -249,15 +308,49 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    import fsspec
-
-    from schemas.manifest import STATS_FILE
+    from curation.store import StoreError, committed
 
     out = args.output.rstrip("/")
-    fs, root = fsspec.core.url_to_fs(out)
-    if not fs.isfile(f"{root}/{STATS_FILE}"):
-        return _fail(f"{out} holds no finished build (no {STATS_FILE})")
+    try:
+        committed(out)
+    except StoreError as e:
+        return _fail(f"{out} holds no finished build ({e})")
     print_summary(out)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from curation.store import verify
+
+    faults = verify(args.output)
+    for f in faults:
+        print(f"FAULT {f}")
+    if faults:
+        print(f"motionpairs: {args.output}: {len(faults)} faults", file=sys.stderr)
+        return 1
+    print(f"{args.output}: every committed tar, manifest and record agrees; nothing left over")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from curation.store import Output, StoreError, is_remote
+    from curation.store.remote import RemoteMirror, default_staging
+
+    try:
+        if is_remote(args.output):
+            mirror = RemoteMirror(args.output, default_staging(args.output))
+            with mirror.lease("motionpairs gc", _wait(args)):
+                summary = mirror.gc(keep=args.keep)
+        else:
+            out = Output(args.output)
+            if out.current() is None:
+                return _fail(f"{args.output} holds no finished build")
+            with out.lock("motionpairs gc", _wait(args)):
+                out.clean()
+                summary = out.gc(keep=args.keep)
+    except StoreError as e:
+        return _fail(str(e))
+    print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -302,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         "is set); local: the same steps in this process without Prefect",
     )
     b.add_argument("--captioner", choices=("offline", "openai"), help="default: offline (no network)")
+    _add_wait_flag(b)
     _add_caption_flags(b)
     b.set_defaults(func=cmd_build)
 
@@ -311,13 +405,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--where", help="pandas query over samples.parquet, e.g. \"source == 'kinetics' and split == 'val'\""
     )
     rc.add_argument("--config", help="YAML config; its caption section sets limits, prices, image size")
+    _add_wait_flag(rc)
     _add_caption_flags(rc)
     rc.set_defaults(func=cmd_recaption)
 
     pb = sub.add_parser("publish", help="rewrite the shards with the chosen caption per sample (atomic swap)")
     pb.add_argument("output")
     pb.add_argument("--caption-version", help="'<model>@<prompt version>'; default: the newest usable caption")
+    _add_wait_flag(pb)
     pb.set_defaults(func=cmd_publish)
+
+    v = sub.add_parser(
+        "verify", help="check every committed tar (size, sha256, samples) and the manifests; exit 1 on a fault"
+    )
+    v.add_argument("output")
+    v.set_defaults(func=cmd_verify)
+
+    g = sub.add_parser("gc", help="delete old generations and the tars only they used (readers of them are done)")
+    g.add_argument("output")
+    g.add_argument("--keep", type=int, default=1, help="older generations to keep besides the current (default 1)")
+    _add_wait_flag(g)
+    g.set_defaults(func=cmd_gc)
 
     i = sub.add_parser("inspect", help="counts of a finished build: clips in, pairs out, rejects by reason")
     i.add_argument("output")
@@ -346,7 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as e:  # disk full, read-only or vanished output: a problem of the run, one line
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        return _fail(f"{e.strerror or type(e).__name__}{where}")
 
 
 if __name__ == "__main__":

@@ -79,8 +79,14 @@ class RejectReason(StrEnum):
     LOW_MOTION = "low_motion"  # the pose does not change enough (normalised by body size)
     # captioning
     CAPTION_FAILED = "caption_failed"
-    # anything unexpected inside one clip: recorded, never crashes the build
+    DUPLICATE = "duplicate"  # the same video content as another clip (a copy or a symlink): kept once
+    # anything unexpected inside one clip: recorded, never crashes the build, retried by the next run
     INTERNAL_ERROR = "internal_error"
+    IO_ERROR = "io_error"  # the file could not be read this time (I/O error, out of memory): retried
+
+
+# Failures that say nothing about the clip's content: recorded, and the clip is tried again next run.
+TRANSIENT_REASONS = frozenset({RejectReason.INTERNAL_ERROR, RejectReason.IO_ERROR})
 
 
 class Level(StrEnum):
@@ -119,6 +125,10 @@ class Clip(BaseModel):
     def _dot_free(cls, v: str) -> str:
         if not v or "." in v or v != v.strip():
             raise ValueError(f"clip_id must be non-empty and contain no dots: {v!r}")
+        if v.startswith("/") or "\\" in v or "//" in v or any(part in ("", "..") for part in v.split("/")):
+            raise ValueError(f"clip_id must be a relative name without empty or '..' parts: {v!r}")
+        if any(ord(ch) < 32 for ch in v):
+            raise ValueError(f"clip_id contains control characters: {v!r}")
         return v
 
     @model_validator(mode="after")

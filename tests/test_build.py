@@ -92,17 +92,21 @@ def test_rerun_skips_finished_work_and_changes_nothing(real_build):
 def test_resume_after_a_stop_mid_build(real_build, tmp_path):
     cfg, out, _ = real_build
     copy = tmp_path / "resumed"
-    shutil.copytree(out, copy)
+    shutil.copytree(out, copy, symlinks=True)
     rcfg = cfg.model_copy(update={"output": str(copy)})
     # a build that stopped inside a unit: its record never got written, a temp tar is left behind
     unit_json = next(p for p in sorted((copy / "parts").glob("*.json")) if json.loads(p.read_text())["samples"])
     record = json.loads(unit_json.read_text())
     unit_json.unlink()
-    (copy / "shards" / ".leftover.tar.tmp").write_bytes(b"partial")
+    (copy / "tars" / ".leftover.tar.tmp").write_bytes(b"partial")
     plan = plan_build(rcfg)
     assert {c.clip_id for u in plan.units for c in u.clips} == set(record["clip_keys"])
-    assert not (copy / "shards" / ".leftover.tar.tmp").exists()
-    assert not any((copy / "shards" / n).exists() for n in record["shards"])  # orphans removed
+    from curation.runner import writer_lock
+
+    with writer_lock(rcfg):  # the next writer cleans up what the dead one left
+        assert not (copy / "tars" / ".leftover.tar.tmp").exists()
+        # the unit's tars are claimed only by the current generation now, for its readers
+        assert all((copy / "tars" / n).exists() for n in record["files"])
     stats = run_build(rcfg)
     cols = ["pair_id", "clip_id", "before_index", "after_index", "caption", "pose_change"]
     a = pd.read_parquet(out / "samples.parquet")[cols]

@@ -77,18 +77,26 @@ def test_build_to_s3_resume_from_scratch_and_read_back(s3, tmp_path, monkeypatch
     on_bucket = sum(s3.size(p) for p in s3.glob("motionpairs-test/builds/v1/shards/*.tar"))
     assert stats_b["shard_bytes"] == on_bucket > 0
 
-    # inspect reads the manifests from the bucket; publish says it needs a local output
+    # inspect reads the manifests from the bucket through its CURRENT pointer; verify checks every tar
     from rich.console import Console
 
-    from curation.recaption import RecaptionError, publish
+    from curation.recaption import publish
+    from curation.store import committed, verify
     from flows.cli import print_summary
 
     console = Console(record=True, width=200)
     print_summary(url, console)
     text = console.export_text()
     assert "clips in" in text and "no_person" in text
-    with pytest.raises(RecaptionError, match="local output"):
-        publish(url)
+    assert verify(url) == []
+    # publish on the bucket: a new generation from a third machine's staging, the old one left whole
+    old = committed(url)
+    summary = publish(url, staging_dir=str(tmp_path / "staging-c"))
+    s3.invalidate_cache()
+    new = committed(url)
+    assert new.generation == summary["generation"] > old.generation
+    assert s3.exists(f"motionpairs-test/builds/v1/generations/{old.generation}/listing.json")
+    assert verify(url) == []
 
     # training.data streams the shards straight from the object store
     urls = shard_urls(url)

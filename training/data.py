@@ -1,5 +1,7 @@
 """Stream motionpairs shards with webdataset. Sample layout and validation come from schemas.shard:
-nothing here parses a sample a second way.
+nothing here parses a sample a second way. An output (folder or URL) is read through its committed
+listing (curation.store): exactly the tars of its current generation, never a tar under construction
+or superseded, each checked against its recorded size and sample count.
 
     from training.data import open_shards
     for s in open_shards("OUT"):             # an output folder, a glob, a brace pattern or a list
@@ -29,8 +31,33 @@ from schemas.shard import SIZES_FILE, ShardFormatError, ShardSample, decode_samp
 log = logging.getLogger(__name__)
 
 
+class ShardIntegrityError(RuntimeError):
+    """A tar is shorter than its record, or yielded fewer samples than sizes.json says."""
+
+
+# url -> (samples, bytes) from an output's committed listing (filled by shard_urls)
+_RECORDED: dict[str, tuple[int, int]] = {}
+
+
 def is_remote(url: str) -> bool:
     return fsspec.core.split_protocol(str(url))[0] not in (None, "file", "local")
+
+
+def _committed_urls(text: str) -> list[str] | None:
+    """The tars of an output's current generation, or None when `text` is not an output."""
+    from curation.store import StoreError, committed, current_generation
+
+    try:
+        if current_generation(text) is None:
+            return None
+        c = committed(text)
+    except (StoreError, OSError):
+        return None
+    for e in c.shards:
+        _RECORDED[e.url] = (e.samples, e.bytes)
+    if not c.shards:
+        raise FileNotFoundError(f"{text}: its current generation ({c.generation}) holds no shards")
+    return [e.url for e in c.shards]
 
 
 def _fsspec_opener(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
@@ -59,7 +86,11 @@ def shard_urls(spec: str | os.PathLike | Iterable[str]) -> list[str]:
     local, or at any fsspec URL (s3://bucket/out)."""
     if not isinstance(spec, (str, os.PathLike)):
         return [str(s) for s in spec]
-    text = str(spec)
+    text = str(spec).rstrip("/")
+    if "{" not in text and not any(ch in text for ch in "*?["):
+        urls = _committed_urls(text)
+        if urls is not None:
+            return urls
     if is_remote(text) and "{" not in text:
         return _remote_urls(text)
     p = Path(text)
@@ -86,6 +117,9 @@ def dataset_size(urls: list[str]) -> int | None:
     total = 0
     cache: dict[str, dict[str, int]] = {}
     for u in urls:
+        if u in _RECORDED:
+            total += _RECORDED[u][0]
+            continue
         d = u.rsplit("/", 1)[0]
         if d not in cache:
             try:
@@ -141,6 +175,74 @@ def validate_only(sample: dict) -> ShardSample:
     return decode_sample(sample)
 
 
+def _expected(urls: list[str]) -> dict[str, tuple[int, int | None]]:
+    """url -> (samples, bytes or None): from the committed listing, else sizes.json beside the tars."""
+    out: dict[str, tuple[int, int | None]] = {}
+    sizes_cache: dict[str, dict[str, int]] = {}
+    for u in urls:
+        if u in _RECORDED:
+            out[u] = _RECORDED[u]
+            continue
+        d = u.rsplit("/", 1)[0]
+        if d not in sizes_cache:
+            try:
+                with fsspec.open(f"{d}/{SIZES_FILE}", "rb") as f:
+                    sizes_cache[d] = json.loads(f.read())
+            except (FileNotFoundError, OSError, json.JSONDecodeError):
+                sizes_cache[d] = {}
+        n = sizes_cache[d].get(os.path.basename(u))
+        if n is not None:
+            out[u] = (n, None)
+    return out
+
+
+def _complain(policy: str, msg: str) -> None:
+    if policy == "raise":
+        raise ShardIntegrityError(msg)
+    log.warning("SHARD INTEGRITY: %s", msg)
+
+
+def check_sizes(urls: list[str], policy: str = "raise") -> None:
+    """Each tar against its recorded byte size (a stat, or a HEAD on object stores)."""
+    for u in urls:
+        rec = _RECORDED.get(u)
+        if rec is None:
+            continue
+        fs, path = fsspec.core.url_to_fs(u)
+        try:
+            size = fs.size(path)
+        except FileNotFoundError:
+            _complain(policy, f"{u}: missing (recorded {rec[1]} bytes, {rec[0]} samples)")
+            continue
+        if size != rec[1]:
+            _complain(policy, f"{u}: {size} bytes, recorded {rec[1]} (truncated or replaced)")
+
+
+def _count_stage(expected: dict[str, tuple[int, int | None]], policy: str):
+    """A pipeline stage that counts samples per tar and complains when a tar yields fewer than recorded
+    (a tar cut at a member boundary reads back cleanly, just short)."""
+
+    def finish(url: str, n: int) -> None:
+        want = expected.get(url, (None, None))[0]
+        if want is not None and n < want:
+            _complain(policy, f"{url}: yielded {n} samples, sizes.json says {want}")
+
+    def stage(src):
+        url, n = None, 0
+        for sample in src:
+            u = sample.get("__url__")
+            if u != url:
+                if url is not None:
+                    finish(url, n)
+                url, n = u, 0
+            n += 1
+            yield sample
+        if url is not None:
+            finish(url, n)
+
+    return stage
+
+
 def open_shards(
     spec: str | os.PathLike | Iterable[str],
     *,
@@ -149,12 +251,20 @@ def open_shards(
     decode_images: bool = True,
     skip_bad: SkipCounter | None = None,
     seed: int = 0,
+    integrity: str | None = None,
 ) -> wds.WebDataset:
     """A webdataset pipeline of ShardSamples. `shuffle` > 0 shuffles shards and a buffer of that many
     samples; `resampled` draws shards with replacement (endless). Shards are split across nodes and
     DataLoader workers. With `skip_bad`, bad samples (and unreadable shards) are counted and skipped;
-    without it the first bad sample raises."""
+    without it the first bad sample raises. `integrity` ("raise" or "warn"; default: raise, or warn
+    with `skip_bad`): what a tar shorter than its record, or one yielding fewer samples than recorded,
+    does; never fewer samples in silence."""
+    policy = integrity or ("warn" if skip_bad is not None else "raise")
+    if policy not in ("raise", "warn"):
+        raise ValueError(f"integrity must be 'raise' or 'warn', not {policy!r}")
     urls = shard_urls(spec)
+    check_sizes(urls, policy)
+    expected = _expected(urls)
     for u in urls:
         _register(u)
     handler = skip_bad if skip_bad is not None else wds.reraise_exception
@@ -169,6 +279,8 @@ def open_shards(
         seed=seed,
         empty_check=False,
     )
+    if not resampled:
+        ds = ds.compose(_count_stage(expected, policy))
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
     return ds.map(decode if decode_images else validate_only, handler=handler)

@@ -10,14 +10,13 @@ video's end are rejected when decoded (segment_out_of_range).
 from __future__ import annotations
 
 import ast
-import csv
 import re
 from pathlib import Path
 
 from schemas.records import Clip, RejectReason
 
 from ..config import EpicSource
-from ..ingest import Listing, SourceError, check_root, hashed_split, index_videos, ingest_reject
+from ..ingest import Listing, check_root, hashed_split, index_videos, ingest_reject, read_csv_lines
 
 TIMESTAMP = re.compile(r"^(\d+):([0-5]\d):(\d+(?:\.\d+)?)$")
 SPLIT_BY_FILE = {"validation": "val", "train": "train", "test": "test"}
@@ -65,15 +64,18 @@ def list_epic(cfg: EpicSource) -> Listing:
     for ann in cfg.annotations:
         path = Path(ann).expanduser()
         file_split = _split_for(path)
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
-        except OSError as e:
-            raise SourceError(f"cannot read {path}: {e.strerror}") from e
-        if rows and "narration_id" not in rows[0]:
-            raise SourceError(f"{path} is not an EPIC-KITCHENS narration CSV (no narration_id column)")
-        for line, row in enumerate(rows, start=2):
+        for line, row, problem in read_csv_lines(path, "narration_id", "EPIC-KITCHENS narration CSV"):
+            if row is None:
+                bad_id = f"{path.stem.replace('.', '_')}_line{line}"
+                detail = f"{path.name} line {line}: {problem}"
+                out.rejects.append(ingest_reject("epic", bad_id, str(path), RejectReason.BAD_ANNOTATION, detail))
+                continue
             nid = (row.get("narration_id") or "").strip() or f"{path.stem}_line{line}"
+            if not re.match(r"^[A-Za-z0-9_-]{1,128}$", nid):
+                bad_id = f"{path.stem.replace('.', '_')}_line{line}"
+                detail = f"{path.name} line {line}: narration_id {nid!r} is not a plain id"
+                out.rejects.append(ingest_reject("epic", bad_id, str(path), RejectReason.BAD_ANNOTATION, detail))
+                continue
             vid = (row.get("video_id") or "").strip()
             part = (row.get("participant_id") or vid.split("_")[0]).strip()
             candidates = by_stem.get(vid, [])

@@ -7,17 +7,18 @@ is already cut to the clip, so the whole file is the segment. youtube_ids may st
 
 from __future__ import annotations
 
-import csv
 import logging
+import re
 from pathlib import Path
 
 from schemas.records import Clip, RejectReason
 
 from ..config import VIDEO_EXTENSIONS, KineticsSource
-from ..ingest import Listing, SourceError, check_root, index_videos, ingest_reject
+from ..ingest import Listing, check_root, index_videos, ingest_reject, read_csv_lines
 
 log = logging.getLogger(__name__)
 
+YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SPLITS = {"val": "val", "validate": "val", "validation": "val", "train": "train", "test": "test"}
 
 
@@ -25,15 +26,8 @@ def cvdf_name(youtube_id: str, start: int, end: int) -> str:
     return f"{youtube_id}_{start:06d}_{end:06d}"
 
 
-def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "youtube_id" not in reader.fieldnames:
-                raise SourceError(f"{path} is not a Kinetics CSV (no youtube_id column)")
-            return [(n, row) for n, row in enumerate(reader, start=2)]  # line numbers as a text editor shows
-    except OSError as e:
-        raise SourceError(f"cannot read {path}: {e.strerror}") from e
+def read_rows(path: Path) -> list[tuple[int, dict[str, str] | None, str]]:
+    return read_csv_lines(path, "youtube_id", "Kinetics CSV")
 
 
 def list_kinetics(cfg: KineticsSource) -> Listing:
@@ -44,16 +38,22 @@ def list_kinetics(cfg: KineticsSource) -> Listing:
     split_of_video: dict[str, str | None] = {}
     for ann in cfg.annotations:
         path = Path(ann).expanduser()
-        for line, row in read_rows(path):
+        for line, row, problem in read_rows(path):
+            bad_id = f"{path.stem.replace('.', '_')}_line{line}"
+            if row is None:
+                detail = f"{path.name} line {line}: {problem}"
+                out.rejects.append(ingest_reject("kinetics", bad_id, str(path), RejectReason.BAD_ANNOTATION, detail))
+                continue
             yt = (row.get("youtube_id") or "").strip()
             try:
                 start, end = int(row["time_start"]), int(row["time_end"])
                 if not yt or end <= start:
                     raise ValueError("empty youtube_id or end <= start")
+                if not YOUTUBE_ID.match(yt):
+                    raise ValueError(f"youtube_id {yt!r} has characters a YouTube id never has")
             except (KeyError, TypeError, ValueError) as e:
-                cid = f"{path.stem.replace('.', '_')}_line{line}"
                 detail = f"{path.name} line {line}: {e} ({dict(row)})"
-                out.rejects.append(ingest_reject("kinetics", cid, str(path), RejectReason.BAD_ANNOTATION, detail))
+                out.rejects.append(ingest_reject("kinetics", bad_id, str(path), RejectReason.BAD_ANNOTATION, detail))
                 continue
             cid = cvdf_name(yt, start, end)
             if cid in seen:  # the same clip in two CSVs (K400 val and K600 val): the first names it

@@ -1,0 +1,116 @@
+"""Durable, atomic file writes and the checks on names the store accepts.
+
+A write goes to a temp file beside its target, is fsynced, renamed over the target, and the folder is
+fsynced, so after a crash or a power loss the target is the old or the new file, never a short one.
+Files are created readable by others per the umask (like any file the user writes), not 0600.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_SUFFIX = ".tmp"
+
+
+class StoreError(RuntimeError):
+    """A problem of the output itself (not writable, locked, corrupt): one line for the user."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
+    """Write through `write(fileobj)` into a temp file beside `path`, fsync, rename over it, fsync the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True, default=str).encode()))
+
+
+def write_parquet(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+
+
+def sha256_file(path: Path | str, opener: Callable[[str], Any] | None = None) -> str:
+    h = hashlib.sha256()
+    with opener(str(path)) if opener else open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def replace_link(link: Path, target: str) -> None:
+    """Point `link` at `target` (a relative path) in one atomic rename."""
+    tmp = link.parent / f".{link.name}.{os.getpid()}{TMP_SUFFIX}"
+    try:
+        tmp.unlink()
+    except FileNotFoundError:
+        pass
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+    fsync_dir(link.parent)
+
+
+UNIT_ID = re.compile(r"^u[0-9a-f]{12}$")
+TAR_NAME = re.compile(r"^[A-Za-z0-9_-]{1,200}\.tar$")
+GENERATION = re.compile(r"^g\d{6}$")
+
+
+def check_name(kind: str, name: str, pattern: re.Pattern[str]) -> str:
+    """Names read from records (local or remote) are used as paths: only plain names pass."""
+    if not isinstance(name, str) or not pattern.match(name):
+        raise StoreError(f"refusing {kind} name {name!r} from a record: not a plain name")
+    return name

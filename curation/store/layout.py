@@ -1,0 +1,130 @@
+"""Where things are in an output, and how readers find the committed generation (local or fsspec URL).
+
+    OUT/
+      current -> generations/g000007      the one pointer; switching it switches everything below
+      samples.parquet -> current/samples.parquet
+      rejects.parquet -> current/rejects.parquet
+      stats.json      -> current/stats.json
+      shards          -> current/shards   exactly the generation's tars (links) + sizes.json
+      generations/g000007/{samples.parquet, rejects.parquet, stats.json, shards/, listing.json}
+                          listing.json is written last: a generation without it never happened
+      tars/<unit>-<k>.tar                 the tar pool (immutable files; gc removes unreferenced ones)
+      parts/<unit>.json                   a unit's commit record (tars with size and sha256), written
+      parts/<unit>.{samples,rejects}.parquet   after its tars and parts
+      captions/                           caption rows, cache, published choice
+      .lock, .lock.owner                  the writer lock
+
+On an object store (no links) the pointer is the object CURRENT (the generation's name), the pool is
+<url>/shards/ and <url>/samples.parquet etc. are copies of the current generation's files, written
+after the pointer moves. Readers follow CURRENT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
+from schemas.shard import SIZES_FILE
+
+from .files import GENERATION, TAR_NAME, StoreError, check_name
+
+PARTS = "parts"
+TARS = "tars"
+SHARDS = "shards"
+GENERATIONS = "generations"
+CURRENT_LINK = "current"
+CURRENT_OBJECT = "CURRENT"
+LISTING = "listing.json"
+GENERATION_FILES = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE)
+REMOTE_POOL = SHARDS  # on object stores the tar pool is <url>/shards/
+PUBLISHED = "published.json"  # captions/published.json: the caption choice of the last publish
+
+
+def is_remote(url: str | os.PathLike) -> bool:
+    return fsspec.core.split_protocol(str(url))[0] not in (None, "file", "local")
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    name: str
+    url: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Committed:
+    """The committed generation of an output, as readers see it."""
+
+    root: str
+    generation: str
+    meta: dict
+    shards: list[ShardEntry]
+
+    def file_url(self, name: str) -> str:
+        return f"{self.root}/{GENERATIONS}/{self.generation}/{name}"
+
+
+def _local_generation(root: Path) -> str | None:
+    link = root / CURRENT_LINK
+    try:
+        target = os.readlink(link)
+    except (FileNotFoundError, OSError):
+        return None
+    return check_name("generation", Path(target).name, GENERATION)
+
+
+def current_generation(url: str) -> str | None:
+    if not is_remote(url):
+        return _local_generation(Path(url))
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        name = fs.cat_file(f"{root.rstrip('/')}/{CURRENT_OBJECT}").decode().strip()
+    except FileNotFoundError:
+        return None
+    return check_name("generation", name, GENERATION)
+
+
+def committed(url: str | os.PathLike, generation: str | None = None) -> Committed:
+    """The committed listing of an output (its current generation unless named). Raises StoreError when
+    the output has none."""
+    url = str(url).rstrip("/")
+    gen = generation or current_generation(url)
+    if gen is None:
+        raise StoreError(
+            f"{url} holds no committed build (no {CURRENT_LINK if not is_remote(url) else CURRENT_OBJECT})"
+        )
+    try:
+        with fsspec.open(f"{url}/{GENERATIONS}/{gen}/{LISTING}", "rb") as f:
+            meta = json.loads(f.read())
+    except (FileNotFoundError, ValueError) as e:
+        raise StoreError(f"{url}: generation {gen} has no readable {LISTING}: {e}") from e
+    base = f"{url}/{REMOTE_POOL}" if is_remote(url) else f"{url}/{GENERATIONS}/{gen}/{SHARDS}"
+    entries = [
+        ShardEntry(check_name("tar", n, TAR_NAME), f"{base}/{n}", int(e["samples"]), int(e["bytes"]), e["sha256"])
+        for n, e in sorted(meta["shards"].items())
+    ]
+    return Committed(root=url, generation=gen, meta=meta, shards=entries)
+
+
+__all__ = [
+    "PARTS",
+    "TARS",
+    "SHARDS",
+    "GENERATIONS",
+    "CURRENT_LINK",
+    "CURRENT_OBJECT",
+    "LISTING",
+    "SIZES_FILE",
+    "ShardEntry",
+    "Committed",
+    "committed",
+    "current_generation",
+    "is_remote",
+]

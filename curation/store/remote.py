@@ -1,0 +1,212 @@
+"""Outputs at any fsspec URL (s3:// through s3fs, gs://, ...): a local staging copy, mirrored.
+
+The build runs against a local staging folder (an `Output`); the remote is its published mirror. A
+committed unit is uploaded tars and parts first and its record last (one object PUT each, atomic on
+object stores), so a unit without its record on the remote never happened and is redone. A generation
+is uploaded file by file with its listing last, then the CURRENT object (the pointer readers follow),
+then convenience copies of its manifests at the top. Superseded units are un-committed only after the
+new generation is current; their tars go with `gc`. A fresh machine pulls the small records and parts
+first, so it resumes and builds incrementally like a local run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import fsspec
+
+from schemas.captions import CAPTIONS_DIR
+from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
+from schemas.shard import SIZES_FILE
+
+from .files import GENERATION, TAR_NAME, UNIT_ID, StoreError, check_name
+from .layout import (
+    CURRENT_OBJECT,
+    GENERATIONS,
+    LISTING,
+    PARTS,
+    PUBLISHED,
+    REMOTE_POOL,
+    SHARDS,
+    TARS,
+    current_generation,
+)
+from .lock import RemoteLease
+
+log = logging.getLogger(__name__)
+
+
+def default_staging(url: str) -> Path:
+    base = Path(os.environ.get("MOTIONPAIRS_STAGING", Path.home() / ".cache" / "motionpairs" / "staging"))
+    return base / hashlib.sha1(url.encode()).hexdigest()[:16]
+
+
+class RemoteMirror:
+    def __init__(self, url: str, staging: Path):
+        self.url = url.rstrip("/")
+        self.staging = Path(staging)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.root = self.root.rstrip("/")
+
+    def _remote(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def lease(self, command: str, wait: float | None = None) -> RemoteLease:
+        return RemoteLease(self.fs, self.root, command, wait)
+
+    def pull_state(self) -> None:
+        """Unit records and their parts: what a plan needs to know what is done."""
+        parts = self.staging / PARTS
+        parts.mkdir(parents=True, exist_ok=True)
+        remote_parts = self._remote(PARTS)
+        self.fs.invalidate_cache()
+        remote_names: set[str] = set()
+        if self.fs.exists(remote_parts):
+            local = {p.name for p in parts.iterdir()}
+            for path in self.fs.ls(remote_parts, detail=False):
+                name = path.rsplit("/", 1)[-1]
+                uid = name.split(".", 1)[0]
+                check_name("unit", uid, UNIT_ID)  # names from the bucket become local paths
+                remote_names.add(name)
+                if name not in local:
+                    self.fs.get(path, str(parts / name))
+        for p in parts.glob("*.json"):  # a local record the remote lacks: not published
+            if p.name not in remote_names:
+                p.unlink()
+
+    def push_unit(self, record: dict) -> None:
+        for name in sorted(record["files"]):
+            check_name("tar", name, TAR_NAME)
+            self.fs.put_file(str(self.staging / TARS / name), self._remote(f"{REMOTE_POOL}/{name}"))
+        uid = check_name("unit", record["unit_id"], UNIT_ID)
+        for kind in ("samples", "rejects"):
+            self.fs.put_file(
+                str(self.staging / PARTS / f"{uid}.{kind}.parquet"), self._remote(f"{PARTS}/{uid}.{kind}.parquet")
+            )
+        rows = self.staging / CAPTIONS_DIR / f"rows-{uid}.parquet"  # the unit's LLM caption attempts
+        if rows.exists():
+            self.fs.put_file(str(rows), self._remote(f"{CAPTIONS_DIR}/{rows.name}"))
+        self.fs.put_file(str(self.staging / PARTS / f"{uid}.json"), self._remote(f"{PARTS}/{uid}.json"))  # commit
+        log.info("unit %s published to %s", uid, self.url)
+
+    def pull_captions(self) -> None:
+        """Caption rows and the published choice (what publish and finalize apply)."""
+        remote = self._remote(CAPTIONS_DIR)
+        local = self.staging / CAPTIONS_DIR
+        if not self.fs.exists(remote):
+            return
+        local.mkdir(parents=True, exist_ok=True)
+        for path in self.fs.ls(remote, detail=False):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if (name.startswith("rows-") and name.endswith(".parquet")) or name == PUBLISHED:
+                if name == PUBLISHED or not (local / name).exists():
+                    self.fs.get(path, str(local / name))
+
+    def push_published(self) -> None:
+        self.fs.put_file(str(self.staging / CAPTIONS_DIR / PUBLISHED), self._remote(f"{CAPTIONS_DIR}/{PUBLISHED}"))
+
+    def fetch_tar(self, name: str) -> None:
+        """A pool tar into the staging pool (publish rewrites tars other machines built)."""
+        local = self.staging / TARS / check_name("tar", name, TAR_NAME)
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{name}.tmp")
+            self.fs.get(self._remote(f"{REMOTE_POOL}/{name}"), str(tmp))
+            os.replace(tmp, local)
+
+    def push_tars(self, files: dict) -> None:
+        """Tars of a generation the bucket lacks (rewritten by publish), before the generation goes up."""
+        for name in sorted(files):
+            check_name("tar", name, TAR_NAME)
+            target = self._remote(f"{REMOTE_POOL}/{name}")
+            if not self.fs.exists(target):
+                self.fs.put_file(str(self.staging / TARS / name), target)
+
+    def fetch_generation_file(self, rel: str, dest: Path) -> None:
+        gen = self.current()
+        if gen is None:
+            raise StoreError(f"{self.url} holds no committed build")
+        self.fs.get(self._remote(f"{GENERATIONS}/{gen}/{rel}"), str(dest))
+
+    def current(self) -> str | None:
+        self.fs.invalidate_cache()
+        return current_generation(self.url)
+
+    def meta(self) -> dict | None:
+        gen = self.current()
+        if gen is None:
+            return None
+        try:
+            return json.loads(self.fs.cat_file(self._remote(f"{GENERATIONS}/{gen}/{LISTING}")))
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def push_generation(self, gen: str) -> None:
+        """The staging generation `gen` becomes the remote's current one: files, listing, then CURRENT."""
+        check_name("generation", gen, GENERATION)
+        local = self.staging / GENERATIONS / gen
+        base = f"{GENERATIONS}/{gen}"
+        for rel in (SAMPLES_FILE, REJECTS_FILE, STATS_FILE, f"{SHARDS}/{SIZES_FILE}", LISTING):
+            self.fs.put_file(str(local / rel), self._remote(f"{base}/{rel}"))
+        self.fs.pipe_file(self._remote(CURRENT_OBJECT), gen.encode())  # the switch
+        for rel in (f"{SHARDS}/{SIZES_FILE}", SAMPLES_FILE, REJECTS_FILE, STATS_FILE):  # convenience copies
+            self.fs.put_file(str(local / rel), self._remote(rel))
+
+    def uncommit(self, unit_ids: list[str]) -> None:
+        for uid in unit_ids:
+            p = self._remote(f"{PARTS}/{check_name('unit', uid, UNIT_ID)}.json")
+            if self.fs.exists(p):
+                self.fs.rm(p)
+
+    def gc(self, keep: int = 1) -> dict:
+        """Remote retention: generations before the current one and `keep` older ones go, then tars that
+        no remaining generation and no committed unit uses, then parts of uncommitted units."""
+        self.fs.invalidate_cache()
+        cur = self.current()
+        gens_dir = self._remote(GENERATIONS)
+        names = (
+            sorted(
+                n
+                for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(gens_dir, detail=False))
+                if GENERATION.match(n) and (cur is None or n <= cur)
+            )
+            if self.fs.exists(gens_dir)
+            else []
+        )
+        kept = names[-(keep + 1) :]
+        for g in names:
+            if g not in kept:
+                self.fs.rm(self._remote(f"{GENERATIONS}/{g}"), recursive=True)
+        referenced: set[str] = set()
+        for g in kept:
+            referenced.update(json.loads(self.fs.cat_file(self._remote(f"{GENERATIONS}/{g}/{LISTING}")))["shards"])
+        units: set[str] = set()
+        if self.fs.exists(self._remote(PARTS)):
+            for p in self.fs.glob(self._remote(f"{PARTS}/*.json")):
+                rec = json.loads(self.fs.cat_file(p))
+                units.add(rec["unit_id"])
+                referenced.update(rec.get("files", {}))
+            for p in self.fs.glob(self._remote(f"{PARTS}/*.parquet")):
+                if p.rsplit("/", 1)[-1].split(".", 1)[0] not in units:
+                    self.fs.rm(p)
+        removed = 0
+        for p in self.fs.glob(self._remote(f"{REMOTE_POOL}/*.tar")):
+            if p.rsplit("/", 1)[-1] not in referenced:
+                self.fs.rm(p)
+                removed += 1
+        return {
+            "generations_kept": kept,
+            "generations_removed": [g for g in names if g not in kept],
+            "tars_removed": removed,
+        }
+
+
+def require_local(url: str, what: str) -> None:
+    from .layout import is_remote
+
+    if is_remote(url):
+        raise StoreError(f"{url}: {what} works on a local output (a remote build's staging folder holds one)")

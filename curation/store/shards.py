@@ -1,0 +1,113 @@
+"""Tars of one work unit, written into the output's tar pool (OUT/tars/).
+
+Each tar is written under a temp name, fsynced, renamed when complete and the folder fsynced, so a
+reader never sees a partial tar and a committed record never points at a short one. Every finished
+tar is described by its sample count, byte size and sha256: what the unit record commits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+from schemas.shard import encode_sample
+
+from .faults import crash_point
+from .files import FILE_MODE, TMP_SUFFIX, fsync_dir, sha256_file
+
+TAR_BLOCK = 512
+
+
+def _padded(n: int) -> int:
+    return TAR_BLOCK + (n + TAR_BLOCK - 1) // TAR_BLOCK * TAR_BLOCK
+
+
+def describe_tar(path: Path, samples: int) -> dict[str, Any]:
+    return {"samples": samples, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+class ShardSet:
+    """Tars for one work unit, rolled over by sample count and bytes."""
+
+    def __init__(self, directory: Path, prefix: str, max_samples: int, max_bytes: int):
+        self.dir = Path(directory)
+        self.prefix = prefix
+        self.max_samples = max_samples
+        self.max_bytes = max_bytes
+        self.files: dict[str, dict[str, Any]] = {}  # finished tar name -> samples, bytes, sha256
+        self._k = 0
+        self._writer: wds.TarWriter | None = None
+        self._tmp: Path | None = None
+        self._name = ""
+        self._count = 0
+        self._bytes = 0
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {n: f["samples"] for n, f in self.files.items()}
+
+    def _open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._name = f"{self.prefix}-{self._k:04d}.tar"
+        self._tmp = self.dir / f".{self._name}{TMP_SUFFIX}"
+        self._writer = wds.TarWriter(str(self._tmp))
+        self._count = self._bytes = 0
+
+    def _close(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        assert self._tmp is not None
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(self._tmp, FILE_MODE)
+        final = self.dir / self._name
+        os.replace(self._tmp, final)
+        fsync_dir(self.dir)
+        self.files[self._name] = describe_tar(final, self._count)
+        self._writer = None
+        self._k += 1
+        crash_point("after_tar")
+
+    def write(self, item: Any) -> str:
+        """Write one sample (anything with .pair, .before_jpg, .after_jpg); returns the tar's name."""
+        sample = encode_sample(item.pair, item.before_jpg, item.after_jpg)
+        size = sum(_padded(len(v)) for k, v in sample.items() if not k.startswith("__"))
+        if self._writer is not None and (self._count >= self.max_samples or self._bytes + size > self.max_bytes):
+            self._close()
+        if self._writer is None:
+            self._open()
+        self._writer.write(sample)
+        self._count += 1
+        self._bytes += size
+        return self._name
+
+    def write_raw(self, sample: dict[str, Any]) -> None:
+        """A sample dict as webdataset reads it (publish copies samples through here)."""
+        if self._writer is None:
+            self._open()
+        self._writer.write(sample)
+        self._count += 1
+
+    def close(self) -> dict[str, dict[str, Any]]:
+        self._close()
+        return self.files
+
+    def abort(self) -> None:
+        """Remove what this unit wrote: the open temp tar and the finished tars (never committed)."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except OSError:
+                pass
+            self._writer = None
+        for p in [self._tmp] + [self.dir / n for n in self.files]:
+            if p is not None:
+                try:
+                    p.unlink()
+                except FileNotFoundError:
+                    pass
+        self.files.clear()

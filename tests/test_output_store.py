@@ -1,0 +1,462 @@
+"""The output store under the conditions it is used in: two writers at once, kill -9 at chosen points,
+corrupted tars, moved inputs, bad flags, a full or read-only disk, bad annotation rows, and the
+ephemeral Prefect API of a killed build. Builds run as the CLI does, in subprocesses, on real clips."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import webdataset as wds
+from conftest import ACCEPTED, REJECTED, video
+
+from curation.config import load_config
+from curation.runner import plan_build, run_build
+from curation.store import Output, verify
+from training.data import ShardIntegrityError, open_shards
+
+MP = [sys.executable, "-m", "flows.cli"]
+REPO = Path(__file__).resolve().parents[1]
+# small and quick: few frames per clip, one clip per unit, one pair per tar (several tars per unit)
+FAST = "decode:\n  max_frames: 16\nshards:\n  clips_per_unit: 1\n  max_samples: 1\n"
+
+
+def cli(args, env=None, timeout=600, **kw):
+    e = os.environ.copy() | (env or {})
+    return subprocess.run(MP + args, capture_output=True, text=True, timeout=timeout, env=e, cwd=REPO, **kw)
+
+
+def popen(args, env=None, **kw):
+    e = os.environ.copy() | (env or {})
+    return subprocess.Popen(MP + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=REPO, **kw)
+
+
+@pytest.fixture(scope="module")
+def small_input(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("store-in")
+    (folder / "tai_chi.mp4").symlink_to(video(ACCEPTED["tai_chi_glass"]))
+    (folder / "dribbler.mp4").symlink_to(video(ACCEPTED["dribbler"]))
+    (folder / "zero.mp4").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fast_cfg(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("cfg") / "fast.yaml"
+    p.write_text(FAST)
+    return p
+
+
+def build_args(inp: Path, out: Path, cfg: Path, *extra: str) -> list[str]:
+    return ["build", "--input", str(inp), "--output", str(out), "--config", str(cfg), "--engine", "local", *extra]
+
+
+def snapshot(out: Path) -> dict:
+    """What a reader gets: pair ids, reject rows, tar sample keys, image and record bytes."""
+    samples = pd.read_parquet(out / "samples.parquet")
+    rejects = pd.read_parquet(out / "rejects.parquet")
+    content = {}
+    for raw in wds.WebDataset(sorted(str(p) for p in (out / "shards").glob("*.tar")), shardshuffle=False):
+        meta = json.loads(raw["json"])
+        meta["caption"].pop("created_at", None)
+        for c in meta.get("captions", []):
+            c.pop("created_at", None)
+        digest = hashlib.sha256(raw["before.jpg"] + raw["after.jpg"]).hexdigest()
+        content[raw["__key__"]] = (digest, json.dumps(meta, sort_keys=True))
+    return {
+        "pairs": sorted(samples.pair_id),
+        "captions": sorted(zip(samples.pair_id, samples.caption, strict=True)),
+        "rejects": sorted(map(tuple, rejects[["clip_id", "level", "stage", "reason"]].values.tolist())),
+        "samples": content,
+    }
+
+
+def leftovers(out: Path) -> list[str]:
+    return [str(p.relative_to(out)) for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_input, fast_cfg):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    r = cli(build_args(small_input, out, fast_cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("point", ["after_tar", "before_record", "after_record:2", "finalize"])
+def test_sigkill_at_a_chosen_point_then_rerun_equals_an_uninterrupted_build(
+    point, tmp_path, small_input, fast_cfg, reference
+):
+    out = tmp_path / "out"
+    r = cli(build_args(small_input, out, fast_cfg), env={"MOTIONPAIRS_CRASH_AT": point})
+    assert r.returncode == -signal.SIGKILL, (point, r.returncode, r.stderr[-2000:])
+    r = cli(build_args(small_input, out, fast_cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert snapshot(out) == snapshot(reference)
+    assert leftovers(out) == [] and verify(str(out)) == []
+
+
+def test_sigkill_after_a_settings_change_keeps_the_old_generation_then_completes(
+    tmp_path, small_input, fast_cfg, reference
+):
+    out = tmp_path / "out"
+    other = tmp_path / "other.yaml"
+    other.write_text(FAST + "pairing:\n  pairs_per_clip: 1\n")
+    assert cli(build_args(small_input, out, other)).returncode == 0
+    old = snapshot(out)
+    r = cli(build_args(small_input, out, fast_cfg), env={"MOTIONPAIRS_CRASH_AT": "after_record"})
+    assert r.returncode == -signal.SIGKILL
+    assert snapshot(out) == old and verify(str(out)) == []  # readers still see one whole generation
+    r = cli(build_args(small_input, out, fast_cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert snapshot(out) == snapshot(reference) and leftovers(out) == [] and verify(str(out)) == []
+
+
+def test_sigkill_inside_publish_then_rerun(tmp_path, reference):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out, symlinks=True)
+    # a caption version to publish: rows as a recaption run writes them
+    from curation.recaption import write_caption_rows
+    from schemas.records import caption_version
+
+    samples = pd.read_parquet(out / "samples.parquet")
+    rows = [
+        {
+            "pair_id": pid,
+            "run_id": "r1",
+            "caption_version": caption_version("m1", "v1"),
+            "captioner": "openai",
+            "model": "m1",
+            "prompt_version": "v1",
+            "status": "ok",
+            "text": f"raise your arm {i}",
+            "created_at": "2026-11-23T00:00:00+00:00",
+        }
+        for i, pid in enumerate(samples.pair_id)
+    ]
+    write_caption_rows(out, "r1", _complete_rows(rows))
+    ref_pub = tmp_path / "ref-pub"
+    shutil.copytree(out, ref_pub, symlinks=True)
+    assert cli(["publish", str(ref_pub)]).returncode == 0
+    r = cli(["publish", str(out)], env={"MOTIONPAIRS_CRASH_AT": "publish"})
+    assert r.returncode == -signal.SIGKILL
+    assert snapshot(out) == snapshot(reference)  # the old generation, whole
+    r = cli(["publish", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = snapshot(out)
+    assert got == snapshot(ref_pub)
+    assert {c for _, c in got["captions"]} == {f"raise your arm {i}" for i in range(len(samples))}
+    assert leftovers(out) == [] and verify(str(out)) == []
+
+
+def _complete_rows(rows):
+    """Fill the caption-row columns these tests do not care about."""
+    from schemas.captions import CAPTION_ROWS_SCHEMA
+
+    return [{f.name: r.get(f.name) for f in CAPTION_ROWS_SCHEMA} for r in rows]
+
+
+HOLDER = """
+import sys, time
+from curation.store import Output
+with Output(sys.argv[1]).lock("holder-for-test"):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold(out: Path, seconds: float) -> subprocess.Popen:
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out), str(seconds)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_one_writer_at_a_time(tmp_path, small_input, fast_cfg, reference):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out, symlinks=True)
+    holder = _hold(out, 120)
+    try:
+        for args in (build_args(small_input, out, fast_cfg), ["publish", str(out)], ["gc", str(out)]):
+            r = cli(args)
+            assert r.returncode == 2, (args, r.stderr[-2000:])
+            line = r.stderr.strip()
+            assert "\n" not in line and "locked by holder-for-test (pid" in line and str(holder.pid) in line, line
+        r = cli(["inspect", str(out)])  # readers never need the lock
+        assert r.returncode == 0
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a holder that dies: its lock is taken over
+        holder.wait()
+    r = cli(build_args(small_input, out, fast_cfg))
+    assert r.returncode == 0 and "locked" not in r.stderr
+    # --wait: the second writer waits for the first instead of failing
+    holder = _hold(out, 3)
+    t0 = time.monotonic()
+    r = cli(["publish", str(out), "--wait"])
+    assert r.returncode == 0 and time.monotonic() - t0 >= 1.5, r.stderr[-2000:]
+    holder.wait()
+
+
+def test_two_real_builds_at_once(tmp_path, small_input, fast_cfg):
+    out = tmp_path / "out"
+    first = popen(build_args(small_input, out, fast_cfg))
+    owner = out / ".lock.owner"
+    deadline = time.monotonic() + 120
+    while not owner.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    second = cli(build_args(small_input, out, fast_cfg))
+    assert second.returncode == 2 and "locked by motionpairs build" in second.stderr, second.stderr[-2000:]
+    assert first.wait(300) == 0, first.stderr.read()[-2000:]
+    assert verify(str(out)) == []
+
+
+def test_verify_finds_every_kind_of_damage_and_the_reader_refuses_a_short_tar(tmp_path, reference, caplog):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out, symlinks=True)
+    assert verify(str(out)) == []
+    r = cli(["verify", str(out)])
+    assert r.returncode == 0 and "agrees" in r.stdout
+    tars = sorted((out / "shards").glob("*.tar"))
+    assert len(tars) >= 3
+    # a tar cut at a member boundary (after its first member): it still opens, just short
+    cut = tars[0]
+    data = cut.read_bytes()
+    cut.unlink()  # the generation's link; write a new file in its place
+    cut.write_bytes(data[: _members_offset(data, 1)])
+    # one flipped byte
+    flip = tars[1]
+    b = bytearray(flip.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    flip.unlink()
+    flip.write_bytes(bytes(b))
+    # a missing tar, and an orphan in the pool
+    tars[2].unlink()
+    (out / "tars" / "u000000000000-0000.tar").write_bytes(b"\0" * 1024)
+    faults = verify(str(out))
+    text = "\n".join(faults)
+    assert f"{cut.name}: " in text and "truncated" in text
+    assert f"{flip.name}: sha256 differs" in text
+    assert f"{tars[2].name}: missing" in text
+    assert "orphan tar u000000000000-0000.tar" in text
+    r = cli(["verify", str(out)])
+    assert r.returncode == 1 and "FAULT" in r.stdout
+    # readers: through the listing the short tar is refused before a sample is read
+    with pytest.raises(ShardIntegrityError, match="bytes, recorded"):
+        list(open_shards(out, decode_images=False))
+    # plain paths with sizes.json beside them: 3 samples in a tar, cut after the second sample
+    three = tmp_path / "three"
+    three.mkdir()
+    with wds.TarWriter(str(three / "t.tar")) as w:
+        for raw in wds.WebDataset(
+            [str(p) for p in sorted((reference / "shards").glob("*.tar"))[:3]], shardshuffle=False
+        ):
+            w.write({k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"})
+    (three / "sizes.json").write_text(json.dumps({"t.tar": 3}))
+    assert len(list(open_shards(str(three / "t.tar"), decode_images=False))) == 3
+    data = (three / "t.tar").read_bytes()
+    (three / "t.tar").write_bytes(data[: _members_offset(data, 6)])
+    with pytest.raises(ShardIntegrityError, match="yielded 2 samples, sizes.json says 3"):
+        list(open_shards(str(three / "t.tar"), decode_images=False))
+    with caplog.at_level("WARNING", logger="training.data"):
+        got = list(open_shards(str(three / "t.tar"), decode_images=False, integrity="warn"))
+    assert len(got) == 2 and "yielded 2 samples, sizes.json says 3" in caplog.text
+
+
+def _members_offset(data: bytes, k: int) -> int:
+    """Byte offset of the k-th member header of a tar held in memory (0-based)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        return tf.getmembers()[k].offset
+
+
+def test_moving_the_input_root_is_a_no_op_and_a_replaced_video_is_redone(tmp_path):
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "tai_chi.mp4").write_bytes(video(ACCEPTED["tai_chi_glass"]).read_bytes())
+    (a / "bunny.mp4").write_bytes(video(REJECTED["helmet_cam"][0]).read_bytes())
+    out = tmp_path / "out"
+    cfg = load_config(
+        None, output=str(out), sources=[{"root": str(a)}], decode={"max_frames": 16}, shards={"clips_per_unit": 1}
+    )
+    stats = run_build(cfg)
+    gen = Output(out).current()
+    b = tmp_path / "b"
+    a.rename(b)  # the videos moved (a remount, another machine)
+    moved = cfg.model_copy(update={"sources": load_config(None, output=str(out), sources=[{"root": str(b)}]).sources})
+    plan = plan_build(moved)
+    assert plan.units == [] and plan.stale_units == []
+    assert run_build(moved)["pairs"] == stats["pairs"] and Output(out).current() == gen  # nothing rewritten
+    # a different video under the same name: that clip's unit (only) is redone
+    (b / "bunny.mp4").write_bytes(video(ACCEPTED["dribbler"]).read_bytes())
+    plan = plan_build(moved)
+    assert [c.clip_id for u in plan.units for c in u.clips] == ["bunny"]
+    stats2 = run_build(moved)
+    assert stats2["clips_accepted"] == 2 and verify(str(out)) == []
+
+
+def test_copies_and_symlinks_of_one_video_are_one_clip(tmp_path):
+    from curation.ingest import list_sources
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    src = video(ACCEPTED["dribbler"])
+    (folder / "a.mp4").symlink_to(src)
+    (folder / "b.mp4").write_bytes(src.read_bytes())
+    (folder / "c.mp4").symlink_to(folder / "b.mp4")
+    cfg = load_config(None, output=str(tmp_path / "o"), sources=[{"root": str(folder), "val_fraction": 0.5}])
+    listing = list_sources(cfg.sources)
+    assert [c.clip_id for c in listing.clips] == ["a"]
+    assert sorted((r.clip_id, r.reason.value, r.detail) for r in listing.rejects) == [
+        ("b", "duplicate", "same video as a"),
+        ("c", "duplicate", "same video as a"),
+    ]
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error_and_nothing_is_committed(tmp_path, small_input, fast_cfg):
+    out = tmp_path / "out"
+    r = cli(build_args(small_input, out, fast_cfg, "--device", "cuda"), env={"CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+    assert "no usable CUDA GPU" in r.stderr
+    assert not list(out.glob("parts/*.json")) and Output(out).current() is None
+
+
+def test_output_under_a_file_and_bad_settings_are_one_line_errors(tmp_path, small_input, fast_cfg):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = cli(build_args(small_input, f / "out", fast_cfg))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not writable" in r.stderr, r.stderr
+    mp4_cfg = video(ACCEPTED["dribbler"])
+    r = cli(["build", "--input", str(small_input), "--output", str(tmp_path / "o"), "--config", str(mp4_cfg)])
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not a YAML text file" in r.stderr
+    r = cli(build_args(small_input, tmp_path / "o", fast_cfg), env={"MOTIONPAIRS_MOTION__REQUIRED_KEYPOINTS": "a,b"})
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "MOTIONPAIRS_" in r.stderr, r.stderr
+
+
+@pytest.fixture()
+def tiny_mount(tmp_path):
+    """A real small filesystem (tmpfs) to fill up or mount read-only: needs root, as CI and setup have."""
+    mounts = []
+
+    def make(size: str, ro: bool = False) -> Path:
+        d = tmp_path / f"mnt{len(mounts)}"
+        d.mkdir()
+        opts = f"size={size}" + (",ro" if ro else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounts.append(d)
+        return d
+
+    yield make
+    for d in mounts:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_full_and_read_only_disks_are_one_line_errors_leaving_nothing_half_written(
+    tmp_path, small_input, fast_cfg, tiny_mount
+):
+    full = tiny_mount("160k")
+    out = full / "out"
+    r = cli(build_args(small_input, out, fast_cfg))
+    assert r.returncode == 2, r.stderr[-3000:]
+    # one error line (after the progress bar), no traceback
+    assert r.stderr.strip().splitlines()[-1] == "motionpairs: error: No space left on device", r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and r.stderr.count("error") == 1
+    assert leftovers(out) == []
+    claimed = {n for rec in Output(out).records() for n in rec["files"]}
+    assert {p.name for p in (out / "tars").glob("*.tar")} <= claimed  # no tar of an uncommitted unit
+    ro = tiny_mount("1m", ro=True)
+    r = cli(build_args(small_input, ro / "out", fast_cfg))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "not writable" in r.stderr, r.stderr
+
+
+def test_bad_kinetics_rows_are_one_reject_each_and_the_build_completes(tmp_path):
+    root = tmp_path / "k"
+    root.mkdir()
+    (root / "Kop0sDqOn-c_000253_000263.mp4").symlink_to(video(ACCEPTED["tai_chi_glass"]))
+    ann = tmp_path / "val.csv"
+    ann.write_bytes(
+        b"label,youtube_id,time_start,time_end,split\n"
+        b'"tai chi",Kop0sDqOn-c,253,263,val\n'
+        b"abseiling,abc.def,1,11,val\n"  # a dot in the id
+        b"caf\xe9,xyzXYZ12345,1,11,val\n"  # a Latin-1 byte
+        b'"unterminated,q1q1q1q1q1q,1,11,val\n'  # a quote never closed
+        b"abseiling,okokokokoko,5,15,val\n"
+        b"abseiling,okokokokok2,5,15,val\n"
+    )
+    out = tmp_path / "out"
+    cfg = load_config(
+        None, output=str(out), decode={"max_frames": 16},
+        sources=[{"kind": "kinetics", "root": str(root), "annotations": [str(ann)]}],
+    )  # fmt: skip
+    stats = run_build(cfg)
+    rj = pd.read_parquet(out / "rejects.parquet")
+    bad = rj[rj.reason == "bad_annotation"].sort_values("clip_id")
+    assert bad.clip_id.tolist() == ["val_line3", "val_line4", "val_line5"]
+    assert "abc.def" in bad.detail.iloc[0] and "UTF-8" in bad.detail.iloc[1] and "malformed" in bad.detail.iloc[2]
+    assert sorted(rj[rj.reason == "missing_file"].clip_id) == ["okokokokok2_000005_000015", "okokokokoko_000005_000015"]
+    assert stats["unaccounted_clips"] == [] and stats["clips_accepted"] == 1
+
+
+def _children(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_prefect_build_stops_cleanly_on_sigterm_and_leaves_no_server_after_sigkill(tmp_path, small_input, fast_cfg):
+    import psutil
+
+    out = tmp_path / "out"
+    args = build_args(small_input, out, fast_cfg)[:-2]  # the default engine: prefect, ephemeral API
+    p = popen(args, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("parts/*.json")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    servers = [c for c in _children(p.pid) if "uvicorn" in " ".join(c.cmdline())]
+    assert servers, "no Prefect API child while the build ran"
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(120)
+    err = p.stderr.read()
+    assert rc == 130 and "stopped" in err, (rc, err[-2000:])
+    assert Output(out).records() and leftovers(out) == []  # committed units stand
+    for s in servers:
+        assert not s.is_running() or s.status() == psutil.STATUS_ZOMBIE
+    # kill -9 while it runs: the API child goes with it
+    p = popen(args, start_new_session=True)
+    deadline = time.monotonic() + 240
+    servers = []
+    while not servers and p.poll() is None and time.monotonic() < deadline:
+        servers = [c for c in _children(p.pid) if "uvicorn" in " ".join(c.cmdline())]
+        time.sleep(0.2)
+    assert servers
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 30
+    while any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers)
+    r = cli(args)  # and the next run resumes
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert verify(str(out)) == []
+
+
+def test_files_are_readable_by_other_users(reference):
+    for p in [reference / "samples.parquet", reference / "rejects.parquet", reference / "stats.json"]:
+        assert os.stat(p).st_mode & 0o044 == 0o044, p
+    for p in (reference / "parts").iterdir():
+        assert os.stat(p).st_mode & 0o044 == 0o044, p
