@@ -163,12 +163,11 @@ def _run_build(args, cfg, plan, console, run_build) -> dict[str, Any]:
 
         if args.engine == "local":
             return run_build(cfg, on_clip=on_clip)
-        from flows.build import PROGRESS_HOOKS, build_dataset
-        from flows.server import ephemeral_api
-
         from prefect.exceptions import TerminationSignal
 
         from curation.runner import BuildStopped
+        from flows.build import PROGRESS_HOOKS, build_dataset
+        from flows.server import ephemeral_api
 
         PROGRESS_HOOKS[cfg.output] = on_clip
         try:
