@@ -102,7 +102,9 @@ class ClipProcessor:
 
     @property
     def versions(self) -> dict[str, str]:
-        return {"pose_model": self.detector.version, "captioner": self.captioner.name, "code": code_version()}
+        from .config import result_versions
+
+        return result_versions(self.cfg.pose.weights) | {"captioner": self.captioner.name, "code": code_version()}
 
     def __call__(self, clip: Clip) -> ClipResult:
         res = ClipResult(clip=clip)

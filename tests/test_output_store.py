@@ -460,3 +460,25 @@ def test_files_are_readable_by_other_users(reference):
         assert os.stat(p).st_mode & 0o044 == 0o044, p
     for p in (reference / "parts").iterdir():
         assert os.stat(p).st_mode & 0o044 == 0o044, p
+
+
+def test_tuning_settings_leave_the_fingerprint_and_a_results_version_change_redoes_units(tmp_path, monkeypatch):
+    import curation.config as config
+
+    base = load_config(None, output=str(tmp_path / "o"))
+    fp = base.fingerprint()
+    for tuning in ({"decode": {"batch_frames": 4}}, {"shards": {"max_samples": 7, "clips_per_unit": 2}},
+                   {"pose": {"device": "cpu"}}, {"output": str(tmp_path / "elsewhere")}):  # fmt: skip
+        assert load_config(None, **({"output": str(tmp_path / "o")} | tuning)).fingerprint() == fp, tuning
+    assert load_config(None, output=str(tmp_path / "o"), shards={"jpeg_quality": 80}).fingerprint() != fp
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "tai_chi.mp4").symlink_to(video(ACCEPTED["tai_chi_glass"]))
+    cfg = load_config(None, output=str(tmp_path / "o"), sources=[{"root": str(folder)}], decode={"max_frames": 16})
+    run_build(cfg)
+    monkeypatch.setattr(config, "RESULTS_VERSION", config.RESULTS_VERSION + 1)  # a code change that alters results
+    plan = plan_build(cfg)
+    assert plan.stale_units and [c.clip_id for u in plan.units for c in u.clips] == ["tai_chi"]
+    stats = run_build(cfg)
+    old, new = str(config.RESULTS_VERSION - 1), str(config.RESULTS_VERSION)
+    assert stats["changed_versions"] == {"results": [old, new]} and verify(str(tmp_path / "o")) == []
