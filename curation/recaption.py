@@ -28,14 +28,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from schemas.captions import CAPTION_ROWS_SCHEMA, CAPTIONS_DIR, CaptionStatus
+from schemas.captions import CAPTIONS_DIR
 from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 from schemas.records import Caption
 from schemas.shard import META, decode_sample
 
+from .captions.llm import CaptionJob, LLMCaptioner, RunSummary
+from .captions.rows import (
+    AGREEMENT_POLICIES,
+    choose_captions,
+    known_versions,
+    read_caption_rows,
+    resolve_version,
+    write_caption_rows,
+)
+from .captions.select import FilterError, select_rows
 from .config import CaptionConfig
-from .llm import CaptionJob, LLMCaptioner, RunSummary
-from .store import Output, StoreError, require_local, write_json, write_parquet
+from .store import Output, StoreError, require_local, write_json
 from .store.faults import crash_point
 from .store.files import FILE_MODE, TMP_SUFFIX, fsync_dir
 from .store.layout import PUBLISHED, SHARDS
@@ -46,22 +55,6 @@ log = logging.getLogger(__name__)
 
 class RecaptionError(ValueError):
     """A bad query or an output folder without a finished build: a clear one-line error."""
-
-
-def write_caption_rows(out: Path, run_id: str, rows: list[dict[str, Any]]) -> Path | None:
-    if not rows:
-        return None
-    clean = [{**r, "created_at": pd.Timestamp(r["created_at"]).to_pydatetime()} for r in rows]
-    path = Path(out) / CAPTIONS_DIR / f"rows-{run_id}.parquet"
-    write_parquet(path, pa.Table.from_pylist(clean, schema=CAPTION_ROWS_SCHEMA))
-    return path
-
-
-def read_caption_rows(out: Path) -> pd.DataFrame:
-    files = sorted((Path(out) / CAPTIONS_DIR).glob("rows-*.parquet"))
-    if not files:
-        return CAPTION_ROWS_SCHEMA.empty_table().to_pandas()
-    return pd.concat([pq.read_table(f, schema=CAPTION_ROWS_SCHEMA).to_pandas() for f in files], ignore_index=True)
 
 
 def load_samples(out: Path | str) -> pd.DataFrame:
@@ -76,12 +69,11 @@ def load_samples(out: Path | str) -> pd.DataFrame:
 
 
 def select(samples: pd.DataFrame, where: str | None) -> pd.DataFrame:
-    if not where:
-        return samples
+    """The rows a --where filter (a DuckDB SQL boolean expression, no file or code access) selects."""
     try:
-        return samples.query(where)
-    except Exception as e:  # pandas raises many kinds for a bad expression
-        raise RecaptionError(f"bad --where query {where!r}: {type(e).__name__}: {e}") from e
+        return select_rows(samples, where)
+    except FilterError as e:
+        raise RecaptionError(str(e)) from e
 
 
 def load_jobs(out: Path, subset: pd.DataFrame) -> list[CaptionJob]:
@@ -122,31 +114,6 @@ def _recaption(out: Path, cfg: CaptionConfig, subset: pd.DataFrame, samples: pd.
     return captioner.summary, captioner.run_id
 
 
-def _caption(r) -> Caption:
-    return Caption(
-        text=r.text, captioner=r.captioner, model=r.model, prompt_version=r.prompt_version, created_at=r.created_at
-    )
-
-
-def choose_captions(rows: pd.DataFrame, caption_version: str | None) -> dict[str, Caption]:
-    """Per pair: the newest usable caption (of `caption_version` when given)."""
-    ok = rows[rows.status == CaptionStatus.OK]
-    if caption_version:
-        ok = ok[ok.caption_version == caption_version]
-    ok = ok.sort_values("created_at").drop_duplicates("pair_id", keep="last")
-    return {r.pair_id: _caption(r) for r in ok.itertuples()}
-
-
-def known_versions(rows: pd.DataFrame) -> dict[str, list[Caption]]:
-    """Per pair: the newest usable caption of every version, oldest first (what the shards carry)."""
-    ok = rows[rows.status == CaptionStatus.OK].sort_values("created_at")
-    ok = ok.drop_duplicates(["pair_id", "caption_version"], keep="last")
-    out: dict[str, list[Caption]] = {}
-    for r in ok.itertuples():
-        out.setdefault(r.pair_id, []).append(_caption(r))
-    return out
-
-
 def _caption_columns(table: pa.Table, chosen: dict[str, Caption]) -> pa.Table:
     df = table.to_pandas()
     for i, pid in enumerate(df.pair_id):
@@ -166,7 +133,7 @@ def published_choice(out: Output) -> dict[str, Any] | None:
         data = json.loads((out.root / CAPTIONS_DIR / PUBLISHED).read_text())
     except (OSError, ValueError):
         return None
-    return {"caption_version": data.get("caption_version")}
+    return {"caption_version": data.get("caption_version"), "agreement": data.get("agreement", "any")}
 
 
 def _published_name(name: str, sha256: str, changes: list[tuple[str, str, list[str]]]) -> str:
@@ -213,7 +180,9 @@ def apply_published(
         return samples, files, None
     rows = read_caption_rows(out.root)
     ids = set(samples.column("pair_id").to_pylist())
-    chosen = {p: c for p, c in choose_captions(rows, choice["caption_version"]).items() if p in ids}
+    chosen = {
+        p: c for p, c in choose_captions(rows, choice["caption_version"], choice["agreement"]).items() if p in ids
+    }
     versions = {p: v for p, v in known_versions(rows).items() if p in ids}
     by_shard: dict[str, list[str]] = defaultdict(list)
     for pid, shard in zip(samples.column("pair_id").to_pylist(), samples.column("shard").to_pylist(), strict=True):
@@ -244,9 +213,17 @@ def apply_published(
 
 
 def publish(
-    out: Path | str, caption_version: str | None = None, wait: float | None = None, staging_dir: str | None = None
+    out: Path | str,
+    caption_version: str | None = None,
+    wait: float | None = None,
+    staging_dir: str | None = None,
+    agreement: str = "any",
 ) -> dict[str, Any]:
-    """Apply a caption choice as a new generation of a finished build, local or at an fsspec URL."""
+    """Apply a caption choice as a new generation of a finished build, local or at an fsspec URL.
+    `agreement`: any; prefer (captions whose structured changes agree with the keypoints first); require
+    (only agreeing captions; the others keep the offline caption)."""
+    if agreement not in AGREEMENT_POLICIES:
+        raise RecaptionError(f"agreement must be one of {', '.join(AGREEMENT_POLICIES)}, not {agreement!r}")
     from .store import RemoteMirror, default_staging, is_remote
 
     mirror = None
@@ -261,13 +238,13 @@ def publish(
             lease = mirror.lease("publish", wait).acquire()
         try:
             store.clean()
-            return _publish(store, mirror, caption_version)
+            return _publish(store, mirror, caption_version, agreement)
         finally:
             if mirror is not None:
                 lease.release()
 
 
-def _publish(store: Output, mirror, caption_version: str | None) -> dict[str, Any]:
+def _publish(store: Output, mirror, caption_version: str | None, agreement: str) -> dict[str, Any]:
     import tempfile
 
     if mirror is not None:
@@ -279,10 +256,11 @@ def _publish(store: Output, mirror, caption_version: str | None) -> dict[str, An
     if meta is None:
         raise RecaptionError(f"{mirror.url if mirror else store.root} holds no finished build (no current generation)")
     rows = read_caption_rows(store.root)
-    if caption_version and caption_version not in set(rows.caption_version):
+    if caption_version and resolve_version(rows, caption_version) is None:
         known = ", ".join(sorted(set(rows.caption_version))) or "none"
         raise RecaptionError(f"no captions of version {caption_version!r}; known versions: {known}")
-    write_json(store.root / CAPTIONS_DIR / PUBLISHED, {"caption_version": caption_version})
+    choice = {"caption_version": resolve_version(rows, caption_version), "agreement": agreement}
+    write_json(store.root / CAPTIONS_DIR / PUBLISHED, choice)
     if mirror is not None:
         mirror.push_published()
     records = [r for r in store.records() if r["unit_id"] in meta["units"]]
@@ -316,7 +294,8 @@ def _publish(store: Output, mirror, caption_version: str | None) -> dict[str, An
         mirror.push_generation(gen)
     return {
         "published_at": datetime.now(timezone.utc).isoformat(),
-        "caption_version": caption_version,
+        "caption_version": choice["caption_version"],
+        "agreement": agreement,
         "samples": samples.num_rows,
         "captions_applied": applied["captions_applied"] if applied else 0,
         "shards_rewritten": applied["shards_rewritten"] if applied else 0,

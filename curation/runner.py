@@ -32,7 +32,7 @@ from schemas.records import TRANSIENT_REASONS, Clip, Level
 
 from .config import BuildConfig
 from .ingest import ContentIds, Listing, list_sources
-from .pipeline import ClipProcessor, ClipResult, EncodedPair
+from .pipeline import ClipProcessor, ClipResult
 from .store import Output, RemoteMirror, default_staging, is_remote
 
 log = logging.getLogger(__name__)
@@ -175,10 +175,10 @@ def process_unit(
     unit: WorkUnit,
     processor: ClipProcessor | None = None,
     on_clip: Callable[[ClipResult], None] | None = None,
-    api_key: str | None = None,
 ) -> dict[str, Any]:
     """Process the unit's clips, write its tars and parts, then commit its record (and publish the unit
-    to a remote output). Returns the record."""
+    to a remote output). Returns the record. Captions here are the offline ones: LLM captions are the
+    caption stage's (curation.captions.stage), which never holds up this work."""
     cfg, mirror = local_view(cfg)
     processor = processor or get_processor(cfg)
     out = Output(cfg.output)
@@ -201,10 +201,6 @@ def process_unit(
             frames += res.frames_decoded
             if on_clip is not None:
                 on_clip(res)
-        if cfg.caption.captioner != "offline":
-            t1 = time.perf_counter()
-            caption_with_llm(cfg, unit.unit_id, [item for r in results for item in r.pairs], api_key)
-            seconds["llm_caption"] += time.perf_counter() - t1
         for res in results:
             for item in res.pairs:
                 shard = shards.write(item)
@@ -236,31 +232,6 @@ def process_unit(
     if mirror is not None:
         mirror.push_unit(record)
     return record
-
-
-def caption_with_llm(cfg: BuildConfig, unit_id: str, items: list[EncodedPair], api_key: str | None = None) -> None:
-    """Replace the offline captions of a unit's pairs with the LLM's where it gave a usable answer. A
-    pair whose request failed keeps its offline caption; every attempt is recorded as a caption row
-    (recaption later with --where "caption_captioner == 'offline'")."""
-    from schemas.captions import CaptionStatus
-    from schemas.records import Caption
-
-    from .llm import CaptionJob, LLMCaptioner
-    from .recaption import write_caption_rows
-
-    if not items:
-        return
-    captioner = LLMCaptioner(cfg.caption, Path(cfg.output), api_key=api_key, run_id=unit_id).setup()
-    rows = captioner.caption([CaptionJob(i.pair, i.before_jpg, i.after_jpg) for i in items])
-    by_pair = {r["pair_id"]: r for r in rows}
-    for item in items:
-        r = by_pair.get(item.pair.pair_id)
-        if r is not None and r["status"] == CaptionStatus.OK:
-            caption = Caption(
-                text=r["text"], captioner=captioner.name, model=cfg.caption.model, prompt_version=r["prompt_version"]
-            )
-            item.pair.add_caption(caption, publish=True)  # the offline caption stays among its versions
-    write_caption_rows(Path(cfg.output), unit_id, rows)
 
 
 def _read_parts(out: Output, unit_ids: list[str], kind: str, schema: pa.Schema) -> pa.Table:
@@ -401,7 +372,7 @@ def run_build(
 ) -> dict[str, Any]:
     """The whole build in this process: the same steps the Prefect flow runs as tasks."""
     t0 = time.perf_counter()
-    with writer_lock(cfg, "build", wait):
+    with writer_lock(cfg, "build", wait) as out:
         plan = plan_build(cfg)
         log.info(
             "%d clips listed, %d already done, %d to process in %d units",
@@ -415,10 +386,35 @@ def run_build(
             return current_stats(cfg)
         if plan.units:
             get_processor(cfg)  # a model that cannot load stops the run before any clip is marked
-        for unit in plan.units:
-            check_stop()
-            process_unit(cfg, unit, on_clip=on_clip, api_key=api_key)
+        stage = start_caption_stage(cfg, out, plan, api_key)
+        try:
+            for unit in plan.units:
+                check_stop()
+                record = process_unit(cfg, unit, on_clip=on_clip)
+                if stage is not None:
+                    stage.submit(record)
+            if stage is not None:
+                stage.finish()
+        except BaseException:
+            if stage is not None:
+                stage.abort()
+            raise
         return finalize(cfg, plan, time.perf_counter() - t0)
+
+
+def start_caption_stage(cfg: BuildConfig, out: Output, plan: BuildPlan, api_key: str | None = None):
+    """The run's one LLM caption pool (None with the offline captioner), already fed the committed units
+    that still lack captions of the requested version."""
+    if cfg.caption.captioner != "openai":
+        return None
+    from .captions.stage import CaptionStage
+
+    _, mirror = local_view(cfg)
+    stage = CaptionStage(cfg, out, api_key=api_key, mirror=mirror).start()
+    for rec in out.records():
+        if rec["unit_id"] in plan.kept_units:
+            stage.submit(rec)
+    return stage
 
 
 def check_stop() -> None:
@@ -441,10 +437,14 @@ def nothing_to_do(cfg: BuildConfig, plan: BuildPlan) -> bool:
 
     if mirror is not None:
         mirror.pull_captions()
+    from .captions.stage import lacking_captions
+
+    records = standing_records(out, plan)
     same = (
         meta.get("listing_digest") == plan.listing_digest
-        and meta.get("units") == _units_digest(standing_records(out, plan))
+        and meta.get("units") == _units_digest(records)
         and meta.get("published") == published_choice(out)
+        and lacking_captions(out, cfg, records) == 0
     )
     if same and mirror is None:
         out.ensure_links()

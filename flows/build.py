@@ -25,6 +25,7 @@ from curation.runner import (
     nothing_to_do,
     plan_build,
     process_unit,
+    start_caption_stage,
     writer_lock,
 )
 
@@ -107,24 +108,39 @@ def build_dataset(
         extra["sources"] = [{"kind": "folder", "root": input}]
     cfg = load_config(config_path, output=output, **extra)
     cfg_json = cfg.model_dump_json()
-    with writer_lock(cfg, "build (prefect flow)", wait):  # one writer per output, also for scheduled runs
+    with writer_lock(cfg, "build (prefect flow)", wait) as out:  # one writer per output, also for scheduled runs
         plan = plan_task(cfg_json)
         if nothing_to_do(cfg, plan):
             get_run_logger().info("nothing new: %s is up to date", output)
             return current_stats(cfg)
         if plan.units:
             get_processor(cfg)  # a model that cannot load stops the run before any clip is marked
-        if parallel:
-            futures = []
-            for unit in plan.units:
-                check_stop()
-                futures.append(unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit)))
-            for f in futures:
-                f.result()  # a unit that failed after its retries fails the run, visibly
-        else:
-            for unit in plan.units:
-                check_stop()
-                unit_task(cfg_json, unit, len(unit.clips), _sources(unit))
+        from flows.captions import resolve_api_key
+
+        stage = start_caption_stage(cfg, out, plan, resolve_api_key(cfg.caption))  # LLM captions, beside the units
+        try:
+            if parallel:
+                futures = []
+                for unit in plan.units:
+                    check_stop()
+                    futures.append(unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit)))
+                for f in futures:
+                    record = f.result()  # a unit that failed after its retries fails the run, visibly
+                    if stage is not None:
+                        stage.submit(record)
+            else:
+                for unit in plan.units:
+                    check_stop()
+                    record = unit_task(cfg_json, unit, len(unit.clips), _sources(unit))
+                    if stage is not None:
+                        stage.submit(record)
+            if stage is not None:
+                summary = stage.finish()
+                get_run_logger().info("captions: %s", summary)
+        except BaseException:
+            if stage is not None:
+                stage.abort()
+            raise
         stats = finalize_task(cfg_json, plan)
     logging.getLogger(__name__).info("build finished: %s pairs from %s clips", stats["pairs"], stats["clips_in"])
     return stats

@@ -16,8 +16,10 @@ from curation.recaption import recaption as recaption_subset
 
 
 def resolve_api_key(cfg: CaptionConfig) -> str | None:
-    if os.environ.get(cfg.api_key_env):
-        return None  # the captioner reads the environment itself
+    """The key from the environment (the captioner reads it itself: None here), else from the Prefect
+    Secret block `caption.api_key_secret` (builds, scheduled deployments and recaption alike)."""
+    if cfg.captioner != "openai" or os.environ.get(cfg.api_key_env):
+        return None
     if cfg.api_key_secret:
         from prefect.blocks.system import Secret
 
@@ -33,7 +35,8 @@ def recaption(
     prompt_version: str | None = None,
     config_path: str | None = None,
 ) -> dict[str, Any]:
-    """Caption the samples of `output` that the pandas query `where` selects; appends a caption version."""
+    """Caption the samples of `output` that `where` selects (a DuckDB SQL boolean expression over
+    samples.parquet, with no file or code access); appends a caption version."""
     caption = {"captioner": "openai"} | {
         k: v for k, v in {"model": model, "prompt_version": prompt_version}.items() if v
     }
@@ -44,8 +47,8 @@ def recaption(
 
 
 @flow(name="publish", flow_run_name="publish {output}")
-def publish(output: str, caption_version: str | None = None) -> dict[str, Any]:
-    """Rewrite the shards of `output` with the chosen caption per sample; swaps the set atomically."""
-    summary = publish_captions(output, caption_version=caption_version)
+def publish(output: str, caption_version: str | None = None, agreement: str = "any") -> dict[str, Any]:
+    """A new generation of `output` with the chosen caption per sample (`agreement`: any, prefer, require)."""
+    summary = publish_captions(output, caption_version=caption_version, agreement=agreement)
     get_run_logger().info("published %s", summary)
     return summary

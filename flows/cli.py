@@ -97,9 +97,9 @@ def _add_wait_flag(p: argparse.ArgumentParser) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from curation.captions.llm import CaptionSetupError, LLMCaptioner
     from curation.config import ConfigError, load_config
     from curation.ingest import SourceError, check_root
-    from curation.llm import CaptionSetupError, LLMCaptioner
     from curation.runner import BuildStopped, SetupError, get_processor, local_view, plan_build, run_build, writer_lock
     from curation.store import StoreError
 
@@ -195,7 +195,7 @@ def print_summary(out: Path | str, console=None) -> None:
     from curation.store import committed, is_remote
     from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 200)  # a pipe: no wrapped cells
     base = str(out).rstrip("/")
     gen = committed(base)  # read through the pointer: one generation, whatever a writer does meanwhile
     with fsspec.open(gen.file_url(STATS_FILE), "rb") as f:
@@ -254,20 +254,46 @@ def _print_caption_versions(out: Path, console) -> None:
         for c, m, p in samples.itertuples(index=False)
     ]
     rows = read_caption_rows(out)
-    v = Table(title="caption versions")
-    for c in ("version", "pairs with it", "failed / not visible", "published"):
+    v = Table(title="caption versions (agreement: the LLM's named changes against the keypoints)")
+    for c in ("version", "pairs with it", "failed / not visible", "published", "agree", "contradict", "unchecked"):
         v.add_column(c, justify="left" if c == "version" else "right")
-    v.add_row(OFFLINE_VERSION, str(len(samples)), "0", str(published.count(OFFLINE_VERSION)))
+    v.add_row(OFFLINE_VERSION, str(len(samples)), "0", str(published.count(OFFLINE_VERSION)), "", "", "")
     for version, g in rows.groupby("caption_version", sort=True):
-        ok = set(g[g.status == CaptionStatus.OK].pair_id)
+        ok_rows = g[g.status == CaptionStatus.OK].drop_duplicates("pair_id", keep="last")
+        ok = set(ok_rows.pair_id)
         bad = set(g[g.status != CaptionStatus.OK].pair_id) - ok
-        v.add_row(version, str(len(ok)), str(len(bad)), str(published.count(version)))
+        agreement = ok_rows.pose_agreement.fillna("not_checkable").value_counts()
+        v.add_row(
+            version,
+            str(len(ok)),
+            str(len(bad)),
+            str(published.count(version)),
+            *(str(int(agreement.get(k, 0))) for k in ("agree", "contradict", "not_checkable")),
+        )
     console.print(v)
+    if len(rows):
+        r = Table(title="caption runs: requests, tokens and estimated cost")
+        for c in ("run", "version", "requests", "cached", "tokens in", "tokens out", "cost USD", "failures"):
+            r.add_column(c, justify="left" if c in ("run", "version", "failures") else "right")
+        for (run, version), g in rows.groupby(["run_id", "caption_version"], sort=True):
+            paid = g[~g.cached.fillna(False).astype(bool)]
+            fails = g[g.status == CaptionStatus.FAILED].reason.value_counts()
+            r.add_row(
+                run,
+                version,
+                str(len(paid)),
+                str(len(g) - len(paid)),
+                str(int(paid.tokens_in.fillna(0).sum())),
+                str(int(paid.tokens_out.fillna(0).sum())),
+                f"{paid.cost_usd.fillna(0).sum():.4f}",
+                ", ".join(f"{k} {n}" for k, n in fails.items()) or "-",
+            )
+        console.print(r)
 
 
 def cmd_recaption(args: argparse.Namespace) -> int:
+    from curation.captions.llm import CaptionSetupError
     from curation.config import ConfigError, load_config
-    from curation.llm import CaptionSetupError
     from curation.recaption import RecaptionError, recaption
     from curation.store import StoreError
 
@@ -287,7 +313,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from curation.store import StoreError
 
     try:
-        summary = publish(args.output, caption_version=args.caption_version, wait=_wait(args))
+        agreement = "require" if args.require_agreement else "prefer" if args.prefer_agreement else "any"
+        summary = publish(args.output, caption_version=args.caption_version, wait=_wait(args), agreement=agreement)
     except (RecaptionError, StoreError) as e:
         return _fail(str(e))
     print(json.dumps(summary, indent=2))
@@ -401,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     rc = sub.add_parser("recaption", help="caption a subset of a finished build again (appends a caption version)")
     rc.add_argument("output")
     rc.add_argument(
-        "--where", help="pandas query over samples.parquet, e.g. \"source == 'kinetics' and split == 'val'\""
+        "--where",
+        help="SQL boolean expression over samples.parquet's columns (DuckDB; no file access), "
+        "e.g. \"source = 'kinetics' and split = 'val' and pose_change > 0.5\"",
     )
     rc.add_argument("--config", help="YAML config; its caption section sets limits, prices, image size")
     _add_wait_flag(rc)
@@ -410,7 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     pb = sub.add_parser("publish", help="rewrite the shards with the chosen caption per sample (atomic swap)")
     pb.add_argument("output")
-    pb.add_argument("--caption-version", help="'<model>@<prompt version>'; default: the newest usable caption")
+    pb.add_argument(
+        "--caption-version",
+        help="'<model>@<prompt version>' (its newest prompt text) or a full '<model>@v1-<hash>'; "
+        "default: the newest usable caption",
+    )
+    agree = pb.add_mutually_exclusive_group()
+    agree.add_argument(
+        "--require-agreement",
+        action="store_true",
+        help="publish only LLM captions whose named changes agree with the keypoints (others keep the offline one)",
+    )
+    agree.add_argument(
+        "--prefer-agreement", action="store_true", help="prefer agreeing captions, contradicting ones last"
+    )
     _add_wait_flag(pb)
     pb.set_defaults(func=cmd_publish)
 

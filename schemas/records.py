@@ -212,6 +212,11 @@ def caption_version(model: str | None, prompt_version: str | None) -> str:
     return f"{model or '?'}@{prompt_version}"
 
 
+def version_matches(version: str, requested: str) -> bool:
+    """'m@v1' names every 'm@v1-<prompt hash>' (any text of prompt v1); a full version names itself."""
+    return version == requested or version.startswith(f"{requested}-")
+
+
 PairStrategy = Literal["segment_endpoints", "max_motion"]
 PairingMode = Literal["body", "egocentric"]
 
@@ -248,7 +253,7 @@ class FramePair(BaseModel):
         version, the published caption, else the offline one."""
         if version:
             for c in reversed(self.captions):
-                if c.version == version:
+                if version_matches(c.version, version):
                     return c
         if self.caption is not None:
             return self.caption

@@ -7,7 +7,11 @@ protocol, checks every request the way a strict provider would, and injects scri
     server.stop()
 
 Behaviours: ok, not_visible, 429 (Retry-After: 1), 500, slow (answers after `slow_s`), malformed
-(content is not JSON), bad_schema (JSON without the required keys), refusal, empty.
+(content is not JSON), bad_schema (JSON without the required keys), refusal, empty, truncated
+(finish_reason "length" unless max_completion_tokens >= 400), mirrored (the structured changes with
+left and right swapped). `ok` answers name the changes the grounding's pose-based guess names
+("raise your right arm" -> right arm up), as a model that reads the images right would;
+`server.default` sets the behaviour of unscripted requests.
 """
 
 from __future__ import annotations
@@ -30,11 +34,39 @@ from fastapi.responses import JSONResponse, Response
 PAIR = re.compile(r"pair: (\w+)")
 
 
+GUESS = re.compile(r"pose-based guess: (.*)")
+PHRASES = [  # the offline captioner's phrases -> the structured change they name
+    (re.compile(r"raise your (left|right) arm"), "arm", "up"),
+    (re.compile(r"lower your (left|right) arm"), "arm", "down"),
+    (re.compile(r"raise (both) arms"), "arm", "up"),
+    (re.compile(r"lower (both) arms"), "arm", "down"),
+    (re.compile(r"stretch your (left|right) arm out"), "arm", "out"),
+    (re.compile(r"bring your (left|right) arm in"), "arm", "in"),
+    (re.compile(r"bend your (left|right) arm"), "arm", "bend"),
+    (re.compile(r"straighten your (left|right) arm"), "arm", "straighten"),
+    (re.compile(r"bend your (left|right) knee"), "knee", "bend"),
+    (re.compile(r"straighten your (left|right) knee"), "knee", "straighten"),
+]
+
+
+def guessed_changes(body: dict[str, Any]) -> list[dict[str, str]]:
+    """The structured changes the grounding's pose-based guess names."""
+    user = next((m for m in body.get("messages", []) if m.get("role") == "user"), {"content": []})
+    text = " ".join(c.get("text", "") for c in user["content"] if isinstance(c, dict))
+    m = GUESS.search(text)
+    out = []
+    for rx, part, direction in PHRASES:
+        for side in rx.findall(m.group(1) if m else ""):
+            out.append({"side": side, "part": part, "direction": direction})
+    return out or [{"side": "none", "part": "whole_body", "direction": "other"}]
+
+
 class FakeOpenAI:
     def __init__(self, api_key: str, slow_s: float = 3.0):
         self.api_key = api_key
         self.slow_s = slow_s
         self.script: dict[str, list[str]] = defaultdict(list)
+        self.default = "ok"
         self.requests: list[dict[str, Any]] = []  # every chat request that reached the handler
         self.invalid: list[str] = []  # why requests were refused as malformed
         self.files: dict[str, dict[str, Any]] = {}
@@ -56,7 +88,7 @@ class FakeOpenAI:
             if body.get("response_format", {}).get("type") != "json_schema":
                 return "no json_schema response_format"
             schema = body["response_format"]["json_schema"]["schema"]
-            if set(schema.get("required", [])) != {"instruction", "before", "after", "visible_change"}:
+            if set(schema.get("required", [])) != {"instruction", "before", "after", "visible_change", "changes"}:
                 return "schema lacks the required keys"
             user = next(m for m in body["messages"] if m["role"] == "user")["content"]
             images = [c for c in user if c.get("type") == "image_url"]
@@ -92,14 +124,22 @@ class FakeOpenAI:
         elif behaviour == "bad_schema":
             message["content"] = json.dumps({"caption": "raise your arm"})
         else:
+            changes = guessed_changes(body)
+            if behaviour == "mirrored":
+                swap = {"left": "right", "right": "left"}
+                changes = [c | {"side": swap.get(c["side"], c["side"])} for c in changes]
             message["content"] = json.dumps(
                 {
                     "instruction": f"[{model}] raise your right arm ({pair_id})",
                     "before": "arms down",
                     "after": "right arm up",
                     "visible_change": behaviour != "not_visible",
+                    "changes": changes,
                 }
             )
+        finish = "stop"
+        if behaviour == "truncated" and (body.get("max_completion_tokens") or 0) < 400:
+            finish = "length"
         return (
             200,
             {
@@ -107,7 +147,7 @@ class FakeOpenAI:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": {"prompt_tokens": 250, "completion_tokens": 40, "total_tokens": 290},
             },
             {},
@@ -119,7 +159,7 @@ class FakeOpenAI:
         m = PAIR.search(text)
         pair_id = m.group(1) if m else "?"
         script = self.script.get(pair_id)
-        behaviour = script.pop(0) if script else "ok"
+        behaviour = script.pop(0) if script else self.default
         return pair_id, behaviour
 
     # ------------------------------------------------------------ the app

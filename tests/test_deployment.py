@@ -121,3 +121,62 @@ def test_scheduled_deployment_runs_end_to_end(prefect_server, tmp_path):
         stop(serve)
     s = pd.read_parquet(out / "samples.parquet")
     assert set(s.clip_id) == {"tai_chi"}
+
+
+def test_a_scheduled_build_whose_api_key_lives_only_in_a_prefect_secret(prefect_server, tmp_path):
+    from fake_openai import FakeOpenAI
+    from prefect.blocks.system import Secret
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from curation.recaption import read_caption_rows
+
+    url, env = prefect_server
+    key = "sk-test-ONLY-IN-A-SECRET-77"
+    llm = FakeOpenAI(api_key=key).start()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "dribbler.mp4").symlink_to(video(ACCEPTED["dribbler"]))
+    out = tmp_path / "out"
+    conf = tmp_path / "build.yaml"
+    conf.write_text(
+        "decode:\n  max_frames: 16\n"
+        f"caption:\n  captioner: openai\n  model: m1\n  base_url: {llm.base_url}\n"
+        "  api_key_env: MOTIONPAIRS_TEST_NO_SUCH_KEY\n  api_key_secret: openai-key\n"
+    )
+    serve_env = {k: v for k, v in env.items() if "OPENAI" not in k} | {"PREFECT_API_URL": url}
+    log = open(tmp_path / "serve.log", "w")
+    serve = None
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            Secret(value=key).save("openai-key", overwrite=True)
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "flows.deploy", "--name", "with-secret", "--cron", "0 4 * * *"]
+                + ["--input", str(folder), "--output", str(out), "--config", str(conf)],
+                env=serve_env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            deadline = time.monotonic() + 180
+            while True:
+                try:
+                    run = run_deployment("build_dataset/with-secret", timeout=600)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1)
+            assert run.state.is_completed(), (run.state, (tmp_path / "serve.log").read_text()[-3000:])
+    finally:
+        if serve is not None:
+            stop(serve)
+        llm.stop()
+    rows = read_caption_rows(out)
+    assert len(rows) >= 1 and (rows.status == "ok").all() and llm.requests  # authorised with the Secret's key
+    s = pd.read_parquet(out / "samples.parquet")
+    assert (s.caption_captioner == "openai").all()
+    for p in out.rglob("*"):
+        if p.is_file():
+            assert key.encode() not in p.read_bytes(), p
+    assert key not in (tmp_path / "serve.log").read_text()

@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 from fake_openai import FakeOpenAI
 
+from curation.captions.llm import CaptionJob, LLMCaptioner, Prompt
 from curation.config import CaptionConfig, load_config
-from curation.llm import CaptionJob, LLMCaptioner
 from curation.recaption import load_jobs, load_samples, publish, read_caption_rows, recaption
 from curation.runner import run_build
 from training.data import open_shards
 from training.transforms import PairTransform
 
 KEY = "sk-test-SECRET-0123456789"
+TAG = Prompt.load("v1").tagged_version  # "v1-<hash of the prompt's text>"
 
 
 @pytest.fixture()
@@ -59,11 +60,11 @@ def test_requests_carry_both_images_schema_and_grounding(server, built, monkeypa
     assert summary.ok == n and summary.requests == n and summary.failed == 0
     assert len(server.requests) == n and server.invalid == []  # the server accepted every request
     rows = read_caption_rows(built)
-    assert (rows.status == "ok").all() and (rows.caption_version == "fake-vlm@v1").all()
+    assert (rows.status == "ok").all() and (rows.caption_version == f"fake-vlm@{TAG}").all()
     r = rows.iloc[0]
     assert r.text.startswith("[fake-vlm] raise your right arm") and json.loads(r.raw)["visible_change"] is True
     assert r.tokens_in == 250 and r.tokens_out == 40 and r.cost_usd == pytest.approx((250 * 2 + 40 * 8) / 1e6)
-    assert r.model == "fake-vlm" and r.prompt_version == "v1" and r.seconds > 0
+    assert r.model == "fake-vlm" and r.prompt_version == TAG and r.seconds > 0
 
 
 def test_faults_end_as_retried_successes_or_recorded_failures(server, built, monkeypatch, caplog):
@@ -161,8 +162,8 @@ def test_recaption_of_a_subset_changes_exactly_those_after_publish(server, built
     recaption(built, cfg(server), where=where)
     recaption(built, cfg(server, model="other-vlm"), where="clip_id == 'tai_chi_glass'")
     rows = read_caption_rows(built)
-    assert set(rows.caption_version) == {"fake-vlm@v1", "other-vlm@v1"}
-    publish(built, caption_version="fake-vlm@v1")
+    assert set(rows.caption_version) == {f"fake-vlm@{TAG}", f"other-vlm@{TAG}"}
+    publish(built, caption_version="fake-vlm@v1")  # model@prompt names its newest prompt text
     # a new generation is current; the old one stays whole for its readers until gc
     assert (built / "shards").resolve() != old_shards and old_shards.is_dir()
     assert len(list(open_shards([str(p) for p in old_shards.glob("*.tar")], decode_images=False))) == len(before)
@@ -175,13 +176,13 @@ def test_recaption_of_a_subset_changes_exactly_those_after_publish(server, built
         if not k.startswith("tai_chi_glass/"):
             assert after[k].pair == before[k].pair
     s = load_samples(built)
-    assert (s[s.clip_id == "dribbler"].caption_prompt_version == "v1").all()
+    assert (s[s.clip_id == "dribbler"].caption_prompt_version == TAG).all()
     assert (s[s.clip_id != "dribbler"].caption_captioner == "offline").all()
     # older caption versions are kept, and every pair carries each version it has in the shards
     assert len(read_caption_rows(built)) == len(rows)
     for k, x in after.items():
         versions = [c.version for c in x.pair.captions]
-        want = {"dribbler": ["offline", "fake-vlm@v1"], "tai_chi_glass": ["offline", "other-vlm@v1"]}
+        want = {"dribbler": ["offline", f"fake-vlm@{TAG}"], "tai_chi_glass": ["offline", f"other-vlm@{TAG}"]}
         assert versions == want.get(k.split("/")[0], ["offline"]), k
     # training chooses a version without another publish: the published one, a named one, or offline
     for x in open_shards(built):
@@ -216,7 +217,7 @@ def test_build_with_the_openai_captioner_and_no_key_leaks(server, tmp_path, real
 
 
 def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):
-    from curation.llm import CaptionSetupError
+    from curation.captions.llm import CaptionSetupError
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(CaptionSetupError, match=r"no API key: set \$OPENAI_API_KEY"):
@@ -252,7 +253,7 @@ def test_recaption_and_publish_from_the_cli_and_as_prefect_flows(server, built, 
     assert json.loads(r.stdout)["ok"] >= 1 and KEY not in r.stdout + r.stderr
     bad = cmd[:5] + ["--where", "no_such_column == 1", "--model", "m"]
     r = subprocess.run(bad, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 2 and "bad --where query" in r.stderr
+    assert r.returncode == 2 and "bad --where filter" in r.stderr and "no_such_column" in r.stderr
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     out = recaption_flow(output=str(built), where="clip_id == 'tai_chi_forest'", model="flow-vlm")
@@ -266,7 +267,8 @@ def test_recaption_and_publish_from_the_cli_and_as_prefect_flows(server, built, 
     assert r.returncode == 0, r.stderr[-2000:]
     cells = [[c.strip() for c in ln.split("│")[1:-1]] for ln in r.stdout.splitlines() if "@v1" in ln]
     table = {c[0]: c[1:] for c in cells}  # version -> pairs with it, failed, published
-    assert table["cli-vlm@v1"][2] == "0" and table["flow-vlm@v1"][2] == str(out["ok"])
+    assert table[f"cli-vlm@{TAG}"][2] == "0" and table[f"flow-vlm@{TAG}"][2] == str(out["ok"])
+    assert "caption runs: requests, tokens and estimated cost" in r.stdout and "cost USD" in r.stdout
 
 
 def test_a_run_killed_halfway_pays_only_for_the_rest(server, built, tmp_path, monkeypatch):

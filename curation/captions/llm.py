@@ -7,8 +7,13 @@ strict JSON schema (schemas.captions.CaptionAnswer), validates the answer and ke
 Safe under a provider's limits: concurrency cap, requests- and tokens-per-minute limiters, the
 client's retries (which honour Retry-After) and timeouts, and a budget (requests or dollars) that stops
 cleanly. Every answer is cached on disk the moment it arrives, keyed by (pair, image content, model,
-prompt version, image settings): a re-run never pays twice, also after a crash. Large runs can go
-through the Batch API instead (`caption.batch`), resumable from its state file.
+prompt text, image settings, answer length, grounding text): a re-run never pays twice, also after a
+crash, and any change to what is asked is asked again. Large runs can go through the Batch API instead
+(`caption.batch`), resumable from its state file. One captioner is one run: its budget and its rate
+limits hold over every request it makes, however many units or callers feed it (see stage.py).
+
+The caption version is `<model>@<prompt version>-<prompt sha256[:8]>`: editing a prompt file makes a new
+version. Each answer's structured changes are checked against the keypoints (agreement.py).
 
 The API key is never logged, stored or put into an error message.
 """
@@ -37,9 +42,10 @@ from pydantic import ValidationError
 from schemas.captions import CAPTIONS_DIR, CaptionAnswer, CaptionStatus, answer_json_schema
 from schemas.records import FramePair, caption_version
 
-from .captions import describe
-from .config import CaptionConfig
-from .store import write_json
+from ..config import CaptionConfig
+from ..store import write_json
+from .agreement import check_caption
+from .offline import describe
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,15 @@ class Prompt:
     version: str
     system: str
     user: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(f"{self.system}\0{self.user}".encode()).hexdigest()
+
+    @property
+    def tagged_version(self) -> str:
+        """'v1-3fa2b1c9': the prompt's name and its text's hash (an edited file is a new version)."""
+        return f"{self.version}-{self.sha256[:8]}"
 
     @classmethod
     def load(cls, version: str) -> Prompt:
@@ -107,16 +122,25 @@ def image_url(jpg: bytes, max_side: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpg).decode()
 
 
-def cache_key(job: CaptionJob, cfg: CaptionConfig) -> str:
+def current_version(cfg: CaptionConfig) -> str:
+    """The caption version a run with these settings makes (reads the prompt file)."""
+    return caption_version(cfg.model or "?", Prompt.load(cfg.prompt_version).tagged_version)
+
+
+def cache_key(job: CaptionJob, cfg: CaptionConfig, prompt: Prompt) -> str:
+    """Everything that shapes the answer: pair, both images, model, the prompt's text, image settings,
+    answer length and the grounding text. Limits, budgets and timeouts are not in it."""
     h = hashlib.sha256()
     for part in (
         job.pair.pair_id,
         hashlib.sha256(job.before_jpg).hexdigest(),
         hashlib.sha256(job.after_jpg).hexdigest(),
         cfg.model or "",
-        cfg.prompt_version,
+        prompt.sha256,
         cfg.image_detail,
         str(cfg.image_max_side),
+        str(cfg.max_tokens),
+        grounding(job.pair),
     ):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:32]
@@ -245,8 +269,11 @@ class LLMCaptioner:
         self._api_key = api_key
         self.run_id = run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         self.prompt: Prompt | None = None
-        self.version = caption_version(cfg.model or "?", cfg.prompt_version)
+        self.version = caption_version(cfg.model or "?", cfg.prompt_version)  # tagged with the prompt's hash in setup
         self.summary = RunSummary()
+        self.budget = Budget(cfg.max_requests, cfg.max_cost_usd)  # one per run: every request counts against it
+        self._limits: tuple[AsyncLimiter, AsyncLimiter, asyncio.Semaphore] | None = None
+        self.min_conf = 0.5
 
     # ------------------------------------------------------------------ set-up
 
@@ -271,6 +298,7 @@ class LLMCaptioner:
         if not self.cfg.model:
             raise CaptionSetupError("caption.model is required (--model)")
         self.prompt = Prompt.load(self.cfg.prompt_version)
+        self.version = caption_version(self.cfg.model, self.prompt.tagged_version)
         self._client_args()  # fails now, not mid-run, when there is no key
         return self
 
@@ -288,11 +316,26 @@ class LLMCaptioner:
             "caption_version": self.version,
             "captioner": self.name,
             "model": self.cfg.model,
-            "prompt_version": self.cfg.prompt_version,
+            "prompt_version": self.prompt.tagged_version,
+            "prompt_sha256": self.prompt.sha256,
             "cached": cached,
             "cache_key": key,
             **rec,
+            **self._agreement(job, rec),
         }
+
+    def _agreement(self, job: CaptionJob, rec: dict[str, Any]) -> dict[str, Any]:
+        """Check the answer's structured changes against the pair's keypoints."""
+        from schemas.captions import MotionChange
+
+        if rec.get("status") != CaptionStatus.OK:
+            return {"pose_agreement": None, "agreement_detail": None}
+        try:
+            changes = [MotionChange.model_validate(c) for c in json.loads(rec.get("changes") or "[]")]
+        except (ValueError, TypeError):
+            changes = []
+        v = check_caption(job.pair.before_pose, job.pair.after_pose, changes, self.min_conf)
+        return {"pose_agreement": v.agreement, "agreement_detail": v.detail}
 
     def _record(
         self, status: str, reason: str | None, answer: CaptionAnswer | None, raw, tin: int, tout: int, seconds: float
@@ -304,6 +347,7 @@ class LLMCaptioner:
             "text": answer.instruction if answer else None,
             "before_text": answer.before if answer else None,
             "after_text": answer.after if answer else None,
+            "changes": json.dumps([c.model_dump() for c in answer.changes]) if answer else None,
             "raw": None if raw is None else self.scrub(str(raw)),
             "tokens_in": tin,
             "tokens_out": tout,
@@ -333,20 +377,46 @@ class LLMCaptioner:
             self.setup()
         if self.cfg.batch:
             return self._caption_batch(jobs)
-        return asyncio.run(self._caption_live(jobs, on_row))
+        return asyncio.run(self._run_once(jobs, on_row))
 
-    async def _caption_live(self, jobs: list[CaptionJob], on_row) -> list[dict[str, Any]]:
-        client = openai.AsyncOpenAI(**self._client_args())
-        budget = Budget(self.cfg.max_requests, self.cfg.max_cost_usd)
-        gate = asyncio.Semaphore(self.cfg.max_concurrency)
-        # capacity 1: never more than the configured rate in any window, no burst at the start
-        rpm = AsyncLimiter(1, 60.0 / self.cfg.requests_per_minute)
+    async def _run_once(self, jobs: list[CaptionJob], on_row) -> list[dict[str, Any]]:
+        try:
+            return await self.caption_async(jobs, on_row)
+        finally:
+            await self.aclose()
+
+    def _client(self) -> openai.AsyncOpenAI:
+        if getattr(self, "_aclient", None) is None:
+            self._aclient = openai.AsyncOpenAI(**self._client_args())
+        return self._aclient
+
+    async def aclose(self) -> None:
+        client, self._aclient = getattr(self, "_aclient", None), None
+        self._limits = None
+        if client is not None:
+            await client.close()
+
+    def limits(self) -> tuple[AsyncLimiter, AsyncLimiter, asyncio.Semaphore]:
+        """Made once per event loop and shared by every request of the run."""
+        if self._limits is None:
+            # capacity 1: never more than the configured rate in any window, no burst at the start
+            rpm = AsyncLimiter(1, 60.0 / self.cfg.requests_per_minute)
+            tpm = AsyncLimiter(max(self.cfg.tokens_per_minute, estimated_tokens(self.cfg)), 60.0)
+            self._limits = (rpm, tpm, asyncio.Semaphore(self.cfg.max_concurrency))
+        return self._limits
+
+    async def caption_async(self, jobs: list[CaptionJob], on_row=None) -> list[dict[str, Any]]:
+        """Caption `jobs` within the run's budget and rate limits (call from one event loop)."""
+        if self.prompt is None:
+            self.setup()
+        client = self._client()
+        rpm, tpm, gate = self.limits()
+        budget = self.budget
         tokens = estimated_tokens(self.cfg)
-        tpm = AsyncLimiter(max(self.cfg.tokens_per_minute, tokens), 60.0)
         rows: list[dict[str, Any] | None] = [None] * len(jobs)
 
         async def one(i: int, job: CaptionJob) -> None:
-            key = cache_key(job, self.cfg)
+            key = cache_key(job, self.cfg, self.prompt)
             hit = self.cache.get(key)
             if hit is not None:
                 rows[i] = self._row(job, key, hit, cached=True)
@@ -376,10 +446,7 @@ class LLMCaptioner:
             if on_row is not None:
                 on_row(rows[i])
 
-        try:
-            await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
-        finally:
-            await client.close()
+        await asyncio.gather(*(one(i, j) for i, j in enumerate(jobs)))
         if self.summary.skipped_budget:
             log.warning("budget reached: %d pairs left uncaptioned (run again to go on)", self.summary.skipped_budget)
         return [r for r in rows if r is not None]
@@ -389,7 +456,7 @@ class LLMCaptioner:
     def _caption_batch(self, jobs: list[CaptionJob]) -> list[dict[str, Any]]:
         """Write the JSONL, upload it, create a batch, poll, ingest. The batch id is kept in a state
         file, so a stopped run picks up the same batch instead of paying again."""
-        keyed = [(cache_key(j, self.cfg), j) for j in jobs]
+        keyed = [(cache_key(j, self.cfg, self.prompt), j) for j in jobs]
         rows: dict[str, dict[str, Any]] = {}
         pending = []
         for key, job in keyed:
@@ -400,9 +467,12 @@ class LLMCaptioner:
             else:
                 pending.append((key, job))
         if pending:
-            if self.cfg.max_requests is not None and len(pending) > self.cfg.max_requests:
-                self.summary.skipped_budget = len(pending) - self.cfg.max_requests
-                pending = pending[: self.cfg.max_requests]
+            if self.budget.max_requests is not None:
+                room = max(0, self.budget.max_requests - self.budget.requests)
+                if len(pending) > room:
+                    self.summary.skipped_budget += len(pending) - room
+                    pending = pending[:room]
+                self.budget.requests += len(pending)
             client = openai.OpenAI(**self._client_args())
             set_id = hashlib.sha256("".join(k for k, _ in pending).encode()).hexdigest()[:16]
             state_path = self.state_dir / f"batch-{set_id}.json"
