@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
+from schemas.records import version_matches
+
 from .config import TrainConfig, config_from_args
 from .data import SkipCounter, dataset_size, open_shards, shard_urls
 from .model import EditorParts, add_pose_branch, build_editor, freeze_cross_attention, render_pose
@@ -317,7 +319,7 @@ class Trainer:
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad()
                 samples += batch["before"].shape[0]
-                wanted += sum(v == cfg.caption_version for v in batch["caption_version"])
+                wanted += sum(version_matches(v, cfg.caption_version) for v in batch["caption_version"])
             self.step += 1
             last = {k: float(v.detach()) for k, v in losses.items()}
             if self.step % cfg.logging_steps == 0:
