@@ -211,11 +211,12 @@ def test_one_writer_at_a_time(tmp_path, small_input, fast_cfg, reference):
 
 def test_two_real_builds_at_once(tmp_path, small_input, fast_cfg):
     out = tmp_path / "out"
-    first = popen(build_args(small_input, out, fast_cfg))
-    owner = out / ".lock.owner"
+    # the first build holds the output for a while after its first unit commits
+    first = popen(build_args(small_input, out, fast_cfg), env={"MOTIONPAIRS_PAUSE_AT": "after_record:20"})
     deadline = time.monotonic() + 120
-    while not owner.exists() and first.poll() is None and time.monotonic() < deadline:
+    while not list(out.glob("parts/*.json")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert first.poll() is None
     second = cli(build_args(small_input, out, fast_cfg))
     assert second.returncode == 2 and "locked by motionpairs build" in second.stderr, second.stderr[-2000:]
     assert first.wait(300) == 0, first.stderr.read()[-2000:]
