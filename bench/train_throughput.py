@@ -80,22 +80,75 @@ def synthetic_shards(folder: Path, n: int) -> Path:
     return folder
 
 
+class LegacyDecode:
+    """The loader before this change, for the before/after figure: PIL decodes the full-size JPEG into
+    a numpy array, OpenCV resizes it (what training.data and training.transforms did)."""
+
+    def __call__(self, sample):
+        import io
+
+        from PIL import Image
+
+        from schemas.shard import decode_sample
+
+        s = decode_sample(sample)
+        s.before, s.after = (np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in (s.before, s.after))
+        return s
+
+
+class LegacyTransform:
+    def __init__(self, r: int):
+        self.r = r
+
+    def __call__(self, s) -> dict:
+        import cv2
+
+        r = self.r
+        h, w = s.before.shape[:2]
+        scale = r / min(h, w)
+        nh, nw = max(r, round(h * scale)), max(r, round(w * scale))
+        top, left = (nh - r) // 2, (nw - r) // 2
+
+        def image(img):
+            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)[top : top + r, left : left + r]
+            return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+        return {"before": image(s.before), "after": image(s.after), "text": s.pair.caption.text}
+
+
 def bench_loader(args) -> dict:
-    from training.data import open_shards, shard_urls
-    from training.transforms import PairTransform
+    """Samples/s of the training loader now (torchvision JPEG decode, resize on tensors, one DataLoader
+    with persistent workers across epochs) and before (PIL full-size decode, OpenCV resize, a new
+    DataLoader each epoch), same shards, same workers, `--epochs` passes each."""
+    import webdataset as wds
+
+    from training.config import TrainConfig
+    from training.data import SkipCounter, shard_urls
+    from training.train import EpochStream
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = args.shards or str(synthetic_shards(Path(tmp), args.samples))
         urls = shard_urls(spec)
-        out = {"shards": len(urls), "resolution": args.resolution}
+        out = {"shards": len(urls), "resolution": args.resolution, "epochs": args.epochs}
+        cfg = TrainConfig(shards=[spec], output=tmp, resolution=args.resolution, train_batch_size=32, flip_p=0.0)
         for workers in args.workers:
-            ds = open_shards(urls, shuffle=256).map(PairTransform(args.resolution))
-            loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=workers)
             t0, n = time.perf_counter(), 0
-            for batch in loader:
-                n += batch["before"].shape[0]
+            for _epoch in range(args.epochs):
+                ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).shuffle(256)
+                ds = ds.map(LegacyDecode()).map(LegacyTransform(args.resolution))
+                for batch in torch.utils.data.DataLoader(ds, batch_size=32, num_workers=workers):
+                    n += batch["before"].shape[0]
+            out[f"before_samples_per_s_workers_{workers}"] = round(n / (time.perf_counter() - t0), 1)
+            stream = EpochStream(urls, cfg, 0, 0, SkipCounter(), held_out=False, decode_device="cpu")
+            loader = torch.utils.data.DataLoader(
+                stream, batch_size=32, num_workers=workers, persistent_workers=workers > 0
+            )
+            t0, n = time.perf_counter(), 0
+            for _epoch in range(args.epochs):
+                for batch in loader:
+                    n += batch["before"].shape[0]
             out[f"samples_per_s_workers_{workers}"] = round(n / (time.perf_counter() - t0), 1)
-            out["samples"] = n
+            out["samples"] = n // args.epochs
     return out
 
 
@@ -157,7 +210,7 @@ def bench_train(args) -> dict:
             if cuda:
                 torch.cuda.empty_cache()
         # the loader alone, on the same shards with the same workers: it must outpace training
-        args.shards, args.workers = spec, [args.workers]
+        args.shards, args.workers, args.epochs = spec, [args.workers], 1
         loader = bench_loader(args)
         out["loader_samples_per_s"] = loader[f"samples_per_s_workers_{args.workers[0]}"]
         fastest = max(out[v]["samples_per_s"] for v in args.variants)
@@ -174,6 +227,7 @@ def main() -> None:
     lo.add_argument("--samples", type=int, default=2000)
     lo.add_argument("--resolution", type=int, default=256)
     lo.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    lo.add_argument("--epochs", type=int, default=2, help="passes over the shards (persistent workers matter)")
     tr = sub.add_parser("train")
     tr.add_argument("--pretrained", default="sd15-random", help="sd15-random (SD-1.5 size), tiny, or a pipeline")
     tr.add_argument("--shards", help="shards to train on (default: synthetic 640x360 pairs)")

@@ -1,5 +1,5 @@
 """motionpairs: before/after motion pairs for instruction-based image editors, from videos of people.
-Commands: build, inspect, verify, gc, recaption, publish, train, edit, demo-clip (each has --help)."""
+Commands: build, inspect, verify, gc, recaption, publish, train, evaluate, edit, demo-clip (each has --help)."""
 
 from __future__ import annotations
 
@@ -333,6 +333,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return edit_main(args)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import main as evaluate_main
+
+    return evaluate_main(args)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from curation.store import StoreError, committed
 
@@ -390,7 +396,7 @@ def cmd_demo_clip(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="motionpairs", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks for errors of the run")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build (or resume) a dataset of before/after motion pairs")
@@ -483,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_edit_arguments(e)
     e.set_defaults(func=cmd_edit)
 
+    from training.evaluate import add_arguments as add_evaluate_arguments
+
+    ev = sub.add_parser("evaluate", help="score a checkpoint's edits of held-out pairs against the real after-frames")
+    add_evaluate_arguments(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
     d = sub.add_parser("demo-clip", help="write the self-made demo clip (a moving astronaut) into FOLDER")
     d.add_argument("folder")
     d.set_defaults(func=cmd_demo_clip)
@@ -498,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except OSError as e:  # disk full, read-only or vanished output: a problem of the run, one line
+        if args.verbose:
+            raise
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         return _fail(f"{e.strerror or type(e).__name__}{where}")
 

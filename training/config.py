@@ -58,6 +58,14 @@ class TrainConfig(BaseModel):
     allow_tf32: bool = Field(False, description="TF32 matmuls on Ampere+ GPUs (faster fp32)")
     seed: int = Field(0, description="seeds model init, data order, noise and flips")
     logging_steps: int = Field(1, ge=1, description="write a metrics.jsonl line every N steps")
+    eval_steps: int = Field(
+        0,
+        ge=0,
+        description="every N steps score edits of a fixed held-out subset (split val/test, not trained on) "
+        "with motionpairs evaluate's metrics into metrics.jsonl (0: never)",
+    )
+    eval_samples: int = Field(8, ge=1, description="held-out pairs scored at each --eval-steps")
+    eval_inference_steps: int = Field(10, ge=1, description="inference steps per edit when evaluating")
     checkpointing_steps: int = Field(50, ge=1, description="save RUN/checkpoint-N every N steps (and at the end)")
     checkpoints_total_limit: int | None = Field(None, ge=1, description="keep only the newest N checkpoints")
     resume_from_checkpoint: str | None = Field(None, description="a checkpoint folder, or 'latest'")

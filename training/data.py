@@ -12,7 +12,6 @@ or superseded, each checked against its recorded size and sample count.
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import multiprocessing
@@ -21,9 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import fsspec
-import numpy as np
+import torch
 import webdataset as wds
-from PIL import Image
 from webdataset.gopen import gopen_schemes
 
 from schemas.shard import SIZES_FILE, ShardFormatError, ShardSample, decode_sample
@@ -113,25 +111,12 @@ def shard_urls(spec: str | os.PathLike | Iterable[str]) -> list[str]:
 
 
 def dataset_size(urls: list[str]) -> int | None:
-    """Sample count from the sizes.json beside the shards (None when it does not cover them all)."""
-    total = 0
-    cache: dict[str, dict[str, int]] = {}
-    for u in urls:
-        if u in _RECORDED:
-            total += _RECORDED[u][0]
-            continue
-        d = u.rsplit("/", 1)[0]
-        if d not in cache:
-            try:
-                with fsspec.open(f"{d}/{SIZES_FILE}", "rb") as f:
-                    cache[d] = json.loads(f.read())
-            except (FileNotFoundError, OSError, json.JSONDecodeError):
-                cache[d] = {}
-        n = cache[d].get(os.path.basename(u))
-        if n is None:
-            return None
-        total += n
-    return total
+    """Sample count from the committed listing, else the sizes.json beside the shards (None when they do
+    not cover them all)."""
+    expected = _expected(urls)
+    if any(u not in expected for u in urls):
+        return None
+    return sum(expected[u][0] for u in urls)
 
 
 class SkipCounter:
@@ -155,19 +140,40 @@ class SkipCounter:
         return True  # keep going
 
 
-def _rgb(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+def decode_image(data: bytes, device: str = "cpu") -> torch.Tensor:
+    """JPEG bytes -> 3 x H x W uint8 tensor (torchvision's libjpeg decoder; nvjpeg on a CUDA device)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    with warnings.catch_warnings():  # torchvision 0.29 points at TorchCodec; its decoder is the one asked for
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_jpeg(raw, mode=ImageReadMode.RGB, device=device)
 
 
-def decode(sample: dict) -> ShardSample:
-    """Raw webdataset sample -> validated ShardSample with decoded RGB images."""
-    s = decode_sample(sample)
-    try:
-        s.before, s.after = _rgb(s.before), _rgb(s.after)
-    except Exception as e:
-        raise ShardFormatError(f"sample {s.key!r}: image does not decode: {e}") from e
-    return s
+class Decode:
+    """Raw webdataset sample -> validated ShardSample with decoded images: H x W x 3 uint8 arrays, or
+    with `tensors` 3 x H x W uint8 tensors (on `device`), what the training transforms take as they are."""
+
+    def __init__(self, tensors: bool = False, device: str = "cpu"):
+        self.tensors = tensors
+        self.device = device
+
+    def __call__(self, sample: dict) -> ShardSample:
+        s = decode_sample(sample)
+        try:
+            before, after = decode_image(s.before, self.device), decode_image(s.after, self.device)
+        except Exception as e:
+            raise ShardFormatError(f"sample {s.key!r}: image does not decode: {e}") from e
+        if self.tensors:
+            s.before, s.after = before, after
+        else:
+            s.before, s.after = before.permute(1, 2, 0).cpu().numpy(), after.permute(1, 2, 0).cpu().numpy()
+        return s
+
+
+decode = Decode()
 
 
 def validate_only(sample: dict) -> ShardSample:
@@ -252,13 +258,20 @@ def open_shards(
     skip_bad: SkipCounter | None = None,
     seed: int = 0,
     integrity: str | None = None,
+    skip_batches: int = 0,
+    batch_size: int = 1,
+    image_tensors: bool = False,
+    decode_device: str = "cpu",
 ) -> wds.WebDataset:
     """A webdataset pipeline of ShardSamples. `shuffle` > 0 shuffles shards and a buffer of that many
     samples; `resampled` draws shards with replacement (endless). Shards are split across nodes and
     DataLoader workers. With `skip_bad`, bad samples (and unreadable shards) are counted and skipped;
     without it the first bad sample raises. `integrity` ("raise" or "warn"; default: raise, or warn
     with `skip_bad`): what a tar shorter than its record, or one yielding fewer samples than recorded,
-    does; never fewer samples in silence."""
+    does; never fewer samples in silence. `skip_batches` of `batch_size` (a resumed run) are dropped in
+    each DataLoader worker before their images are decoded: worker w of W skips the batches k < n with
+    k % W == w, as the DataLoader takes batches from its workers in turn. `image_tensors`: images as
+    3 x H x W uint8 tensors (decoded on `decode_device`) instead of arrays."""
     policy = integrity or ("warn" if skip_bad is not None else "raise")
     if policy not in ("raise", "warn"):
         raise ValueError(f"integrity must be 'raise' or 'warn', not {policy!r}")
@@ -283,4 +296,19 @@ def open_shards(
         ds = ds.compose(_count_stage(expected, policy))
     if shuffle:
         ds = ds.shuffle(shuffle, seed=seed)
-    return ds.map(decode if decode_images else validate_only, handler=handler)
+    if skip_batches:
+        ds = ds.compose(_skip_stage(skip_batches, batch_size))
+    fn = Decode(image_tensors, decode_device) if decode_images else validate_only
+    return ds.map(fn, handler=handler)
+
+
+def _skip_stage(batches: int, batch_size: int):
+    def stage(src):
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        drop = len(range(w, batches, n)) * batch_size
+        for i, sample in enumerate(src):
+            if i >= drop:
+                yield sample
+
+    return stage

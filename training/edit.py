@@ -13,6 +13,20 @@ from safetensors.torch import load_file
 
 from .config import TrainConfig
 from .model import PoseConditionedConvIn, add_pose_branch, build_editor, render_pose
+from .transforms import center_crop_geometry
+
+
+def edit_input(image: Image.Image, resolution: int) -> Image.Image:
+    """The image as training saw its frames: short side resized to the resolution, centre crop."""
+    rgb = np.asarray(image.convert("RGB"))
+    return Image.fromarray(center_crop_geometry(rgb.shape[0], rgb.shape[1], resolution).image(rgb))
+
+
+def device() -> str:
+    """The accelerator's device: the GPU when there is one."""
+    from accelerate import PartialState
+
+    return str(PartialState().device)
 
 
 def load_editor(checkpoint: Path):
@@ -31,31 +45,40 @@ def load_editor(checkpoint: Path):
     return pipe, cfg
 
 
-def target_pose(path: Path, image_size: tuple[int, int]) -> torch.Tensor:
-    """A target pose file -> (1, 17, 3) keypoints in [0, 1] image coordinates. The file holds
-    {"keypoints": [[x, y, conf] * 17]} in pixels (null for a missing point); a pose as the manifest
-    stores it (with frame_width/frame_height) is read in its own frame's pixels, otherwise in the input
-    image's."""
+def target_pose(path: Path, image_size: tuple[int, int], resolution: int | None = None) -> torch.Tensor:
+    """A target pose file -> (1, 17, 3) keypoints in [0, 1] coordinates of the edit's input crop. The
+    file holds {"keypoints": [[x, y, conf] * 17]} in pixels (null for a missing point); a pose as the
+    manifest stores it (with frame_width/frame_height) is read in its own frame's pixels, otherwise in
+    the input image's. Without `resolution`, in [0, 1] of the whole image."""
     doc = json.loads(path.read_text())
     kp = np.array([[np.nan if v is None else v for v in row] for row in doc["keypoints"]], dtype=np.float32)
     if kp.shape != (17, 3):
         raise ValueError(f"{path}: expected 17 keypoints of [x, y, conf], got shape {kp.shape}")
     w, h = doc.get("frame_width") or image_size[0], doc.get("frame_height") or image_size[1]
-    kp[:, 0] /= w
-    kp[:, 1] /= h
+    kp[:, 0] *= image_size[0] / w  # into the input image's pixels
+    kp[:, 1] *= image_size[1] / h
+    if resolution is None:
+        kp[:, 0] /= image_size[0]
+        kp[:, 1] /= image_size[1]
+    else:
+        kp = center_crop_geometry(image_size[1], image_size[0], resolution).keypoints(kp).astype(np.float32)
+        kp[:, :2] /= resolution
     return torch.from_numpy(kp)[None]
 
 
 def main(args: argparse.Namespace) -> int:
     pipe, cfg = load_editor(Path(args.checkpoint))
+    dev = device()
+    pipe.to(dev)
     source = Image.open(args.image).convert("RGB")
-    image = source.resize((cfg.resolution, cfg.resolution))
+    image = edit_input(source, cfg.resolution)
     branch = pipe.unet.conv_in if isinstance(pipe.unet.conv_in, PoseConditionedConvIn) else None
     if args.pose and branch is None:
         raise SystemExit(f"--pose: {args.checkpoint} was trained without --pose-conditioning")
     if branch is not None and args.pose:
-        maps = render_pose(target_pose(Path(args.pose), source.size), cfg.resolution // pipe.vae_scale_factor)
-        branch.pose_maps = torch.cat([maps] * 3)  # the classifier-free guidance batch: text, image, none
+        pose = target_pose(Path(args.pose), source.size, cfg.resolution)
+        maps = render_pose(pose, cfg.resolution // pipe.vae_scale_factor)
+        branch.pose_maps = torch.cat([maps] * 3).to(dev)  # the classifier-free guidance batch: text, image, none
     out = pipe(
         args.instruction,
         image=image,

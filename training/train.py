@@ -77,6 +77,41 @@ def pick_negatives(texts: list[str], tokenizer, rng: random.Random) -> list[str]
     return out
 
 
+class EpochStream(torch.utils.data.IterableDataset):
+    """The training samples of one epoch after another: each iteration (in the main process, or in
+    each persistent DataLoader worker) is the next epoch, shuffled and augmented with that epoch's seed.
+    The first iteration of a resumed run drops the batches it already trained on, undecoded."""
+
+    def __init__(self, urls, cfg: TrainConfig, first_epoch, skip_batches, skipped, held_out, decode_device):
+        self.urls, self.cfg = urls, cfg
+        self.epoch = first_epoch - 1
+        self.skip = skip_batches
+        self.skipped = skipped
+        self.held_out = held_out
+        self.decode_device = decode_device
+
+    def __iter__(self):
+        from .evaluate import HELD_OUT
+
+        self.epoch += 1
+        skip, self.skip = self.skip, 0
+        cfg = self.cfg
+        ds = open_shards(
+            self.urls,
+            shuffle=cfg.shuffle_buffer,
+            seed=cfg.seed + self.epoch,
+            skip_bad=self.skipped,
+            skip_batches=skip,
+            batch_size=cfg.train_batch_size,
+            image_tensors=True,
+            decode_device=self.decode_device,
+        )
+        if self.held_out:  # the pairs --eval-steps scores on are not trained on
+            ds = ds.select(lambda s: s.pair.clip.split not in HELD_OUT)
+        transform = PairTransform(cfg.resolution, cfg.seed, self.epoch, cfg.flip_p, caption_version=cfg.caption_version)
+        return iter(ds.map(transform))
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         from accelerate import Accelerator
@@ -85,8 +120,12 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.output)
         self.out.mkdir(parents=True, exist_ok=True)
+        # without a GPU, say so: several CPU processes (torchrun) then form one gloo group instead of
+        # each training alone and writing the same files
         self.accelerator = Accelerator(
-            mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps
+            mixed_precision=cfg.mixed_precision,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            cpu=not torch.cuda.is_available(),
         )
         set_seed(cfg.seed)
         parts = build_editor(cfg.pretrained, cfg.seed, cfg.resolution)
@@ -95,15 +134,13 @@ class Trainer:
         parts.vae.requires_grad_(False)
         parts.text_encoder.requires_grad_(False)
         self.parts = parts
-        self.params = [p for p in parts.unet.parameters() if p.requires_grad]
-        # the regulariser's anchor: the weights training started from (rebuilt the same way on resume)
-        self.anchor = [p.detach().clone() for p in self.params] if cfg.regularizer_weight > 0 else None
         if cfg.gradient_checkpointing:
             parts.unet.enable_gradient_checkpointing()
         if cfg.allow_tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
+        trainable = [p for p in parts.unet.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.adam_weight_decay)
         n = self.accelerator.num_processes
         self.urls = [u for s in cfg.shards for u in shard_urls(s)]
         self.size = dataset_size(self.urls)
@@ -118,6 +155,10 @@ class Trainer:
         self.unet, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
             parts.unet, self.optimizer, lr_scheduler
         )
+        # after prepare: the parameters as they now are (moved to the device, wrapped), and the
+        # regulariser's anchor beside them, same device and dtype (rebuilt the same way on resume)
+        self.params = [p for p in self.accelerator.unwrap_model(self.unet).parameters() if p.requires_grad]
+        self.anchor = [p.detach().clone() for p in self.params] if cfg.regularizer_weight > 0 else None
         device = self.accelerator.device
         # the frozen VAE and text encoder run in the mixed-precision dtype (as diffusers' training scripts
         # do); the trained UNet keeps fp32 weights under autocast
@@ -128,6 +169,12 @@ class Trainer:
             else:
                 frozen.to(device, dtype=self.weight_dtype)
         self.null_text = _null_embedding(parts, device)
+        self.eval_cases = None  # a fixed held-out subset for --eval-steps (the split the build assigned)
+        self.scorer = None
+        if cfg.eval_steps:
+            from .evaluate import held_out_cases
+
+            self.eval_cases = held_out_cases(self.urls, cfg.resolution, cfg.eval_samples)
         self.skipped = SkipCounter()
         self.step = 0
         self.epoch = 0
@@ -144,35 +191,56 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
-    def batches(self) -> Iterator[dict[str, Any]]:
-        """Endless batches, epoch after epoch, in a deterministic order; resumes mid-epoch."""
+    def make_loader(self, skip_batches: int = 0) -> torch.utils.data.DataLoader:
+        """One DataLoader for the whole run: with workers, they persist from epoch to epoch (each worker's
+        stream knows its epoch) and batches go to pinned memory when training on a GPU."""
         cfg = self.cfg
+        workers = cfg.num_workers
+        on_gpu = self.accelerator.device.type == "cuda"
+        stream = EpochStream(
+            self.urls,
+            cfg,
+            first_epoch=self.epoch,
+            skip_batches=skip_batches,
+            skipped=self.skipped,
+            held_out=self.eval_cases is not None,
+            decode_device=str(self.accelerator.device) if on_gpu and workers == 0 else "cpu",
+        )
+        # its own generator: starting a loader must not draw from the global RNG the training
+        # steps use, or a resumed run (which starts one more loader) would drift
+        return torch.utils.data.DataLoader(
+            stream,
+            batch_size=cfg.train_batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=workers > 0 and on_gpu,
+            generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
+        )
+
+    def batches(self) -> Iterator[dict[str, Any]]:
+        """Endless batches, epoch after epoch, in a deterministic order; resumes mid-epoch. The batches a
+        resumed run already trained on are dropped before decoding (all but fewer than one per worker)."""
+        workers = max(1, self.cfg.num_workers)
+        start = self.batches_in_epoch
+        skip_unread = start - start % workers
+        loader = self.make_loader(skip_unread)
+        n = skip_unread
         while True:
-            ds = open_shards(self.urls, shuffle=cfg.shuffle_buffer, seed=cfg.seed + self.epoch, skip_bad=self.skipped)
-            ds = ds.map(
-                PairTransform(cfg.resolution, cfg.seed, self.epoch, cfg.flip_p, caption_version=cfg.caption_version)
-            )
-            # its own generator: starting a loader must not draw from the global RNG the training
-            # steps use, or a resumed run (which starts one more loader) would drift
-            loader = torch.utils.data.DataLoader(
-                ds,
-                batch_size=cfg.train_batch_size,
-                num_workers=cfg.num_workers,
-                generator=torch.Generator().manual_seed(cfg.seed + self.epoch),
-            )
-            n = 0
+            got = 0
             for batch in loader:
+                got += 1
                 n += 1
                 if n <= self.batches_in_epoch:
                     continue  # consumed before the checkpoint this run resumed from
                 self.batches_in_epoch = n
                 yield batch
-            if n == 0:
+            if got == 0 and n == 0:
                 last = self.skipped.last or "in DataLoader workers, see their warnings"
                 why = f"; {self.skipped.count} samples skipped, the last: {last}" if self.skipped.count else ""
                 raise RuntimeError(f"no readable samples in {len(self.urls)} shards{why}")
             self.epoch += 1
             self.batches_in_epoch = 0
+            n = 0
 
     # ------------------------------------------------------------------ the objective
 
@@ -227,16 +295,24 @@ class Trainer:
     def checkpoints(self) -> list[Path]:
         return sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
 
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
     def save(self) -> Path:
+        """Every process takes part in save_state; only the main one writes the run's own files and
+        prunes old checkpoints, and the others wait until it has."""
         path = self.out / f"checkpoint-{self.step}"
         self.accelerator.save_state(str(path))
-        state = {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
-        (path / "trainer_state.json").write_text(json.dumps(state))
-        (self.out / "train_config.json").write_text(self.cfg.model_dump_json(indent=2))
-        limit = self.cfg.checkpoints_total_limit
-        if limit:
-            for old in self.checkpoints()[:-limit]:
-                shutil.rmtree(old)
+        if self.main:
+            state = {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+            (path / "trainer_state.json").write_text(json.dumps(state))
+            (self.out / "train_config.json").write_text(self.cfg.model_dump_json(indent=2))
+            limit = self.cfg.checkpoints_total_limit
+            if limit:
+                for old in self.checkpoints()[:-limit]:
+                    shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
         return path
 
     def resume(self, which: str) -> None:
@@ -247,9 +323,10 @@ class Trainer:
         state = json.loads((path / "trainer_state.json").read_text())
         self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
         metrics = self.out / "metrics.jsonl"
-        if metrics.exists():  # drop what the stopped run logged after this checkpoint
+        if metrics.exists() and self.main:  # drop what the stopped run logged after this checkpoint
             keep = [ln for ln in metrics.read_text().splitlines() if ln and json.loads(ln)["step"] <= self.step]
             metrics.write_text("".join(k + "\n" for k in keep))
+        self.accelerator.wait_for_everyone()
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ validation
@@ -294,13 +371,34 @@ class Trainer:
         Image.fromarray(np.concatenate(rows, 0)).save(path)
         return path
 
+    def evaluate(self) -> dict[str, float | None]:
+        """`motionpairs evaluate` on the fixed held-out subset, on the main process: the model's figures
+        (with the no-edit floor and oracle ceiling) for metrics.jsonl."""
+        out: dict[str, float | None] = {}
+        if self.main and self.eval_cases:
+            from .evaluate import Scorer, score_cases
+
+            self.scorer = self.scorer or Scorer(str(self.accelerator.device))
+            pipe = self.parts.pipeline()
+            pipe.unet = self.accelerator.unwrap_model(self.unet)
+            pipe.set_progress_bar_config(disable=True)
+            self.unet.eval()
+            with self.accelerator.autocast():
+                m, _, _ = score_cases(pipe, self.eval_cases, self.scorer, self.cfg.eval_inference_steps, self.cfg.seed)
+            self.unet.train()
+            for system in ("model", "no_edit", "oracle"):
+                for k in ("pck@0.1", "oks", "direction_agreement", "background_ssim"):
+                    out[f"eval_{system}_{k}"] = m[system].get(k)
+        self.accelerator.wait_for_everyone()
+        return out
+
     # ------------------------------------------------------------------ the loop
 
     def train(self) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.resume_from_checkpoint:
             self.resume(cfg.resume_from_checkpoint)
-        metrics = open(self.out / "metrics.jsonl", "a")
+        metrics = open(self.out / "metrics.jsonl", "a") if self.main else None  # one writer
         data = self.batches()
         t0, samples = time.perf_counter(), 0
         wanted = 0  # samples that had the requested --caption-version (the rest used their published caption)
@@ -322,7 +420,8 @@ class Trainer:
                 wanted += sum(version_matches(v, cfg.caption_version) for v in batch["caption_version"])
             self.step += 1
             last = {k: float(v.detach()) for k, v in losses.items()}
-            if self.step % cfg.logging_steps == 0:
+            eval_now = bool(cfg.eval_steps) and self.step % cfg.eval_steps == 0
+            if self.step % cfg.logging_steps == 0 or eval_now:
                 elapsed = time.perf_counter() - t0
                 rec = {"step": self.step, "epoch": self.epoch, **last, "lr": self.lr_scheduler.get_last_lr()[0]}
                 rec.update(samples_per_s=round(samples / elapsed, 2), elapsed_s=round(elapsed, 3))
@@ -334,14 +433,20 @@ class Trainer:
                             "(motionpairs inspect OUT lists the versions)",
                             cfg.caption_version,
                         )
-                metrics.write(json.dumps(rec) + "\n")
-                metrics.flush()
+                if eval_now:
+                    rec.update(self.evaluate())
+                if metrics is not None:
+                    metrics.write(json.dumps(rec) + "\n")
+                    metrics.flush()
             if self.step % cfg.checkpointing_steps == 0 or self.step == self.max_steps:
                 self.accelerator.wait_for_everyone()
-                self.save()  # save_state writes from the main process and syncs the others
+                self.save()
             if cfg.validation_steps and self.step % cfg.validation_steps == 0:
-                self.validate()
-        metrics.close()
+                if self.main:
+                    self.validate()
+                self.accelerator.wait_for_everyone()
+        if metrics is not None:
+            metrics.close()
         summary = {"step": self.step, "epoch": self.epoch, "skipped_samples": self.skipped.count, **last}
         if self.size:
             summary["dataset_size"] = self.size
@@ -358,5 +463,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"motionpairs train: error: {e}", file=sys.stderr)
         return 2
     summary = trainer.train()
-    print(json.dumps(summary))
+    if trainer.main:  # one summary, not one per process
+        print(json.dumps(summary))
     return 0 if math.isfinite(summary.get("loss", 0.0)) else 1

@@ -7,10 +7,11 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
+from torchvision.transforms.v2 import functional as TF
 
 from schemas.records import COCO17_FLIP
 from schemas.shard import ShardSample, keypoints_array
@@ -27,6 +28,67 @@ def sample_rng(key: str, seed: int, epoch: int) -> random.Random:
     """Augmentation randomness from (seed, epoch, sample): the same on a resumed run, in any worker."""
     digest = hashlib.sha256(f"{seed}|{epoch}|{key}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Resize the short side to r, then crop r x r at (top, left): the one crop of training, edit and
+    evaluate. Resizing runs on tensors (antialiased), on whatever device the image is on."""
+
+    h: int
+    w: int
+    r: int
+    nh: int
+    nw: int
+    top: int
+    left: int
+
+    def tensor(self, img: torch.Tensor) -> torch.Tensor:
+        """C x H x W uint8 (or float) tensor -> C x r x r."""
+        img = TF.resize(img, [self.nh, self.nw], antialias=True)
+        return img[:, self.top : self.top + self.r, self.left : self.left + self.r]
+
+    def image(self, img) -> np.ndarray:
+        """H x W x 3 uint8 array (or a C x H x W tensor) -> r x r x 3 uint8 array."""
+        t = (
+            img
+            if isinstance(img, torch.Tensor)
+            else torch.from_numpy(np.require(img, requirements="CW")).permute(2, 0, 1)
+        )
+        return self.tensor(t).permute(1, 2, 0).cpu().numpy()
+
+    def point(self, x: float, y: float) -> tuple[float, float]:
+        return x * (self.nw / self.w) - self.left, y * (self.nh / self.h) - self.top
+
+    def keypoints(self, kp: np.ndarray) -> np.ndarray:
+        """(17, 3) keypoints in source pixels -> in crop pixels (confidences kept)."""
+        out = kp.astype(np.float64).copy()
+        out[:, 0] = kp[:, 0] * (self.nw / self.w) - self.left
+        out[:, 1] = kp[:, 1] * (self.nh / self.h) - self.top
+        return out
+
+
+def crop_geometry(h: int, w: int, r: int, rng: random.Random | None = None) -> CropGeometry:
+    scale = r / min(h, w)
+    nh, nw = max(r, round(h * scale)), max(r, round(w * scale))
+    top = rng.randint(0, nh - r) if rng is not None else (nh - r) // 2
+    left = rng.randint(0, nw - r) if rng is not None else (nw - r) // 2
+    return CropGeometry(h, w, r, nh, nw, top, left)
+
+
+def center_crop_geometry(h: int, w: int, r: int) -> CropGeometry:
+    return crop_geometry(h, w, r, None)
+
+
+def _chw(img) -> torch.Tensor:
+    """A decoded image as a C x H x W uint8 tensor (from the loader's tensor, or an H x W x 3 array)."""
+    if isinstance(img, torch.Tensor):
+        return img if img.shape[0] == 3 else img.permute(2, 0, 1)
+    return torch.from_numpy(np.require(img, requirements="CW")).permute(2, 0, 1)
+
+
+def _hw(img) -> tuple[int, int]:
+    return tuple(img.shape[1:3]) if isinstance(img, torch.Tensor) and img.shape[0] == 3 else tuple(img.shape[:2])
 
 
 class PairTransform:
@@ -51,23 +113,19 @@ class PairTransform:
     def __call__(self, s: ShardSample) -> dict:
         rng = sample_rng(s.key, self.seed, self.epoch)
         r = self.resolution
-        h, w = s.before.shape[:2]
-        scale = r / min(h, w)
-        nh, nw = max(r, round(h * scale)), max(r, round(w * scale))
-        top = rng.randint(0, nh - r) if self.random_crop else (nh - r) // 2
-        left = rng.randint(0, nw - r) if self.random_crop else (nw - r) // 2
+        h, w = _hw(s.before)
+        g = crop_geometry(h, w, r, rng if self.random_crop else None)
         flip = rng.random() < self.flip_p
 
-        def image(img: np.ndarray) -> torch.Tensor:
-            img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)[top : top + r, left : left + r]
+        def image(img) -> torch.Tensor:
+            t = g.tensor(_chw(img))
             if flip:
-                img = img[:, ::-1]
-            return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 127.5 - 1.0
+                t = t.flip(-1)
+            return t.float() / 127.5 - 1.0
 
         _, target = keypoints_array(s.pair)
-        kp = target.copy()
-        kp[:, 0] = (kp[:, 0] * (nw / w) - left) / r
-        kp[:, 1] = (kp[:, 1] * (nh / h) - top) / r
+        kp = g.keypoints(target)
+        kp[:, :2] /= r
         caption = s.pair.caption_for(self.caption_version)
         text = caption.text if caption else ""
         if flip:

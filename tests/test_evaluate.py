@@ -1,0 +1,207 @@
+"""`motionpairs evaluate` and the training path at scale: scores against floor and ceiling, the
+regulariser's anchor on the model's device, one writer among several processes, the training crop at
+edit time, and a loader that resumes without decoding what it skips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import ACCEPTED, video
+from PIL import Image
+
+from training.config import TrainConfig
+from training.train import Trainer
+
+MP = [sys.executable, "-m", "flows.cli"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(args, **kw):
+    return subprocess.run(MP + args, capture_output=True, text=True, timeout=900, cwd=REPO, env=os.environ.copy(), **kw)
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory) -> Path:
+    """Two real clips built with every video in the val split."""
+    from curation.config import load_config
+    from curation.runner import run_build
+
+    root = tmp_path_factory.mktemp("heldout")
+    folder = root / "in"
+    folder.mkdir()
+    for name in ("tai_chi_glass", "dribbler"):
+        (folder / f"{name}.mp4").symlink_to(video(ACCEPTED[name]))
+    out = root / "out"
+    stats = run_build(load_config(None, output=str(out), sources=[{"root": str(folder), "val_fraction": 1.0}]))
+    assert stats["pairs"] >= 2
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(real_build, tmp_path_factory) -> Path:
+    _, out, _ = real_build
+    run_dir = tmp_path_factory.mktemp("evalrun") / "run"
+    cfg = TrainConfig(
+        shards=[str(out)], output=str(run_dir), resolution=128, train_batch_size=2, max_train_steps=2,
+        checkpointing_steps=2, shuffle_buffer=0, seed=1,
+    )  # fmt: skip
+    Trainer(cfg).train()
+    return run_dir / "checkpoint-2"
+
+
+def test_evaluate_scores_the_model_between_no_edit_and_oracle(checkpoint, held_out, tmp_path):
+    ev = tmp_path / "eval"
+    r = run(
+        ["evaluate", "--checkpoint", str(checkpoint), "--shards", str(held_out), "--output", str(ev), "--steps", "2"]
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((ev / "metrics.json").read_text())
+    for system in ("model", "no_edit", "oracle"):
+        for key in ("pck@0.1", "oks", "direction_agreement", "background_ssim"):
+            assert key in m[system], (system, key, m[system])
+    assert m["oracle"]["samples"] == m["no_edit"]["samples"] >= 2
+    # the real after-frame is the ceiling, the unedited before-frame the floor
+    assert m["oracle"]["pck@0.1"] > m["no_edit"]["pck@0.1"], m
+    assert m["oracle"]["pck@0.1_moved"] > m["no_edit"]["pck@0.1_moved"], m
+    assert m["oracle"]["direction_agreement"] > m["no_edit"]["direction_agreement"], m
+    assert m["no_edit"]["background_ssim"] == 1.0 and m["no_edit"]["background_psnr"] == 100.0
+    assert m["by_caption_version"] and "offline" in m["by_caption_version"]
+    rows = pd.read_parquet(ev / "samples.parquet")
+    assert set(rows.system) == {"model", "no_edit", "oracle"} and len(rows) >= 3 * m["oracle"]["samples"]
+    grid = Image.open(ev / "grid.png")
+    assert grid.size[0] == 3 * 128 and grid.size[1] % 128 == 0
+
+
+def test_evaluate_bad_inputs_are_one_line_errors(checkpoint, held_out, real_build, tmp_path):
+    _, out, _ = real_build
+    cases = [
+        (["--checkpoint", str(tmp_path), "--shards", str(held_out)], "not a training checkpoint"),
+        (["--checkpoint", str(checkpoint), "--shards", str(out)], "no held-out pairs"),
+        (["--checkpoint", str(checkpoint), "--shards", str(tmp_path / "none-*.tar")], "no shards match"),
+    ]
+    for args, msg in cases:
+        r = run(["evaluate", *args, "--output", str(tmp_path / "e")])
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and msg in r.stderr, r.stderr[-2000:]
+
+
+def test_the_regulariser_anchor_lives_where_the_prepared_model_does(real_build, tmp_path, monkeypatch):
+    """accelerate's prepare moves the model (to the GPU, or here to float64, standing in for a move): the
+    anchor must be taken after it, on the same device and in the same dtype."""
+    from accelerate import Accelerator
+
+    _, out, _ = real_build
+    real_prepare = Accelerator.prepare
+
+    def moving_prepare(self, *objs):
+        objs = [o.to(torch.float64) if isinstance(o, torch.nn.Module) else o for o in objs]
+        return real_prepare(self, *objs)
+
+    monkeypatch.setattr(Accelerator, "prepare", moving_prepare)
+    cfg = TrainConfig(
+        shards=[str(out)], output=str(tmp_path / "run"), resolution=32, train_batch_size=2, max_train_steps=1,
+        regularizer_weight=0.1, shuffle_buffer=0,
+    )  # fmt: skip
+    t = Trainer(cfg)
+    assert t.anchor is not None and len(t.anchor) == len(t.params)
+    for p, a in zip(t.params, t.anchor, strict=True):
+        assert p.device == a.device and p.dtype == a.dtype == torch.float64
+    t.parts.vae.to(torch.float64)
+    t.parts.text_encoder.to(torch.float64)
+    t.weight_dtype = torch.float64
+    t.null_text = t.null_text.to(torch.float64)
+    import random
+
+    losses = t.loss(next(t.batches()), random.Random(0))
+    assert torch.isfinite(losses["loss_reg"]) and float(losses["loss_reg"]) == 0.0  # nothing moved yet
+
+
+def test_two_processes_write_one_metrics_line_per_step_and_an_intact_checkpoint(real_build, tmp_path):
+    _, out, _ = real_build
+    run_dir = tmp_path / "run"
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+           "-m", "flows.cli", "train", "--shards", str(out), "--output", str(run_dir), "--resolution", "32",
+           "--train-batch-size", "1", "--max-train-steps", "4", "--checkpointing-steps", "2",
+           "--checkpoints-total-limit", "1", "--validation-steps", "2", "--validation-samples", "1",
+           "--shuffle-buffer", "0"]  # fmt: skip
+    env = os.environ.copy() | {"OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]  # one line per logged step, not one per process
+    ckpts = sorted(p.name for p in run_dir.glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-4"]
+    files = {p.name for p in (run_dir / "checkpoint-4").iterdir()}
+    assert {"trainer_state.json", "model.safetensors"} <= files
+    assert json.loads((run_dir / "checkpoint-4" / "trainer_state.json").read_text())["step"] == 4
+    assert sorted(p.name for p in (run_dir / "validation").iterdir()) == ["step-000002.png", "step-000004.png"]
+
+
+def test_edit_uses_the_training_crop(tmp_path):
+    from training.edit import edit_input
+    from training.transforms import PairTransform, center_crop_geometry
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (90, 160, 3), dtype=np.uint8)  # wide: squashing it would distort
+    got = np.asarray(edit_input(Image.fromarray(img), 64))
+    want = center_crop_geometry(90, 160, 64).image(img)
+    assert got.shape == (64, 64, 3) and np.array_equal(got, want)
+    # the same crop training sees without augmentation
+    from test_schemas import pair
+
+    from schemas.shard import ShardSample
+
+    s = ShardSample(key="k", pair=pair(), before=img, after=img)
+    t = PairTransform(64, flip_p=0.0, random_crop=False)(s)["before"]
+    assert np.array_equal(((t.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8), want)
+
+
+def test_the_loader_keeps_workers_and_resumes_without_decoding_what_it_skips(real_build, tmp_path, monkeypatch):
+    import training.data as data
+
+    _, out, _ = real_build
+    base = dict(shards=[str(out)], resolution=32, train_batch_size=2, shuffle_buffer=0, max_train_steps=3)
+    loader = Trainer(TrainConfig(output=str(tmp_path / "w"), num_workers=2, **base)).make_loader(0)
+    assert loader.persistent_workers and loader.pin_memory == torch.cuda.is_available()
+    calls = []
+    real = data.decode_image
+    monkeypatch.setattr(data, "decode_image", lambda b, *a, **k: calls.append(1) or real(b, *a, **k))
+    t = Trainer(TrainConfig(output=str(tmp_path / "r"), **base))
+    t.batches_in_epoch = 2  # as after a resume from a checkpoint two batches into the epoch
+    batch = next(t.batches())
+    assert batch["before"].shape[0] == 2
+    assert len(calls) == 2 * 2  # two samples, two images each: the four skipped samples were never decoded
+
+
+def test_eval_steps_log_the_held_out_figures_and_never_train_on_them(real_build, held_out, tmp_path):
+    _, out, stats = real_build
+    cfg = TrainConfig(
+        shards=[str(out), str(held_out)], output=str(tmp_path / "run"), resolution=128, train_batch_size=2,
+        max_train_steps=2, eval_steps=2, eval_samples=2, eval_inference_steps=2, shuffle_buffer=0,
+    )  # fmt: skip
+    t = Trainer(cfg)
+    assert len(t.eval_cases) == 2
+    # one epoch is exactly the train split: the held-out shards' pairs never come up
+    data, keys = t.batches(), []
+    while t.epoch == 0:
+        keys += list(next(data)["key"])
+    keys = keys[:-2]  # the batch that started epoch 1
+    assert len(keys) == stats["pairs"] and len(set(keys)) == len(keys)
+    t = Trainer(cfg)
+    t.train()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    assert last["step"] == 2 and last["eval_oracle_pck@0.1"] >= last["eval_no_edit_pck@0.1"]
+    assert last["eval_no_edit_background_ssim"] == 1.0 and "eval_model_direction_agreement" in last
