@@ -121,7 +121,8 @@ def _leg_changes(a: _Pose, b: _Pose) -> list[Change]:
     # a foot lifted: one ankle rises relative to the other
     la, ra, lb, rb = a.p("left_ankle"), a.p("right_ankle"), b.p("left_ankle"), b.p("right_ankle")
     if all(v is not None for v in (la, ra, lb, rb)) and a.torso > 0:
-        lift = ((ra[1] - rb[1]) - (la[1] - lb[1])) / a.torso  # >0: left rose more than right
+        # image y points down: a foot that rises has a smaller y after (la[1] - lb[1] > 0)
+        lift = ((la[1] - lb[1]) - (ra[1] - rb[1])) / a.torso  # >0: the left foot rose more than the right
         if abs(lift) > 0.35:
             side = "left" if lift > 0 else "right"
             out.append(Change(abs(lift), f"lift your {side} foot"))

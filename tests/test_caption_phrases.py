@@ -1,0 +1,104 @@
+"""Every phrase the offline captioner can say, from synthetic keypoint pairs with a known answer: facing
+the camera, facing away (their left on the image's left), and mirrored (the training flip)."""
+
+from __future__ import annotations
+
+import pytest
+from posekit import KNEES_BENT, RIGHT_ARM_UP, STANDING, make_pose
+
+from curation.captions import describe
+from schemas.records import COCO17, COCO17_FLIP, KP, Pose17
+from training.transforms import swap_sides
+
+W = 400  # the synthetic person stands around x = 200
+
+
+def shifted(points: dict, dx: float = 0.0, dy: float = 0.0, only: tuple[str, ...] | None = None) -> dict:
+    names = only or tuple(points)
+    return {k: ((x + dx, y + dy) if k in names else (x, y)) for k, (x, y) in points.items()}
+
+
+UPPER = tuple(k for k in COCO17 if not k.endswith(("knee", "ankle")))
+LEFT_ARM_SHOULDER_HEIGHT = {"left_elbow": (300, 150), "left_wrist": (355, 150)}
+RIGHT_ARM_BENT = {"right_wrist": (200, 235)}
+RIGHT_ARM_OUT = {"right_elbow": (110, 190), "right_wrist": (60, 230)}
+BOTH_UP = RIGHT_ARM_UP | {"left_elbow": (250, 100), "left_wrist": (255, 45)}
+LEFT_KNEE_BENT = {"left_knee": (260, 320), "left_ankle": (225, 385)}
+LEFT_FOOT_UP = {"left_knee": (245, 310), "left_ankle": (240, 350)}
+PROFILE = {k: (200 + (x - 200) * 0.1, y) for k, (x, y) in STANDING.items()}  # side view: shoulders overlap
+
+# (name, before points, after points, phrase expected facing the camera)
+CASES = [
+    ("raise right arm above head", STANDING, STANDING | RIGHT_ARM_UP, "raise your right arm above your head"),
+    ("raise left arm to shoulder", STANDING, STANDING | LEFT_ARM_SHOULDER_HEIGHT,
+     "raise your left arm to shoulder height"),
+    ("lower right arm", STANDING | RIGHT_ARM_UP, STANDING, "lower your right arm"),
+    ("bend right arm", STANDING, STANDING | RIGHT_ARM_BENT, "bend your right arm"),
+    ("straighten right arm", STANDING | RIGHT_ARM_BENT, STANDING, "straighten your right arm"),
+    ("stretch right arm out", STANDING, STANDING | RIGHT_ARM_OUT, "stretch your right arm out to the side"),
+    ("bring right arm in", STANDING | RIGHT_ARM_OUT, STANDING, "bring your right arm in"),
+    ("raise both arms", STANDING, STANDING | BOTH_UP, "raise both arms above your head"),
+    ("lower both arms", STANDING | BOTH_UP, STANDING, "lower both arms"),
+    ("bend knees", STANDING, STANDING | KNEES_BENT, "bend your knees"),
+    ("straighten knees", STANDING | KNEES_BENT, STANDING, "straighten your knees"),
+    ("bend left knee", STANDING, STANDING | LEFT_KNEE_BENT, "bend your left knee"),
+    ("straighten left knee", STANDING | LEFT_KNEE_BENT, STANDING, "straighten your left knee"),
+    ("lift left foot", STANDING, STANDING | LEFT_FOOT_UP, "lift your left foot"),
+    ("lean to the left", STANDING, shifted(STANDING, dx=45, only=tuple(k for k in UPPER if "hip" not in k)),
+     "lean to your left"),
+    ("straighten up", shifted(STANDING, dx=45, only=tuple(k for k in UPPER if "hip" not in k)), STANDING,
+     "straighten up"),
+    ("bend forward", PROFILE, shifted(PROFILE, dx=45, only=tuple(k for k in UPPER if "hip" not in k)),
+     "bend forward"),
+    ("crouch down", STANDING, shifted(STANDING, dy=40, only=UPPER), "crouch down"),
+    ("stand up", shifted(STANDING, dy=40, only=UPPER), STANDING, "stand up"),
+    ("step to the left", STANDING, shifted(STANDING, dx=70), "step to your left"),
+    ("turn around", STANDING, {k: (W - x, y) for k, (x, y) in STANDING.items()}, "turn around"),
+    ("move right arm a little", STANDING, STANDING | {"right_wrist": (165, 262), "right_elbow": (158, 208)},
+     "move your right arm"),
+    ("no change", STANDING, STANDING, "change your pose"),
+]  # fmt: skip
+
+
+def facing_away(points: dict) -> dict:
+    """The same body seen from behind: their left on the image's left."""
+    return {k: (W - x, y) for k, (x, y) in points.items()}
+
+
+def flipped(pose: Pose17) -> Pose17:
+    """The training flip: the image mirrored, so each keypoint mirrors and left/right labels swap."""
+    kps = [[W - x, y, c] for x, y, c in pose.keypoints]
+    kps = [kps[i] for i in COCO17_FLIP]
+    x1, y1, x2, y2 = pose.box
+    return pose.model_copy(update={"keypoints": kps, "box": [W - x2, y1, W - x1, y2]})
+
+
+@pytest.mark.parametrize("name,before,after,phrase", CASES, ids=[c[0] for c in CASES])
+def test_every_phrase_facing_the_camera(name, before, after, phrase):
+    text = describe(make_pose(before), make_pose(after))
+    assert phrase in text.split(" and ") or text == phrase, (name, text)
+
+
+SIDED = [c for c in CASES if any(w in c[3] for w in ("left", "right")) and c[0] not in ("turn around",)]
+
+
+@pytest.mark.parametrize("name,before,after,phrase", SIDED, ids=[c[0] for c in SIDED])
+def test_a_person_facing_away_keeps_their_own_left_and_right(name, before, after, phrase):
+    """Seen from behind, the same motion of the same limb is the same instruction (lean and step
+    directions flip in the image, not for the person)."""
+    a, b = make_pose(facing_away(before)), make_pose(facing_away(after))
+    assert a.keypoints[KP["left_shoulder"]][0] < a.keypoints[KP["right_shoulder"]][0]  # their left, image left
+    text = describe(a, b)
+    assert phrase in text.split(" and ") or text == phrase, (name, text)
+
+
+@pytest.mark.parametrize("name,before,after,phrase", CASES, ids=[c[0] for c in CASES])
+def test_the_training_flip_swaps_left_and_right_in_the_caption(name, before, after, phrase):
+    a, b = make_pose(before), make_pose(after)
+    assert describe(flipped(a), flipped(b)) == swap_sides(describe(a, b)), name
+
+
+def test_the_foot_rule_names_the_foot_that_rises():
+    right_up = {"right_knee": (155, 310), "right_ankle": (160, 350)}
+    assert "lift your right foot" in describe(make_pose(STANDING), make_pose(STANDING | right_up))
+    assert "lift your left foot" in describe(make_pose(STANDING), make_pose(STANDING | LEFT_FOOT_UP))
