@@ -77,6 +77,12 @@ def ephemeral_api(timeout_s: float | None = None) -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
     finally:
+        try:  # send the logs and events still queued while the API is up (what Prefect does at exit)
+            from prefect._internal.concurrency.services import QueueService
+
+            QueueService.drain_all(timeout=10)
+        except Exception:  # an internal of Prefect's; without it a late log line only fails to reach the API
+            pass
         proc.terminate()
         try:
             proc.wait(10)
