@@ -269,14 +269,16 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     files: dict[str, dict[str, Any]] = {}
     for r in records:
         files.update(r["files"])
-    from .recaption import apply_published
+    from .recaption import apply_published, published_choice
 
     if mirror is not None:
         mirror.pull_captions()
-    samples, files, published = apply_published(out, samples, files, fetch=mirror.fetch_tar if mirror else None)
+    samples, files, applied = apply_published(out, samples, files, fetch=mirror.fetch_tar if mirror else None)
     if mirror is not None:
         mirror.push_tars(files)
     stats = build_stats(plan, records, samples, rejects, files)
+    if applied:
+        stats["published"] = applied
     previous = (mirror.meta() if mirror is not None else out.meta()) or {}
     if previous.get("versions") and previous["versions"] != stats["versions"]:
         stats["changed_versions"] = {
@@ -291,7 +293,7 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
         "fingerprint": plan.fingerprint,
         "versions": stats["versions"],
         "units": _units_digest(records),
-        "published": published,
+        "published": published_choice(out),  # compared by the next run's no-op check
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
     gen = out.write_generation(

@@ -99,11 +99,15 @@ def test_the_pose_work_never_waits_on_a_slow_server_and_the_captions_land(server
         "decode": {"max_frames": 16},
         "caption": {"captioner": "openai", "model": "m1", "base_url": server.base_url},
     }
-    stats = run_build(load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}], **over))
+    cfg = load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}], **over)
+    stats = run_build(cfg)
     rec = json.loads(next((tmp_path / "out" / "parts").glob("*.json")).read_text())
     assert "llm_caption" not in rec["seconds"] and rec["seconds"]["wall"] < 2.0 * stats["pairs"]
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert (s.caption_captioner == "openai").all() and s.caption.str.startswith("[m1]").all()
+    # the captions are published: the next run with nothing new is a no-op (no new generation, no request)
+    asked = len(server.requests)
+    assert run_build(cfg)["generation"] == stats["generation"] and len(server.requests) == asked
 
 
 def test_prompt_edits_and_longer_answers_recaption_and_nothing_else_does(server, built, tmp_path, monkeypatch):

@@ -123,7 +123,13 @@ def test_sigkill_after_a_settings_change_keeps_the_old_generation_then_completes
     assert snapshot(out) == snapshot(reference) and leftovers(out) == [] and verify(str(out)) == []
 
 
-def test_sigkill_inside_publish_then_rerun(tmp_path, reference):
+def _fast_overrides() -> dict:
+    import yaml
+
+    return yaml.safe_load(FAST)
+
+
+def test_sigkill_inside_publish_then_rerun(tmp_path, reference, small_input):
     out = tmp_path / "out"
     shutil.copytree(reference, out, symlinks=True)
     # a caption version to publish: rows as a recaption run writes them
@@ -158,6 +164,10 @@ def test_sigkill_inside_publish_then_rerun(tmp_path, reference):
     assert got == snapshot(ref_pub)
     assert {c for _, c in got["captions"]} == {f"raise your arm {i}" for i in range(len(samples))}
     assert leftovers(out) == [] and verify(str(out)) == []
+    # a build after a publish keeps the choice and, with nothing new, is a no-op
+    gen = Output(out).current()
+    cfg_out = load_config(None, output=str(out), sources=[{"root": str(small_input)}], **_fast_overrides())
+    assert run_build(cfg_out)["generation"] == gen and Output(out).current() == gen
 
 
 def _complete_rows(rows):
