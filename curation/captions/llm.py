@@ -438,6 +438,10 @@ class LLMCaptioner:
                     took = time.perf_counter() - t0
                     rec = self._record(CaptionStatus.FAILED, failure_reason(e), None, None, 0, 0, took)
                     log.warning("caption request for %s failed: %s", job.pair.pair_id, self.scrub(str(e))[:300])
+                except Exception as e:  # one pair's trouble (an image that does not decode) is that pair's row
+                    took = time.perf_counter() - t0
+                    rec = self._record(CaptionStatus.FAILED, type(e).__name__, None, None, 0, 0, took)
+                    log.warning("caption of %s failed: %s", job.pair.pair_id, self.scrub(str(e))[:300])
                 budget.cost += rec["cost_usd"]
             if rec["status"] != CaptionStatus.FAILED or rec["reason"] in DETERMINISTIC_FAILURES:
                 self.cache.put(key, rec)
