@@ -117,10 +117,24 @@ class WriterLock:
         self.release()
 
 
+def _dead_here(owner: dict[str, Any]) -> bool:
+    """A lease taken on this host by a process that no longer runs (killed): free to take over."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(owner.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
+
+
 class RemoteLease:
-    """A lease object on an object store: {owner, expires_at}. Taken when absent or expired, renewed by a
-    background thread every ttl/3 while held, deleted on release. Object stores have no compare-and-swap
-    here, so the taker reads its lease back after a short pause and backs off when another won."""
+    """A lease object on an object store: {owner, expires_at}. Taken when absent, expired, or held by a
+    dead process of this host; renewed by a background thread every ttl/3 while held, deleted on
+    release. Object stores have no compare-and-swap here, so the taker reads its lease back after a
+    short pause and backs off when another won."""
 
     def __init__(self, fs, root: str, command: str, wait: float | None = None, ttl_s: float = 600):
         self.fs = fs
@@ -148,7 +162,7 @@ class RemoteLease:
         while True:
             self.fs.invalidate_cache()
             cur = self._read()
-            if cur is None or cur.get("expires_at", 0) < time.time():
+            if cur is None or cur.get("expires_at", 0) < time.time() or _dead_here(cur):
                 self.owner = owner_info(self.command)
                 self._write()
                 time.sleep(0.2)
