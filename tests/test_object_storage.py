@@ -135,3 +135,25 @@ def test_llm_caption_rows_of_a_remote_build_reach_the_bucket_without_the_key(s3,
     assert len(table) == stats["pairs"] and (table.status == "ok").all()
     for p in s3.find("motionpairs-test/builds/llm"):
         assert key.encode() not in s3.cat_file(p), p
+
+
+def test_the_bucket_lease_names_its_holder_and_a_dead_local_holder_is_taken_over(s3):
+    import json
+    import socket
+    import time
+
+    from curation.store import LockHeld, RemoteLease
+
+    root = "motionpairs-test/leased"
+    other = {"host": "build-box-7", "pid": 4242, "command": "motionpairs build", "token": "t1"}
+    s3.pipe_file(f"{root}/LOCK", json.dumps(other | {"expires_at": time.time() + 600}).encode())
+    with pytest.raises(LockHeld, match="motionpairs build .pid 4242 on build-box-7"):
+        RemoteLease(s3, root, "publish").acquire()
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 12345, "command": "motionpairs build", "token": "t2"}
+    s3.pipe_file(f"{root}/LOCK", json.dumps(dead | {"expires_at": time.time() + 600}).encode())
+    lease = RemoteLease(s3, root, "publish").acquire()  # its holder was killed: taken over at once
+    try:
+        assert json.loads(s3.cat_file(f"{root}/LOCK"))["token"] == lease.owner["token"]
+    finally:
+        lease.release()
+    assert not s3.exists(f"{root}/LOCK")
