@@ -266,7 +266,7 @@ def _publish(store: Output, mirror, caption_version: str | None, agreement: str)
     records = [r for r in store.records() if r["unit_id"] in meta["units"]]
     if {r["unit_id"] for r in records} != set(meta["units"]):
         raise RecaptionError("the current generation's units are not all committed; run the build first")
-    with tempfile.TemporaryDirectory(dir=store.root) as tmp:
+    with tempfile.TemporaryDirectory(dir=store.root, prefix=".publish-", suffix=".tmp") as tmp:  # clean() knows it
         if mirror is not None:
             for name in (SAMPLES_FILE, REJECTS_FILE, STATS_FILE):
                 mirror.fetch_generation_file(name, Path(tmp) / name)

@@ -112,3 +112,12 @@ def real_build(tmp_root: Path, real_input: Path):
     cfg = load_config(None, output=str(out), sources=[{"root": str(real_input)}], shards={"max_samples": 4})
     stats = run_build(cfg)
     return cfg, out, stats
+
+
+@pytest.fixture()
+def built(real_build, tmp_path):
+    """A private copy of the shared real build (3 clips, 6 pairs) to caption and publish."""
+    _, out, _ = real_build
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    return copy

@@ -29,14 +29,6 @@ def server():
     s.stop()
 
 
-@pytest.fixture()
-def built(real_build, tmp_path):
-    _, out, _ = real_build
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy, symlinks=True)
-    return copy
-
-
 def ccfg(server, **kw) -> CaptionConfig:
     base = dict(captioner="openai", model="fake-vlm", base_url=server.base_url, timeout_s=5.0, max_retries=0)
     return CaptionConfig(**{**base, "requests_per_minute": 6000} | kw)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -28,15 +27,6 @@ def server():
     s = FakeOpenAI(api_key=KEY, slow_s=2.0).start()
     yield s
     s.stop()
-
-
-@pytest.fixture()
-def built(real_build, tmp_path):
-    """A private copy of the shared real build (3 clips, 6 pairs) to caption and publish."""
-    _, out, _ = real_build
-    copy = tmp_path / "out"
-    shutil.copytree(out, copy, symlinks=True)
-    return copy
 
 
 def cfg(server, **kw) -> CaptionConfig:
