@@ -94,10 +94,6 @@ def writer_lock(cfg: BuildConfig, command: str = "build", wait: float | None = N
         yield out
 
 
-def committed_units(out: Path) -> list[dict[str, Any]]:
-    return Output(out).records()
-
-
 def plan_build(cfg: BuildConfig) -> BuildPlan:
     cfg, mirror = local_view(cfg)
     if mirror is not None:

@@ -24,6 +24,7 @@ import torch
 import webdataset as wds
 from webdataset.gopen import gopen_schemes
 
+from curation.store.layout import is_remote
 from schemas.shard import SIZES_FILE, ShardFormatError, ShardSample, decode_sample
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,6 @@ class ShardIntegrityError(RuntimeError):
 
 # url -> (samples, bytes) from an output's committed listing (filled by shard_urls)
 _RECORDED: dict[str, tuple[int, int]] = {}
-
-
-def is_remote(url: str) -> bool:
-    return fsspec.core.split_protocol(str(url))[0] not in (None, "file", "local")
 
 
 def _committed_urls(text: str) -> list[str] | None:
