@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export YOLO_CONFIG_DIR ?= $(CURDIR)/.cache/ultralytics
 
-.PHONY: setup test demo bench clean
+.PHONY: setup browser test demo bench clean
 
 $(BIN)/motionpairs: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,14 @@ $(BIN)/motionpairs: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/motionpairs
+setup: $(BIN)/motionpairs browser
+
+# the report's browser test needs headless Chromium (Debian's package; about a minute when missing)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "setup: installing chromium (apt-get)"; \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	    $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: setup
 	$(BIN)/python -m pytest -q -rs

@@ -75,6 +75,43 @@ class MotionConfig(_Section):
             raise ValueError(f"unknown keypoint names {bad}; use COCO names such as 'left_shoulder'")
 
 
+class QualityConfig(_Section):
+    """Filters a person reviewing the pairs would apply (curation/stages/quality.py). Each figure is
+    stored on the sample, so a stricter threshold is a filter over samples.parquet, not a re-run.
+    Defaults and their reasoning: README, "Quality filters"."""
+
+    min_person_height: float = Field(
+        0.4, ge=0, le=1, description="person's box height / frame height (larger of the two frames), else too_small"
+    )
+    other_person_conf: float = Field(
+        0.25, ge=0, le=1, description="another detection at this score overlapping the person: multiple_people"
+    )
+    other_person_overlap: float = Field(0.1, ge=0, le=1, description="share of the other box inside the person's")
+    same_person_oks: float = Field(
+        0.5, ge=0, le=1, description="an overlapping detection whose keypoints match this well is the same body"
+    )
+    min_background_features: int = Field(12, ge=3, description="fewer background corners: camera motion unmeasurable")
+    min_background_inliers: float = Field(
+        0.5, ge=0, le=1, description="share of tracked background points the camera motion must explain"
+    )
+    min_background_match: float = Field(
+        0.5, ge=0, le=1, description="share of textured background blocks matching after alignment, else shot_cut"
+    )
+    min_sharpness: float = Field(0.8, ge=0, le=1, description="sharpness / the clip's 3 sharpest frames, else blurry")
+    lr_tolerance: float = Field(
+        0.15, ge=0, description="a left/right pair this far (torso lengths) the wrong way round: frame dropped"
+    )
+    lr_min_separation: float = Field(
+        0.25, gt=0, description="hips or shoulders this far apart (torso lengths) to tell the facing"
+    )
+    min_edge_margin: float = Field(
+        0.01, ge=0, le=0.5, description="box distance to the frame border / shorter side, else partial_body (0: off)"
+    )
+    max_duplicate_distance: int = Field(
+        4, ge=0, le=31, description="pHash bits (of 64) both frames may differ by to be a near-duplicate pair"
+    )
+
+
 class PairingConfig(_Section):
     strategies: list[PairStrategy] = Field(default_factory=lambda: ["max_motion"])
     min_gap_s: float = Field(0.5, ge=0, description="shortest time between before and after")
@@ -189,6 +226,9 @@ class EgocentricConfig(_Section):
     """Head-camera clips (EPIC): hands, not a body. Pairs are a segment's first and last frames."""
 
     max_camera_motion: float = Field(0.35, ge=0, description="net background motion over the segment / diagonal")
+    min_background_inliers: float = Field(
+        0.3, ge=0, le=1, description="a head camera close to the counter sees parallax: a looser camera-model fit"
+    )
     min_scene_similarity: float = Field(0.3, ge=-1, le=1)
     min_gap_s: float = Field(0.5, ge=0, description="shorter segments give no pair")
 
@@ -202,6 +242,7 @@ class BuildConfig(BaseSettings):
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     pose: PoseConfig = Field(default_factory=PoseConfig)
     motion: MotionConfig = Field(default_factory=MotionConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
     pairing: PairingConfig = Field(default_factory=PairingConfig)
     egocentric: EgocentricConfig = Field(default_factory=EgocentricConfig)
     caption: CaptionConfig = Field(default_factory=CaptionConfig)
@@ -245,7 +286,7 @@ class BuildConfig(BaseSettings):
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
-RESULTS_VERSION = 3
+RESULTS_VERSION = 4
 
 
 @functools.lru_cache(maxsize=8)

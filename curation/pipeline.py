@@ -22,8 +22,9 @@ from schemas.records import Clip, FramePair, Level, Pose17, Reject, RejectReason
 from .captions import OfflineCaptioner
 from .config import BuildConfig
 from .decode import DecodeFailure, VideoSource
-from .motion import ClipTrack, FrameObs, select_egocentric, select_pairs
 from .pose import PoseDetector
+from .stages.motion import ClipTrack, FrameObs, select_egocentric, select_pairs
+from .stages.quality import phash
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,10 @@ class ClipProcessor:
 
         t2 = time.perf_counter()
         res.stage = Stage.MOTION
-        track = ClipTrack.build(obs, frames, cfg.motion)
+        q = cfg.quality
+        if egocentric:
+            q = q.model_copy(update={"min_background_inliers": cfg.egocentric.min_background_inliers})
+        track = ClipTrack.build(obs, frames, cfg.motion, q)
         sel = select_egocentric(track, cfg.egocentric) if egocentric else select_pairs(track, cfg.motion, cfg.pairing)
         res.funnel = sel.funnel
         res.seconds["motion"] = time.perf_counter() - t2
@@ -183,6 +187,9 @@ class ClipProcessor:
                 before_reference_pose=reference(a.index),
                 after_reference_pose=reference(b.index),
                 motion=c.motion,
+                quality=c.quality.model_copy(
+                    update={"before_phash": phash(frames[c.i]), "after_phash": phash(frames[c.j])}
+                ),
             )
             try:
                 pair.add_caption(self.captioner(pair), publish=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -31,7 +30,7 @@ import webdataset as wds
 from schemas.captions import CAPTIONS_DIR
 from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 from schemas.records import Caption
-from schemas.shard import META, decode_sample
+from schemas.shard import decode_sample
 
 from .captions.llm import CaptionJob, LLMCaptioner, RunSummary
 from .captions.rows import (
@@ -46,9 +45,8 @@ from .captions.select import FilterError, select_rows
 from .config import CaptionConfig
 from .store import Output, StoreError, require_local, write_json
 from .store.faults import crash_point
-from .store.files import FILE_MODE, TMP_SUFFIX, fsync_dir
 from .store.layout import PUBLISHED, SHARDS
-from .store.shards import describe_tar
+from .store.shards import describe_tar, rewrite_tar
 
 log = logging.getLogger(__name__)
 
@@ -142,28 +140,17 @@ def _published_name(name: str, sha256: str, changes: list[tuple[str, str, list[s
 
 
 def _rewrite_tar(out: Output, src_name: str, dst_name: str, chosen: dict, versions: dict) -> dict[str, Any]:
-    """Copy a pool tar into a new pool tar with the chosen captions (temp, fsync, rename)."""
-    tmp = out.tars / f".{dst_name}{TMP_SUFFIX}"
-    n = 0
-    with wds.TarWriter(str(tmp)) as w:
-        for raw in wds.WebDataset(str(out.tars / src_name), shardshuffle=False, empty_check=False):
-            sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
-            pair = decode_sample(raw).pair
-            if pair.pair_id in chosen or pair.pair_id in versions:
-                for c in versions.get(pair.pair_id, []):  # every version travels with the pair
-                    pair.add_caption(c)
-                if pair.pair_id in chosen:
-                    pair.caption = chosen[pair.pair_id]
-                sample[META] = pair.model_dump_json().encode()
-                decode_sample(sample)  # never write what the reader would refuse
-            w.write(sample)
-            n += 1
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.chmod(tmp, FILE_MODE)
-    os.replace(tmp, out.tars / dst_name)
-    fsync_dir(out.tars)
-    return describe_tar(out.tars / dst_name, n)
+    """Copy a pool tar into a new pool tar with the chosen captions."""
+
+    def edit(pair):
+        if pair.pair_id in chosen or pair.pair_id in versions:
+            for c in versions.get(pair.pair_id, []):  # every version travels with the pair
+                pair.add_caption(c)
+            if pair.pair_id in chosen:
+                pair.caption = chosen[pair.pair_id]
+        return pair
+
+    return rewrite_tar(out.tars, src_name, dst_name, edit)
 
 
 def apply_published(

@@ -33,7 +33,8 @@ from schemas.records import TRANSIENT_REASONS, Clip, Level
 from .config import BuildConfig
 from .ingest import ContentIds, Listing, list_sources
 from .pipeline import ClipProcessor, ClipResult
-from .store import Output, RemoteMirror, default_staging, is_remote
+from .store import Output, RemoteMirror, atomic_write, default_staging, is_remote
+from .store.layout import CARD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ def process_unit(
     reject_rows: list[dict[str, Any]] = []
     retry: list[str] = []
     seconds: Counter[str] = Counter()
+    funnel: Counter[str] = Counter()
     frames = 0
     t0 = time.perf_counter()
     results: list[ClipResult] = []
@@ -194,6 +196,8 @@ def process_unit(
             if any(r.level is Level.CLIP and r.reason in TRANSIENT_REASONS for r in res.rejects):
                 retry.append(clip.clip_id)
             seconds.update(res.seconds)
+            funnel.update(res.funnel)
+            funnel["clips_decoded"] += res.frames_decoded > 0
             frames += res.frames_decoded
             if on_clip is not None:
                 on_clip(res)
@@ -214,6 +218,7 @@ def process_unit(
             "samples": len(sample_rows),
             "rejects": len(reject_rows),
             "frames_decoded": frames,
+            "funnel": dict(funnel),  # frame and candidate counts of the motion funnel, summed over clips
             "seconds": {k: round(v, 3) for k, v in seconds.items()} | {"wall": round(time.perf_counter() - t0, 3)},
             "committed_at": datetime.now(timezone.utc).isoformat(),
         }
@@ -266,13 +271,22 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     for r in records:
         files.update(r["files"])
     from .recaption import apply_published, published_choice
+    from .store.dedupe import drop_near_duplicates
 
     if mirror is not None:
         mirror.pull_captions()
-    samples, files, applied = apply_published(out, samples, files, fetch=mirror.fetch_tar if mirror else None)
+    fetch = mirror.fetch_tar if mirror else None
+    samples, files, dup_rows, dedup = drop_near_duplicates(
+        out, samples, files, cfg.quality.max_duplicate_distance, fetch=fetch
+    )
+    if dup_rows:
+        rejects = pa.concat_tables([rejects, rejects_table(dup_rows)])
+        rejects = rejects.sort_by([("clip_id", "ascending"), ("level", "ascending"), ("stage", "ascending")])
+    samples, files, applied = apply_published(out, samples, files, fetch=fetch)
     if mirror is not None:
         mirror.push_tars(files)
     stats = build_stats(plan, records, samples, rejects, files)
+    stats["near_duplicates"] = dedup["near_duplicates"]
     if applied:
         stats["published"] = applied
     previous = (mirror.meta() if mirror is not None else out.meta()) or {}
@@ -284,6 +298,7 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
         }
     if run_seconds is not None:
         stats["last_run_seconds"] = round(run_seconds, 2)
+    stats["config"] = cfg.model_dump(mode="json", exclude={"output", "staging_dir"})  # the thresholds applied
     meta = {
         "listing_digest": plan.listing_digest,
         "fingerprint": plan.fingerprint,
@@ -297,6 +312,7 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     )
     if mirror is not None:
         mirror.push_generation(gen)
+    write_card(out, mirror, stats, samples, rejects, files)
     stale = [u for u in plan.stale_units if u not in set(unit_ids)]
     out.uncommit(stale)  # after the switch: until then the old generation and its units stand
     if mirror is not None:
@@ -304,6 +320,7 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     out.gc(keep=cfg.shards.keep_generations)
     if mirror is not None:
         mirror.gc(keep=cfg.shards.keep_generations)
+    stats["report"] = _report(mirror.url if mirror is not None else cfg.output)
     if stats["unaccounted_clips"] or stats["double_counted_clips"]:
         log.error(
             "clip accounting does not add up: unaccounted %s, double %s",
@@ -311,6 +328,28 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
             stats["double_counted_clips"][:5],
         )
     return stats | {"generation": gen}
+
+
+def _report(url: str) -> dict[str, Any]:
+    """The QA report of the generation just made (OUT/report/index.html). The data is committed by
+    now: a report that cannot be written is a warning, and `motionpairs report OUT` makes it again."""
+    from .report.page import write_report
+
+    try:
+        return write_report(url)
+    except Exception as e:
+        log.warning("the QA report was not written: %s: %s", type(e).__name__, e)
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def write_card(out: Output, mirror, stats: dict, samples: pa.Table, rejects: pa.Table, files: dict) -> None:
+    """OUT/README.md, the Hugging Face dataset card, for the generation just made."""
+    from .report.card import card
+
+    text = card(stats, samples.to_pandas(), rejects.to_pandas(), sorted(files))
+    atomic_write(out.root / CARD_FILE, lambda f: f.write(text.encode()))
+    if mirror is not None:
+        mirror.push_file(CARD_FILE)
 
 
 def build_stats(
@@ -333,8 +372,10 @@ def build_stats(
     rejected_ids = Counter(cid for cid, _, _ in clip_rejects)
     outcomes = Counter(list(accepted) + list(rejected_ids.elements()))
     seconds: Counter[str] = Counter()
+    funnel: Counter[str] = Counter()
     for r in records:
         seconds.update(r.get("seconds", {}))
+        funnel.update(r.get("funnel", {}))
     from .config import result_versions
 
     versions = records[-1]["versions"] if records else {}
@@ -357,6 +398,7 @@ def build_stats(
         "shard_bytes": sum(f["bytes"] for f in files.values()),
         "units": len(records),
         "frames_decoded": sum(r.get("frames_decoded", 0) for r in records),
+        "funnel": dict(funnel),
         "seconds": {k: round(v, 2) for k, v in sorted(seconds.items())},
         "finalized_at": datetime.now(timezone.utc).isoformat(),
     }

@@ -142,8 +142,26 @@ def build_dataset(
                 stage.abort()
             raise
         stats = finalize_task(cfg_json, plan)
+    report_artifact(output, stats)
     logging.getLogger(__name__).info("build finished: %s pairs from %s clips", stats["pairs"], stats["clips_in"])
     return stats
+
+
+def report_artifact(output: str, stats: dict[str, Any]) -> None:
+    """The build's summary and the path of its QA report as a markdown artifact on the flow run."""
+    from prefect.artifacts import create_markdown_artifact
+
+    report = stats.get("report", {})
+    reasons = "\n".join(f"| {k} | {v} |" for k, v in stats.get("rejects_by_reason", {}).items())
+    markdown = (
+        f"# motionpairs build: {output}\n\n"
+        f"clips in {stats['clips_in']}, accepted {stats['clips_accepted']}, rejected {stats['clips_rejected']}; "
+        f"**{stats['pairs']} pairs** in {stats['shards']} shards; near-duplicates dropped "
+        f"{stats.get('near_duplicates', 0)}\n\n"
+        f"| stage/reason | clips |\n|---|---:|\n{reasons}\n\n"
+        f"QA report: `{report.get('path', 'not written: ' + str(report.get('error')))}`\n"
+    )
+    create_markdown_artifact(markdown=markdown, key="motionpairs-build-report", description=f"build of {output}")
 
 
 def with_dask(workers: int = 2, address: str | None = None):

@@ -1,5 +1,6 @@
 """motionpairs: before/after motion pairs for instruction-based image editors, from videos of people.
-Commands: build, inspect, verify, gc, recaption, publish, train, evaluate, edit, demo-clip (each has --help)."""
+Commands: build, inspect, report, eval, verify, gc, recaption, publish, train, evaluate, edit, demo-clip
+(each has --help)."""
 
 from __future__ import annotations
 
@@ -386,6 +387,60 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from curation.report.page import ReportError, write_report
+    from curation.store import StoreError
+
+    try:
+        summary = write_report(args.output.rstrip("/"), max_pairs=args.max_pairs)
+    except (ReportError, StoreError) as e:
+        return _fail(str(e))
+    note = " (no finished build: the page says so)" if summary["empty"] else ""
+    print(f"{summary['path']}: {summary['pairs_shown']} of {summary['pairs']} pairs, {summary['pages']} pages{note}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """The build's decisions against a labelled list of its inputs: confusion table, accuracy, and the
+    accepted pairs of clips labelled as rejects. Exit 0 (the figures are the result)."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from curation.report.labels import LabelError, check_labels, read_labels
+    from curation.store import StoreError, committed
+    from schemas.manifest import REJECTS_FILE, SAMPLES_FILE
+
+    out = args.output.rstrip("/")
+    try:
+        labels = read_labels(args.labels)
+        gen = committed(out)
+    except LabelError as e:
+        return _fail(str(e))
+    except StoreError as e:
+        return _fail(f"{out} holds no finished build ({e})")
+    samples = pd.read_parquet(gen.file_url(SAMPLES_FILE), columns=["uri", "clip_id", "pair_id", "caption"])
+    rejects = pd.read_parquet(gen.file_url(REJECTS_FILE))
+    result = check_labels(samples, rejects, labels)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    t = Table(title=f"decisions against {args.labels}")
+    for c in ("expected", "got", "clips"):
+        t.add_column(c, justify="right" if c == "clips" else "left")
+    for (exp, got), n in sorted(result.confusion.items()):
+        t.add_row(exp, got if exp == got else f"[red]{got}", str(n))
+    console.print(t)
+    for r in result.wrong:
+        console.print(f"[red]WRONG[/red] {r['file']}: expected {r['expected']}, got {r['got']}  ({r['note']})")
+        if r["got"].startswith("accept"):
+            names = samples[samples.uri.map(lambda u: u.rstrip("/").rsplit("/", 1)[-1]) == r["file"]]
+            for row in names.itertuples():
+                console.print(f"    accepted pair {row.clip_id}/{row.pair_id}: {row.caption}")
+    print(f"accuracy {result.accuracy:.3f} ({len(result.rows) - len(result.wrong)} of {len(result.rows)} labels hold)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"accuracy": result.accuracy, "rows": result.rows}, indent=2))
+    return 0
+
+
 def cmd_demo_clip(args: argparse.Namespace) -> int:
     from curation.demo import write_demo_clip
 
@@ -477,6 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="counts of a finished build: clips in, pairs out, rejects by reason")
     i.add_argument("output")
     i.set_defaults(func=cmd_inspect)
+
+    rp = sub.add_parser(
+        "report", help="write OUT/report/index.html: funnel, rejects with examples, gallery, histograms"
+    )
+    rp.add_argument("output")
+    rp.add_argument("--max-pairs", type=int, default=3000, help="pairs drawn in the gallery at most (spread evenly)")
+    rp.set_defaults(func=cmd_report)
+
+    el = sub.add_parser("eval", help="a build's accept/reject decisions against a labelled list of its input files")
+    el.add_argument("output")
+    el.add_argument("--labels", required=True, help="CSV: file, expected (accept|reject|ignored), reasons (a|b), note")
+    el.add_argument("--json", metavar="FILE", help="also write the per-file results as JSON")
+    el.set_defaults(func=cmd_eval)
 
     from training.config import add_arguments as add_train_arguments
     from training.config import add_edit_arguments

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel
 
-from .records import SCHEMA_VERSION, Caption, Clip, FramePair, MotionFigures, Pose17, Reject
+from .records import SCHEMA_VERSION, Caption, Clip, FramePair, MotionFigures, Pose17, QualityFigures, Reject
 
 SAMPLES_FILE = "samples.parquet"
 REJECTS_FILE = "rejects.parquet"
@@ -94,6 +94,7 @@ SAMPLES_SCHEMA = pa.schema(
             "before_reference_pose",
             "after_reference_pose",
             "motion",
+            "quality",
             "caption",
             "captions",  # the versions live in OUT/captions/ rows; the manifest has the published one
         ),
@@ -103,6 +104,7 @@ SAMPLES_SCHEMA = pa.schema(
     + [pa.field("before_reference_keypoints", pa.list_(pa.float32(), 51))]
     + [pa.field("after_reference_keypoints", pa.list_(pa.float32(), 51))]
     + _fields(MotionFigures)
+    + _fields(QualityFigures)
     + [pa.field("caption", pa.string())]
     + _fields(Caption, prefix="caption_", skip=("text",))
     + [pa.field("shard", pa.string()), pa.field("unit_id", pa.string())]  # the unit record says what built it
@@ -145,6 +147,7 @@ def sample_row(pair: FramePair, shard: str, unit_id: str | None = None) -> dict[
         "before_reference_keypoints": _flat(pair.before_reference_pose),
         "after_reference_keypoints": _flat(pair.after_reference_pose),
         **pair.motion.model_dump(),
+        **(pair.quality.model_dump() if pair.quality else dict.fromkeys(QualityFigures.model_fields)),
         "caption": cap.text if cap else None,
         "caption_captioner": cap.captioner if cap else None,
         "caption_model": cap.model if cap else None,

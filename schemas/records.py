@@ -74,12 +74,16 @@ class RejectReason(StrEnum):
     PARTIAL_BODY = "partial_body"  # a person, but not shoulders and hips (face close-up, legs only)
     NO_VALID_WINDOW = "no_valid_window"  # single-person frames exist but no two within the gap bounds
     IDENTITY_SWITCH = "identity_switch"  # the single person is not the same one in both frames
-    SHOT_CUT = "shot_cut"
+    TOO_SMALL = "too_small"  # the person is too small in the frame to learn an edit from
+    BLURRY = "blurry"  # the before or after frame is blurred against the clip's sharpest frames
+    SHOT_CUT = "shot_cut"  # a cut, or the background is a different place
     CAMERA_MOTION = "camera_motion"
     LOW_MOTION = "low_motion"  # the pose does not change enough (normalised by body size)
     # captioning
     CAPTION_FAILED = "caption_failed"
-    DUPLICATE = "duplicate"  # the same video content as another clip (a copy or a symlink): kept once
+    # the same video content as another clip (a copy or a symlink), or a near-identical pair (perceptual
+    # hashes of both frames) of another clip: kept once
+    DUPLICATE = "duplicate"
     # anything unexpected inside one clip: recorded, never crashes the build, retried by the next run
     INTERNAL_ERROR = "internal_error"
     IO_ERROR = "io_error"  # the file could not be read this time (I/O error, out of memory): retried
@@ -175,9 +179,27 @@ class MotionFigures(BaseModel):
     max_joint_change: float | None  # largest root-relative displacement of any keypoint visible in both
     translation: float | None  # displacement of the hip centre
     body_size_px: float | None  # torso length in the before frame
-    camera_motion: float  # net background displacement / frame diagonal over the gap
+    camera_motion: float  # net camera motion (RANSAC similarity of background points) / frame diagonal
     scene_similarity: float  # lowest colour-histogram correlation between consecutive sampled frames
     keypoints_compared: int
+
+
+class QualityFigures(BaseModel):
+    """What the quality filters measured for a pair (curation/stages/quality.py); None where not
+    measured (egocentric pairs have no person; a side-on body has no left/right check)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    person_height: float | None  # person's box height / frame height, larger of the two frames
+    edge_margin: float | None  # smallest box distance to the frame border / shorter side, both frames
+    other_person_score: float | None  # best score of another detection overlapping the person in the window
+    sharpness: float | None  # lower of the two frames' sharpness / the clip's 3 sharpest
+    lr_margin: float | None  # smallest signed left/right separation along the facing (torso lengths)
+    background_match: float | None  # share of textured background blocks matching after alignment
+    background_inliers: float | None  # lowest share of tracked background points the camera motion explains
+    overlay_points: int = 0  # static background points set aside as an overlay (most in one step)
+    before_phash: str | None = None  # 64-bit perceptual hashes (hex) of the stored frames
+    after_phash: str | None = None
 
 
 class Caption(BaseModel):
@@ -245,6 +267,7 @@ class FramePair(BaseModel):
     before_reference_pose: Pose17 | None = None  # a dataset's own pose (NTU Kinect skeleton), COCO-17 subset
     after_reference_pose: Pose17 | None = None
     motion: MotionFigures
+    quality: QualityFigures | None = None  # None in shards written before the quality filters
     caption: Caption | None = None  # the published caption
     captions: list[Caption] = Field(default_factory=list)  # every version known for the pair, newest last
 

@@ -28,13 +28,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOTIONPAIRS_SHARED_DIR", REPO.parent / "shared"))
 VIDEOS = SHARED / "data" / "videos"
 
-# real clips and what the build must decide for them (see ../shared/data/videos/MANIFEST.csv)
+# real clips and what the build must decide for them (see ../shared/data/videos/MANIFEST.csv and
+# tests/labels/videos.csv)
+FOREST = "mmskeleton__resource_media_Kop0sDqOn-c.mp4"  # tai chi in a beech forest, the person small
+FOREST_CLOSER = "forest_closer.mp4"  # self-made: the same footage 1.8x closer (see synthetic_forest)
 ACCEPTED = {
     "tai_chi_glass": "mmskeleton__resource_data_example_ta_chi.mp4",
-    "tai_chi_forest": "mmskeleton__resource_media_Kop0sDqOn-c.mp4",
+    "tai_chi_forest": FOREST_CLOSER,
     "dribbler": "mmhuman3d__demo_resources_single_person_demo.mp4",
 }
 REJECTED = {
+    "tai_chi_far": (FOREST, "too_small"),
     "ntu_hug": ("mmaction2__demo_ntu_sample.avi", "multiple_people"),
     "arm_wrestling": ("mmaction2__demo_demo.mp4", "multiple_people"),
     "street_dancer": ("openpose__examples_media_video.avi", "multiple_people"),
@@ -52,7 +56,32 @@ BAD = {
 }
 
 
+def synthetic_forest(path: Path) -> Path:
+    """The forest clip as a camera 1.8x closer would have filmed it (every frame, same rate): the
+    person then fills 0.6 of the frame height. Made once per session from the real clip."""
+    import decord
+
+    vr = decord.VideoReader(str(VIDEOS / FOREST), ctx=decord.cpu(0), num_threads=1)
+    frames = vr.get_batch(list(range(len(vr)))).asnumpy()
+    h, w = frames.shape[1:3]
+    out = []
+    for f in frames:
+        big = cv2.resize(f, (int(w * 1.8), int(h * 1.8)), interpolation=cv2.INTER_LINEAR)
+        y0, x0 = int((big.shape[0] - h) * 0.75), int((big.shape[1] - w) * 0.45)
+        out.append(np.ascontiguousarray(big[y0 : y0 + h, x0 : x0 + w, ::-1]))
+    tmp = path.with_suffix(".tmp.mp4")
+    write_video(tmp, out, fps=float(vr.get_avg_fps()))
+    tmp.rename(path)
+    return path
+
+
 def video(name: str) -> Path:
+    if name == FOREST_CLOSER:
+        p = _TMP / "synthetic" / name
+        if not p.is_file():
+            p.parent.mkdir(exist_ok=True)
+            synthetic_forest(p)
+        return p
     p = VIDEOS / name
     if not p.is_file():
         pytest.fail(f"test data missing: {p} (tests need ../shared/data/videos beside the repo)")
@@ -74,7 +103,7 @@ def make_bad_inputs(folder: Path) -> None:
     (folder / "zero_byte.mp4").write_bytes(b"")
     rng = np.random.default_rng(0)
     (folder / "random_bytes.mp4").write_bytes(rng.integers(0, 256, 20000, dtype=np.uint8).tobytes())
-    good = video(ACCEPTED["tai_chi_forest"]).read_bytes()
+    good = video(FOREST).read_bytes()
     (folder / "truncated.mp4").write_bytes(good[: len(good) // 3])
     frame = cv2.imread(str(VIDEOS / "epic-fields-code__example_data_P28_101_frames" / "frame_0000000080.jpg"))
     if frame is None:
@@ -121,3 +150,15 @@ def built(real_build, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(out, copy, symlinks=True)
     return copy
+
+
+@pytest.fixture(scope="session")
+def labelled_build(tmp_root: Path):
+    """One local build of every clip in ../shared/data/videos (the labelled list's inputs)."""
+    from curation.config import load_config
+    from curation.runner import run_build
+
+    out = tmp_root / "labelled"
+    cfg = load_config(None, output=str(out), sources=[{"root": str(VIDEOS)}])
+    stats = run_build(cfg)
+    return out, stats

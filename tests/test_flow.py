@@ -44,6 +44,20 @@ def test_build_dataset_flow_matches_the_plain_runner(tmp_path):
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
             return sorted(r.name for r in runs)
 
+    async def artifacts():
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+
+    # the summary and the QA report's path as a markdown artifact on the flow run
+    (report,) = [a for a in anyio.run(artifacts) if a.key == "motionpairs-build-report"]
+    assert report.type == "markdown" and "pairs" in report.data
+    assert str(tmp_path / "flow" / "report" / "index.html") in report.data
+    assert (tmp_path / "flow" / "report" / "index.html").is_file()
+
     names = anyio.run(task_names)
     assert any(n.startswith("plan") for n in names) and any(n.startswith("finalize") for n in names)
     assert sum(n.startswith("unit u") and n.endswith("clips from folder") for n in names) == 3

@@ -3,7 +3,8 @@ import pytest
 from posekit import RIGHT_ARM_UP, make_pose
 
 from curation.config import MotionConfig, PairingConfig
-from curation.motion import ClipTrack, FrameKind, FrameObs, camera_motion, classify, pose_change, select_pairs
+from curation.stages.motion import ClipTrack, FrameKind, FrameObs, classify, pose_change, select_pairs
+from curation.stages.quality import background_step, motion_magnitude, small_gray
 
 CFG = MotionConfig()
 
@@ -36,9 +37,18 @@ def test_frame_classes():
     assert classify(FrameObs(0, 0, [make_pose(score=0.55)]), CFG) is FrameKind.NONE
 
 
+def textured(seed: int = 0, shape=(480, 640)) -> np.ndarray:
+    """A still, textured background (the camera must be measurable for a pair to pass)."""
+    rng = np.random.default_rng(seed)
+    small = (rng.random((shape[0] // 8, shape[1] // 8)) * 255).astype(np.uint8)
+    img = np.kron(small, np.ones((8, 8), np.uint8))
+    return np.stack([img] * 3, -1)
+
+
 def track(poses_per_frame, fps=4.0, frames=None):
     obs = [FrameObs(i * 10, i / fps, p) for i, p in enumerate(poses_per_frame)]
-    frames = frames or [np.full((120, 160, 3), 100, np.uint8) for _ in obs]
+    still = textured()
+    frames = frames or [still for _ in obs]
     return ClipTrack.build(obs, frames, CFG)
 
 
@@ -89,18 +99,19 @@ def test_identity_switch_and_shot_cut():
     sel = select_pairs(track(frames), CFG, PairingConfig())
     assert sel.reason == "identity_switch" and sel.funnel["after_identity_switch"] == 0
     rng = np.random.default_rng(0)
-    red = np.full((120, 160, 3), (200, 30, 30), np.uint8)
-    noise = (rng.integers(0, 60, (120, 160, 3)) + np.array([0, 0, 150])).astype(np.uint8)
+    red = np.full((480, 640, 3), (200, 30, 30), np.uint8)
+    noise = (rng.integers(0, 60, (480, 640, 3)) + np.array([0, 0, 150])).astype(np.uint8)
     imgs = [red if k % 2 == 0 else noise for k in range(12)]
     sel = select_pairs(track(arm_raise(), frames=imgs), CFG, PairingConfig())
     assert sel.reason == "shot_cut" and sel.funnel["after_shot_cut"] == 0
 
 
 def test_camera_motion_measures_background_shift():
-    rng = np.random.default_rng(1)
-    scene = (rng.random((300, 400)) * 255).astype(np.uint8)
-    scene = np.stack([scene] * 3, -1)
+    scene = textured(1, (300, 400))
     a, b = scene[50:250, 50:350], scene[50:250, 62:362]  # the camera panned 12 px
-    v = camera_motion(a, b, [])
-    assert np.linalg.norm(v) * np.hypot(200, 300) == pytest.approx(12, abs=1.0)
-    assert np.linalg.norm(camera_motion(a, a.copy(), [])) < 1e-3
+    step = background_step(a, b, [])
+    assert step.status == "ok"
+    h, w = small_gray(a)[0].shape
+    assert motion_magnitude(step.matrix, w, h) * np.hypot(h, w) == pytest.approx(12, abs=1.0)
+    still = background_step(a, a.copy(), [])
+    assert motion_magnitude(still.matrix, w, h) < 1e-3

@@ -157,3 +157,36 @@ def test_the_bucket_lease_names_its_holder_and_a_dead_local_holder_is_taken_over
     finally:
         lease.release()
     assert not s3.exists(f"{root}/LOCK")
+
+
+def test_report_and_dataset_card_on_s3(s3, tmp_path):
+    """A build at an s3:// URL gets its QA report (report/index.html and thumbnails) and its dataset
+    card in the bucket; `motionpairs report URL` remakes the report from the bucket alone."""
+    import re
+
+    import yaml
+
+    from flows.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "dribbler.mp4").symlink_to(video(ACCEPTED["dribbler"]))
+    (folder / "bunny.mp4").symlink_to(video(REJECTED["big_buck_bunny"][0]))
+    url = "s3://motionpairs-test/builds/report"
+    cfg = load_config(None, output=url, staging_dir=str(tmp_path / "staging"), sources=[{"root": str(folder)}])
+    stats = run_build(cfg)
+    assert stats["report"]["path"] == f"{url}/report/index.html"
+    s3.rm("motionpairs-test/builds/report/report", recursive=True)
+    assert main(["report", url]) == 0
+    s3.invalidate_cache()
+    page = s3.cat_file("motionpairs-test/builds/report/report/index.html").decode()
+    shown = re.findall(r'<img class="pair-image" src="([^"]+)"', page)
+    assert len(shown) == stats["pairs"] > 0
+    for src in shown:
+        assert s3.cat_file(f"motionpairs-test/builds/report/report/{src}")[:2] == b"\xff\xd8"
+    assert "no_person" in page
+    card = s3.cat_file("motionpairs-test/builds/report/README.md").decode()
+    header = yaml.safe_load(card.split("---\n")[1])
+    (files,) = [c["data_files"][0]["path"] for c in header["configs"]]
+    assert files and all(s3.exists(f"motionpairs-test/builds/report/{f}") for f in files)
+    assert {f["name"] for f in header["dataset_info"]["features"]} >= {"json", "before.jpg", "after.jpg"}

@@ -32,7 +32,7 @@ class _Pose:
         shoulders = self.mid("left_shoulder", "right_shoulder")
         if hips is not None and shoulders is not None:
             self.torso = float(np.linalg.norm(shoulders - hips))
-        else:  # upper-body footage: shoulder width is the body's scale (as in curation.motion)
+        else:  # upper-body footage: shoulder width is the body's scale (as in curation.stages.motion)
             ls, rs = self.p("left_shoulder"), self.p("right_shoulder")
             self.torso = float(np.linalg.norm(ls - rs)) if ls is not None and rs is not None else math.nan
 

@@ -42,6 +42,7 @@ CURRENT_OBJECT = "CURRENT"
 LISTING = "listing.json"
 GENERATION_FILES = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE)
 REMOTE_POOL = SHARDS  # on object stores the tar pool is <url>/shards/
+CARD_FILE = "README.md"  # the Hugging Face dataset card, rewritten with each generation
 PUBLISHED = "published.json"  # captions/published.json: the caption choice of the last publish
 
 

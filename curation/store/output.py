@@ -254,3 +254,22 @@ class Output:
         if dropped or tars:
             fsync_dir(self.root)
         return {"generations_kept": kept, "generations_removed": dropped, "tars_removed": len(tars)}
+
+
+def replace_folder(src: Path, dst: Path) -> None:
+    """Put the finished folder `src` at `dst` (a report): copied beside it under a temp name, then
+    swapped in with two renames (a reader sees the old folder, the new one, or for an instant none,
+    never a half-written one); leftovers of a crash end
+    in TMP_SUFFIX and the next writer's clean() removes them."""
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    staged = dst.parent / f".{dst.name}-{tag}{TMP_SUFFIX}"
+    old = dst.parent / f".{dst.name}-old-{tag}{TMP_SUFFIX}"
+    shutil.copytree(src, staged)
+    os.chmod(staged, 0o755)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(staged, dst)
+    fsync_dir(dst.parent)
+    shutil.rmtree(old, ignore_errors=True)

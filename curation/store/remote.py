@@ -106,6 +106,10 @@ class RemoteMirror:
                 if name == PUBLISHED or not (local / name).exists():
                     self.fs.get(path, str(local / name))
 
+    def push_file(self, rel: str) -> None:
+        """A top-level file of the staging copy (the dataset card) to the bucket."""
+        self.fs.put_file(str(self.staging / rel), self._remote(rel))
+
     def push_published(self) -> None:
         self.fs.put_file(str(self.staging / CAPTIONS_DIR / PUBLISHED), self._remote(f"{CAPTIONS_DIR}/{PUBLISHED}"))
 

@@ -8,12 +8,14 @@ tar is described by its sample count, byte size and sha256: what the unit record
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
 
-from schemas.shard import encode_sample
+from schemas.records import FramePair
+from schemas.shard import META, decode_sample, encode_sample
 
 from .faults import crash_point
 from .files import FILE_MODE, TMP_SUFFIX, fsync_dir, sha256_file
@@ -111,3 +113,40 @@ class ShardSet:
                 except FileNotFoundError:
                     pass
         self.files.clear()
+
+
+def rewrite_tar(
+    tars: Path, src_name: str, dst_name: str, edit: Callable[[FramePair], FramePair | None]
+) -> dict[str, Any] | None:
+    """Copy pool tar `src_name` into a new pool tar `dst_name` (temp, fsync, rename), passing every
+    sample's record through `edit`: the same record keeps the sample as it is, a changed one is written
+    with the new record, None leaves the sample out. Returns the new tar's description, or None (and
+    no file) when nothing is left in it."""
+    tmp = tars / f".{dst_name}{TMP_SUFFIX}"
+    n = 0
+    try:
+        with wds.TarWriter(str(tmp)) as w:
+            for raw in wds.WebDataset(str(tars / src_name), shardshuffle=False, empty_check=False):
+                sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
+                pair = decode_sample(raw).pair
+                before = pair.model_dump_json()
+                new = edit(pair)
+                if new is None:
+                    continue
+                if new.model_dump_json() != before:
+                    sample[META] = new.model_dump_json().encode()
+                    decode_sample(sample)  # never write what the reader would refuse
+                w.write(sample)
+                n += 1
+        if n == 0:
+            tmp.unlink()
+            return None
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, tars / dst_name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(tars)
+    return describe_tar(tars / dst_name, n)

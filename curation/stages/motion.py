@@ -1,9 +1,12 @@
 """Single-person motion: pure functions over the per-frame detections of one clip.
 
-The clip-level decision is a funnel. Frames are classified first (no person / several people / one
-person without a body / one whole body); then candidate pairs of whole-body frames inside the gap
-bounds go through checks in a fixed order (second person in the window, identity, shot cut, camera
-motion, pose change). The reason a clip is rejected is the first step that left nothing.
+The clip-level decision is a funnel. Frames are classified first (no person / several people,
+including one half hidden behind the person at the detector's own threshold / one person without a
+body / a body whose left and right labels contradict its facing (dropped, counted) / one whole body);
+then candidate pairs of whole-body frames inside the gap bounds go through checks in a fixed order
+(CHECK_ORDER: second person in the window, identity, frame edge, person size, cut, camera motion,
+background place, sharpness, pose change). The reason a clip is rejected is the step that left
+nothing. The quality measures themselves live in stages/quality.py.
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from enum import Enum
 import cv2
 import numpy as np
 
-from schemas.records import KP, MotionFigures, PairStrategy, Pose17, RejectReason
+from schemas.records import KP, MotionFigures, PairStrategy, Pose17, QualityFigures, RejectReason
 
-from .config import EgocentricConfig, MotionConfig, PairingConfig
+from ..config import EgocentricConfig, MotionConfig, PairingConfig, QualityConfig
+from . import quality
 
 
 class FrameKind(str, Enum):
     NONE = "none"
     MULTI = "multi"
     PARTIAL = "partial"
+    SWAPPED = "swapped"  # a body whose left/right labels contradict its facing: not paired
     BODY = "body"
 
 
@@ -43,6 +48,8 @@ class Candidate:
     i: int  # positions in the list of sampled frames
     j: int
     motion: MotionFigures | None = None
+    quality: QualityFigures | None = None
+    detail: str = ""
 
 
 @dataclass
@@ -67,14 +74,30 @@ def has_body(pose: Pose17, cfg: MotionConfig) -> bool:
     return visible >= cfg.min_visible_keypoints
 
 
-def classify(obs: FrameObs, cfg: MotionConfig) -> FrameKind:
+def hidden_person_score(obs: FrameObs, cfg: MotionConfig, q: QualityConfig) -> float:
+    """Best score of another detection overlapping the frame's person (0: none, or no person)."""
+    people = confident(obs.poses, cfg)
+    if not people:
+        return 0.0
+    return quality.other_person_score(
+        people[0], obs.poses, q.other_person_overlap, q.same_person_oks, cfg.keypoint_conf
+    )
+
+
+def classify(obs: FrameObs, cfg: MotionConfig, q: QualityConfig | None = None) -> FrameKind:
+    q = q or QualityConfig()
     people = confident(obs.poses, cfg)
     if not people:
         return FrameKind.NONE
     others = [p for p in obs.poses if p is not people[0] and p.score >= min(cfg.second_person_conf, cfg.person_conf)]
-    if others:
+    if others or hidden_person_score(obs, cfg, q) >= max(q.other_person_conf, 1e-9):
         return FrameKind.MULTI
-    return FrameKind.BODY if has_body(people[0], cfg) else FrameKind.PARTIAL
+    if not has_body(people[0], cfg):
+        return FrameKind.PARTIAL
+    margin = quality.lr_margin(people[0], cfg.keypoint_conf, q.lr_min_separation)
+    if margin is not None and margin < -q.lr_tolerance:
+        return FrameKind.SWAPPED
+    return FrameKind.BODY
 
 
 def _xy(pose: Pose17, name: str) -> np.ndarray:
@@ -137,15 +160,6 @@ def same_person(a: Pose17, b: Pose17, cfg: MotionConfig) -> bool:
     return float(np.linalg.norm(rb - ra)) / ((ta + tb) / 2) <= cfg.max_track_jump
 
 
-def _small_gray(frame: np.ndarray, side: int = 320) -> tuple[np.ndarray, float]:
-    h, w = frame.shape[:2]
-    s = min(1.0, side / max(h, w))
-    g = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-    if s < 1.0:
-        g = cv2.resize(g, (int(w * s), int(h * s)), interpolation=cv2.INTER_AREA)
-    return g, s
-
-
 def scene_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Correlation of hue-saturation histograms: near 1 within a shot, low across a cut."""
 
@@ -155,31 +169,6 @@ def scene_similarity(a: np.ndarray, b: np.ndarray) -> float:
         return cv2.normalize(h, h).flatten()
 
     return float(cv2.compareHist(hist(a), hist(b), cv2.HISTCMP_CORREL))
-
-
-def camera_motion(a: np.ndarray, b: np.ndarray, people: list[Pose17]) -> np.ndarray:
-    """Median displacement (dx, dy) of background corners between two frames (people masked out),
-    as a fraction of the frame diagonal. Falls back to phase correlation on featureless backgrounds."""
-    ga, s = _small_gray(a)
-    gb, _ = _small_gray(b)
-    h, w = ga.shape
-    mask = np.full((h, w), 255, np.uint8)
-    for p in people:
-        x1, y1, x2, y2 = (np.asarray(p.box) * s).tolist()
-        pad_x, pad_y = 0.1 * (x2 - x1), 0.1 * (y2 - y1)
-        mask[max(0, int(y1 - pad_y)) : int(y2 + pad_y) + 1, max(0, int(x1 - pad_x)) : int(x2 + pad_x) + 1] = 0
-    diag = math.hypot(h, w)
-    pts = cv2.goodFeaturesToTrack(ga, maxCorners=200, qualityLevel=0.01, minDistance=7, mask=mask)
-    if pts is not None and len(pts) >= 8:
-        nxt, status, _ = cv2.calcOpticalFlowPyrLK(ga, gb, pts, None, winSize=(21, 21), maxLevel=3)
-        ok = status.ravel() == 1
-        if ok.sum() >= 8:
-            d = (nxt[ok] - pts[ok]).reshape(-1, 2)
-            return np.median(d, axis=0).astype(np.float64) / diag
-    (dx, dy), response = cv2.phaseCorrelate(ga.astype(np.float32), gb.astype(np.float32))
-    if not (response >= 0.1 and math.isfinite(dx) and math.isfinite(dy)):
-        return np.zeros(2)  # no texture to measure by: no measurable camera motion
-    return np.array([dx, dy], dtype=np.float64) / diag
 
 
 # ---------------------------------------------------------------- the funnel
@@ -192,25 +181,61 @@ class ClipTrack:
     obs: list[FrameObs]
     kinds: list[FrameKind]
     similarity: list[float]  # between sampled frame k and k+1
-    cam: list[np.ndarray]  # camera motion (dx, dy) / diagonal between sampled frame k and k+1
+    steps: list[quality.BackgroundStep]  # the camera between sampled frame k and k+1
+    frames: list[np.ndarray]
+    sharpness: list[float | None]  # per frame, relative to the clip's three sharpest body frames
+    hidden: list[float]  # best score of another detection overlapping the person, per frame
+    quality_cfg: QualityConfig = field(default_factory=QualityConfig)
+    _grays: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, obs: list[FrameObs], frames: list[np.ndarray], cfg: MotionConfig) -> ClipTrack:
-        kinds = [classify(o, cfg) for o in obs]
-        sim, cam = [], []
+    def build(
+        cls, obs: list[FrameObs], frames: list[np.ndarray], cfg: MotionConfig, q: QualityConfig | None = None
+    ) -> ClipTrack:
+        q = q or QualityConfig()
+        kinds = [classify(o, cfg, q) for o in obs]
+        sim, steps = [], []
         for k in range(len(obs) - 1):
             sim.append(scene_similarity(frames[k], frames[k + 1]))
             people = obs[k].poses + obs[k + 1].poses
-            cam.append(camera_motion(frames[k], frames[k + 1], people))
-        return cls(obs=obs, kinds=kinds, similarity=sim, cam=cam)
+            steps.append(
+                quality.background_step(
+                    frames[k], frames[k + 1], people, q.min_background_features, q.min_background_inliers
+                )
+            )
+        raw = [
+            quality.sharpness(frames[k], confident(obs[k].poses, cfg)[0]) if kinds[k] is FrameKind.BODY else None
+            for k in range(len(obs))
+        ]
+        known = sorted(v for v in raw if v is not None)
+        top = float(np.mean(known[-3:])) if known else 1.0  # the clip's sharpest frames
+        sharp = [None if v is None else v / max(top, 1e-9) for v in raw]
+        hidden = [hidden_person_score(o, cfg, q) for o in obs]
+        return cls(obs, kinds, sim, steps, list(frames), sharp, hidden, q)
 
     def person(self, k: int, cfg: MotionConfig) -> Pose17:
         return confident(self.obs[k].poses, cfg)[0]
 
-    def scene(self, i: int, j: int) -> tuple[float, float]:
-        """Between sampled frames i and j: the lowest scene similarity of consecutive frames, and the
-        camera's net motion (a pan adds up, shake cancels out)."""
-        return min(self.similarity[i:j]), float(np.linalg.norm(np.sum(self.cam[i:j], axis=0)))
+    def scene(self, i: int, j: int) -> tuple[float, float, np.ndarray | None, list[quality.BackgroundStep]]:
+        """Between sampled frames i and j: the lowest scene similarity of consecutive frames, the
+        camera's net motion (frame diagonals; a pan adds up, shake cancels out; NaN where a step could
+        not be measured), the composed transform (None then) and the steps."""
+        steps = self.steps[i:j]
+        sim = min(self.similarity[i:j])
+        if any(s.matrix is None for s in steps):
+            return sim, math.nan, None, steps
+        m = quality.compose([s.matrix for s in steps])
+        g, _ = self.gray(i)
+        return sim, quality.motion_magnitude(m, g.shape[1], g.shape[0]), m, steps
+
+    def gray(self, k: int) -> tuple[np.ndarray, float]:
+        if k not in self._grays:
+            self._grays[k] = quality.small_gray(self.frames[k])
+        return self._grays[k]
+
+    def background_match(self, i: int, j: int, m: np.ndarray) -> float | None:
+        people = self.obs[i].poses + self.obs[j].poses
+        return quality.background_match(self.frames[i], self.frames[j], m, people, grays=(self.gray(i), self.gray(j)))
 
 
 def _candidates(track: ClipTrack, strategy: PairStrategy, pcfg: PairingConfig) -> list[Candidate]:
@@ -233,21 +258,53 @@ def _candidates(track: ClipTrack, strategy: PairStrategy, pcfg: PairingConfig) -
     ]
 
 
+def _unmeasured(steps: list[quality.BackgroundStep]) -> str:
+    bad = [s for s in steps if s.matrix is None]
+    kinds = Counter(s.status for s in bad)
+    return ", ".join(f"{n} {k}" for k, n in kinds.items())
+
+
 def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> RejectReason | None:
-    """None when the candidate passes; fills c.motion when it gets that far."""
+    """None when the candidate passes; fills c.motion and c.quality when it gets that far."""
+    q = track.quality_cfg
     window = range(c.i, c.j + 1)
     if any(track.kinds[k] is FrameKind.MULTI for k in window):
         return RejectReason.MULTIPLE_PEOPLE
-    seen = [k for k in window if track.kinds[k] in (FrameKind.BODY, FrameKind.PARTIAL)]
+    seen = [k for k in window if track.kinds[k] in (FrameKind.BODY, FrameKind.PARTIAL, FrameKind.SWAPPED)]
     for k0, k1 in zip(seen, seen[1:], strict=False):
         p0, p1 = track.person(k0, cfg), track.person(k1, cfg)
         if track.kinds[k0] is FrameKind.BODY and track.kinds[k1] is FrameKind.BODY:
             if not same_person(p0, p1, cfg):
                 return RejectReason.IDENTITY_SWITCH
-    sim, cam = track.scene(c.i, c.j)
+    a, b = track.person(c.i, cfg), track.person(c.j, cfg)
+    margins = [quality.lr_margin(p, cfg.keypoint_conf, q.lr_min_separation) for p in (a, b)]
+    margins = [m for m in margins if m is not None]
+    sharp = [track.sharpness[k] for k in (c.i, c.j) if track.sharpness[k] is not None]
+    c.quality = QualityFigures(
+        person_height=max(quality.person_height(a), quality.person_height(b)),
+        edge_margin=min(quality.edge_margin(a), quality.edge_margin(b)),
+        other_person_score=max(track.hidden[k] for k in window),
+        sharpness=min(sharp) if sharp else None,
+        lr_margin=min(margins) if margins else None,
+        background_match=None,
+        background_inliers=None,
+    )
+    if c.quality.edge_margin < q.min_edge_margin:
+        return RejectReason.PARTIAL_BODY
+    if c.quality.person_height < q.min_person_height:
+        return RejectReason.TOO_SMALL
+    sim, cam, m, steps = track.scene(c.i, c.j)
+    c.quality.background_inliers = min(s.inliers for s in steps)
+    c.quality.overlay_points = max(s.overlay for s in steps)
     if sim < cfg.min_scene_similarity:
         return RejectReason.SHOT_CUT
-    a, b = track.person(c.i, cfg), track.person(c.j, cfg)
+    if any(s.status == "inconsistent" for s in steps):
+        # textured background that does not move together from one frame to the next: another place
+        c.detail = "background points do not follow one camera motion between sampled frames"
+        return RejectReason.SHOT_CUT
+    if m is None:
+        c.detail = f"camera motion unmeasurable in {_unmeasured(steps)} step(s)"
+        return RejectReason.CAMERA_MOTION
     mean, mx, trans, torso, n = pose_change(a, b, cfg)
     c.motion = MotionFigures(
         pose_change=mean,
@@ -260,6 +317,14 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> RejectReason | 
     )
     if cam > cfg.max_camera_motion:
         return RejectReason.CAMERA_MOTION
+    blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
+    if not blurry and mean < cfg.min_pose_change:
+        return RejectReason.LOW_MOTION  # decided without the costlier background match
+    c.quality.background_match = track.background_match(c.i, c.j, m)
+    if c.quality.background_match is not None and c.quality.background_match < q.min_background_match:
+        return RejectReason.SHOT_CUT
+    if blurry:
+        return RejectReason.BLURRY
     if mean < cfg.min_pose_change:
         return RejectReason.LOW_MOTION
     return None
@@ -268,8 +333,11 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> RejectReason | 
 CHECK_ORDER = (
     RejectReason.MULTIPLE_PEOPLE,
     RejectReason.IDENTITY_SWITCH,
+    RejectReason.PARTIAL_BODY,
+    RejectReason.TOO_SMALL,
     RejectReason.SHOT_CUT,
     RejectReason.CAMERA_MOTION,
+    RejectReason.BLURRY,
     RejectReason.LOW_MOTION,
 )
 
@@ -280,8 +348,9 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
     funnel = {
         "frames": n,
         "frames_with_person": n - kinds[FrameKind.NONE],
-        "frames_single_person": kinds[FrameKind.BODY] + kinds[FrameKind.PARTIAL],
-        "frames_whole_body": kinds[FrameKind.BODY],
+        "frames_single_person": kinds[FrameKind.BODY] + kinds[FrameKind.PARTIAL] + kinds[FrameKind.SWAPPED],
+        "frames_whole_body": kinds[FrameKind.BODY] + kinds[FrameKind.SWAPPED],
+        "frames_lr_swapped": kinds[FrameKind.SWAPPED],
     }
     summary = ", ".join(f"{k}={v}" for k, v in funnel.items())
     need = max(cfg.min_person_frames, math.ceil(cfg.min_frame_fraction * n))
@@ -317,10 +386,30 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         for reason in CHECK_ORDER:
             left -= failed[reason]
             if left == 0:
-                best = max((c.motion.pose_change for c in cands if c.motion), default=0.0)
-                detail = f"{len(cands)} candidate pairs, none passed; best pose change {best:.3f}"
+                detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
                 return Selection([], reason, f"{detail} ({summary})", funnel)
     return Selection(_pick(passed, pcfg, track), None, "", funnel)
+
+
+def _failures(failed: Counter) -> str:
+    return ", ".join(f"{r.value} {failed[r]}" for r in CHECK_ORDER if failed[r])
+
+
+def _best(cands: list[Candidate]) -> str:
+    """The best figures any candidate reached, for the reject's detail."""
+    parts = []
+    qs = [c.quality for c in cands if c.quality]
+    ms = [c.motion for c in cands if c.motion]
+    if qs:
+        parts.append(f"largest person height {max(q.person_height for q in qs):.2f}")
+        sharp = [q.sharpness for q in qs if q.sharpness is not None]
+        if sharp:
+            parts.append(f"best sharpness {max(sharp):.2f}")
+    if ms:
+        parts.append(f"least camera motion {min(m.camera_motion for m in ms):.3f}")
+        parts.append(f"best pose change {max(m.pose_change for m in ms):.3f}")
+    notes = sorted({c.detail for c in cands if c.detail})
+    return "; ".join(parts + notes[:2])
 
 
 def _pick(passed: list[Candidate], pcfg: PairingConfig, track: ClipTrack) -> list[Candidate]:
@@ -351,7 +440,13 @@ def select_egocentric(track: ClipTrack, cfg: EgocentricConfig) -> Selection:
     funnel = {"frames": n}
     if span < cfg.min_gap_s:
         return Selection([], RejectReason.NO_VALID_WINDOW, f"segment spans {span:.2f}s < {cfg.min_gap_s}s", funnel)
-    sim, cam = track.scene(0, n - 1)
+    sim, cam, m, steps = track.scene(0, n - 1)
+    if sim >= cfg.min_scene_similarity and any(s.status == "inconsistent" for s in steps):
+        detail = "background points do not follow one camera motion between sampled frames"
+        return Selection([], RejectReason.SHOT_CUT, detail, funnel)
+    if m is None and sim >= cfg.min_scene_similarity:
+        detail = f"camera motion unmeasurable in {_unmeasured(steps)} step(s)"
+        return Selection([], RejectReason.CAMERA_MOTION, detail, funnel)
     figures = MotionFigures(
         pose_change=None,
         max_joint_change=None,
@@ -366,4 +461,14 @@ def select_egocentric(track: ClipTrack, cfg: EgocentricConfig) -> Selection:
     if cam > cfg.max_camera_motion:
         detail = f"camera moved {cam:.3f} of the frame diagonal > {cfg.max_camera_motion}"
         return Selection([], RejectReason.CAMERA_MOTION, detail, funnel)
-    return Selection([Candidate("segment_endpoints", 0, n - 1, figures)], None, "", funnel)
+    figures_q = QualityFigures(
+        person_height=None,
+        edge_margin=None,
+        other_person_score=None,
+        sharpness=None,
+        lr_margin=None,
+        background_match=track.background_match(0, n - 1, m),
+        background_inliers=min(s.inliers for s in steps),
+        overlay_points=max(s.overlay for s in steps),
+    )
+    return Selection([Candidate("segment_endpoints", 0, n - 1, figures, figures_q)], None, "", funnel)

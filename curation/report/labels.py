@@ -1,0 +1,105 @@
+"""A labelled check of the build's decisions: expected accept / reject (with the acceptable reasons) /
+ignored per input file, against what a finished build decided (read through the store's pointer)."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+EXPECTED = ("accept", "reject", "ignored")
+
+
+class LabelError(ValueError):
+    """A labels file that cannot be used (one line for the user)."""
+
+
+@dataclass
+class Label:
+    file: str
+    expected: str
+    reasons: tuple[str, ...]
+    note: str = ""
+
+
+@dataclass
+class LabelResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)  # file, expected, got, reason, ok, pairs
+    confusion: dict[tuple[str, str], int] = field(default_factory=dict)  # (expected, got) -> count
+
+    @property
+    def accuracy(self) -> float:
+        return sum(r["ok"] for r in self.rows) / len(self.rows) if self.rows else 0.0
+
+    @property
+    def wrong(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if not r["ok"]]
+
+
+def read_labels(path: Path | str) -> list[Label]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise LabelError(f"labels file {p} cannot be read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise LabelError(f"labels file {p} is not UTF-8 text") from e
+    reader = csv.DictReader(text.splitlines())
+    need = {"file", "expected"}
+    if not reader.fieldnames or not need <= set(reader.fieldnames):
+        raise LabelError(f"labels file {p} needs the columns file, expected[, reasons, note]")
+    labels = []
+    for n, row in enumerate(reader, start=2):
+        expected = (row.get("expected") or "").strip()
+        if expected not in EXPECTED:
+            raise LabelError(f"{p}:{n}: expected must be one of {', '.join(EXPECTED)}, not {expected!r}")
+        reasons = tuple(r.strip() for r in (row.get("reasons") or "").split("|") if r.strip())
+        labels.append(Label(row["file"].strip(), expected, reasons, (row.get("note") or "").strip()))
+    return labels
+
+
+def _name(uri: str) -> str:
+    return PurePosixPath(str(uri).rstrip("/")).name
+
+
+def check_labels(samples: pd.DataFrame, rejects: pd.DataFrame, labels: list[Label]) -> LabelResult:
+    """Each labelled file against the build: accepted (it has pairs), rejected (its clip-level reject
+    reason) or not an input at all (ignored). A file the build saw as several clips (segments) is
+    accepted when any of them is."""
+    pairs = Counter(_name(u) for u in samples.get("uri", pd.Series(dtype=str)))
+    clip_rows = rejects[rejects["level"] == "clip"] if len(rejects) else rejects
+    reasons: dict[str, list[str]] = {}
+    for uri, reason in zip(clip_rows.get("uri", []), clip_rows.get("reason", []), strict=True):
+        reasons.setdefault(_name(uri), []).append(reason)
+    out = LabelResult()
+    confusion: Counter[tuple[str, str]] = Counter()
+    for lab in labels:
+        n = pairs.get(lab.file, 0)
+        if n:
+            got, why = "accept", ""
+        elif lab.file in reasons:
+            got, why = "reject", reasons[lab.file][0]
+        else:
+            got, why = "ignored", ""
+        ok = got == lab.expected and (got != "reject" or not lab.reasons or why in lab.reasons)
+        out.rows.append(
+            {
+                "file": lab.file,
+                "expected": lab.expected + (f" ({'|'.join(lab.reasons)})" if lab.reasons else ""),
+                "got": got + (f" ({why})" if why else ""),
+                "ok": ok,
+                "pairs": n,
+                "note": lab.note,
+            }
+        )
+        confusion[(_cell(lab.expected, lab.reasons[:1]), _cell(got, (why,) if why else ()))] += 1
+    out.confusion = dict(confusion)
+    return out
+
+
+def _cell(decision: str, reasons: tuple[str, ...]) -> str:
+    return f"{decision}/{reasons[0]}" if decision == "reject" and reasons else decision
