@@ -46,7 +46,7 @@ demo: setup
 	$(BIN)/motionpairs inspect "$(OUT)"
 
 bench: setup
-	$(BIN)/python bench/build_throughput.py
+	$(BIN)/python bench/build_throughput.py --json
 
 clean:
 	rm -rf $(OUT) $(OUT)-input .cache .pytest_cache

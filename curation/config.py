@@ -46,6 +46,11 @@ class PoseConfig(_Section):
     imgsz: int = Field(640, ge=32)
     det_conf: float = Field(0.25, ge=0, le=1, description="detector threshold: every person above it is kept")
     half: bool = Field(False, description="fp16 inference on GPU")
+    engine: Literal["auto", "torch", "openvino", "onnx", "tensorrt"] = Field(
+        "auto",
+        description="inference engine: auto picks OpenVINO on CPU when installed, torch on CUDA; others are "
+        "exported once from the same weights with ultralytics' exporter and cached beside their hash",
+    )
 
 
 class MotionConfig(_Section):
@@ -262,7 +267,7 @@ class BuildConfig(BaseSettings):
         relevant["decode"].pop("batch_frames", None)
         relevant["shards"] = {"jpeg_quality": self.shards.jpeg_quality}
         relevant["caption"] = self.caption.result_settings()
-        relevant["versions"] = result_versions(self.pose.weights)
+        relevant["versions"] = result_versions(self.pose.weights, self.pose.engine, self.pose.device)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def clip_keys(self, clips: Iterable[Clip], identity: Callable[[str], str | None] | None = None) -> dict[str, str]:
@@ -299,18 +304,15 @@ def _weights_version(weights: str | None) -> str:
         return "unavailable"
 
 
-def result_versions(weights: str | None = None) -> dict[str, str]:
-    """What produced the results besides the settings: pose model (name and content hash), engine,
-    code results version. Recorded on every unit and in stats.json."""
-    import importlib.metadata as md
+def result_versions(weights: str | None = None, engine: str = "auto", device: str = "auto") -> dict[str, str]:
+    """What produced the results besides the settings: pose model (name and content hash), engine (the
+    one `auto` resolves to here, with its version), code results version. Recorded on every unit and
+    in stats.json; part of the fingerprint, so a build that changes engine redoes its clips."""
+    from .pose import engine_version, resolve_device, resolve_engine
 
-    try:
-        ul = ".".join(md.version("ultralytics").split(".")[:2])
-    except md.PackageNotFoundError:  # pragma: no cover
-        ul = "none"
     return {
         "pose_model": _weights_version(weights),
-        "pose_engine": f"ultralytics-{ul}/torch",
+        "pose_engine": engine_version(resolve_engine(engine, resolve_device(device))),
         "results": str(RESULTS_VERSION),
     }
 

@@ -105,7 +105,11 @@ class ClipProcessor:
     def versions(self) -> dict[str, str]:
         from .config import result_versions
 
-        return result_versions(self.cfg.pose.weights) | {"captioner": self.captioner.name, "code": code_version()}
+        pose = self.cfg.pose
+        return result_versions(pose.weights, pose.engine, pose.device) | {
+            "captioner": self.captioner.name,
+            "code": code_version(),
+        }
 
     def __call__(self, clip: Clip) -> ClipResult:
         res = ClipResult(clip=clip)

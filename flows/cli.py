@@ -35,6 +35,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if getattr(args, "device", None):
         out["pose"] = {"device": args.device}
+    if getattr(args, "pose_engine", None):
+        out.setdefault("pose", {})["engine"] = args.pose_engine
     caption = {
         k: v
         for k, v in {
@@ -474,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--config", help="YAML config file (see README); keys not known are an error")
     b.add_argument("--device", help="pose model device: auto (default), cpu, cuda, cuda:1")
+    b.add_argument(
+        "--pose-engine",
+        choices=("auto", "torch", "openvino", "onnx", "tensorrt"),
+        help="pose inference engine (default auto: OpenVINO on CPU, PyTorch on CUDA); exported once, cached",
+    )
     b.add_argument(
         "--engine",
         choices=("prefect", "local"),

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -32,3 +33,25 @@ def test_training_benchmark_reports_steady_state_figures_and_loader_headroom():
 def test_loader_benchmark_counts_every_sample():
     fig = run_bench("loader", "--samples", "40", "--workers", "0", "--resolution", "32")
     assert fig["samples"] == 40 and fig["samples_per_s_workers_0"] > 0
+
+
+def test_build_benchmark_prints_the_throughput_figures(tmp_path):
+    """`make bench` on a small folder: decode only, pose only per installed engine, end to end, the
+    ceiling and the ratio, in one JSON object."""
+    from conftest import ACCEPTED, video
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "dribbler.mp4").symlink_to(video(ACCEPTED["dribbler"]))
+    cmd = [sys.executable, str(REPO / "bench" / "build_throughput.py"), "--json", "--input", str(folder)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-2000:]
+    fig = json.loads(r.stdout.strip().splitlines()[-1])
+    for key in ("decode_only_fps", "pose_only_fps", "pose_only_fps_torch", "end_to_end_fps", "ceiling_fps", "ratio"):
+        assert fig[key] > 0, key
+    assert fig["engine"] == "openvino" and fig["pose_only_fps"] == max(
+        fig["pose_only_fps_torch"], fig["pose_only_fps_openvino"]
+    )
+    assert fig["ceiling_fps"] < min(fig["decode_only_fps"], fig["pose_only_fps"])  # CPU: the stages share the cores
+    assert fig["ratio"] == pytest.approx(fig["end_to_end_fps"] / fig["ceiling_fps"], rel=0.02)
+    assert fig["sampled_frames"] == 14 and fig["clips"] == 1

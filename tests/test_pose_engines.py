@@ -1,0 +1,133 @@
+"""Pose engines behind one interface: each installed engine agrees with PyTorch on real frames, the
+build decides the same on the shared clips whatever the engine, the engine is recorded, the export is
+made once and reused, and an engine that is not installed is a one-line error of the run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ACCEPTED, REJECTED, REPO, VIDEOS, video
+
+from curation.config import load_config
+from curation.decode import VideoSource
+from curation.pose import ENGINES, PoseDetector, engine_cache, engine_installed
+from schemas.records import Clip
+
+pytestmark = pytest.mark.slow
+INSTALLED = [e for e in ENGINES if e != "tensorrt" and engine_installed(e)]  # tensorrt needs a GPU
+
+
+def frames_of(name: str, n: int = 12) -> list[np.ndarray]:
+    cfg = load_config(None, output="/tmp/unused")
+    clip = Clip(source="folder", clip_id="x", uri=str(video(name)))
+    with VideoSource(clip, cfg.decode) as v:
+        return [f for b in v.batches(v.plan()[:n]) for f in b.frames]
+
+
+@pytest.fixture(scope="module")
+def real_frames() -> list[np.ndarray]:
+    names = [ACCEPTED["tai_chi_glass"], ACCEPTED["dribbler"], REJECTED["ntu_hug"][0], REJECTED["street_dancer"][0]]
+    return [f for n in names for f in frames_of(n)]
+
+
+def detector(engine: str) -> PoseDetector:
+    return PoseDetector(load_config(None, output="/tmp/unused", pose={"engine": engine, "device": "cpu"}).pose).setup()
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_openvino_is_installed_and_auto_picks_it_on_cpu():
+    assert engine_installed("openvino")  # the default install includes it
+    assert PoseDetector(load_config(None, output="/tmp/unused", pose={"device": "cpu"}).pose).engine == "openvino"
+
+
+@pytest.mark.parametrize("engine", [e for e in INSTALLED if e != "torch"])
+def test_engines_agree_with_torch_on_real_frames(engine, real_frames):
+    ref = detector("torch")(real_frames)
+    got = detector(engine)(real_frames)
+    diffs, matched = [], 0
+    for r, g in zip(ref, got, strict=True):
+        confident_r = [p for p in r if p.score >= 0.5]
+        confident_g = [p for p in g if p.score >= 0.5]
+        assert abs(len(confident_r) - len(confident_g)) <= 1  # a borderline box may cross 0.5
+        for p in confident_r:
+            q = max(g, key=lambda q: _iou(p.box, q.box), default=None)
+            if q is None or _iou(p.box, q.box) < 0.8:
+                continue
+            matched += 1
+            a, b = np.asarray(p.keypoints), np.asarray(q.keypoints)
+            both = (a[:, 2] >= 0.5) & (b[:, 2] >= 0.5)
+            diffs += list(np.linalg.norm(a[both, :2] - b[both, :2], axis=1))
+            assert abs(p.score - q.score) < 0.1
+    assert matched >= 0.9 * sum(1 for r in ref for p in r if p.score >= 0.5)
+    diffs = np.asarray(diffs)
+    assert np.median(diffs) < 1.0 and np.percentile(diffs, 99) < 6.0, (np.median(diffs), diffs.max())
+
+
+def test_the_same_decisions_on_the_shared_clips_whatever_the_engine(labelled_build, tmp_path):
+    from curation.runner import run_build
+
+    out_auto, stats_auto = labelled_build
+    assert (
+        stats_auto["versions"]["pose_engine"].startswith("ultralytics-")
+        and "openvino-" in stats_auto["versions"]["pose_engine"]
+    )
+    cfg = load_config(None, output=str(tmp_path / "torch"), sources=[{"root": str(VIDEOS)}], pose={"engine": "torch"})
+    stats_torch = run_build(cfg)
+    assert stats_torch["versions"]["pose_engine"].endswith("/torch")
+    assert stats_torch["fingerprint"] != stats_auto["fingerprint"]  # another engine: another result version
+
+    from curation.report.labels import check_labels, read_labels
+
+    labels = read_labels(REPO / "tests" / "labels" / "videos.csv")
+
+    def decisions(out):
+        s = pd.read_parquet(out / "samples.parquet")
+        r = pd.read_parquet(out / "rejects.parquet")
+        return {row["file"]: (row["got"], row["ok"]) for row in check_labels(s, r, labels).rows}
+
+    a, b = decisions(out_auto), decisions(tmp_path / "torch")
+    assert all(ok for _, ok in a.values()) and all(ok for _, ok in b.values())  # both meet every label
+    same = sum(a[f][0] == b[f][0] for f in a)  # accept/reject and the reason itself
+    assert same >= len(a) - 1, {f: (a[f][0], b[f][0]) for f in a if a[f][0] != b[f][0]}
+
+
+def test_the_export_is_made_once_and_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("MOTIONPAIRS_ENGINE_CACHE", str(tmp_path / "cache"))
+    detector("openvino")
+    (folder,) = [p for p in engine_cache().iterdir() if p.is_dir()]
+    record = json.loads((folder / "exported.json").read_text())
+    assert record["engine"] == "openvino" and record["weights"].startswith("yolo11n-pose.pt@")
+    stamp = (folder / record["path"]).stat().st_mtime_ns
+
+    import ultralytics
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(ultralytics.YOLO, "export", no_export)
+    detector("openvino")
+    assert (folder / record["path"]).stat().st_mtime_ns == stamp
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is not None, reason="onnxruntime is installed here")
+def test_an_engine_that_is_not_installed_is_one_line(tmp_path, capsys):
+    from flows.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "dribbler.mp4").symlink_to(video(ACCEPTED["dribbler"]))
+    rc = main(["build", "--input", str(folder), "--output", str(tmp_path / "out"), "--engine", "local",
+               "--pose-engine", "onnx"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "onnx" in err[0] and "not installed" in err[0]
+    assert not (tmp_path / "out" / "samples.parquet").exists()
