@@ -33,7 +33,8 @@ def demo_frames(n_still: int = 6, n_move: int = 14, max_degrees: float = 100.0) 
     photo = data.astronaut()
     pad = 260
     canvas = cv2.copyMakeBorder(photo, 0, 0, pad, 0, cv2.BORDER_REPLICATE)
-    pose = PoseDetector(PoseConfig(device="cpu")).setup()([canvas])[0][0]
+    # PyTorch, whatever engine is installed: the same clip on every machine
+    pose = PoseDetector(PoseConfig(device="cpu", engine="torch")).setup()([canvas])[0][0]
     k = np.asarray(pose.keypoints)[:, :2]
     shoulder, elbow, wrist = k[6], k[8], k[10]  # COCO: right_shoulder, right_elbow, right_wrist
 

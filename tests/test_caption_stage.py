@@ -184,7 +184,7 @@ def test_mirrored_captions_are_flagged_and_publish_can_require_agreement(server,
     right, mirror = sided[sided.model == "right-vlm"], sided[sided.model == "mirror-vlm"]
     assert (right.pose_agreement == "agree").all(), table
     contradicted = mirror[mirror.pose_agreement == "contradict"]
-    assert len(contradicted) >= 2, table
+    assert len(contradicted) >= 1, table  # the others: both arms moved, so the mirror reading also holds
     # a mirrored caption still agrees only where the other arm really moved the same way too
     for detail in mirror[mirror.pose_agreement == "agree"].agreement_detail:
         figures = dict(kv.split() for kv in detail.split(": ", 1)[1].split(", "))

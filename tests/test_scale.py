@@ -91,7 +91,8 @@ def test_a_new_source_adds_to_the_build_and_a_removed_clip_leaves_it(tmp_path):
         stats["clips_in"] == 2 and stats["clips_accepted"] == 1 and stats["rejects_by_reason"] == {"pose/no_person": 1}
     )
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == tars
-    assert plan_build(both).units == [] and run_build(both) == stats  # up to date: nothing rewritten
+    noop = run_build(both)  # up to date: nothing rewritten (the report is made by a build, not stored in stats)
+    assert plan_build(both).units == [] and noop == {k: v for k, v in stats.items() if k != "report"}
     # the clip is taken down at its source: the rebuilt dataset no longer has it, in manifest or tars
     (first / "tai_chi_glass.mp4").unlink()
     plan = plan_build(both)

@@ -234,7 +234,9 @@ def test_edit_follows_a_target_pose(real_build, tmp_path):
     pose_a = tmp_path / "a.json"
     pose_a.write_text(s.pair.after_pose.model_dump_json())
     moved = s.pair.after_pose.model_copy(deep=True)
-    moved.keypoints[KP["right_wrist"]] = [5.0, 5.0, 1.0]
+    x, y, _ = moved.keypoints[KP["right_wrist"]]
+    w, h = moved.frame_width, moved.frame_height  # a corner of the centre crop, far from where the wrist was
+    moved.keypoints[KP["right_wrist"]] = [w / 2 - 0.4 * min(w, h) if x > w / 2 else w / 2 + 0.4 * min(w, h), h / 2, 1.0]
     pose_b = tmp_path / "b.json"
     pose_b.write_text(moved.model_dump_json())
     parser = argparse.ArgumentParser()
