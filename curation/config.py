@@ -38,6 +38,9 @@ class DecodeConfig(_Section):
     max_failed_fraction: float = Field(
         0.0, ge=0, le=1, description="share of sampled frames that may fail to decode before the clip is rejected"
     )
+    frames_fps: float = Field(
+        50.0, gt=0, description="frame folders (frame_%010d.jpg): frame N is at N / frames_fps seconds (EPIC: 50 or 60)"
+    )
 
 
 class PoseConfig(_Section):
@@ -171,7 +174,7 @@ class ShardConfig(_Section):
     )
 
 
-VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov"]
+VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov", ".gif"]
 
 
 class _SourceBase(_Section):

@@ -1,11 +1,15 @@
-"""Decode sampled frames with decord: frame-accurate, batch by batch, never the whole video in memory."""
+"""Decode sampled frames: videos with decord (frame-accurate), animated GIFs with Pillow and folders of
+extracted frames with OpenCV, all behind decord's reader surface; batch by batch, never the whole video
+in memory."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +50,125 @@ class DecodeFailure(Exception):
         )
 
 
+FRAME_NAME = re.compile(r"^frame_(\d+)\.(jpe?g|png)$", re.IGNORECASE)
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """The frames of a folder of extracted frames (frame_0000000001.jpg, ...: EPIC-KITCHENS' rgb_frames
+    layout), in frame-number order; [] for any other folder."""
+    try:
+        names = [p for p in folder.iterdir() if FRAME_NAME.match(p.name)]
+    except OSError:
+        return []
+    return sorted(names, key=lambda p: int(FRAME_NAME.match(p.name).group(1)))
+
+
+class _Frames:
+    """What decord's batch getters return: .asnumpy() and .shape."""
+
+    def __init__(self, array: np.ndarray):
+        self._a = array
+        self.shape = array.shape
+
+    def asnumpy(self) -> np.ndarray:
+        return self._a
+
+
+def _resized(rgb: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    if size is None or (rgb.shape[1], rgb.shape[0]) == size:
+        return rgb
+    import cv2
+
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
+class FrameFolderReader:
+    """decord.VideoReader's surface over a folder of extracted frames: frame k is the k-th file by
+    number, at (its number) / fps seconds (frames may be sparse: EPIC's dumps are often every n-th)."""
+
+    def __init__(self, folder: str, fps: float, width: int | None = None, height: int | None = None):
+        self.files = frame_files(Path(folder))
+        self.numbers = [int(FRAME_NAME.match(p.name).group(1)) for p in self.files]
+        self.fps = fps
+        self.size = (width, height) if width and height else None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, i: int) -> np.ndarray:
+        import cv2
+
+        img = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)
+        if img is None:
+            raise RuntimeError(f"{self.files[i].name} is not an image that can be decoded")
+        return _resized(np.ascontiguousarray(img[..., ::-1]), self.size)
+
+    def __getitem__(self, i: int) -> _Frames:
+        return _Frames(self._read(i))
+
+    def get_batch(self, indices: list[int]) -> _Frames:
+        return _Frames(np.stack([self._read(i) for i in indices]))
+
+    def get_frame_timestamp(self, i: int) -> np.ndarray:
+        t = self.numbers[i] / self.fps
+        return np.array([t, t + 1 / self.fps])
+
+    def get_avg_fps(self) -> float:
+        return self.fps
+
+
+class GifReader:
+    """decord.VideoReader's surface over an animated GIF (Pillow): frames at their own durations."""
+
+    def __init__(self, path: str, width: int | None = None, height: int | None = None):
+        from PIL import Image
+
+        self.image = Image.open(path)
+        self.size = (width, height) if width and height else None
+        self.starts: list[float] = []
+        t = 0.0
+        for k in range(getattr(self.image, "n_frames", 1)):
+            self.image.seek(k)
+            self.starts.append(t)
+            t += max(float(self.image.info.get("duration") or 100), 10.0) / 1000.0  # browsers' 10 ms floor
+        self.end = t
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _read(self, i: int) -> np.ndarray:
+        self.image.seek(i)
+        return _resized(np.asarray(self.image.convert("RGB")), self.size)
+
+    def __getitem__(self, i: int) -> _Frames:
+        return _Frames(self._read(i))
+
+    def get_batch(self, indices: list[int]) -> _Frames:
+        return _Frames(np.stack([self._read(i) for i in indices]))
+
+    def get_frame_timestamp(self, i: int) -> np.ndarray:
+        return np.array([self.starts[i], self.starts[i + 1] if i + 1 < len(self.starts) else self.end])
+
+    def get_avg_fps(self) -> float:
+        return len(self.starts) / self.end if self.end > 0 else 0.0
+
+
+def open_reader(
+    path: str, cfg: DecodeConfig, width: int | None = None, height: int | None = None, fps: float | None = None
+):
+    """A frame reader for a video file (decord), an animated GIF (Pillow) or a frame folder (OpenCV),
+    all with decord's VideoReader surface, so sampling, timestamps and rejects are the same."""
+    if os.path.isdir(path):
+        return FrameFolderReader(path, fps or cfg.frames_fps, width, height)
+    if path.lower().endswith(".gif"):
+        return GifReader(path, width, height)
+    import decord
+
+    if width and height:
+        return decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+    return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+
+
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
     scale = min(1.0, max_side / max(width, height))
     # even sizes keep every scaler happy
@@ -62,6 +185,8 @@ def sniff_container(path: str) -> str | None:
         return "AVI"
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "Matroska/WebM"
+    if head[:4] == b"GIF8":
+        return "GIF"
     return None
 
 
@@ -82,19 +207,17 @@ class VideoSource:
         self._pts_ok = False
 
     def open(self) -> VideoInfo:
-        import decord
-
         path = self.clip.uri
         if not os.path.exists(path):
             raise DecodeFailure(RejectReason.MISSING_FILE, f"no such file: {path}")
-        if os.path.getsize(path) == 0:
+        if not os.path.isdir(path) and os.path.getsize(path) == 0:
             raise DecodeFailure(RejectReason.EMPTY_FILE, "zero-byte file")
         try:
-            probe = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+            probe = open_reader(path, self.cfg, fps=self._frames_fps())
             n = len(probe)
             h0, w0 = probe[0].shape[:2] if n > 0 else (0, 0)
         except Exception as e:  # decord raises DECORDError / RuntimeError for unknown containers and codecs
-            container = sniff_container(path)
+            container = sniff_container(path) if os.path.isfile(path) else None
             if container:
                 raise DecodeFailure(
                     RejectReason.TRUNCATED,
@@ -108,16 +231,22 @@ class VideoSource:
         if (w, h) != (w0, h0):
             del probe
             try:
-                self._vr = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
+                self._vr = open_reader(path, self.cfg, w, h, fps=self._frames_fps())
             except Exception as e:
                 raise DecodeFailure(RejectReason.UNREADABLE, f"cannot open video: {_short(e)}") from e
         else:
             self._vr = probe
         self.info = VideoInfo(num_frames=n, fps=fps, width=w, height=h, source_width=w0, source_height=h0)
-        self._pts_ok = self._timestamps_sane()
+        # frame folders and GIFs carry exact times (frame numbers, GIF durations); decord's may be garbage
+        self._pts_ok = isinstance(self._vr, (FrameFolderReader, GifReader)) or self._timestamps_sane()
         if not self._pts_ok and fps <= 0:
             raise DecodeFailure(RejectReason.UNREADABLE, "video has neither timestamps nor a frame rate")
         return self.info
+
+    def _frames_fps(self) -> float | None:
+        """A frame folder's rate from its source (EPIC: 50 or 60 by video), else decode.frames_fps."""
+        value = self.clip.extra.get("frames_fps")
+        return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
     def _timestamps_sane(self) -> bool:
         """Containers without per-frame timestamps (AVI) make decord report garbage: then time is
@@ -152,7 +281,7 @@ class VideoSource:
         assert info is not None, "open() first"
         n = info.num_frames
         last_time = self.frame_time(n - 1)
-        start = self.clip.start_s or 0.0
+        start = self.clip.start_s if self.clip.start_s is not None else self.frame_time(0)  # frame dumps may start late
         end = self.clip.end_s if self.clip.end_s is not None else last_time + 1e-6
         if start > last_time:
             raise DecodeFailure(

@@ -103,14 +103,24 @@ def check_root(root: str) -> Path:
 
 
 def index_videos(root: Path, extensions: list[str]) -> tuple[dict[str, list[Path]], list[str]]:
-    """Every video under root by file stem (several when the same stem sits in several folders), and
-    the other files (relative paths)."""
+    """Every video under root by file stem (several when the same stem sits in several folders; a
+    folder of extracted frames counts as one video named after the folder), and the other files
+    (relative paths)."""
+    from .decode import frame_files
+
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     by_stem: dict[str, list[Path]] = {}
     other: list[str] = []
+    frame_dirs: set[Path] = set()
     for p in sorted(root.rglob("*")):
+        if p.is_dir() and len(frame_files(p)) >= 2:  # extracted frames (EPIC's rgb_frames/<video_id>/)
+            frame_dirs.add(p)
+            by_stem.setdefault(p.name, []).append(p)
+            continue
         if not (p.is_file() or p.is_symlink()):
             continue
+        if p.parent in frame_dirs and p in set(frame_files(p.parent)):
+            continue  # one frame of a frame folder: part of that clip
         if p.suffix.lower() in exts:
             by_stem.setdefault(p.stem, []).append(p)
         else:
@@ -175,7 +185,18 @@ IDENTITY_BLOCK = 1 << 20  # content identity: size + hash of the first and last 
 def content_identity(path: str | os.PathLike) -> str:
     """What a video file is, wherever it lives: its size and a hash of its first and last MiB (a copy
     or a symlink of one video has the same identity; a replaced file under the same name does not).
-    Reading 2 MiB costs about 2 ms from the page cache, 20 ms cold on a disk, whatever the video's length."""
+    Reading 2 MiB costs about 2 ms from the page cache, 20 ms cold on a disk, whatever the video's length.
+    A folder of frames: the names and sizes of its frames and the identity of the first and last."""
+    if os.path.isdir(path):
+        from .decode import frame_files
+
+        frames = frame_files(Path(path))
+        if not frames:
+            raise OSError(f"no frames in {path}")
+        listing = hashlib.sha256("\n".join(f"{p.name}:{p.stat().st_size}" for p in frames).encode())
+        for p in (frames[0], frames[-1]):
+            listing.update(content_identity(p).encode())
+        return f"frames{len(frames)}:{listing.hexdigest()[:20]}"
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         h = hashlib.sha256(f.read(IDENTITY_BLOCK))

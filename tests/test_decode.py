@@ -1,11 +1,11 @@
 import decord
 import numpy as np
 import pytest
-from conftest import ACCEPTED, REJECTED, make_bad_inputs, video, write_video
+from conftest import ACCEPTED, REJECTED, VIDEOS, make_bad_inputs, video, write_video
 
 from curation.config import DecodeConfig
 from curation.decode import DecodeFailure, VideoSource
-from schemas.records import Clip
+from schemas.records import Clip, RejectReason
 
 
 def clip_of(path, **kw) -> Clip:
@@ -78,3 +78,80 @@ def test_written_clip_round_trips(tmp_path):
         got = np.concatenate([b.frames for b in v.batches(v.plan())])
     assert got.shape[0] == 10
     assert np.all(np.diff(got.reshape(10, -1).mean(1)) > 10)  # brightness ramps frame by frame
+
+
+# ---------------------------------------------------------------- GIFs and frame folders
+
+EPIC_FRAMES = VIDEOS / "epic-fields-code__example_data_P28_101_frames"
+
+
+def _source(uri, **decode):
+    from curation.config import load_config
+
+    cfg = load_config(None, output="/tmp/unused", decode=decode)
+    return VideoSource(Clip(source="folder", clip_id="x", uri=str(uri)), cfg.decode)
+
+
+def test_a_gif_decodes_with_its_own_frame_durations(tmp_path):
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((60, 80, 3), 40 * k, np.uint8)) for k in range(6)]
+    gif = tmp_path / "steps.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=[100, 200, 300, 400, 500, 600], loop=0)
+    with _source(gif, sample_fps=10) as v:
+        assert v.info.num_frames == 6 and (v.info.width, v.info.height) == (80, 60)
+        assert [v.frame_time(i) for i in range(6)] == pytest.approx([0, 0.1, 0.3, 0.6, 1.0, 1.5])
+        plan = v.plan()
+        got = [f for b in v.batches(plan) for f in b.frames]
+        assert plan == sorted(plan) and len(got) == len(plan) and got[-1][0, 0, 0] == 40 * plan[-1]
+    # a real animated GIF from the shared clips: sampled at 4 fps over its 2 s
+    with _source(VIDEOS / "lavila__assets_cf7c12db-1a9e-46d3-96d6-38174bbe373c.gif") as v:
+        plan = v.plan()
+        assert v.info.fps == pytest.approx(25) and len(plan) == 8
+        assert [b.frames.shape[1:] for b in v.batches(plan)] == [(288, 384, 3)]
+
+
+def test_a_cut_gif_is_a_reject_not_a_crash(tmp_path):
+    data = (VIDEOS / "lavila__assets_cf7c12db-1a9e-46d3-96d6-38174bbe373c.gif").read_bytes()
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(data[: len(data) // 3])
+    try:
+        with _source(cut) as v:
+            plan = v.plan()
+            got = sum(len(b.indices) for b in v.batches(plan))
+        assert got < len(plan)  # frames past the cut are lost: the pipeline makes that a truncated reject
+    except DecodeFailure as e:
+        assert e.reason in (RejectReason.TRUNCATED, RejectReason.UNREADABLE, RejectReason.TOO_FEW_FRAMES)
+
+
+def test_a_frame_folder_decodes_at_its_frame_numbers(tmp_path):
+    with _source(EPIC_FRAMES) as v:  # frame_0000000080 ... 115, every 5th, 50 fps
+        assert v.info.num_frames == 8 and (v.info.width, v.info.height) == (456, 256)
+        assert [v.frame_time(i) for i in range(8)] == pytest.approx([n / 50 for n in range(80, 116, 5)])
+        plan = v.plan()
+        assert plan == [0, 4, 7] and sum(len(b.indices) for b in v.batches(plan)) == 3  # 0.7 s at 4 fps
+    # one frame that does not decode: that frame is lost, the clip is not
+    broken = tmp_path / "P01_01"
+    broken.mkdir()
+    for p in sorted(EPIC_FRAMES.glob("frame_*.jpg")):
+        (broken / p.name).symlink_to(p)
+    (broken / "frame_0000000085.jpg").unlink()
+    (broken / "frame_0000000085.jpg").write_bytes(b"not a jpeg")
+    with _source(broken, sample_fps=50) as v:
+        plan = v.plan()
+        got = [i for b in v.batches(plan) for i in b.indices]
+        assert len(plan) == 8 and got == [i for i in plan if i != 1]
+
+
+def test_gifs_and_frame_folders_are_listed_as_clips(tmp_path):
+    from curation.config import FolderSource
+    from curation.ingest import list_folder
+
+    (tmp_path / "a.gif").symlink_to(VIDEOS / "lavila__assets_cf7c12db-1a9e-46d3-96d6-38174bbe373c.gif")
+    (tmp_path / "P28_101").mkdir()
+    for p in EPIC_FRAMES.iterdir():
+        (tmp_path / "P28_101" / p.name).symlink_to(p)
+    (tmp_path / "empty").mkdir()
+    listing = list_folder(FolderSource(root=str(tmp_path)))
+    assert sorted(c.clip_id for c in listing.clips) == ["P28_101", "a"]
+    assert listing.ignored == ["P28_101/licence.txt"]

@@ -10,8 +10,8 @@ def test_folder_listing_ids_and_ignored(tmp_path):
         (tmp_path / rel).write_bytes(b"")
     listing = list_folder(FolderSource(root=str(tmp_path)))
     ids = [c.clip_id for c in listing.clips]
-    assert ids == ["a", "sub/b_v2", "sub/deeper/c", "x", "x_mp4"]  # sorted, dot-free, collision kept apart
-    assert sorted(listing.ignored) == ["clip.gif", "notes.txt"]
+    assert ids == ["a", "clip", "sub/b_v2", "sub/deeper/c", "x", "x_mp4"]  # sorted, dot-free, collisions apart
+    assert sorted(listing.ignored) == ["notes.txt"]  # a GIF is an input (Pillow decodes it)
     assert all(c.source == "folder" and c.uri.startswith("/") for c in listing.clips)
 
 

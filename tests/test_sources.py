@@ -300,3 +300,36 @@ def test_mixed_build_keeps_each_sources_ids_and_no_split_leaks(kinetics_root, ep
 def test_missing_annotation_file_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="cannot read"):
         list_kinetics(KineticsSource(kind="kinetics", root=str(tmp_path), annotations=[str(tmp_path / "x.csv")]))
+
+
+def test_epic_from_released_rgb_frames(tmp_path):
+    """EPIC-KITCHENS as users often hold it: <participant>/rgb_frames/<video_id>/frame_%010d.jpg (the
+    real P28_101 frames 80-115, every 5th; an extension video, so 50 fps). A narration row over
+    1.6-2.15 s gives a pair of the segment's first and last frames at their frame numbers' times."""
+    frames = VIDEOS / "epic-fields-code__example_data_P28_101_frames"
+    dest = tmp_path / "root" / "P28" / "rgb_frames" / "P28_101"
+    dest.mkdir(parents=True)
+    for p in frames.glob("frame_*.jpg"):
+        (dest / p.name).symlink_to(p)
+    real = list(csv.DictReader(open(EPIC_VAL)))[:1]
+    row = {**real[0], "narration_id": "P28_101_7", "video_id": "P28_101", "participant_id": "P28",
+           "start_timestamp": "00:00:01.60", "stop_timestamp": "00:00:02.15"}  # fmt: skip
+    ann = tmp_path / "EPIC_100_validation_frames.csv"
+    with open(ann, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(real[0]))
+        w.writeheader()
+        w.writerow(row)
+    listing = list_epic(EpicSource(kind="epic", root=str(tmp_path / "root"), annotations=[str(ann)]))
+    (clip,) = listing.clips
+    assert clip.uri == str(dest.resolve()) and clip.extra["frames_fps"] == 50.0
+    cfg = load_config(
+        None,
+        output=str(tmp_path / "out"),
+        sources=[{"kind": "epic", "root": str(tmp_path / "root"), "annotations": [str(ann)]}],
+        egocentric={"max_camera_motion": 0.6},  # these real frames are a fast head turn (0.41 of the diagonal)
+    )
+    stats = run_build(cfg)
+    s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
+    assert stats["clips_accepted"] == 1 and len(s) == 1
+    assert s.before_time_s[0] == pytest.approx(1.6) and s.after_time_s[0] == pytest.approx(2.1)
+    assert (s.before_index[0], s.after_index[0]) == (0, 5)  # positions in the folder's frame list

@@ -1,6 +1,8 @@
 """EPIC-KITCHENS-100: one Clip per narration segment inside a long head-camera video.
 
-Videos: <root>/<participant>/videos/<video_id>.MP4 (also <root>/<video_id>.MP4). Segment bounds come
+Videos: <root>/<participant>/videos/<video_id>.MP4 (also <root>/<video_id>.MP4), or the released RGB
+frames <root>/<participant>/rgb_frames/<video_id>/frame_%010d.jpg (frame N at N / 50 or 60 s: see
+frame_rate). Segment bounds come
 from start_timestamp / stop_timestamp (HH:MM:SS.ff), never from the frame columns: those count at 60
 fps for EPIC-55 videos and 50 fps for the extension, not at the native rate. Only the segment is
 decoded. Rows with empty or unreadable timestamps are rejects (bad_annotation); segments past the
@@ -56,6 +58,13 @@ def _split_for(path: Path) -> str | None:
     return next((v for k, v in SPLIT_BY_FILE.items() if k in stem), None)
 
 
+def frame_rate(video_id: str) -> float:
+    """The rate EPIC's released RGB frames (and the annotation frame columns) count at: 60 for the
+    EPIC-55 videos (P01_01 ... two-digit), 50 for the extension (P01_101 ...); see FORMATS.md."""
+    tail = video_id.rsplit("_", 1)[-1]
+    return 50.0 if tail.isdigit() and len(tail) >= 3 else 60.0
+
+
 def list_epic(cfg: EpicSource) -> Listing:
     root = check_root(cfg.root)
     by_stem, _ = index_videos(root, [".mp4"])
@@ -82,6 +91,9 @@ def list_epic(cfg: EpicSource) -> Listing:
             preferred = [p for p in candidates if p.parent.name == "videos" and p.parent.parent.name == part]
             video = (preferred or candidates or [None])[0]
             uri = str(video.resolve()) if video else str(root / part / "videos" / f"{vid}.MP4")
+            frames_fps = None
+            if video is not None and video.is_dir():  # <participant>/rgb_frames/<video_id>/frame_%010d.jpg
+                frames_fps = frame_rate(vid)
             try:
                 start = parse_timestamp(row.get("start_timestamp", ""))
                 end = parse_timestamp(row.get("stop_timestamp", ""))
@@ -92,7 +104,10 @@ def list_epic(cfg: EpicSource) -> Listing:
                 out.rejects.append(ingest_reject("epic", nid, uri, RejectReason.BAD_ANNOTATION, detail))
                 continue
             if video is None:
-                detail = f"{vid}.MP4 not found under {root} (expected {part}/videos/{vid}.MP4)"
+                detail = (
+                    f"{vid}.MP4 not found under {root} (expected {part}/videos/{vid}.MP4 "
+                    f"or frames in {part}/rgb_frames/{vid}/)"
+                )
                 out.rejects.append(ingest_reject("epic", nid, uri, RejectReason.MISSING_FILE, detail))
                 continue
             used.add(vid)
@@ -104,6 +119,8 @@ def list_epic(cfg: EpicSource) -> Listing:
                 "verb": row.get("verb") or None,
                 "noun": row.get("noun") or None,
             }
+            if frames_fps:
+                extra["frames_fps"] = frames_fps
             for k in ("verb_class", "noun_class"):
                 extra[k] = int(row[k]) if (row.get(k) or "").strip().lstrip("-").isdigit() else None
             if row.get("all_nouns"):
