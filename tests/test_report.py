@@ -106,6 +106,9 @@ def test_dataset_card_loads_a_build_mixing_labelled_and_unlabelled_sources(tmp_p
     assert set(samples.source) == {"kinetics", "folder"} and stats["pairs"] == len(samples)
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "task_categories" in card and "image-to-image" in card
+    for section in ("## How it was built", "## Schema", "## Counts", "## Sources and licences", "## Known limitations"):
+        assert section in card
+    assert "| `quality` | struct(person_height" in card
     assert "kinetics:" in card and "Kinetics" in card  # licence per source
     # the loader alone, folder shard first: the failure this card fixes
     tars = sorted((out / "shards").glob("*.tar"), key=lambda p: "kinetics" in p.read_bytes().decode("latin-1"))

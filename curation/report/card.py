@@ -106,6 +106,19 @@ def features(samples: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
+def _describe(feature: dict[str, Any]) -> str:
+    if "dtype" in feature:
+        return feature["dtype"]
+    if "struct" in feature:
+        return "struct(" + ", ".join(f["name"] for f in feature["struct"]) + ")"
+    inner = feature.get("list")
+    if isinstance(inner, str):
+        return f"list of {inner}"
+    if isinstance(inner, dict):
+        return f"list of ({_describe(inner)})"
+    return "list of struct(" + ", ".join(f["name"] for f in inner) + ")"
+
+
 def size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
         if n < limit:
@@ -196,6 +209,19 @@ def card(stats: dict[str, Any], samples: pd.DataFrame, rejects: pd.DataFrame, sh
         lines += [f"| {st} | {rs} | {n} |" for (st, rs), n in reasons.items()]
         lines.append("")
     lines += [
+        "## Schema",
+        "",
+        f"`<key>.{META}` holds the pair's record (`schemas/records.py`, schema_version "
+        f"{samples['schema_version'].iloc[0] if len(samples) else 1}); its top-level fields:",
+        "",
+        "| field | type |",
+        "|---|---|",
+        *[f"| `{f['name']}` | {_describe(f)} |" for f in features(samples)[0]["struct"]],
+        "",
+        "Keypoints are 17 COCO `[x, y, confidence]` in pixels of the stored JPEG with the detector's raw",
+        "confidences; a location the detector did not give is null. `samples.parquet` has the same facts",
+        "flattened, one row per pair, plus the tar that holds it.",
+        "",
         "## Sources and licences",
         "",
         *([f"- **{src}**: {', '.join(v) or 'not stated'}" for src, v in licences.items()] or ["- (no samples)"]),
