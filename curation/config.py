@@ -38,6 +38,10 @@ class DecodeConfig(_Section):
     max_failed_fraction: float = Field(
         0.0, ge=0, le=1, description="share of sampled frames that may fail to decode before the clip is rejected"
     )
+    workers: int | None = Field(
+        None, ge=0, description="decode processes ahead of the pose model (0: in this process; default: cores / 2)"
+    )
+    prefetch_clips: int = Field(4, ge=1, description="clips decoded ahead at most (bounds memory)")
     frames_fps: float = Field(
         50.0, gt=0, description="frame folders (frame_%010d.jpg): frame N is at N / frames_fps seconds (EPIC: 50 or 60)"
     )
@@ -267,7 +271,8 @@ class BuildConfig(BaseSettings):
         the device, not tuning (decode.batch_frames, shards.*), not the sources (see clip_keys)."""
         relevant = self.model_dump(mode="json", exclude={"output", "staging_dir", "sources"})
         relevant["pose"].pop("device", None)
-        relevant["decode"].pop("batch_frames", None)
+        for tuning in ("batch_frames", "workers", "prefetch_clips"):
+            relevant["decode"].pop(tuning, None)
         relevant["shards"] = {"jpeg_quality": self.shards.jpeg_quality}
         relevant["caption"] = self.caption.result_settings()
         relevant["versions"] = result_versions(self.pose.weights, self.pose.engine, self.pose.device)

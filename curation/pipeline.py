@@ -10,7 +10,7 @@ import functools
 import logging
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +21,9 @@ from schemas.records import Clip, FramePair, Level, Pose17, Reject, RejectReason
 
 from .captions import OfflineCaptioner
 from .config import BuildConfig
-from .decode import DecodeFailure, VideoSource
+from .decode import DecodeFailure
 from .pose import PoseDetector
+from .stages.decode_pool import Decoded, DecodePool, decode_clip
 from .stages.motion import ClipTrack, FrameObs, select_egocentric, select_pairs
 from .stages.quality import phash
 
@@ -93,6 +94,7 @@ class ClipProcessor:
         self.cfg = cfg
         self.detector = PoseDetector(cfg.pose)
         self.captioner = OfflineCaptioner(cfg.motion.keypoint_conf)
+        self._decoder: DecodePool | None = None
 
     def setup(self) -> ClipProcessor:
         # egocentric-only builds (EPIC) never run the pose model: don't load it for them
@@ -111,10 +113,17 @@ class ClipProcessor:
             "code": code_version(),
         }
 
-    def __call__(self, clip: Clip) -> ClipResult:
+    def run_all(self, clips: list[Clip]) -> Iterator[ClipResult]:
+        """Each clip's result, in order; their frames decoded ahead in worker processes (DecodePool)."""
+        if self._decoder is None:
+            self._decoder = DecodePool(self.cfg.decode)
+        for clip, decoded in self._decoder.map(clips):
+            yield self(clip, decoded)
+
+    def __call__(self, clip: Clip, decoded: Decoded | None = None) -> ClipResult:
         res = ClipResult(clip=clip)
         try:
-            self._run(clip, res)
+            self._run(clip, res, decoded)
         except DecodeFailure as e:
             res.rejects.append(e.reject(clip))
         except (OSError, MemoryError) as e:  # the file could not be read this time: retried next run
@@ -129,26 +138,26 @@ class ClipProcessor:
             res.rejects.append(_reject(clip, res.stage, RejectReason.INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
         return res
 
-    def _run(self, clip: Clip, res: ClipResult) -> None:
+    def _run(self, clip: Clip, res: ClipResult, decoded: Decoded | None = None) -> None:
         cfg = self.cfg
         egocentric = cfg.mode_for(clip.source) == "egocentric"
-        t0 = time.perf_counter()
+        decoded = decoded if decoded is not None else decode_clip(clip, cfg.decode)
+        decoded.raise_for_problem()
+        plan = decoded.plan
         obs: list[FrameObs] = []
         frames: list[np.ndarray] = []
         t_pose = 0.0
-        with VideoSource(clip, cfg.decode) as video:
-            plan = video.plan()
-            for batch in video.batches(plan):
-                res.stage = Stage.POSE
-                t1 = time.perf_counter()
-                poses = [[] for _ in batch.indices] if egocentric else self.detector(batch.frames)
-                t_pose += time.perf_counter() - t1
-                for idx, t, frame, p in zip(batch.indices, batch.times, batch.frames, poses, strict=True):
-                    obs.append(FrameObs(index=idx, time=t, poses=p))
-                    frames.append(frame)
-                res.stage = Stage.DECODE
+        res.stage = Stage.POSE
+        for batch in decoded.batches:  # the batches the decoder made: the same poses whatever decoded them
+            t1 = time.perf_counter()
+            poses = [[] for _ in batch.indices] if egocentric else self.detector(batch.frames)
+            t_pose += time.perf_counter() - t1
+            for idx, t, frame, p in zip(batch.indices, batch.times, batch.frames, poses, strict=True):
+                obs.append(FrameObs(index=idx, time=t, poses=p))
+                frames.append(frame)
+        res.stage = Stage.DECODE
         res.frames_decoded = len(obs)
-        res.seconds = {"decode": time.perf_counter() - t0 - t_pose, "pose": t_pose}
+        res.seconds = {"decode": decoded.seconds, "pose": t_pose}
         lost = len(plan) - len(obs)
         if lost > cfg.decode.max_failed_fraction * len(plan) or len(obs) < 2:
             first_bad = min(set(plan) - {o.index for o in obs}, default=None)
@@ -173,7 +182,7 @@ class ClipProcessor:
 
         t3 = time.perf_counter()
         res.stage = Stage.CAPTION
-        reference = self._reference_poses(clip, video.info, frames[0].shape)
+        reference = self._reference_poses(clip, decoded.info, frames[0].shape)
         for c in sel.pairs:
             a, b = track.obs[c.i], track.obs[c.j]
             pair = FramePair(

@@ -189,12 +189,11 @@ def process_unit(
     t0 = time.perf_counter()
     results: list[ClipResult] = []
     try:
-        for clip in unit.clips:
-            res = processor(clip)
+        for res in processor.run_all(list(unit.clips)):  # decoded ahead in worker processes
             results.append(res)
             reject_rows += [reject_row(r) for r in res.rejects]
             if any(r.level is Level.CLIP and r.reason in TRANSIENT_REASONS for r in res.rejects):
-                retry.append(clip.clip_id)
+                retry.append(res.clip.clip_id)
             seconds.update(res.seconds)
             funnel.update(res.funnel)
             funnel["clips_decoded"] += res.frames_decoded > 0
