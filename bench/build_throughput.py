@@ -27,10 +27,10 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from curation.config import load_config  # noqa: E402
-from curation.decode import DecodeFailure, VideoSource  # noqa: E402
 from curation.ingest import list_source  # noqa: E402
-from curation.pose import ENGINES, PoseDetector, engine_installed, resolve_device, resolve_engine  # noqa: E402
 from curation.runner import get_processor, run_build  # noqa: E402
+from curation.stages.decode import DecodeFailure, VideoSource  # noqa: E402
+from curation.stages.pose import ENGINES, PoseDetector, engine_installed, resolve_device, resolve_engine  # noqa: E402
 
 
 def decode_all(cfg, clips) -> tuple[list, float]:

@@ -304,7 +304,7 @@ RESULTS_VERSION = 4
 
 @functools.lru_cache(maxsize=8)
 def _weights_version(weights: str | None) -> str:
-    from .pose import default_weights, weights_version
+    from .stages.pose import default_weights, weights_version
 
     try:
         return weights_version(Path(weights).expanduser().resolve() if weights else default_weights())
@@ -316,7 +316,7 @@ def result_versions(weights: str | None = None, engine: str = "auto", device: st
     """What produced the results besides the settings: pose model (name and content hash), engine (the
     one `auto` resolves to here, with its version), code results version. Recorded on every unit and
     in stats.json; part of the fingerprint, so a build that changes engine redoes its clips."""
-    from .pose import engine_version, resolve_device, resolve_engine
+    from .stages.pose import engine_version, resolve_device, resolve_engine
 
     return {
         "pose_model": _weights_version(weights),

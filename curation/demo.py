@@ -28,7 +28,7 @@ def demo_frames(n_still: int = 6, n_move: int = 14, max_degrees: float = 100.0) 
     from skimage.transform import PiecewiseAffineTransform, warp
 
     from .config import PoseConfig
-    from .pose import PoseDetector
+    from .stages.pose import PoseDetector
 
     photo = data.astronaut()
     pad = 260

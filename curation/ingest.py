@@ -106,7 +106,7 @@ def index_videos(root: Path, extensions: list[str]) -> tuple[dict[str, list[Path
     """Every video under root by file stem (several when the same stem sits in several folders; a
     folder of extracted frames counts as one video named after the folder), and the other files
     (relative paths)."""
-    from .decode import frame_files
+    from .stages.decode import frame_files
 
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     by_stem: dict[str, list[Path]] = {}
@@ -188,7 +188,7 @@ def content_identity(path: str | os.PathLike) -> str:
     Reading 2 MiB costs about 2 ms from the page cache, 20 ms cold on a disk, whatever the video's length.
     A folder of frames: the names and sizes of its frames and the identity of the first and last."""
     if os.path.isdir(path):
-        from .decode import frame_files
+        from .stages.decode import frame_files
 
         frames = frame_files(Path(path))
         if not frames:

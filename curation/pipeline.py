@@ -21,10 +21,10 @@ from schemas.records import Clip, FramePair, Level, Pose17, Reject, RejectReason
 
 from .captions import OfflineCaptioner
 from .config import BuildConfig
-from .decode import DecodeFailure
-from .pose import PoseDetector
+from .stages.decode import DecodeFailure
 from .stages.decode_pool import Decoded, DecodePool, decode_clip
 from .stages.motion import ClipTrack, FrameObs, select_egocentric, select_pairs
+from .stages.pose import PoseDetector
 from .stages.quality import phash
 
 log = logging.getLogger(__name__)

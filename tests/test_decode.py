@@ -4,7 +4,7 @@ import pytest
 from conftest import ACCEPTED, REJECTED, VIDEOS, make_bad_inputs, video, write_video
 
 from curation.config import DecodeConfig
-from curation.decode import DecodeFailure, VideoSource
+from curation.stages.decode import DecodeFailure, VideoSource
 from schemas.records import Clip, RejectReason
 
 

@@ -8,8 +8,8 @@ from skimage import data
 from ultralytics.engine.results import Results
 
 from curation.config import DecodeConfig, PoseConfig
-from curation.decode import VideoSource
-from curation.pose import PoseDetector, default_weights, poses_from_result
+from curation.stages.decode import VideoSource
+from curation.stages.pose import PoseDetector, default_weights, poses_from_result
 from schemas.records import KP, Clip
 
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import ACCEPTED, REJECTED, REPO, VIDEOS, video
 
 from curation.config import load_config
-from curation.decode import VideoSource
-from curation.pose import ENGINES, PoseDetector, engine_cache, engine_installed
+from curation.stages.decode import VideoSource
+from curation.stages.pose import ENGINES, PoseDetector, engine_cache, engine_installed
 from schemas.records import Clip
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,9 @@ from conftest import ACCEPTED, video, write_video
 from posekit import RIGHT_ARM_UP, STANDING, make_pose
 
 from curation.config import QualityConfig, load_config
-from curation.decode import VideoSource
 from curation.pipeline import ClipProcessor
 from curation.stages import quality
+from curation.stages.decode import VideoSource
 from curation.stages.motion import FrameKind, FrameObs, classify
 from schemas.records import Clip
 
@@ -30,7 +30,7 @@ FOREST = "mmskeleton__resource_media_Kop0sDqOn-c.mp4"  # textured beech forest, 
 
 @pytest.fixture(scope="module")
 def detector():
-    from curation.pose import PoseDetector
+    from curation.stages.pose import PoseDetector
 
     return PoseDetector(load_config(None, output="/tmp/unused").pose).setup()
 

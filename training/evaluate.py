@@ -103,7 +103,7 @@ class Scorer:
 
     def __init__(self, device: str = "auto"):
         from curation.config import PoseConfig
-        from curation.pose import PoseDetector
+        from curation.stages.pose import PoseDetector
 
         self.detector = PoseDetector(PoseConfig(device=device)).setup()
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from schemas.records import Clip, RejectReason
 
 from ..config import DecodeConfig
-from ..decode import DecodeFailure, FrameBatch, VideoInfo, VideoSource
 from ..store.faults import crash_point
+from .decode import DecodeFailure, FrameBatch, VideoInfo, VideoSource
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from schemas.records import Clip, Reject, RejectReason, Stage
 
-from .config import DecodeConfig
+from ..config import DecodeConfig
 
 log = logging.getLogger(__name__)
 

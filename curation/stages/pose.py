@@ -17,7 +17,7 @@ import numpy as np
 
 from schemas.records import Pose17
 
-from .config import PoseConfig
+from ..config import PoseConfig
 
 log = logging.getLogger(__name__)
 
