@@ -1,13 +1,18 @@
 """Build throughput in one run on the same clips: decode only, pose only per installed engine, end to end.
 
-    python bench/build_throughput.py [--input DIR] [--device cpu|cuda] [--json]
+    python bench/build_throughput.py [--input DIR] [--device cpu|cuda] [--json] [--rss-check]
     make bench
 
 Prints one JSON object (asserts nothing): decode_only_fps (sampled frames decoded per second, one
 process), pose_only_fps_<engine> for every installed engine and pose_only_fps (the best) and
 pose_only_fps_torch, end_to_end_fps and clips_per_s (a whole local build with the default engine, model
 already loaded), engine, ceiling_fps (CPU: 1 / (1/decode + 1/pose), both stages share the cores; GPU:
-decode_only_fps) and ratio = end_to_end_fps / ceiling_fps, peak_rss_mb, and on a GPU peak_gpu_mb.
+decode_only_fps) and ratio = end_to_end_fps / ceiling_fps, pose_only_fps_device (the best engine through
+the device path: letterbox, normalisation and NMS as tensor ops, the GPU path), peak_rss_mb (this process,
+with the model) and peak_rss_workers_mb (the largest decode worker), and on a GPU peak_gpu_mb and
+gpu_util_pct (sampled while the build runs). --rss-check adds rss_10s_mb, rss_10min_mb and rss_growth: the
+peak RSS of a build of one 10 s clip and of one 10 min clip (a real clip looped; each build in a fresh
+process), which the frame cap per clip and the bounded decode window keep flat.
 Default input: ../shared/data/videos (the real test clips).
 """
 
@@ -17,8 +22,10 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,14 +54,85 @@ def decode_all(cfg, clips) -> tuple[list, float]:
     return frames, time.perf_counter() - t0
 
 
-def pose_fps(cfg, engine: str, frames: list) -> float:
-    det = PoseDetector(cfg.pose.model_copy(update={"engine": engine})).setup()
-    step = cfg.decode.batch_frames
+def pose_fps(cfg, engine: str, frames: list, path: str = "auto") -> float:
+    det = PoseDetector(cfg.pose.model_copy(update={"engine": engine, "path": path})).setup()
+    step = det.batch_size
     det(frames[:step])  # warm-up: compile, allocate
     t0 = time.perf_counter()
     for i in range(0, len(frames), step):
         det(frames[i : i + step])
     return len(frames) / (time.perf_counter() - t0)
+
+
+def looped_clip(src: Path, seconds: float, dest: Path) -> Path:
+    """A real clip's frames repeated to `seconds` of video at its own frame rate."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(src))
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for i in range(int(seconds * fps)):
+        k = i % (2 * len(frames) - 2)  # back and forth: no jump at the loop point
+        writer.write(frames[k if k < len(frames) else 2 * len(frames) - 2 - k])
+    writer.release()
+    return dest
+
+
+def rss_probe(folder: str) -> None:
+    """A build of `folder` in this fresh process; prints the peak RSS (MB) of this process and its workers."""
+    with tempfile.TemporaryDirectory() as out:
+        run_build(load_config(None, output=out, sources=[{"root": folder}]))
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": round(me), "peak_rss_workers_mb": round(workers)}))
+
+
+def rss_check(input_dir: str) -> dict:
+    src = Path(input_dir) / "mmskeleton__resource_data_example_ta_chi.mp4"
+    got = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, seconds in (("10s", 10), ("10min", 600)):
+            folder = Path(tmp) / name
+            folder.mkdir()
+            looped_clip(src, seconds, folder / "clip.mp4")
+            run = subprocess.run([sys.executable, __file__, "--rss-probe", str(folder)], capture_output=True, text=True)
+            if run.returncode != 0:
+                raise SystemExit(f"rss probe failed: {run.stderr.strip().splitlines()[-1:]}")
+            got[name] = json.loads(run.stdout.strip().splitlines()[-1])
+    return {
+        "rss_10s_mb": got["10s"]["peak_rss_mb"],
+        "rss_10min_mb": got["10min"]["peak_rss_mb"],
+        "rss_growth": round(got["10min"]["peak_rss_mb"] / got["10s"]["peak_rss_mb"] - 1, 3),
+        "rss_workers_10s_mb": got["10s"]["peak_rss_workers_mb"],
+        "rss_workers_10min_mb": got["10min"]["peak_rss_workers_mb"],
+    }
+
+
+class GpuSampler(threading.Thread):
+    """GPU utilisation, sampled every 0.2 s through NVML while the build runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # noqa: BLE001 - no NVML: no figure
+            return
+        while not self.stop.wait(0.2):
+            self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
 
 
 def main() -> None:
@@ -63,7 +141,11 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-frames", type=int, default=16)
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
+    ap.add_argument("--rss-check", action="store_true", help="also compare peak RSS on a 10 s and a 10 min clip")
+    ap.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rss_probe:
+        return rss_probe(args.rss_probe)
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(
             None,
@@ -77,14 +159,20 @@ def main() -> None:
         device = resolve_device(cfg.pose.device)
         engines = [e for e in ENGINES if engine_installed(e) and (e != "tensorrt" or device.startswith("cuda"))]
         pose = {e: pose_fps(cfg, e, frames) for e in engines}
+        best_engine = max(pose, key=pose.get)
+        pose_device = pose_fps(cfg, best_engine, frames, path="device")
         engine = resolve_engine(cfg.pose.engine, device)
         get_processor(cfg)  # the model loads before the clock starts, as in a long build
+        on_gpu = device.startswith("cuda")
+        sampler = GpuSampler()
+        if on_gpu:
+            sampler.start()
         t0 = time.perf_counter()
         stats = run_build(cfg)
         wall = time.perf_counter() - t0
+        sampler.stop.set()
     import torch
 
-    on_gpu = device.startswith("cuda")
     decode_fps = len(frames) / decode_s
     best = max(pose.values())
     ceiling = decode_fps if on_gpu else 1.0 / (1.0 / decode_fps + 1.0 / best)
@@ -98,7 +186,11 @@ def main() -> None:
         **{f"pose_only_fps_{e}": round(v, 1) for e, v in pose.items()},
         "pose_only_fps": round(best, 1),
         "pose_only_fps_torch": round(pose["torch"], 1),
+        "pose_only_fps_device": round(pose_device, 1),
         "engine": engine,
+        "path": get_processor(cfg).detector.path,
+        "pose_batch": get_processor(cfg).detector.batch_size,
+        "decode_workers": get_processor(cfg)._decoder.workers if get_processor(cfg)._decoder else 0,
         "end_to_end_fps": round(e2e, 1),
         "clips_per_s": round(stats["clips_in"] / wall, 3),
         "end_to_end_s": round(wall, 1),
@@ -106,9 +198,14 @@ def main() -> None:
         "ratio": round(e2e / ceiling, 3),
         "end_to_end_over_torch_pose": round(e2e / pose["torch"], 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_workers_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
     }
     if on_gpu:
         figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+        if sampler.samples:
+            figures["gpu_util_pct"] = round(sum(sampler.samples) / len(sampler.samples), 1)
+    if args.rss_check:
+        figures.update(rss_check(args.input))
     print(json.dumps(figures, indent=None if args.json else 2))
 
 

@@ -58,6 +58,15 @@ class PoseConfig(_Section):
         description="inference engine: auto picks OpenVINO on CPU when installed, torch on CUDA; others are "
         "exported once from the same weights with ultralytics' exporter and cached beside their hash",
     )
+    path: Literal["auto", "predictor", "device"] = Field(
+        "auto",
+        description="predictor: ultralytics' predict() (letterbox with OpenCV on the host); device: letterbox, "
+        "normalisation and NMS as tensor ops on the model's device, frames of any size in one batch (the GPU "
+        "path; also runs on CPU); auto: device on CUDA, predictor otherwise",
+    )
+    batch_size: int | None = Field(
+        None, ge=1, description="frames per pose-model call, gathered across clips (default: 16 on CPU, 256 on GPU)"
+    )
 
 
 class MotionConfig(_Section):
@@ -270,12 +279,13 @@ class BuildConfig(BaseSettings):
         pose model, its engine and the code's results (RESULTS_VERSION). Not where it is written, not
         the device, not tuning (decode.batch_frames, shards.*), not the sources (see clip_keys)."""
         relevant = self.model_dump(mode="json", exclude={"output", "staging_dir", "sources"})
-        relevant["pose"].pop("device", None)
+        for tuning in ("device", "batch_size", "path"):  # path and device are in versions, resolved
+            relevant["pose"].pop(tuning, None)
         for tuning in ("batch_frames", "workers", "prefetch_clips"):
             relevant["decode"].pop(tuning, None)
         relevant["shards"] = {"jpeg_quality": self.shards.jpeg_quality}
         relevant["caption"] = self.caption.result_settings()
-        relevant["versions"] = result_versions(self.pose.weights, self.pose.engine, self.pose.device)
+        relevant["versions"] = result_versions(self.pose.weights, self.pose.engine, self.pose.device, self.pose.path)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
     def clip_keys(self, clips: Iterable[Clip], identity: Callable[[str], str | None] | None = None) -> dict[str, str]:
@@ -312,15 +322,19 @@ def _weights_version(weights: str | None) -> str:
         return "unavailable"
 
 
-def result_versions(weights: str | None = None, engine: str = "auto", device: str = "auto") -> dict[str, str]:
+def result_versions(
+    weights: str | None = None, engine: str = "auto", device: str = "auto", path: str = "auto"
+) -> dict[str, str]:
     """What produced the results besides the settings: pose model (name and content hash), engine (the
     one `auto` resolves to here, with its version), code results version. Recorded on every unit and
     in stats.json; part of the fingerprint, so a build that changes engine redoes its clips."""
-    from .stages.pose import engine_version, resolve_device, resolve_engine
+    from .stages.pose import engine_version, resolve_device, resolve_engine, resolve_path
 
+    device = resolve_device(device)
+    on_device = resolve_path(path, device) == "device"  # its letterbox differs a little: other results
     return {
         "pose_model": _weights_version(weights),
-        "pose_engine": engine_version(resolve_engine(engine, resolve_device(device))),
+        "pose_engine": engine_version(resolve_engine(engine, device)) + ("+device-path" if on_device else ""),
         "results": str(RESULTS_VERSION),
     }
 

@@ -24,7 +24,7 @@ from .config import BuildConfig
 from .stages.decode import DecodeFailure
 from .stages.decode_pool import Decoded, DecodePool, decode_clip
 from .stages.motion import ClipTrack, FrameObs, select_egocentric, select_pairs
-from .stages.pose import PoseDetector
+from .stages.pose import PoseDetector, detect_across
 from .stages.quality import phash
 
 log = logging.getLogger(__name__)
@@ -108,22 +108,34 @@ class ClipProcessor:
         from .config import result_versions
 
         pose = self.cfg.pose
-        return result_versions(pose.weights, pose.engine, pose.device) | {
+        return result_versions(pose.weights, pose.engine, pose.device, pose.path) | {
             "captioner": self.captioner.name,
             "code": code_version(),
         }
 
     def run_all(self, clips: list[Clip]) -> Iterator[ClipResult]:
-        """Each clip's result, in order; their frames decoded ahead in worker processes (DecodePool)."""
+        """Each clip's result, in order, streamed: frames decoded ahead in worker processes (DecodePool),
+        detected in batches gathered across clips (detect_across), then each clip's motion, quality,
+        captions and encoding. The same output as calling the processor on each clip alone."""
         if self._decoder is None:
             self._decoder = DecodePool(self.cfg.decode)
-        for clip, decoded in self._decoder.map(clips):
-            yield self(clip, decoded)
 
-    def __call__(self, clip: Clip, decoded: Decoded | None = None) -> ClipResult:
+        def frames_of(stream):
+            for clip, decoded in stream:
+                body = decoded.failure is None and decoded.error is None and self.cfg.mode_for(clip.source) == "body"
+                yield (clip, decoded), [f for b in decoded.batches for f in b.frames] if body else []
+
+        for (clip, decoded), poses, seconds in detect_across(self.detector, frames_of(self._decoder.map(clips))):
+            yield self(clip, decoded, poses, seconds)
+
+    def __call__(
+        self, clip: Clip, decoded: Decoded | None = None, poses: list | None = None, pose_seconds: float = 0.0
+    ) -> ClipResult:
+        """One clip. `decoded` and `poses` (one list per decoded frame) come from the streaming stages;
+        left out, the clip is decoded and detected here (the serial reference)."""
         res = ClipResult(clip=clip)
         try:
-            self._run(clip, res, decoded)
+            self._run(clip, res, decoded, poses, pose_seconds)
         except DecodeFailure as e:
             res.rejects.append(e.reject(clip))
         except (OSError, MemoryError) as e:  # the file could not be read this time: retried next run
@@ -138,7 +150,9 @@ class ClipProcessor:
             res.rejects.append(_reject(clip, res.stage, RejectReason.INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
         return res
 
-    def _run(self, clip: Clip, res: ClipResult, decoded: Decoded | None = None) -> None:
+    def _run(
+        self, clip: Clip, res: ClipResult, decoded: Decoded | None, poses: list | None, pose_seconds: float
+    ) -> None:
         cfg = self.cfg
         egocentric = cfg.mode_for(clip.source) == "egocentric"
         decoded = decoded if decoded is not None else decode_clip(clip, cfg.decode)
@@ -146,13 +160,19 @@ class ClipProcessor:
         plan = decoded.plan
         obs: list[FrameObs] = []
         frames: list[np.ndarray] = []
-        t_pose = 0.0
+        t_pose = pose_seconds
         res.stage = Stage.POSE
-        for batch in decoded.batches:  # the batches the decoder made: the same poses whatever decoded them
-            t1 = time.perf_counter()
-            poses = [[] for _ in batch.indices] if egocentric else self.detector(batch.frames)
-            t_pose += time.perf_counter() - t1
-            for idx, t, frame, p in zip(batch.indices, batch.times, batch.frames, poses, strict=True):
+        detected = iter(poses) if poses is not None and not egocentric else None
+        for batch in decoded.batches:
+            if egocentric:
+                found = [[] for _ in batch.indices]
+            elif detected is not None:  # detected in the pose stage's batches
+                found = [next(detected) for _ in batch.indices]
+            else:
+                t1 = time.perf_counter()
+                found = self.detector(batch.frames)
+                t_pose += time.perf_counter() - t1
+            for idx, t, frame, p in zip(batch.indices, batch.times, batch.frames, found, strict=True):
                 obs.append(FrameObs(index=idx, time=t, poses=p))
                 frames.append(frame)
         res.stage = Stage.DECODE

@@ -1,17 +1,23 @@
-"""Decode workers ahead of the pose model: the same output as decoding in the build's process, and a
-decode worker that dies is retried, then the clip's reject; never a hung or dead build."""
+"""The streaming build: decode workers ahead of a pose stage that batches frames across clips give the
+same output as the serial reference (each clip decoded and detected alone); a decode worker that dies is
+retried, then the clip's reject; a pose batch that fails lands on its own clip; never a hung or dead build."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
 from conftest import ACCEPTED, REJECTED, make_bad_inputs, video
 
 from curation.config import load_config
+from curation.pipeline import ClipProcessor
 from curation.runner import _processor_for, run_build
+from curation.stages.decode import VideoSource
+from curation.stages.pose import PoseDetector, detect_across
+from schemas.records import Clip
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +33,22 @@ def folder(tmp_path):
     return f
 
 
-def build(folder, out, workers: int):
+def build(folder, out, workers: int, batch: int = 16):
     _processor_for.cache_clear()  # a fresh processor: its worker pool starts with this test's environment
     cfg = load_config(
         None,
         output=str(out),
         sources=[{"root": str(folder)}],
         decode={"workers": workers, "prefetch_clips": 2},
+        pose={"batch_size": batch},
         shards={"clips_per_unit": 4},
     )
     return run_build(cfg)
+
+
+def serial_reference(self, clips):
+    """The serial path, kept only here: each clip decoded and detected alone, in the build's process."""
+    return (self(clip) for clip in clips)
 
 
 def contents(out):
@@ -53,9 +65,13 @@ def contents(out):
     return got, samples, rejects
 
 
-def test_decode_workers_give_the_serial_output(folder, tmp_path):
-    serial = build(folder, tmp_path / "serial", workers=0)
-    streamed = build(folder, tmp_path / "workers", workers=2)
+def test_the_streaming_build_gives_the_serial_output(folder, tmp_path, monkeypatch):
+    """Two decode workers and pose batches of 5 frames that straddle clips (the default engine on CPU,
+    OpenVINO, gives a frame the same poses in any batch) against the serial reference."""
+    with monkeypatch.context() as m:
+        m.setattr(ClipProcessor, "run_all", serial_reference)
+        serial = build(folder, tmp_path / "serial", workers=0)
+    streamed = build(folder, tmp_path / "workers", workers=2, batch=5)
     assert serial["pairs"] == streamed["pairs"] > 0 and serial["clips_in"] == streamed["clips_in"] == 7
     a, b = contents(tmp_path / "serial"), contents(tmp_path / "workers")
     assert a[0] == b[0]  # the same keys, JPEG bytes and records
@@ -82,3 +98,34 @@ def test_a_clip_that_kills_its_worker_twice_is_its_reject(folder, tmp_path, monk
     died = rejects[rejects.detail.str.contains("decode worker process died")]
     assert len(died) == 7 and set(died.reason) == {"internal_error"}  # each clip once, as its own row
     assert stats["pairs"] == 0 and stats["unaccounted_clips"] == [] and len(stats["retried_next_run"]) == 7
+
+
+def test_the_pose_stage_batches_across_clips_and_keeps_order(frames_by_clip):
+    """Clips of 0, 7, 1 and 12 frames through batches of 4: each comes back in order with the poses it
+    gets alone; a batch that fails gives its clips None (detected alone by the caller), the rest go on."""
+    det = PoseDetector(load_config(None, output="/tmp/unused", pose={"batch_size": 4, "device": "cpu"}).pose)
+    items = list(frames_by_clip.items())
+    got = list(detect_across(det, items))
+    assert [tag for tag, _, _ in got] == [tag for tag, _ in items]
+    for (_, frames), (_, poses, seconds) in zip(items, got, strict=True):
+        alone = det(frames) if frames else []
+        assert poses == alone and (seconds > 0) == bool(frames)
+    assert sum(len(p) for _, poses, _ in got for p in poses) > 0
+
+    bad = dict(frames_by_clip)
+    bad["b"] = [*bad["b"][:6], np.zeros((0, 0, 3), np.uint8)]  # an empty image: the model's batch raises
+    got = {tag: poses for tag, poses, _ in detect_across(det, bad.items())}
+    # b's last batch (b4 b5 b6 c0) failed: b and c are detected alone by the caller, so the error is b's
+    assert got["b"] is None and got["c"] is None
+    assert got["a"] == [] and got["d"] == det(bad["d"])
+
+
+@pytest.fixture(scope="module")
+def frames_by_clip():
+    cfg = load_config(None, output="/tmp/unused")
+    out = {}
+    for tag, name, n in [("a", ACCEPTED["dribbler"], 0), ("b", ACCEPTED["tai_chi_glass"], 7),
+                         ("c", ACCEPTED["dribbler"], 1), ("d", ACCEPTED["tai_chi_glass"], 12)]:  # fmt: skip
+        with VideoSource(Clip(source="folder", clip_id=tag, uri=str(video(name))), cfg.decode) as v:
+            out[tag] = [f for b in v.batches(v.plan()[:n]) for f in b.frames] if n else []
+    return out

@@ -34,8 +34,9 @@ def real_frames() -> list[np.ndarray]:
     return [f for n in names for f in frames_of(n)]
 
 
-def detector(engine: str) -> PoseDetector:
-    return PoseDetector(load_config(None, output="/tmp/unused", pose={"engine": engine, "device": "cpu"}).pose).setup()
+def detector(engine: str, path: str = "auto") -> PoseDetector:
+    pose = {"engine": engine, "device": "cpu", "path": path}
+    return PoseDetector(load_config(None, output="/tmp/unused", pose=pose).pose).setup()
 
 
 def _iou(a, b) -> float:
@@ -50,10 +51,15 @@ def test_openvino_is_installed_and_auto_picks_it_on_cpu():
     assert PoseDetector(load_config(None, output="/tmp/unused", pose={"device": "cpu"}).pose).engine == "openvino"
 
 
-@pytest.mark.parametrize("engine", [e for e in INSTALLED if e != "torch"])
-def test_engines_agree_with_torch_on_real_frames(engine, real_frames):
-    ref = detector("torch")(real_frames)
-    got = detector(engine)(real_frames)
+ENGINE_PATHS = [(e, "predictor") for e in INSTALLED if e != "torch"] + [(e, "device") for e in INSTALLED]
+
+
+@pytest.mark.parametrize(("engine", "path"), ENGINE_PATHS)
+def test_engines_agree_with_torch_on_real_frames(engine, path, real_frames):
+    """Every installed engine, through ultralytics' predictor and through the device path (the GPU
+    path's code, run on CPU: letterbox, normalisation and NMS as tensor ops), against PyTorch's predictor."""
+    ref = detector("torch", "predictor")(real_frames)
+    got = detector(engine, path)(real_frames)
     diffs, matched = [], 0
     for r, g in zip(ref, got, strict=True):
         confident_r = [p for p in r if p.score >= 0.5]
@@ -70,7 +76,36 @@ def test_engines_agree_with_torch_on_real_frames(engine, real_frames):
             assert abs(p.score - q.score) < 0.1
     assert matched >= 0.9 * sum(1 for r in ref for p in r if p.score >= 0.5)
     diffs = np.asarray(diffs)
-    assert np.median(diffs) < 1.0 and np.percentile(diffs, 99) < 6.0, (np.median(diffs), diffs.max())
+    # the device path letterboxes to the full square, the predictor to the smallest stride-aligned
+    # rectangle: the model sees other padding, a little more spread at the tail (measured p99 6.1 px)
+    tail = 6.0 if path == "predictor" else 8.0
+    assert np.median(diffs) < 1.0 and np.percentile(diffs, 99) < tail, (np.median(diffs), diffs.max())
+
+
+def test_the_device_path_batches_frames_of_any_size_together(real_frames):
+    """Frames of four clips (three sizes) in one batch: each frame's poses are those it gets alone."""
+    det = detector("openvino", "device")
+    assert det.path == "device" and len({f.shape for f in real_frames}) >= 3
+    mixed = real_frames[::3]
+    together = det(mixed)
+    alone = [det([f])[0] for f in mixed]
+    assert sum(map(len, together)) > 0
+    for t, a in zip(together, alone, strict=True):
+        assert len(t) == len(a)
+        for p, q in zip(t, a, strict=True):
+            np.testing.assert_allclose(np.asarray(p.keypoints), np.asarray(q.keypoints), atol=0.05)
+
+
+def test_the_device_path_is_recorded_as_another_result(tmp_path):
+    from curation.config import result_versions
+
+    predictor = result_versions(engine="torch", device="cpu", path="predictor")
+    device = result_versions(engine="torch", device="cpu", path="device")
+    assert device["pose_engine"] == predictor["pose_engine"] + "+device-path"
+    a = load_config(None, output=str(tmp_path), pose={"path": "predictor", "device": "cpu"}).fingerprint()
+    b = load_config(None, output=str(tmp_path), pose={"path": "device", "device": "cpu"}).fingerprint()
+    c = load_config(None, output=str(tmp_path), pose={"path": "predictor", "device": "cpu", "batch_size": 64})
+    assert a != b and c.fingerprint() == a  # the batch size is tuning, not a result
 
 
 def test_the_same_decisions_on_the_shared_clips_whatever_the_engine(labelled_build, tmp_path):

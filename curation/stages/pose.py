@@ -11,7 +11,12 @@ import functools
 import importlib.util
 import logging
 import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,6 +94,13 @@ def engine_version(engine: str) -> str:
         return f"ultralytics-{ul}/{engine}-missing"
 
 
+def resolve_path(path: str, device: str) -> str:
+    """`auto`: the device path on CUDA (ultralytics' predictor letterboxes on the host), predictor elsewhere."""
+    if path != "auto":
+        return path
+    return "device" if device.startswith("cuda") else "predictor"
+
+
 def engine_cache() -> Path:
     root = os.environ.get("MOTIONPAIRS_ENGINE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "motionpairs", "engines"
@@ -163,6 +175,8 @@ class PoseDetector:
         self.weights = Path(cfg.weights).expanduser().resolve() if cfg.weights else default_weights()
         self.device = resolve_device(cfg.device)
         self.engine = resolve_engine(cfg.engine, self.device)
+        self.path = resolve_path(cfg.path, self.device)
+        self.batch_size = cfg.batch_size or (256 if self.device.startswith("cuda") else 16)
         self.model = None
 
     def setup(self) -> PoseDetector:
@@ -175,13 +189,15 @@ class PoseDetector:
         if not self.weights.is_file():
             raise FileNotFoundError(f"pose weights not found: {self.weights}")
         check_device(self.device)
-        if self.engine == "torch":
-            self.model = YOLO(str(self.weights), task="pose")
+        half = self.cfg.half and self.device != "cpu"
+        model_file = self.weights
+        if self.engine != "torch":
+            model_file = exported_model(self.weights, self.engine, self.cfg.imgsz, self.device, half)
+        if self.path == "device":
+            self.model = DevicePath(model_file, self.cfg, self.device)
         else:
-            half = self.cfg.half and self.device != "cpu"
-            path = exported_model(self.weights, self.engine, self.cfg.imgsz, self.device, half)
-            self.model = YOLO(str(path), task="pose")
-        log.info("loaded %s (%s) on %s", self.weights.name, self.engine, self.device)
+            self.model = YOLO(str(model_file), task="pose")
+        log.info("loaded %s (%s, %s path) on %s", self.weights.name, self.engine, self.path, self.device)
         return self
 
     @functools.cached_property
@@ -194,13 +210,157 @@ class PoseDetector:
             self.setup()
         if len(frames_rgb) == 0:
             return []
-        # ultralytics takes numpy images as BGR (OpenCV convention)
-        images = [np.ascontiguousarray(f[..., ::-1]) for f in frames_rgb]
-        extra = {"half": True} if self.cfg.half and self.device != "cpu" else {}
-        results = self.model.predict(
-            images, conf=self.cfg.det_conf, imgsz=self.cfg.imgsz, device=self.device, verbose=False, **extra
-        )
-        return [poses_from_result(r) for r in results]
+        if isinstance(self.model, DevicePath):
+            return self.model(frames_rgb)
+        # The predictor letterboxes a batch of one frame size to the smallest stride-aligned rectangle and a
+        # batch of mixed sizes to the full square: each size goes alone, so a frame's poses never depend
+        # on which other clips share its batch.
+        out: list[list[Pose17]] = [[] for _ in frames_rgb]
+        for idxs in _by_shape(frames_rgb).values():
+            # ultralytics takes numpy images as BGR (OpenCV convention)
+            images = [np.ascontiguousarray(frames_rgb[i][..., ::-1]) for i in idxs]
+            extra = {"half": True} if self.cfg.half and self.device != "cpu" else {}
+            results = self.model.predict(
+                images, conf=self.cfg.det_conf, imgsz=self.cfg.imgsz, device=self.device, verbose=False, **extra
+            )
+            for i, r in zip(idxs, results, strict=True):
+                out[i] = poses_from_result(r)
+        return out
+
+
+@dataclass
+class _Waiting:
+    tag: Any
+    frames: list[np.ndarray]
+    poses: list[list[Pose17]] | None = None
+    missing: int = 0
+    seconds: float = 0.0
+    failed: bool = False
+
+
+def detect_across(
+    detector: PoseDetector, items: Iterable[tuple[Any, list[np.ndarray]]]
+) -> Iterator[tuple[Any, list[list[Pose17]] | None, float]]:
+    """The pose stage across clips: the frames of successive items (clips) go to the model in batches of
+    `detector.batch_size`, however the clips split them; each item comes back, in input order, as soon as
+    all its frames are detected, with its poses and its share of the model's time. Frames in flight stay
+    under one batch plus the items waiting for it. A batch that raises gives each of its items None
+    instead of poses: the caller detects those alone, so the error lands on the clip that caused it."""
+    size = max(1, detector.batch_size)
+    waiting: deque[_Waiting] = deque()
+    queue: list[tuple[_Waiting, int]] = []
+
+    def run(chunk: list[tuple[_Waiting, int]]) -> None:
+        t0 = time.perf_counter()
+        try:
+            out = detector([w.frames[k] for w, k in chunk])
+        except Exception as e:  # noqa: BLE001 - retried clip by clip by the caller
+            clips = len({id(w) for w, _ in chunk})
+            log.warning("a pose batch across %d clips failed (%s): they are detected one by one", clips, e)
+            out = None
+        share = (time.perf_counter() - t0) / len(chunk)
+        for n, (w, k) in enumerate(chunk):
+            w.missing -= 1
+            w.seconds += share
+            if out is None:
+                w.failed = True
+            elif w.poses is not None:
+                w.poses[k] = out[n]
+
+    def batches(until: int) -> None:
+        while len(queue) >= until and queue:
+            run(queue[:size])
+            del queue[:size]
+
+    for tag, frames in items:
+        w = _Waiting(tag, frames, [[] for _ in frames], len(frames))
+        waiting.append(w)
+        queue.extend((w, k) for k in range(len(frames)))
+        batches(size)
+        while waiting and waiting[0].missing == 0:
+            done = waiting.popleft()
+            yield done.tag, None if done.failed else done.poses, done.seconds
+    batches(1)
+    while waiting:
+        done = waiting.popleft()
+        yield done.tag, None if done.failed else done.poses, done.seconds
+
+
+def _by_shape(frames) -> dict[tuple[int, ...], list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault(tuple(f.shape), []).append(i)
+    return groups
+
+
+class DevicePath:
+    """The GPU path: frames of any size are copied as uint8 (through pinned host memory on CUDA),
+    letterboxed to one `imgsz` square, normalised and cast to fp16 on the model's device, so a batch
+    gathers frames from clips of different sizes; one forward through ultralytics' AutoBackend (the .pt
+    or an exported engine), then ultralytics' NMS and rescaling, still on the device. The same code runs on
+    CPU, which is how the tests check it against the predictor."""
+
+    def __init__(self, model_file: Path, cfg: PoseConfig, device: str):
+        import torch
+        from ultralytics.nn.autobackend import AutoBackend
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.half = cfg.half and self.device.type == "cuda"
+        self.size = cfg.imgsz
+        self.conf = cfg.det_conf
+        self.backend = AutoBackend(str(model_file), device=self.device, fp16=self.half, fuse=True, verbose=False)
+        self.backend.eval()
+        self.kpt_shape = tuple(self.backend.kpt_shape)
+        self.nc = len(self.backend.names)
+
+    def letterbox(self, frames: np.ndarray):
+        """(n, h, w, 3) uint8 RGB frames of one size -> (n, 3, size, size) in [0, 1] on the device, padded
+        with grey 114 as ultralytics' LetterBox does (same rounding, so its scale_boxes inverts it)."""
+        torch = self.torch
+        host = torch.from_numpy(frames)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        n, _, h, w = x.shape
+        r = min(self.size / h, self.size / w)
+        nh, nw = max(round(h * r), 1), max(round(w * r), 1)
+        if (nh, nw) != (h, w):
+            x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        top, left = round((self.size - nh) / 2 - 0.1), round((self.size - nw) / 2 - 0.1)
+        pad = (left, self.size - nw - left, top, self.size - nh - top)
+        x = torch.nn.functional.pad(x, pad, value=114.0).div_(255.0)
+        return x.half() if self.half else x
+
+    def __call__(self, frames_rgb) -> list[list[Pose17]]:
+        from ultralytics.utils import ops
+        from ultralytics.utils.nms import non_max_suppression
+
+        torch = self.torch
+        groups = _by_shape(frames_rgb)
+        order = [i for idxs in groups.values() for i in idxs]
+        with torch.inference_mode():
+            batch = torch.cat([self.letterbox(np.stack([frames_rgb[i] for i in idxs])) for idxs in groups.values()])
+            preds = self.backend(batch)
+            dets = non_max_suppression(
+                preds, self.conf, 0.7, max_det=300, nc=self.nc, end2end=getattr(self.backend, "end2end", False)
+            )
+            out: list[list[Pose17]] = [[] for _ in frames_rgb]
+            square = (self.size, self.size)
+            for i, det in zip(order, dets, strict=True):
+                h, w = frames_rgb[i].shape[:2]
+                if len(det) == 0:
+                    continue
+                boxes = ops.scale_boxes(square, det[:, :4].clone(), (h, w))
+                kps = ops.scale_coords(square, det[:, 6:].reshape(len(det), *self.kpt_shape).clone(), (h, w))
+                out[i] = _poses(
+                    kps.float().cpu().numpy().astype(np.float64),
+                    boxes.float().cpu().numpy().astype(np.float64),
+                    det[:, 4].float().cpu().numpy().astype(np.float64),
+                    h,
+                    w,
+                )
+        return out
 
 
 def poses_from_result(result) -> list[Pose17]:
@@ -210,6 +370,11 @@ def poses_from_result(result) -> list[Pose17]:
     kps = result.keypoints.data.detach().cpu().numpy().astype(np.float64)  # (n, 17, 3)
     boxes = result.boxes.xyxy.detach().cpu().numpy().astype(np.float64)
     scores = result.boxes.conf.detach().cpu().numpy().astype(np.float64)
+    return _poses(kps, boxes, scores, h, w)
+
+
+def _poses(kps: np.ndarray, boxes: np.ndarray, scores: np.ndarray, h: int, w: int) -> list[Pose17]:
+    """Pose17 records, highest score first, from (n, 17, 2|3) keypoints, (n, 4) xyxy boxes, (n,) scores."""
     if kps.shape[-1] == 2:  # model without keypoint confidences
         kps = np.concatenate([kps, np.ones(kps.shape[:2] + (1,))], axis=-1)
     zeroed = (kps[..., 0] == 0) & (kps[..., 1] == 0)
