@@ -5,12 +5,14 @@ retried, then the clip's reject; a pose batch that fails lands on its own clip; 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import webdataset as wds
-from conftest import ACCEPTED, REJECTED, make_bad_inputs, video
+from conftest import ACCEPTED, REJECTED, REPO, make_bad_inputs, video
 
 from curation.config import load_config
 from curation.pipeline import ClipProcessor
@@ -129,3 +131,28 @@ def frames_by_clip():
         with VideoSource(Clip(source="folder", clip_id=tag, uri=str(video(name))), cfg.decode) as v:
             out[tag] = [f for b in v.batches(v.plan()[:n]) for f in b.frames] if n else []
     return out
+
+
+def test_a_script_without_a_main_guard_still_builds(folder, tmp_path):
+    """Spawned decode workers re-import the caller's script; without `if __name__ == "__main__":` they
+    die at start. That is a problem of the run, not of any clip: the build decodes in its own process,
+    says so once, and records no reject for it."""
+    script = tmp_path / "build_here.py"
+    script.write_text(
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from curation.config import load_config\n"
+        "from curation.runner import run_build\n"
+        "cfg = load_config(None, output=sys.argv[2], sources=[{'root': sys.argv[1]}], decode={'workers': 1})\n"
+        "stats = run_build(cfg)\n"
+        "print(json.dumps({'pairs': stats['pairs'], 'clips': stats['clips_in']}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "out")], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["clips"] == 7 and got["pairs"] > 0
+    assert "decode workers could not start" in run.stderr
+    rejects = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
+    assert not rejects.detail.str.contains("worker").any()

@@ -70,6 +70,10 @@ def _worker_decode(clip: Clip, cfg: DecodeConfig) -> Decoded:
     return decode_clip(clip, cfg)
 
 
+def _ready() -> bool:
+    return True
+
+
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
@@ -88,7 +92,20 @@ class DecodePool:
                 log.info("decode runs in this process: daemonic processes cannot start workers")
                 self.workers = 0
                 return None
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            try:  # workers that cannot even start are a problem of the run, never of the clips they'd get
+                pool.submit(_ready).result(timeout=300)
+            except Exception as e:  # noqa: BLE001 - e.g. a script without `if __name__ == "__main__":`
+                pool.shutdown(wait=False, cancel_futures=True)
+                log.warning(
+                    "decode workers could not start (%s: %s); decoding in this process. A script that builds "
+                    'must call the build under `if __name__ == "__main__":` (workers are spawned)',
+                    type(e).__name__,
+                    e,
+                )
+                self.workers = 0
+                return None
+            self._pool = pool
         return self._pool
 
     def close(self) -> None:
