@@ -11,8 +11,9 @@ decode_only_fps) and ratio = end_to_end_fps / ceiling_fps, pose_only_fps_device 
 the device path: letterbox, normalisation and NMS as tensor ops, the GPU path), peak_rss_mb (this process,
 with the model) and peak_rss_workers_mb (the decode workers together, sampled every 0.1 s), and on a GPU
 peak_gpu_mb and gpu_util_pct (sampled while the build runs). --rss-check adds rss_10s_mb, rss_10min_mb and
-rss_growth: the peak RSS of a build of one 10 s clip and of one 10 min clip (a real clip looped; each build
-in a fresh process), which the frame cap per clip and the bounded decode window keep flat.
+rss_growth: the peak RSS of a build of one 10 s clip and of one 10 min clip (a real clip of the input looped
+back and forth, at most 640 px; each build in a fresh process), which the frame cap per clip and the
+bounded decode window keep flat.
 Default input: ../shared/data/videos (the real test clips).
 """
 
@@ -77,6 +78,9 @@ def looped_clip(src: Path, seconds: float, dest: Path) -> Path:
             break
         frames.append(f)
     h, w = frames[0].shape[:2]
+    scale = min(1.0, 640 / max(h, w))  # the build decodes at most 640 px anyway
+    w, h = int(w * scale) // 2 * 2, int(h * scale) // 2 * 2
+    frames = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in frames]
     writer = cv2.VideoWriter(str(dest), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
     for i in range(int(seconds * fps)):
         k = i % (2 * len(frames) - 2)  # back and forth: no jump at the loop point
@@ -129,7 +133,8 @@ def rss_probe(folder: str) -> None:
 
 
 def rss_check(input_dir: str) -> dict:
-    src = Path(input_dir) / "mmskeleton__resource_data_example_ta_chi.mp4"
+    preferred = Path(input_dir) / "mmskeleton__resource_data_example_ta_chi.mp4"  # a person in motion
+    src = preferred if preferred.is_file() else sorted(Path(input_dir).glob("*.mp4"))[0]
     got = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, seconds in (("10s", 10), ("10min", 600)):

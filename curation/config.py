@@ -41,7 +41,7 @@ class DecodeConfig(_Section):
     workers: int | None = Field(
         None, ge=0, description="decode processes ahead of the pose model (0: in this process; default: cores / 2)"
     )
-    prefetch_clips: int = Field(4, ge=1, description="clips decoded ahead at most (bounds memory)")
+    prefetch_clips: int = Field(8, ge=1, description="clips decoded ahead at most (bounds memory)")
     frames_fps: float = Field(
         50.0, gt=0, description="frame folders (frame_%010d.jpg): frame N is at N / frames_fps seconds (EPIC: 50 or 60)"
     )

@@ -10,7 +10,9 @@ import functools
 import logging
 import subprocess
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +103,7 @@ class ClipProcessor:
         if not self.cfg.sources or any(self.cfg.mode_for(s.kind) == "body" for s in self.cfg.sources):
             self.detector.setup()
         self.captioner.setup()
+        self._decoder = DecodePool(self.cfg.decode).start()
         return self
 
     @property
@@ -113,10 +116,11 @@ class ClipProcessor:
             "code": code_version(),
         }
 
-    def run_all(self, clips: list[Clip]) -> Iterator[ClipResult]:
+    def run_all(self, clips: list[Clip], upcoming: list[Clip] | None = None) -> Iterator[ClipResult]:
         """Each clip's result, in order, streamed: frames decoded ahead in worker processes (DecodePool),
         detected in batches gathered across clips (detect_across), then each clip's motion, quality,
-        captions and encoding. The same output as calling the processor on each clip alone."""
+        captions and encoding. The same output as calling the processor on each clip alone. `upcoming`:
+        the clips of the next call (the next work unit), whose decoding starts as this call's runs out."""
         if self._decoder is None:
             self._decoder = DecodePool(self.cfg.decode)
 
@@ -125,8 +129,17 @@ class ClipProcessor:
                 body = decoded.failure is None and decoded.error is None and self.cfg.mode_for(clip.source) == "body"
                 yield (clip, decoded), [f for b in decoded.batches for f in b.frames] if body else []
 
-        for (clip, decoded), poses, seconds in detect_across(self.detector, frames_of(self._decoder.map(clips))):
-            yield self(clip, decoded, poses, seconds)
+        # motion, quality, captions and encoding of one clip run in a thread beside the pose model's next
+        # batches (OpenCV and the engines release the GIL); results leave in input order
+        stream = detect_across(self.detector, frames_of(self._decoder.map(clips, upcoming or ())))
+        with ThreadPoolExecutor(1, thread_name_prefix="clip-post") as post:
+            pending: deque[Future[ClipResult]] = deque()
+            for (clip, decoded), poses, seconds in stream:
+                pending.append(post.submit(self, clip, decoded, poses, seconds))
+                while pending and (pending[0].done() or len(pending) > 2):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def __call__(
         self, clip: Clip, decoded: Decoded | None = None, poses: list | None = None, pose_seconds: float = 0.0

@@ -172,10 +172,12 @@ def process_unit(
     unit: WorkUnit,
     processor: ClipProcessor | None = None,
     on_clip: Callable[[ClipResult], None] | None = None,
+    upcoming: list[Clip] | None = None,
 ) -> dict[str, Any]:
     """Process the unit's clips, write its tars and parts, then commit its record (and publish the unit
     to a remote output). Returns the record. Captions here are the offline ones: LLM captions are the
-    caption stage's (curation.captions.stage), which never holds up this work."""
+    caption stage's (curation.captions.stage), which never holds up this work. `upcoming`: the next
+    unit's clips in this process, decoded early so the pose model never waits at a unit boundary."""
     cfg, mirror = local_view(cfg)
     processor = processor or get_processor(cfg)
     out = Output(cfg.output)
@@ -189,7 +191,7 @@ def process_unit(
     t0 = time.perf_counter()
     results: list[ClipResult] = []
     try:
-        for res in processor.run_all(list(unit.clips)):  # decoded ahead in worker processes
+        for res in processor.run_all(list(unit.clips), upcoming):  # decoded ahead in worker processes
             results.append(res)
             reject_rows += [reject_row(r) for r in res.rejects]
             if any(r.level is Level.CLIP and r.reason in TRANSIENT_REASONS for r in res.rejects):
@@ -427,9 +429,10 @@ def run_build(
             get_processor(cfg)  # a model that cannot load stops the run before any clip is marked
         stage = start_caption_stage(cfg, out, plan, api_key)
         try:
-            for unit in plan.units:
+            for k, unit in enumerate(plan.units):
                 check_stop()
-                record = process_unit(cfg, unit, on_clip=on_clip)
+                upcoming = list(plan.units[k + 1].clips) if k + 1 < len(plan.units) else None
+                record = process_unit(cfg, unit, on_clip=on_clip, upcoming=upcoming)
                 if stage is not None:
                     stage.submit(record)
             if stage is not None:

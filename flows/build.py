@@ -28,6 +28,7 @@ from curation.runner import (
     start_caption_stage,
     writer_lock,
 )
+from schemas.records import Clip
 
 # curation's INFO logs (model loaded, unit committed, ...) reach the run logs when Prefect attaches its
 # handlers to the "curation" logger (PREFECT_LOGGING_EXTRA_LOGGERS=curation); the root logger's WARNING
@@ -69,7 +70,9 @@ def plan_task(cfg_json: str) -> BuildPlan:
     retries=1,
     retry_delay_seconds=5,
 )
-def unit_task(cfg_json: str, unit: WorkUnit, n_clips: int, sources: str) -> dict[str, Any]:
+def unit_task(
+    cfg_json: str, unit: WorkUnit, n_clips: int, sources: str, upcoming: list[Clip] | None = None
+) -> dict[str, Any]:
     cfg = _config(cfg_json)
     logger = get_run_logger()
     hook = PROGRESS_HOOKS.get(cfg.output)
@@ -80,7 +83,7 @@ def unit_task(cfg_json: str, unit: WorkUnit, n_clips: int, sources: str) -> dict
         if hook is not None:
             hook(res)
 
-    record = process_unit(cfg, unit, on_clip=on_clip)
+    record = process_unit(cfg, unit, on_clip=on_clip, upcoming=upcoming)
     logger.info("unit %s committed: %d samples in %d shards", unit.unit_id, record["samples"], len(record["shards"]))
     return record
 
@@ -129,9 +132,10 @@ def build_dataset(
                     if stage is not None:
                         stage.submit(record)
             else:
-                for unit in plan.units:
+                for k, unit in enumerate(plan.units):
                     check_stop()
-                    record = unit_task(cfg_json, unit, len(unit.clips), _sources(unit))
+                    upcoming = list(plan.units[k + 1].clips) if k + 1 < len(plan.units) else None
+                    record = unit_task(cfg_json, unit, len(unit.clips), _sources(unit), upcoming)
                     if stage is not None:
                         stage.submit(record)
             if stage is not None:

@@ -43,7 +43,7 @@ def test_build_benchmark_prints_the_throughput_figures(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "dribbler.mp4").symlink_to(video(ACCEPTED["dribbler"]))
-    cmd = [sys.executable, str(REPO / "bench" / "build_throughput.py"), "--json", "--input", str(folder)]
+    cmd = [sys.executable, str(REPO / "bench" / "build_throughput.py"), "--json", "--input", str(folder), "--rss-check"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     fig = json.loads(r.stdout.strip().splitlines()[-1])
@@ -55,3 +55,7 @@ def test_build_benchmark_prints_the_throughput_figures(tmp_path):
     assert fig["ceiling_fps"] < min(fig["decode_only_fps"], fig["pose_only_fps"])  # CPU: the stages share the cores
     assert fig["ratio"] == pytest.approx(fig["end_to_end_fps"] / fig["ceiling_fps"], rel=0.02)
     assert fig["sampled_frames"] == 14 and fig["clips"] == 1
+    for key in ("pose_only_fps_device", "peak_rss_mb", "peak_rss_workers_mb", "rss_10s_mb", "rss_10min_mb"):
+        assert fig[key] > 0, key  # --rss-check: a 10 s and a 10 min build, each in its own process
+    assert fig["rss_growth"] == pytest.approx(fig["rss_10min_mb"] / fig["rss_10s_mb"] - 1, abs=0.002)
+    assert fig["path"] == "predictor" and fig["pose_batch"] == 16 and fig["decode_workers"] >= 1

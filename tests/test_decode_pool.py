@@ -48,7 +48,7 @@ def build(folder, out, workers: int, batch: int = 16):
     return run_build(cfg)
 
 
-def serial_reference(self, clips):
+def serial_reference(self, clips, upcoming=None):
     """The serial path, kept only here: each clip decoded and detected alone, in the build's process."""
     return (self(clip) for clip in clips)
 

@@ -266,6 +266,45 @@ def test_epic_build_pairs_segment_ends_with_narration_instructions(epic_root, tm
     assert stats["unaccounted_clips"] == []
 
 
+def test_epic_segments_of_one_video_share_one_reader(epic_root, tmp_path, monkeypatch):
+    """Three narrations of P28_101 (one out of the video's range): the file is opened once for all of
+    them, and the output is that of each segment decoded alone."""
+    from curation.pipeline import ClipProcessor
+    from curation.runner import _processor_for
+    from curation.stages.decode import VideoSource
+
+    root, ann, _ = epic_root
+    opened = []
+    real_open = VideoSource.open
+
+    def counting_open(self):
+        opened.append(self.clip.clip_id)
+        return real_open(self)
+
+    def build(out):
+        _processor_for.cache_clear()
+        src = [{"kind": "epic", "root": str(root), "annotations": [str(ann)]}]
+        return run_build(load_config(None, output=str(out), sources=src, decode={"workers": 0}))
+
+    monkeypatch.setattr(VideoSource, "open", counting_open)
+    build(tmp_path / "shared")
+    assert opened == ["P28_101_0"]  # P28_101_0, _1 and _3 through one reader
+    opened.clear()
+    with monkeypatch.context() as m:
+        m.setattr(ClipProcessor, "run_all", lambda self, clips, upcoming=None: (self(c) for c in clips))
+        build(tmp_path / "alone")
+    assert opened == ["P28_101_0", "P28_101_1", "P28_101_3"]
+
+    def read(out):
+        s = pd.read_parquet(out / "samples.parquet").drop(columns=["caption_created_at", "shard", "unit_id"])
+        return s, pd.read_parquet(out / "rejects.parquet")
+
+    (s1, r1), (s2, r2) = read(tmp_path / "shared"), read(tmp_path / "alone")
+    assert len(s1) == 2 and set(r1.reason) >= {"segment_out_of_range"}
+    pd.testing.assert_frame_equal(s1, s2)
+    pd.testing.assert_frame_equal(r1, r2)
+
+
 # ---------------------------------------------------------------- across sources
 
 

@@ -177,14 +177,17 @@ def _samples(url: str):
 
 
 def _reject_example(uri: str, dest: Path, name: str) -> str | None:
-    """A frame from the middle of a rejected clip's video (None when it cannot be read now)."""
+    """A frame from the middle of a rejected clip's video, GIF or frame folder (None when it cannot be
+    read now): the key frame nearest the middle, which decodes alone (no decoding up to it)."""
     try:
-        import decord
-
+        from ..config import DecodeConfig
+        from ..stages.decode import open_reader
         from .draw import encode_jpeg
 
-        vr = decord.VideoReader(uri, ctx=decord.cpu(0), num_threads=1)
-        frame = vr[len(vr) // 2].asnumpy()
+        vr = open_reader(uri, DecodeConfig())
+        middle = len(vr) // 2
+        keys = vr.get_key_indices() if hasattr(vr, "get_key_indices") else []
+        frame = vr[min(keys, key=lambda k: abs(k - middle)) if keys else middle].asnumpy()
         h, w = frame.shape[:2]
         import cv2
 

@@ -260,6 +260,14 @@ class VideoSource:
             return False
         return fps <= 0 or abs((t1 - t0) - (n - 1) / fps) <= max(1.0, 0.05 * n / fps)
 
+    def retarget(self, clip: Clip) -> VideoSource:
+        """Another segment of the same opened file (EPIC: many narrations per long video): plan() and
+        batches() now serve `clip`, without opening the file again."""
+        if clip.uri != self.clip.uri:
+            raise ValueError(f"{clip.clip_id} is in {clip.uri}, not in the opened {self.clip.uri}")
+        self.clip = clip
+        return self
+
     def close(self) -> None:
         self._vr = None
 

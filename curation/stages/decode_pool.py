@@ -48,26 +48,50 @@ class Decoded:
             raise (OSError if os_error else RuntimeError)(f"{kind}: {message}")
 
 
-def decode_clip(clip: Clip, cfg: DecodeConfig) -> Decoded:
-    """Every sampled frame of the clip, batch by batch; never raises (a worker's result must pickle)."""
+def _problem(e: Exception) -> Decoded:
+    if isinstance(e, DecodeFailure):
+        return Decoded(failure=(e.reason, e.detail))
+    return Decoded(error=(type(e).__name__, str(e)[:500], isinstance(e, (OSError, MemoryError))))
+
+
+def decode_clips(clips: list[Clip], cfg: DecodeConfig) -> list[Decoded]:
+    """Every sampled frame of each clip, batch by batch, for clips of one file (consecutive segments
+    of one video: EPIC's narrations) through one reader: the file is opened once. Never raises (a
+    worker's result must pickle); a file that cannot be opened is each of its clips' problem."""
     t0 = time.perf_counter()
-    out = Decoded()
+    video = VideoSource(clips[0], cfg)
     try:
-        with VideoSource(clip, cfg) as video:
-            out.plan = video.plan()
-            out.info = video.info
-            out.batches = list(video.batches(out.plan))
-    except DecodeFailure as e:
-        out.failure = (e.reason, e.detail)
-    except Exception as e:  # noqa: BLE001 - reported as the clip's io_error / internal_error
-        out.error = (type(e).__name__, str(e)[:500], isinstance(e, (OSError, MemoryError)))
-    out.seconds = time.perf_counter() - t0
+        video.open()
+    except Exception as e:  # noqa: BLE001 - reported as the clips' rejects
+        failed = _problem(e)
+        failed.seconds = (time.perf_counter() - t0) / len(clips)
+        return [failed for _ in clips]
+    out = []
+    try:
+        for clip in clips:
+            d = Decoded()
+            try:
+                video.retarget(clip)
+                d.plan = video.plan()
+                d.info = video.info
+                d.batches = list(video.batches(d.plan))
+            except Exception as e:  # noqa: BLE001 - this segment's reject; the others go on
+                d = _problem(e)
+            d.seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            out.append(d)
+    finally:
+        video.close()
     return out
 
 
-def _worker_decode(clip: Clip, cfg: DecodeConfig) -> Decoded:
+def decode_clip(clip: Clip, cfg: DecodeConfig) -> Decoded:
+    return decode_clips([clip], cfg)[0]
+
+
+def _worker_decode(clips: list[Clip], cfg: DecodeConfig) -> list[Decoded]:
     crash_point("decode_worker")  # the kill test
-    return decode_clip(clip, cfg)
+    return decode_clips(clips, cfg)
 
 
 def _ready() -> bool:
@@ -85,6 +109,7 @@ class DecodePool:
         self.cfg = cfg
         self.workers = default_workers() if cfg.workers is None else cfg.workers
         self._pool: ProcessPoolExecutor | None = None
+        self._early: deque[tuple[Clip, Future]] = deque()  # the next call's first clips, started early
 
     def _executor(self) -> ProcessPoolExecutor | None:
         if self._pool is None and self.workers > 0:
@@ -108,49 +133,84 @@ class DecodePool:
             self._pool = pool
         return self._pool
 
+    def start(self) -> DecodePool:
+        """Start the workers now (they import the decoders: seconds), not when the first clip needs them."""
+        self._executor()
+        return self
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def _submit(self, clip: Clip) -> Future:
+    def _submit(self, clips: list[Clip]) -> Future:
         pool = self._executor()
         if pool is None:
             f: Future = Future()
-            f.set_result(decode_clip(clip, self.cfg))
+            f.set_result(decode_clips(clips, self.cfg))
             return f
         try:
-            return pool.submit(_worker_decode, clip, self.cfg)
+            return pool.submit(_worker_decode, clips, self.cfg)
         except BrokenProcessPool as e:  # another clip's worker died meanwhile: handled where results are read
             f = Future()
             f.set_exception(e)
             return f
 
     def _retry(self, clip: Clip) -> Decoded:
-        """The clip once more in a fresh pool; a second death is the clip's reject."""
+        """The clip once more, alone, in a fresh pool; a second death is the clip's reject."""
         self.close()
         try:
-            return self._submit(clip).result()
+            return self._submit([clip]).result()[0]
         except BrokenProcessPool:
             self.close()
             log.error("clip %s: the decode worker died twice on it", clip.clip_id)
             return Decoded(error=("WorkerDied", "the decode worker process died on this clip (twice)", False))
 
-    def map(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, Decoded]]:
+    @staticmethod
+    def _take(todo: deque[Clip], room: int) -> list[Clip]:
+        """The next clips to decode together: the first, and those after it in the same file (up to room)."""
+        group = [todo.popleft()]
+        while todo and len(group) < room and todo[0].uri == group[0].uri:
+            group.append(todo.popleft())
+        return group
+
+    def map(self, clips: Iterable[Clip], upcoming: Iterable[Clip] = ()) -> Iterator[tuple[Clip, Decoded]]:
+        """Each clip with its decoded frames, in order. Consecutive clips of one file are decoded
+        together through one reader. `upcoming` (the next call's clips, e.g. the next work unit) fills
+        the window once these are all submitted, so the pose model does not wait for the first clip of
+        the next call; at most `prefetch_clips` clips are in flight either way."""
         todo = deque(clips)
-        window: deque[tuple[Clip, Future]] = deque()
+        window: deque[tuple[list[Clip], Future]] = deque()
+        while self._early and len(todo) >= len(self._early[0][0]):
+            group = self._early[0][0]
+            if [c.clip_id for c in group] != [todo[k].clip_id for k in range(len(group))]:
+                break
+            window.append(self._early.popleft())
+            for _ in group:
+                todo.popleft()
+        for _, fut in self._early:  # started for another call than this one: not needed
+            fut.cancel()
+        self._early.clear()
+        nxt = deque(upcoming)
         ahead = max(1, self.cfg.prefetch_clips)
+
+        def in_flight() -> int:
+            return sum(len(g) for g, _ in window) + sum(len(g) for g, _ in self._early)
+
         while todo or window:
-            while todo and len(window) < ahead:
-                clip = todo.popleft()
-                window.append((clip, self._submit(clip)))
-            clip, fut = window.popleft()
+            while todo and in_flight() < ahead:
+                group = self._take(todo, ahead - in_flight())
+                window.append((group, self._submit(group)))
+            while not todo and nxt and in_flight() < ahead:
+                group = self._take(nxt, ahead - in_flight())
+                self._early.append((group, self._submit(group)))
+            group, fut = window.popleft()
             try:
-                decoded = fut.result()
+                results = fut.result()
             except BrokenProcessPool:
-                log.warning("clip %s: a decode worker died; trying the clip again", clip.clip_id)
-                waiting = [c for c, _ in window]
+                log.warning("clips %s: a decode worker died; trying each again", ", ".join(c.clip_id for c in group))
+                waiting = [c for g, _ in window for c in g]
                 window.clear()
-                decoded = self._retry(clip)
+                results = [self._retry(clip) for clip in group]
                 todo.extendleft(reversed(waiting))  # the others go again, in order
-            yield clip, decoded
+            yield from zip(group, results, strict=True)

@@ -198,6 +198,7 @@ class PoseDetector:
         else:
             self.model = YOLO(str(model_file), task="pose")
         log.info("loaded %s (%s, %s path) on %s", self.weights.name, self.engine, self.path, self.device)
+        self(np.zeros((360, 640, 3), np.uint8)[None])  # the predictor's own set-up and warm-up happen here
         return self
 
     @functools.cached_property
