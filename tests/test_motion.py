@@ -79,8 +79,21 @@ def test_segment_endpoints_strategy_takes_first_and_last_frames():
     ],
 )
 def test_clip_level_reasons(frames, reason):
-    sel = select_pairs(track(frames), CFG, PairingConfig())
+    t = track(frames)
+    sel = select_pairs(t, CFG, PairingConfig())
     assert not sel.pairs and sel.reason == reason and sel.detail
+    if reason != "low_motion":  # the frame-type funnel rejected it: no optical flow, no histograms were run
+        assert all(s is None for s in t.steps) and all(v is None for v in t.similarity)
+
+
+def test_background_is_measured_only_between_the_frames_candidates_span():
+    frames = [[]] * 3 + arm_raise() + [[]] * 3  # nobody in the first and last three frames
+    t = track(frames)
+    sel = select_pairs(t, CFG, PairingConfig())
+    assert sel.pairs and all(3 <= c.i < c.j <= 14 for c in sel.pairs)
+    measured = [k for k, s in enumerate(t.steps) if s is not None]
+    assert measured and min(measured) >= 3 and max(measured) < 14
+    assert all(t.similarity[k] is not None for k in measured)
 
 
 def test_a_second_person_anywhere_in_the_window_rejects_it():

@@ -180,8 +180,8 @@ class ClipTrack:
 
     obs: list[FrameObs]
     kinds: list[FrameKind]
-    similarity: list[float]  # between sampled frame k and k+1
-    steps: list[quality.BackgroundStep]  # the camera between sampled frame k and k+1
+    similarity: list[float | None]  # between sampled frame k and k+1 (measured when a candidate needs it)
+    steps: list[quality.BackgroundStep | None]  # the camera between sampled frame k and k+1 (likewise)
     frames: list[np.ndarray]
     sharpness: list[float | None]  # per frame, relative to the clip's three sharpest body frames
     hidden: list[float]  # best score of another detection overlapping the person, per frame
@@ -194,15 +194,10 @@ class ClipTrack:
     ) -> ClipTrack:
         q = q or QualityConfig()
         kinds = [classify(o, cfg, q) for o in obs]
-        sim, steps = [], []
-        for k in range(len(obs) - 1):
-            sim.append(scene_similarity(frames[k], frames[k + 1]))
-            people = obs[k].poses + obs[k + 1].poses
-            steps.append(
-                quality.background_step(
-                    frames[k], frames[k + 1], people, q.min_background_features, q.min_background_inliers
-                )
-            )
+        # the cheap frame-type funnel first: scene similarity and background tracking (optical flow) are
+        # measured only between the frames a candidate pair spans (scene()), not for clips it rejects
+        sim: list[float | None] = [None] * max(0, len(obs) - 1)
+        steps: list[quality.BackgroundStep | None] = [None] * max(0, len(obs) - 1)
         raw = [
             quality.sharpness(frames[k], confident(obs[k].poses, cfg)[0]) if kinds[k] is FrameKind.BODY else None
             for k in range(len(obs))
@@ -220,6 +215,15 @@ class ClipTrack:
         """Between sampled frames i and j: the lowest scene similarity of consecutive frames, the
         camera's net motion (frame diagonals; a pan adds up, shake cancels out; NaN where a step could
         not be measured), the composed transform (None then) and the steps."""
+        q = self.quality_cfg
+        for k in range(i, j):
+            if self.steps[k] is None:
+                a, b = self.frames[k], self.frames[k + 1]
+                people = self.obs[k].poses + self.obs[k + 1].poses
+                self.similarity[k] = scene_similarity(a, b)
+                self.steps[k] = quality.background_step(
+                    a, b, people, q.min_background_features, q.min_background_inliers
+                )
         steps = self.steps[i:j]
         sim = min(self.similarity[i:j])
         if any(s.matrix is None for s in steps):
