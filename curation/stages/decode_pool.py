@@ -98,6 +98,19 @@ def _ready() -> bool:
     return True
 
 
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: leave as soon as the build process is gone (SIGKILLed builds must not leave
+    decode workers behind, holding its pipes open and waiting forever for work)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
@@ -117,7 +130,12 @@ class DecodePool:
                 log.info("decode runs in this process: daemonic processes cannot start workers")
                 self.workers = 0
                 return None
-            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
             try:  # workers that cannot even start are a problem of the run, never of the clips they'd get
                 pool.submit(_ready).result(timeout=300)
             except Exception as e:  # noqa: BLE001 - e.g. a script without `if __name__ == "__main__":`
