@@ -122,7 +122,7 @@ class DecodePool:
         self.cfg = cfg
         self.workers = default_workers() if cfg.workers is None else cfg.workers
         self._pool: ProcessPoolExecutor | None = None
-        self._early: deque[tuple[Clip, Future]] = deque()  # the next call's first clips, started early
+        self._early: deque[tuple[list[Clip], Future]] = deque()  # the next call's first clips, started early
 
     def _executor(self) -> ProcessPoolExecutor | None:
         if self._pool is None and self.workers > 0:
