@@ -46,7 +46,7 @@ demo: setup
 	$(BIN)/motionpairs inspect "$(OUT)"
 
 bench: setup
-	$(BIN)/python bench/build_throughput.py --json
+	$(BIN)/python bench/build_throughput.py --json --rss-check
 
 clean:
 	rm -rf $(OUT) $(OUT)-input .cache .pytest_cache
