@@ -309,7 +309,7 @@ class BuildConfig(BaseSettings):
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
-RESULTS_VERSION = 4
+RESULTS_VERSION = 5  # 5: videos with rotation metadata decode upright
 
 
 @functools.lru_cache(maxsize=8)

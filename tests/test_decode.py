@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import decord
 import numpy as np
 import pytest
@@ -155,3 +157,63 @@ def test_gifs_and_frame_folders_are_listed_as_clips(tmp_path):
     listing = list_folder(FolderSource(root=str(tmp_path)))
     assert sorted(c.clip_id for c in listing.clips) == ["P28_101", "a"]
     assert listing.ignored == ["P28_101/licence.txt"]
+
+
+# ---------------------------------------------------------------- opened once, upright
+
+
+def test_a_downscaled_video_is_opened_once_at_its_target_size(monkeypatch):
+    """The size comes from the header: decord opens the file once, at the decoded size (never at
+    full resolution just to learn it), and the frames are the ones decord gives at that size."""
+    path = video(REJECTED["ntu_hug"][0])  # 1920x1080 AVI
+    opened = []
+    real = decord.VideoReader
+
+    def counting(uri, *args, **kw):
+        opened.append((kw.get("width"), kw.get("height")))
+        return real(uri, *args, **kw)
+
+    monkeypatch.setattr(decord, "VideoReader", counting)
+    with VideoSource(clip_of(path), DecodeConfig(max_side=640)) as v:
+        got = np.concatenate([b.frames for b in v.batches(v.plan()[:3])])
+        assert (v.info.width, v.info.height, v.info.source_width, v.info.source_height) == (640, 360, 1920, 1080)
+    assert opened == [(640, 360)]
+    monkeypatch.undo()
+    ref = decord.VideoReader(str(path), width=640, height=360)
+    assert got.shape == (3, 360, 640, 3)
+    assert np.array_equal(got[1], ref[v.plan()[1]].asnumpy())
+
+
+def _rotate_tag(path: Path, degrees: int) -> None:
+    """Write a display rotation into an MP4's track header, as phones do: a player turns the stored
+    picture `degrees` clockwise."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    i = data.index(b"tkhd")
+    assert data[i + 4] == 0  # version 0 header: 32-bit times
+    matrix = i + 4 + 4 + 20 + 8 + 8  # version/flags, times/track/duration, reserved, layer..volume
+    one = 0x10000
+    a, b, c, d = {90: (0, one, -one, 0), 180: (-one, 0, 0, -one), 270: (0, -one, one, 0)}[degrees]
+    data[matrix : matrix + 36] = struct.pack(">9i", a, b, 0, c, d, 0, 0, 0, 0x40000000)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_phone_video_with_rotation_metadata_decodes_upright(tmp_path, degrees):
+    """A real portrait clip stored turned, with the rotation in its header (as phones record): the
+    frames come out upright, as a player shows them, at the upright size (decord alone gives wrong
+    shapes and failing batches for such files)."""
+    src = video(ACCEPTED["dribbler"])  # 1080x1920 portrait
+    upright = decord.VideoReader(str(src), width=180, height=320).get_batch(list(range(0, 40, 4))).asnumpy()
+    k = degrees // 90  # stored turned counter-clockwise; the player turns it back clockwise
+    path = write_video(tmp_path / f"r{degrees}.mp4", [np.rot90(f, k)[..., ::-1] for f in upright], fps=3)
+    _rotate_tag(path, degrees)
+    with VideoSource(clip_of(path), DecodeConfig(sample_fps=3, max_side=320)) as v:
+        assert (v.info.width, v.info.height) == (180, 320)
+        assert (v.info.source_width, v.info.source_height) == (180, 320)
+        got = np.concatenate([b.frames for b in v.batches(v.plan())])
+    assert got.shape == (10, 320, 180, 3)
+    err = np.abs(got.astype(int) - upright.astype(int)).mean()
+    flipped = np.abs(got.astype(int) - upright[:, ::-1, ::-1].astype(int)).mean()
+    assert err < 8 < flipped, (err, flipped)  # the same picture (mp4v re-encoding loss), not turned

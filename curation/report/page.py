@@ -181,10 +181,10 @@ def _reject_example(uri: str, dest: Path, name: str) -> str | None:
     read now): the key frame nearest the middle, which decodes alone (no decoding up to it)."""
     try:
         from ..config import DecodeConfig
-        from ..stages.decode import open_reader
+        from ..stages.decode import open_fitted
         from .draw import encode_jpeg
 
-        vr = open_reader(uri, DecodeConfig())
+        vr = open_fitted(uri, DecodeConfig())[0]
         middle = len(vr) // 2
         keys = vr.get_key_indices() if hasattr(vr, "get_key_indices") else []
         frame = vr[min(keys, key=lambda k: abs(k - middle)) if keys else middle].asnumpy()

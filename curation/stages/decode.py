@@ -153,11 +153,65 @@ class GifReader:
         return len(self.starts) / self.end if self.end > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class StreamHeader:
+    """What a file's header says of its picture: the stored size, and how a player turns it."""
+
+    width: int  # as stored (coded): what decord decodes
+    height: int
+    rotation: int = 0  # degrees clockwise a player turns the picture (phone videos): 0, 90, 180, 270
+
+    def shown(self, width: int, height: int) -> tuple[int, int]:
+        """A stored size as shown, after the rotation."""
+        return (height, width) if self.rotation in (90, 270) else (width, height)
+
+
+def read_header(path: str) -> StreamHeader | None:
+    """The size (and rotation) of a video, GIF or frame folder from its header, without decoding a
+    frame or indexing the file: OpenCV's demuxer reads a video's stream parameters, Pillow an image's
+    header (with its EXIF orientation, which OpenCV applies when it reads the frames). None: no
+    header that can be read here (the reader's own errors then say why)."""
+    try:
+        if os.path.isdir(path) or path.lower().endswith(".gif"):
+            files = frame_files(Path(path)) if os.path.isdir(path) else [Path(path)]
+            if not files:
+                return None
+            from PIL import Image
+
+            with Image.open(files[0]) as im:
+                w, h = im.size
+                if im.format == "JPEG" and im.getexif().get(0x0112) in (5, 6, 7, 8):  # EXIF: a quarter turn
+                    w, h = h, w
+            return StreamHeader(w, h)
+        import cv2
+
+        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+        try:
+            if not cap.isOpened():
+                return None
+            rotation = int(cap.get(cv2.CAP_PROP_ORIENTATION_META)) % 360
+            cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)  # the stored size, as decord decodes it
+            w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        finally:
+            cap.release()
+        if w <= 0 or h <= 0:
+            return None
+        return StreamHeader(w, h, rotation if rotation in (90, 180, 270) else 0)
+    except Exception:  # noqa: BLE001 - unreadable here: the reader's own errors say why
+        return None
+
+
 def open_reader(
-    path: str, cfg: DecodeConfig, width: int | None = None, height: int | None = None, fps: float | None = None
+    path: str,
+    cfg: DecodeConfig,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
 ):
     """A frame reader for a video file (decord), an animated GIF (Pillow) or a frame folder (OpenCV),
-    all with decord's VideoReader surface, so sampling, timestamps and rejects are the same."""
+    all with decord's VideoReader surface, so sampling, timestamps and rejects are the same. `width`
+    and `height`: the size to decode at, as shown (decord turns a rotated video's frames upright when
+    it is given the shown size; without a size it gets rotated videos wrong)."""
     if os.path.isdir(path):
         return FrameFolderReader(path, fps or cfg.frames_fps, width, height)
     if path.lower().endswith(".gif"):
@@ -167,6 +221,25 @@ def open_reader(
     if width and height:
         return decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+
+
+def open_fitted(path: str, cfg: DecodeConfig, fps: float | None = None):
+    """(reader, header, (width, height) decoded, as shown): a reader that decodes at most
+    `cfg.max_side` pixels on the long side, frames upright, opening the file once (the size comes from
+    the header; only a file whose header cannot be read here is opened at full size first, to learn
+    it). Raises what the readers raise for a file they cannot open."""
+    header = read_header(path)
+    probe = None
+    if header is None:
+        probe = open_reader(path, cfg, fps=fps)
+        header = StreamHeader(*((probe[0].shape[1], probe[0].shape[0]) if len(probe) > 0 else (0, 0)))
+    stored = (header.width, header.height)
+    fitted = _fit(*stored, cfg.max_side) if stored != (0, 0) else stored
+    shown = header.shown(*fitted)
+    if probe is not None and fitted == stored:
+        return probe, header, shown
+    sized = fitted != stored or header.rotation != 0
+    return open_reader(path, cfg, *(shown if sized else (None, None)), fps=fps), header, shown
 
 
 def _fit(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -212,11 +285,12 @@ class VideoSource:
             raise DecodeFailure(RejectReason.MISSING_FILE, f"no such file: {path}")
         if not os.path.isdir(path) and os.path.getsize(path) == 0:
             raise DecodeFailure(RejectReason.EMPTY_FILE, "zero-byte file")
+        fps_hint = self._frames_fps()
         try:
-            probe = open_reader(path, self.cfg, fps=self._frames_fps())
-            n = len(probe)
-            h0, w0 = probe[0].shape[:2] if n > 0 else (0, 0)
+            self._vr, header, (w, h) = open_fitted(path, self.cfg, fps_hint)
+            n = len(self._vr)
         except Exception as e:  # decord raises DECORDError / RuntimeError for unknown containers and codecs
+            self._vr = None
             container = sniff_container(path) if os.path.isfile(path) else None
             if container:
                 raise DecodeFailure(
@@ -226,16 +300,8 @@ class VideoSource:
             raise DecodeFailure(RejectReason.UNREADABLE, f"not a video decord can open: {_short(e)}") from e
         if n < 2:
             raise DecodeFailure(RejectReason.TOO_FEW_FRAMES, f"video has {n} frame(s)")
-        fps = float(probe.get_avg_fps() or 0.0)
-        w, h = _fit(w0, h0, self.cfg.max_side)
-        if (w, h) != (w0, h0):
-            del probe
-            try:
-                self._vr = open_reader(path, self.cfg, w, h, fps=self._frames_fps())
-            except Exception as e:
-                raise DecodeFailure(RejectReason.UNREADABLE, f"cannot open video: {_short(e)}") from e
-        else:
-            self._vr = probe
+        fps = float(self._vr.get_avg_fps() or 0.0)
+        w0, h0 = header.shown(header.width, header.height)
         self.info = VideoInfo(num_frames=n, fps=fps, width=w, height=h, source_width=w0, source_height=h0)
         # frame folders and GIFs carry exact times (frame numbers, GIF durations); decord's may be garbage
         self._pts_ok = isinstance(self._vr, (FrameFolderReader, GifReader)) or self._timestamps_sane()
