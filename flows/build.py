@@ -176,6 +176,21 @@ def with_dask(workers: int = 2, address: str | None = None):
     runner = (
         DaskTaskRunner(address=address)
         if address
-        else DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        else DaskTaskRunner(
+            cluster_class=local_cluster,
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True},
+        )
     )
     return build_dataset.with_options(task_runner=runner)
+
+
+def local_cluster(**kwargs):
+    """A Dask LocalCluster whose worker processes are not daemonic, so each can start its decode
+    workers (the streaming build's decode stage). A cluster of your own needs the same setting:
+    `distributed.worker.daemon: false` (e.g. DASK_DISTRIBUTED__WORKER__DAEMON=False for `dask worker`);
+    otherwise its workers decode in-process, and say so in their log."""
+    import dask
+    import distributed
+
+    dask.config.set({"distributed.worker.daemon": False})  # read by the nannies whenever a worker (re)starts
+    return distributed.LocalCluster(**kwargs)

@@ -156,3 +156,50 @@ def test_a_script_without_a_main_guard_still_builds(folder, tmp_path):
     assert "decode workers could not start" in run.stderr
     rejects = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
     assert not rejects.detail.str.contains("worker").any()
+
+
+def _decode_in_this_worker(uris: list[str]) -> dict:
+    """Run inside a Dask worker: the decode stage as the build starts it there."""
+    import os
+
+    import psutil
+
+    from curation.config import DecodeConfig
+    from curation.stages.decode_pool import DecodePool
+
+    pool = DecodePool(DecodeConfig()).start()
+    try:
+        clips = [Clip(source="folder", clip_id=str(k), uri=u) for k, u in enumerate(uris)]
+        frames = sum(len(b.indices) for _, d in pool.map(clips) for b in d.batches)
+        children = [p.pid for p in psutil.Process().children() if "python" in p.name().lower()]
+        return {"workers": pool.workers, "frames": frames, "children": children, "pid": os.getpid()}
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("ours", [True, False])
+def test_dask_workers_of_our_cluster_decode_in_worker_processes(ours):
+    """with_dask's LocalCluster makes non-daemonic workers, so each Dask worker streams with a decode
+    process of its own (one by default there); a default Dask cluster's daemonic workers cannot start
+    processes and decode in-process, with the same frames."""
+    import cloudpickle
+    import distributed
+
+    from flows.build import local_cluster
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    make = local_cluster if ours else distributed.LocalCluster
+    try:
+        with make(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            with distributed.Client(cluster) as client:
+                uris = [str(video(ACCEPTED["dribbler"])), str(video(REJECTED["big_buck_bunny"][0]))]
+                got = client.submit(_decode_in_this_worker, uris, pure=False).result(timeout=300)
+    finally:
+        import dask
+
+        dask.config.set({"distributed.worker.daemon": True})  # this process's default again
+    assert got["frames"] > 20
+    if ours:
+        assert got["workers"] == 1 and len(got["children"]) >= 1
+    else:
+        assert got["workers"] == 0 and got["children"] == []

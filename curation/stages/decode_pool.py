@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -112,7 +113,21 @@ def _watch_parent(parent: int) -> None:
 
 
 def default_workers() -> int:
+    """cores / 2 (at most 8); 1 inside a Dask worker, where the cluster's processes are the scale-out
+    and each runs a pose model of its own (decode.workers sets it for them too)."""
+    if _in_dask_worker():
+        return 1
     return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def _in_dask_worker() -> bool:
+    if "distributed" not in sys.modules:  # a Dask worker has imported it long before
+        return False
+    try:
+        sys.modules["distributed"].get_worker()
+        return True
+    except (AttributeError, ValueError):
+        return False
 
 
 class DecodePool:
@@ -127,7 +142,10 @@ class DecodePool:
     def _executor(self) -> ProcessPoolExecutor | None:
         if self._pool is None and self.workers > 0:
             if multiprocessing.current_process().daemon:  # a daemonic worker (some Dask setups) has no children
-                log.info("decode runs in this process: daemonic processes cannot start workers")
+                log.warning(
+                    "decode runs in this process: a daemonic process cannot start decode workers "
+                    "(Dask: set distributed.worker.daemon to false)"
+                )
                 self.workers = 0
                 return None
             pool = ProcessPoolExecutor(
