@@ -39,7 +39,10 @@ class DecodeConfig(_Section):
         0.0, ge=0, le=1, description="share of sampled frames that may fail to decode before the clip is rejected"
     )
     workers: int | None = Field(
-        None, ge=0, description="decode processes ahead of the pose model (0: in this process; default: cores / 2)"
+        None,
+        ge=0,
+        description="decode processes ahead of the pose model (0: in this process; "
+        "default: cores / 2, at most 8; 1 in a Dask worker)",
     )
     prefetch_clips: int = Field(8, ge=1, description="clips decoded ahead at most (bounds memory)")
     frames_fps: float = Field(

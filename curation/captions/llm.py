@@ -427,12 +427,16 @@ class LLMCaptioner:
                     self.summary.skipped_budget += 1
                     return
                 budget.requests += 1
-                await tpm.acquire(tokens)
-                await rpm.acquire()
                 t0 = time.perf_counter()
                 try:
+                    # the request is made before its rate slot: the slot gates the send, not the JPEG
+                    # encoding and the client's first-use imports, so requests leave at the set rate
                     body = build_request(job, self.cfg, self.prompt)
-                    resp = await client.chat.completions.create(**body)
+                    create = client.chat.completions.create
+                    await tpm.acquire(tokens)
+                    await rpm.acquire()
+                    t0 = time.perf_counter()
+                    resp = await create(**body)
                     rec = self._record(*parse_completion(resp.model_dump()), time.perf_counter() - t0)
                 except openai.APIError as e:
                     took = time.perf_counter() - t0
