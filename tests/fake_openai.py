@@ -11,7 +11,8 @@ Behaviours: ok, not_visible, 429 (Retry-After: 1), 500, slow (answers after `slo
 (finish_reason "length" unless max_completion_tokens >= 400), mirrored (the structured changes with
 left and right swapped). `ok` answers name the changes the grounding's pose-based guess names
 ("raise your right arm" -> right arm up), as a model that reads the images right would;
-`server.default` sets the behaviour of unscripted requests.
+`server.default` sets the behaviour of unscripted requests; `server.instruction`, when set, is the
+instruction of every answer (a model that says the same sentence for every pair, or says markup).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class FakeOpenAI:
         self.slow_s = slow_s
         self.script: dict[str, list[str]] = defaultdict(list)
         self.default = "ok"
+        self.instruction: str | None = None  # every answer's instruction (None: names model and pair)
         self.requests: list[dict[str, Any]] = []  # every chat request that reached the handler
         self.invalid: list[str] = []  # why requests were refused as malformed
         self.files: dict[str, dict[str, Any]] = {}
@@ -130,7 +132,9 @@ class FakeOpenAI:
                 changes = [c | {"side": swap.get(c["side"], c["side"])} for c in changes]
             message["content"] = json.dumps(
                 {
-                    "instruction": f"[{model}] raise your right arm ({pair_id})",
+                    "instruction": self.instruction
+                    if self.instruction is not None
+                    else f"[{model}] raise your right arm ({pair_id})",
                     "before": "arms down",
                     "after": "right arm up",
                     "visible_change": behaviour != "not_visible",

@@ -295,15 +295,49 @@ def _figures(row: pd.Series) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------- writing
 
+TEMPLATE = "report.html.j2"
+
+
+def template_env():
+    """The report's jinja2 environment: every template autoescaped, whatever its file name
+    (`select_autoescape()` matches `.html`, not `.html.j2`, and so escaped nothing). Nothing from the
+    data (clip ids, file names, labels, captions, details) is ever marked safe."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("curation.report", "templates"), autoescape=True)
+
+
+def content_security_policy(env) -> str:
+    """The page's policy: no script of any kind, no network, no frames, no forms; images only from the
+    report's own folder and inline PNGs; the one inline stylesheet allowed by its hash. A markup bug
+    that let data through would still run nothing."""
+    import hashlib
+    import re
+
+    source = env.loader.get_source(env, TEMPLATE)[0]
+    styles = re.findall(r"<style>(.*?)</style>", source, flags=re.S)
+    if any("{{" in css or "{%" in css for css in styles):
+        raise ValueError("the report's stylesheet must be constant text (it is allowed by its hash)")
+    hashes = [f"'sha256-{base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()}'" for css in styles]
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src 'none'",
+            "object-src 'none'",
+            "frame-src 'none'",
+            "connect-src 'none'",
+            "img-src 'self' data:",
+            "style-src " + (" ".join(hashes) or "'none'"),
+            "base-uri 'none'",
+            "form-action 'none'",
+        ]
+    )
+
 
 def render(build: Build, dest: Path, max_pairs: int = MAX_PAIRS) -> dict[str, Any]:
     """Write the report's files into `dest` (a fresh folder). Returns a summary."""
-    import jinja2
-
     (dest / "thumbs").mkdir(parents=True, exist_ok=True)
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("curation.report", "templates"), autoescape=jinja2.select_autoescape()
-    )
+    env = template_env()
     stats, samples, rejects = build.stats, build.samples, build.rejects
     empty = build.generation is None
     config = stats.get("config", {})
@@ -320,6 +354,7 @@ def render(build: Build, dest: Path, max_pairs: int = MAX_PAIRS) -> dict[str, An
             "pair_id": r.pair_id,
             "clip_id": r.clip_id,
             "source": r.source,
+            "label": r.label if isinstance(r.label, str) else None,
             "times": f"{r.before_time_s:.2f} s → {r.after_time_s:.2f} s",
             "thumb": thumbs.get(r.pair_id),
             "captions": captions.get(r.pair_id, []),
@@ -368,7 +403,8 @@ def render(build: Build, dest: Path, max_pairs: int = MAX_PAIRS) -> dict[str, An
         "pages": page_names,
         "no_pairs": not empty and len(samples) == 0,
     }
-    template = env.get_template("report.html.j2")
+    template = env.get_template(TEMPLATE)
+    context["csp"] = content_security_policy(env)
     for n, (name, cards_page) in enumerate(zip(page_names, pages, strict=True)):
         html_text = template.render(**context, cards=cards_page, page=n, page_name=name, first=n == 0)
         (dest / name).write_text(html_text, encoding="utf-8")
