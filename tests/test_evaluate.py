@@ -206,3 +206,42 @@ def test_eval_steps_log_the_held_out_figures_and_never_train_on_them(real_build,
     last = rows[-1]
     assert last["step"] == 2 and last["eval_oracle_pck@0.1"] >= last["eval_no_edit_pck@0.1"]
     assert last["eval_no_edit_background_ssim"] == 1.0 and "eval_model_direction_agreement" in last
+
+
+def test_a_joint_the_crop_cuts_away_is_not_visible_in_ground_truth_or_prediction():
+    """The right wrist moves from inside the centre crop to past its left edge: it is neither a joint
+    to find nor a joint that moved, and a prediction that puts it past the edge neither scores nor
+    misses it. The torso length still comes from the whole body."""
+    from test_schemas import pair
+
+    from schemas.records import KP
+    from schemas.shard import ShardSample
+    from training.evaluate import Scorer, crop_case
+    from training.metrics import moved_joints, torso_length, visible
+    from training.transforms import center_crop_geometry
+
+    p = pair()  # a 64 x 48 frame: the 32 px centre crop keeps source x from 7.5 to 55.5
+    wrist = KP["right_wrist"]
+    p.before_pose.keypoints[wrist] = [20.0, 30.0, 0.9]
+    p.after_pose.keypoints[wrist] = [2.0, 30.0, 0.9]  # past the crop's left edge
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    case = crop_case(ShardSample(key="k", pair=p, before=img, after=img), 32)
+    g = center_crop_geometry(48, 64, 32)
+    whole = g.keypoints(np.asarray(p.after_pose.keypoints), mask=False)
+    assert whole[wrist, 0] < 0  # the wrist is really outside
+    assert not visible(case.kp_after)[wrist] and visible(case.kp_before)[wrist]
+    assert case.kp_after[wrist, 2] == pytest.approx(0.9)  # the raw confidence is kept
+    assert visible(case.kp_after).sum() == 16
+    assert case.torso == pytest.approx(torso_length(whole))
+    assert not moved_joints(case.kp_before, case.kp_after, case.torso)[wrist]
+    # a detector that places the wrist past the edge (as YOLO extrapolates): masked the same way
+    pred = whole.copy()
+    pred[wrist, 0] = -20.0
+    from training.transforms import mask_to_view
+
+    row = Scorer.score(case, case.after, mask_to_view(pred, 32, 32))
+    assert row["pck@0.05"] == 1.0 and row["oks"] == pytest.approx(1.0)
+    # and a wrist predicted inside the crop, where the ground truth has none, costs nothing either
+    pred[wrist, :2] = [16.0, 16.0]
+    assert Scorer.score(case, case.after, pred)["pck@0.05"] == 1.0

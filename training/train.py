@@ -17,7 +17,9 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -293,34 +295,60 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def checkpoints(self) -> list[Path]:
-        return sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        """The run's complete checkpoints, oldest first."""
+        return complete_checkpoints(self.out)[0]
 
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
     def save(self) -> Path:
-        """Every process takes part in save_state; only the main one writes the run's own files and
-        prunes old checkpoints, and the others wait until it has."""
-        path = self.out / f"checkpoint-{self.step}"
-        self.accelerator.save_state(str(path))
+        """Every process writes its part into RUN/checkpoint-N.partial; then the main process writes the
+        run's config and the checkpoint's trainer_state.json (last: its presence marks a complete
+        checkpoint), flushes everything to disk and renames the folder to checkpoint-N. A job killed
+        while saving leaves only a .partial folder, which resume skips; the others wait for the main one."""
+        final = self.out / f"checkpoint-{self.step}"
+        partial = final.with_name(final.name + PARTIAL)
+        if self.main and partial.exists():  # an earlier save of this step that was cut short
+            shutil.rmtree(partial)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(partial))
+        self.accelerator.wait_for_everyone()  # every process's files are in
         if self.main:
+            _write_durably(self.out / "train_config.json", self.cfg.model_dump_json(indent=2))
             state = {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
-            (path / "trainer_state.json").write_text(json.dumps(state))
-            (self.out / "train_config.json").write_text(self.cfg.model_dump_json(indent=2))
+            for f in partial.rglob("*"):
+                if f.is_file():
+                    _fsync(f)
+            _write_durably(partial / TRAINER_STATE, json.dumps(state))
+            if final.exists():  # this step saved before (a run resumed from an earlier checkpoint)
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            _fsync(self.out)
             limit = self.cfg.checkpoints_total_limit
             if limit:
                 for old in self.checkpoints()[:-limit]:
                     shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
-        return path
+        return final
 
     def resume(self, which: str) -> None:
-        path = self.checkpoints()[-1] if which == "latest" else Path(which)
-        if which == "latest" and not self.checkpoints():
-            raise FileNotFoundError(f"no checkpoint to resume from in {self.out}")
+        if which == "latest":
+            done, skipped = complete_checkpoints(self.out)
+            if not done:
+                why = f" (skipped: {describe_skipped(skipped)})" if skipped else ""
+                raise FileNotFoundError(f"no complete checkpoint to resume from in {self.out}{why}")
+            path = done[-1]
+            newer = [(p, why) for p, why in skipped if _step(p) >= _step(path)]
+            if newer and self.main:
+                log.warning("resuming from %s; skipped %s", path.name, describe_skipped(newer))
+        else:
+            path = Path(which)
+            problem = incomplete(path)
+            if problem:
+                raise FileNotFoundError(f"{path} is not a complete checkpoint: {problem}")
         self.accelerator.load_state(str(path))
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = json.loads((path / TRAINER_STATE).read_text())
         self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
         metrics = self.out / "metrics.jsonl"
         if metrics.exists() and self.main:  # drop what the stopped run logged after this checkpoint
@@ -451,6 +479,70 @@ class Trainer:
         if self.size:
             summary["dataset_size"] = self.size
         return summary
+
+
+# ---------------------------------------------------------------- checkpoints on disk
+
+TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
+PARTIAL = ".partial"  # the suffix of a checkpoint folder being written
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)(\.partial)?")
+
+
+def _step(path: Path) -> int:
+    return int(_CHECKPOINT.fullmatch(path.name).group(1))
+
+
+def incomplete(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (None when it can)."""
+    if not path.is_dir():
+        return "no such folder"
+    if path.name.endswith(PARTIAL):
+        return "a save that never finished"
+    try:
+        state = json.loads((path / TRAINER_STATE).read_text())
+        int(state["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {TRAINER_STATE} (a save that never finished)"
+    if not any(path.glob("model*.safetensors")):
+        return "no model weights"
+    return None
+
+
+def complete_checkpoints(run: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """A run's checkpoints that can be resumed from (oldest first), and the folders that cannot, with
+    why: .partial folders of saves that were cut short, and checkpoint-N folders without their trainer
+    state (written in place by versions before saves were atomic)."""
+    done, skipped = [], []
+    found = [p for p in run.glob("checkpoint-*") if _CHECKPOINT.fullmatch(p.name) and p.is_dir()]
+    for p in sorted(found, key=lambda p: (_step(p), p.name)):
+        why = incomplete(p)
+        if why is None:
+            done.append(p)
+        else:
+            skipped.append((p, why))
+    return done, skipped
+
+
+def describe_skipped(skipped: list[tuple[Path, str]]) -> str:
+    return "; ".join(f"{p.name} ({why})" for p, why in skipped)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a temporary beside it, flushed to disk, renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- CLI

@@ -60,12 +60,29 @@ class CropGeometry:
     def point(self, x: float, y: float) -> tuple[float, float]:
         return x * (self.nw / self.w) - self.left, y * (self.nh / self.h) - self.top
 
-    def keypoints(self, kp: np.ndarray) -> np.ndarray:
-        """(17, 3) keypoints in source pixels -> in crop pixels (confidences kept)."""
+    def keypoints(self, kp: np.ndarray, mask: bool = True) -> np.ndarray:
+        """(17, 3) keypoints in source pixels -> in crop pixels, confidences kept as they are. With `mask`
+        (what scoring needs), a joint the crop cuts away is not visible: it loses its location (NaN, as a
+        joint the detector did not place). Without it every joint keeps its place, inside the crop or not."""
         out = kp.astype(np.float64).copy()
         out[:, 0] = kp[:, 0] * (self.nw / self.w) - self.left
         out[:, 1] = kp[:, 1] * (self.nh / self.h) - self.top
-        return out
+        return mask_to_view(out, self.r, self.r) if mask else out
+
+
+def in_view(kp: np.ndarray, w: float, h: float) -> np.ndarray:
+    """Which joints of (17, 3) keypoints lie inside a w x h image (edges included)."""
+    x, y = kp[:, 0], kp[:, 1]
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(x) & np.isfinite(y) & (x >= 0) & (x <= w) & (y >= 0) & (y <= h)
+
+
+def mask_to_view(kp: np.ndarray, w: float, h: float) -> np.ndarray:
+    """A copy of (17, 3) keypoints where a joint outside the w x h image has no location (NaN): it is not
+    visible there, however confident the detector was. Confidences stay as they were."""
+    out = np.array(kp, dtype=np.float64)
+    out[~in_view(out, w, h), :2] = np.nan
+    return out
 
 
 def crop_geometry(h: int, w: int, r: int, rng: random.Random | None = None) -> CropGeometry:
@@ -124,7 +141,9 @@ class PairTransform:
             return t.float() / 127.5 - 1.0
 
         _, target = keypoints_array(s.pair)
-        kp = g.keypoints(target)
+        # unmasked: the pose branch draws the skeleton up to the crop's edge, so a limb that leaves the
+        # crop still shows which way it goes
+        kp = g.keypoints(target, mask=False)
         kp[:, :2] /= r
         caption = s.pair.caption_for(self.caption_version)
         text = caption.text if caption else ""
