@@ -65,13 +65,14 @@ def test_evaluate_scores_the_model_between_no_edit_and_oracle(checkpoint, held_o
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((ev / "metrics.json").read_text())
     for system in ("model", "no_edit", "oracle"):
-        for key in ("pck@0.1", "oks", "direction_agreement", "background_ssim"):
+        for key in ("pck@0.1", "oks", "direction_agreement", "background_ssim", "mas", "flow_cosine"):
             assert key in m[system], (system, key, m[system])
     assert m["oracle"]["samples"] == m["no_edit"]["samples"] >= 2
     # the real after-frame is the ceiling, the unedited before-frame the floor
     assert m["oracle"]["pck@0.1"] > m["no_edit"]["pck@0.1"], m
     assert m["oracle"]["pck@0.1_moved"] > m["no_edit"]["pck@0.1_moved"], m
     assert m["oracle"]["direction_agreement"] > m["no_edit"]["direction_agreement"], m
+    assert m["oracle"]["mas"] == 1.0 and m["no_edit"]["mas"] == 0.0, m  # flow: the after-frame, and no motion
     assert m["no_edit"]["background_ssim"] == 1.0 and m["no_edit"]["background_psnr"] == 100.0
     assert m["by_caption_version"] and "offline" in m["by_caption_version"]
     rows = pd.read_parquet(ev / "samples.parquet")
@@ -206,6 +207,7 @@ def test_eval_steps_log_the_held_out_figures_and_never_train_on_them(real_build,
     last = rows[-1]
     assert last["step"] == 2 and last["eval_oracle_pck@0.1"] >= last["eval_no_edit_pck@0.1"]
     assert last["eval_no_edit_background_ssim"] == 1.0 and "eval_model_direction_agreement" in last
+    assert last["eval_oracle_mas"] == 1.0 and last["eval_no_edit_mas"] == 0.0
 
 
 def test_a_joint_the_crop_cuts_away_is_not_visible_in_ground_truth_or_prediction():

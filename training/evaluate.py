@@ -10,6 +10,8 @@ neither a joint to find nor one that moved (the torso length, a scale, still com
   direction      for those joints, the share the edit moved the same way as the real motion (measured
                  from the detector's reading of the unedited before-image, so its error cancels)
   preservation   SSIM and PSNR outside the person's boxes against the before-frame
+  motion         the motion-alignment score from optical flow (flow.py): flow(input -> edit) against
+                 flow(input -> after-frame) in the person's box, and their mean cosine there
 and the same for two baselines in the same run: `no_edit` (the before-frame itself) and `oracle` (the
 after-frame), so every figure has its floor and ceiling beside it. With several caption versions in the
 shards, the model is scored once per version too. Writes EVAL/metrics.json, EVAL/samples.parquet and
@@ -32,6 +34,7 @@ from PIL import Image
 
 from schemas.shard import ShardSample, keypoints_array
 
+from .flow import FlowScorer
 from .metrics import PCK_THRESHOLDS, box_mask, direction, moved_joints, oks, pck, preservation, torso_length, visible
 from .transforms import center_crop_geometry, mask_to_view
 
@@ -184,9 +187,10 @@ def score_cases(pipe, cases: list[Case], scorer: Scorer, steps: int, seed: int, 
                 images[f"model:{v}"] = edit(pipe, case, case.texts[v], steps, seed, device)
         preds = scorer.detect(list(images.values()))
         reference = preds[0]  # the no-edit image: the before-frame as the detector reads it at this size
+        flow = FlowScorer(case.before, case.after, case.boxes)
         for (name, img), pred in zip(images.items(), preds, strict=True):
             system, _, version = name.partition(":")
-            scores = scorer.score(case, img, pred, reference)
+            scores = scorer.score(case, img, pred, reference) | flow(img)
             rows.append({"key": case.key, "system": system, "caption_version": version} | scores)
     metrics: dict[str, Any] = {
         s: summarise([r for r in rows if r["system"] == s and not r["caption_version"]]) for s in SYSTEMS

@@ -415,7 +415,7 @@ class Trainer:
                 m, _, _ = score_cases(pipe, self.eval_cases, self.scorer, self.cfg.eval_inference_steps, self.cfg.seed)
             self.unet.train()
             for system in ("model", "no_edit", "oracle"):
-                for k in ("pck@0.1", "oks", "direction_agreement", "background_ssim"):
+                for k in ("pck@0.1", "oks", "direction_agreement", "mas", "background_ssim"):
                     out[f"eval_{system}_{k}"] = m[system].get(k)
         self.accelerator.wait_for_everyone()
         return out
