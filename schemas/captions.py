@@ -26,7 +26,10 @@ class MotionChange(BaseModel):
 
     side: Side = Field(description="the person's own side (not the viewer's): left, right, both, or none")
     part: BodyPart
-    direction: Direction = Field(description="up/down in the image, out/in away from or towards the body, ...")
+    direction: Direction = Field(
+        description="up/down along the body (up: towards the head, however the person lies), out/in away from "
+        "or towards the body's midline, bend/straighten a joint, ..."
+    )
 
 
 class CaptionAnswer(BaseModel):

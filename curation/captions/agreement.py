@@ -1,114 +1,237 @@
-"""Does an LLM caption say what the keypoints show? Multimodal models confuse the person's left with the
-image's left and invent motion; the poses the pipeline measured can check both.
+"""Does a caption say what the keypoints show? Multimodal models confuse the person's left with the
+image's left and invent motion; a captioner that measured in the image called a push-up going down
+"crouch down and raise your left arm". The poses the pipeline measured can check both.
 
-For each structured change the model names (side, part, direction; schemas.captions.MotionChange) the
-joint that carries it is measured in both frames, root-relative (hip centre) and in torso lengths:
-  up / down        the joint's height (arm, hand: wrist; leg, foot: ankle; knee: knee)
-  out / in         the joint's horizontal distance from the body's midline
-  bend / straighten   the elbow or knee angle
-A change agrees when its own side moved that way by at least `threshold`; it contradicts when its side
-did not (or moved the other way) while the other side did, or when it moved the other way clearly.
-A caption agrees when every checkable change agrees (at least one), contradicts when any contradicts.
-Changes without a side (torso, head, whole body, turn, forward) or joints not visible are not checkable.
+Every claim (curation.captions.phrases: an LLM's structured changes, or a caption's own words) is
+measured in the body's own frame (curation.captions.body), in torso lengths or right angles:
+  up / down           the joint's position along the torso axis, from the hip centre (arm, hand: wrist;
+                      leg, foot: ankle; knee: knee): "up" is towards the head however the body lies
+  out / in            the joint's distance from the body's midline, across the torso (facing seen)
+  bend / straighten   the elbow or knee angle; for the hips, the thigh's angle in front of the body
+  move                the limb's joints, displaced in the body's frame
+  fold / unfold       the hips coming down towards the feet or away ("crouch down", "stand up")
+  lean / step         shoulders over the hips, or the hips, moving to the person's own left or right
+  turn                the person's facing (to or from the camera) flips
+A claim agrees when its own side moved that way by at least `threshold`. It contradicts, and says how:
+  side        the other side did it, or the lean or step went to the other side
+  direction   it moved the other way, or moved clearly but across the named direction (a push-up's
+              wrist does not rise along the body: the arm folds)
+  limb        the named part did not move at all (a still plank's "move your right leg")
+A caption agrees when every checkable claim agrees (at least one), contradicts when any contradicts.
+Claims without a side where one is needed, or joints not visible, are not checkable.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from schemas.captions import Agreement, MotionChange
-from schemas.records import KP, Pose17
+from schemas.records import Pose17
+
+from .body import Body
+from .phrases import Claim, change_claims, text_claims
 
 JOINT = {"arm": "wrist", "hand": "wrist", "leg": "ankle", "foot": "ankle", "knee": "knee"}
+LIMB_JOINTS = {
+    "arm": ("elbow", "wrist"),
+    "hand": ("wrist",),
+    "leg": ("knee", "ankle"),
+    "foot": ("ankle",),
+    "knee": ("knee",),
+}
 _ARM, _LEG = ("shoulder", "elbow", "wrist"), ("hip", "knee", "ankle")
 ANGLE = {"arm": _ARM, "hand": _ARM, "leg": _LEG, "knee": _LEG, "foot": _LEG}
-OPPOSITE = {"up": "down", "down": "up", "out": "in", "in": "out", "bend": "straighten", "straighten": "bend"}
+SIDE, DIRECTION, LIMB = "side", "direction", "limb"  # how a claim is contradicted
+KINDS = (SIDE, DIRECTION, LIMB)
 
 
 @dataclass(frozen=True)
 class Verdict:
     agreement: str
     detail: str
+    kinds: tuple[str, ...] = field(default=())  # for a contradiction: side / direction / limb
 
 
-class _Frame:
-    def __init__(self, pose: Pose17, min_conf: float):
-        self.k = np.asarray(pose.keypoints, dtype=np.float64)
-        self.min_conf = min_conf
+@dataclass(frozen=True)
+class Moved:
+    value: float  # along the claimed direction (negative: the other way)
+    across: float = 0.0  # movement not along it (for up/down and out/in)
+    total: float = 0.0  # how far the part moved at all
 
-    def p(self, name: str) -> np.ndarray | None:
-        x, y, c = self.k[KP[name]]
-        return np.array([x, y]) if c >= self.min_conf and math.isfinite(x) and math.isfinite(y) else None
 
-    def mid(self, a: str, b: str) -> np.ndarray | None:
-        pa, pb = self.p(a), self.p(b)
-        return None if pa is None or pb is None else (pa + pb) / 2
-
-    def torso(self) -> float | None:
-        s, h = self.mid("left_shoulder", "right_shoulder"), self.mid("left_hip", "right_hip")
-        t = None if s is None or h is None else float(np.linalg.norm(s - h))
-        return t if t and t > 1 else None
-
-    def angle(self, side: str, names: tuple[str, str, str]) -> float | None:
-        pts = [self.p(f"{side}_{n}") for n in names]
-        if any(p is None for p in pts):
+def _limb_motion(a: Body, b: Body, side: str, part: str) -> float | None:
+    ds = []
+    for j in LIMB_JOINTS.get(part, ()):
+        ca, cb = a.coords(f"{side}_{j}"), b.coords(f"{side}_{j}")
+        if ca is None or cb is None:
             return None
-        u, v = pts[0] - pts[1], pts[2] - pts[1]
-        nu, nv = np.linalg.norm(u), np.linalg.norm(v)
-        if nu < 1e-6 or nv < 1e-6:
-            return None
-        return math.degrees(math.acos(float(np.clip(np.dot(u, v) / (nu * nv), -1, 1))))
+        ds.append(float(np.linalg.norm(cb - ca)))
+    return float(np.mean(ds)) if ds else None
 
 
-def _movement(a: _Frame, b: _Frame, side: str, part: str, direction: str) -> float | None:
-    """How far `side`'s `part` moved in `direction` (torso lengths, or right angles for bending);
-    negative: the other way. None: not measurable."""
-    torso = a.torso()
-    if torso is None:
-        return None
+def _sided(a: Body, b: Body, side: str, part: str, direction: str) -> Moved | None:
+    """A limb's movement on one side in `direction`; None when not measurable."""
+    total = _limb_motion(a, b, side, part)
     if direction in ("bend", "straighten"):
         if part not in ANGLE:
             return None
-        ea, eb = a.angle(side, ANGLE[part]), b.angle(side, ANGLE[part])
+        names = [f"{side}_{n}" for n in ANGLE[part]]
+        ea, eb = a.angle(*names), b.angle(*names)
         if ea is None or eb is None:
             return None
         d = (ea - eb) / 90  # bending closes the angle
-        return d if direction == "bend" else -d
+        return Moved(d if direction == "bend" else -d, total=abs(d))
+    if direction == "move":
+        return Moved(total, total=total) if total is not None else None
     joint = JOINT.get(part)
-    root_a, root_b = a.mid("left_hip", "right_hip"), b.mid("left_hip", "right_hip")
-    ja, jb = a.p(f"{side}_{joint}") if joint else None, b.p(f"{side}_{joint}") if joint else None
-    if joint is None or ja is None or jb is None or root_a is None or root_b is None:
+    ja, jb = (a.coords(f"{side}_{joint}"), b.coords(f"{side}_{joint}")) if joint else (None, None)
+    if ja is None or jb is None or total is None:
         return None
-    ra, rb = ja - root_a, jb - root_b
     if direction in ("up", "down"):
-        d = (ra[1] - rb[1]) / torso  # image y points down: rising makes y smaller
-        return d if direction == "up" else -d
+        d = jb - ja
+        return Moved(d[0] if direction == "up" else -d[0], across=abs(d[1]), total=total)
     if direction in ("out", "in"):
-        d = (abs(rb[0]) - abs(ra[0])) / torso
-        return d if direction == "out" else -d
+        if a.left is None or b.left is None:  # side-on: across the torso is front/back, not out/in
+            return None
+        d = abs(jb[1]) - abs(ja[1])
+        return Moved(d if direction == "out" else -d, across=abs(jb[0] - ja[0]), total=total)
     return None
 
 
-def check_change(a: _Frame, b: _Frame, c: MotionChange, threshold: float) -> tuple[str | None, str]:
-    if c.side not in ("left", "right", "both") or c.direction not in OPPOSITE:
-        return None, f"{c.side} {c.part} {c.direction}: not checkable from keypoints"
+def _fold(a: Body, b: Body) -> float | None:
+    """How far the hips came down towards the feet (torso lengths; < 0: away from them)."""
+    fa, fb = a.mid("left_ankle", "right_ankle"), b.mid("left_ankle", "right_ankle")
+    if fa is None or fb is None or a.hips is None or b.hips is None:
+        return None
+    return float(np.linalg.norm(a.hips - fa) / a.torso - np.linalg.norm(b.hips - fb) / b.torso)
+
+
+def _towards_left(a: Body, b: Body, what: str) -> float | None:
+    """The shoulders over the hips ("lean") or the hips ("step") moving to the person's own left."""
+    left = a.left
+    if left is None or a.hips is None or b.hips is None or a.shoulders is None or b.shoulders is None:
+        return None
+    if what == "lean":
+        v = (b.shoulders - b.hips) - (a.shoulders - a.hips)
+    else:
+        v = b.hips - a.hips
+    return float(np.dot(v, left) / a.torso)
+
+
+def _flexion(a: Body, b: Body) -> float | None:
+    """How far the thighs came forward of the body (right angles, mean of the sides seen)."""
+    front = a.front or b.front
+    if front is None:
+        return None
+    ds = [
+        (fb - fa) / 90
+        for s in ("left", "right")
+        if (fa := a.flexion(s, front)) is not None and (fb := b.flexion(s, front)) is not None
+    ]
+    return float(np.mean(ds)) if ds else None
+
+
+def _single(a: Body, b: Body, c: Claim) -> Moved | None:
+    """The movement of a claim about the body as a whole (no left/right of its own)."""
+    if c.part == "legs" and c.direction in ("fold", "unfold"):
+        d = _fold(a, b)
+        return None if d is None else Moved(d if c.direction == "fold" else -d, total=abs(d))
+    if c.part == "hips" and c.direction in ("bend", "straighten"):
+        d = _flexion(a, b)
+        return None if d is None else Moved(d if c.direction == "bend" else -d, total=abs(d))
+    if c.part == "head" and c.direction == "move":
+        ca, cb = a.coords("nose"), b.coords("nose")
+        d = None if ca is None or cb is None else float(np.linalg.norm(cb - ca))
+        return None if d is None else Moved(d, total=d)
+    return None
+
+
+def check_claim(a: Body, b: Body, c: Claim, threshold: float) -> tuple[str | None, str, str | None]:
+    """(verdict or None when not checkable, detail, how it is contradicted)."""
+    said = str(c)
+    if c.direction == "turn":
+        if c.part != "whole_body":
+            return None, f"{said}: not checkable from keypoints", None
+        fa, fb = a.facing_camera, b.facing_camera
+        if fa is None or fb is None:
+            return None, f"{said}: facing not seen in both frames", None
+        if fa != fb:
+            return Agreement.AGREE, f"{said}: facing flipped", None
+        return Agreement.CONTRADICT, f"{said}: facing the same way in both frames", DIRECTION
+    if c.direction in ("lean", "step"):
+        if c.side not in ("left", "right"):
+            return None, f"{said}: no side", None
+        v = _towards_left(a, b, c.direction)
+        if v is None:
+            return None, f"{said}: the person's left not seen", None
+        got = v if c.side == "left" else -v
+        figures = f"left {v:+.2f}, right {-v:+.2f}"
+        if got >= threshold:
+            return Agreement.AGREE, f"{said}: {figures}", None
+        if got <= -threshold:
+            return Agreement.CONTRADICT, f"{said}: to the other side ({figures})", SIDE
+        if abs(got) < threshold / 3:
+            return Agreement.CONTRADICT, f"{said}: did not happen ({figures})", LIMB
+        return None, f"{said}: too small to tell ({figures})", None
+    if c.part in ("legs", "hips", "head") or c.side == "none" and c.part == "whole_body":
+        m = _single(a, b, c)
+        if m is None:
+            return None, f"{said}: not measurable", None
+        if m.value >= threshold:
+            return Agreement.AGREE, f"{said}: {m.value:+.2f}", None
+        if m.value <= -threshold:
+            return Agreement.CONTRADICT, f"{said}: the other way ({m.value:+.2f})", DIRECTION
+        if abs(m.value) < threshold / 3:
+            return Agreement.CONTRADICT, f"{said}: did not happen ({m.value:+.2f})", LIMB
+        return None, f"{said}: too small to tell ({m.value:+.2f})", None
+    if c.side not in ("left", "right", "both"):
+        return None, f"{said}: not checkable from keypoints", None
     sides = ["left", "right"] if c.side == "both" else [c.side]
-    got = {s: _movement(a, b, s, c.part, c.direction) for s in ("left", "right")}
+    got = {s: _sided(a, b, s, c.part, c.direction) for s in ("left", "right")}
     if any(got[s] is None for s in sides):
-        return None, f"{c.side} {c.part} {c.direction}: joints not visible"
-    said = f"{c.side} {c.part} {c.direction}"
-    figures = ", ".join(f"{s} {v:+.2f}" for s, v in got.items() if v is not None)
-    if all(got[s] >= threshold for s in sides):
-        return Agreement.AGREE, f"{said}: {figures}"
-    if any(got[s] <= -threshold for s in sides):
-        return Agreement.CONTRADICT, f"{said}: moved the other way ({figures})"
-    other = "right" if c.side == "left" else "left" if c.side == "right" else None
-    if other is not None and got[other] is not None and got[other] >= threshold and got[c.side] < threshold / 2:
-        return Agreement.CONTRADICT, f"{said}: the {other} side did it ({figures})"
-    return None, f"{said}: too small to tell ({figures})"
+        return None, f"{said}: joints not visible", None
+    figures = ", ".join(f"{s} {m.value:+.2f}" for s, m in got.items() if m is not None)
+    if all(got[s].value >= threshold for s in sides):
+        return Agreement.AGREE, f"{said}: {figures}", None
+    if any(got[s].value <= -threshold for s in sides):
+        return Agreement.CONTRADICT, f"{said}: moved the other way ({figures})", DIRECTION
+    other = {"left": "right", "right": "left"}.get(c.side)
+    if other is not None and got[other] is not None and got[other].value >= threshold:
+        if got[c.side].value < threshold / 2:
+            return Agreement.CONTRADICT, f"{said}: the {other} side did it ({figures})", SIDE
+    if all(got[s].total < threshold / 3 for s in sides):
+        return Agreement.CONTRADICT, f"{said}: did not move ({figures})", LIMB
+    if all(got[s].across >= 2 * threshold and abs(got[s].value) < got[s].across / 3 for s in sides):
+        moved = ", ".join(f"{s} {got[s].across:.2f}" for s in sides)
+        return Agreement.CONTRADICT, f"{said}: moved across, not {c.direction} ({figures}; across {moved})", DIRECTION
+    return None, f"{said}: too small to tell ({figures})", None
+
+
+def check_claims(
+    before: Pose17 | None,
+    after: Pose17 | None,
+    claims: list[Claim],
+    min_conf: float = 0.5,
+    threshold: float = 0.25,
+) -> Verdict:
+    if before is None or after is None:
+        return Verdict(Agreement.NOT_CHECKABLE, "no poses (egocentric pair)")
+    if not claims:
+        return Verdict(Agreement.NOT_CHECKABLE, "the caption names no change the keypoints can test")
+    a, b = Body(before, min_conf), Body(after, min_conf)
+    if not a.ok or not b.ok:
+        return Verdict(Agreement.NOT_CHECKABLE, "no torso axis in one of the frames")
+    results = [check_claim(a, b, c, threshold) for c in claims]
+    details = "; ".join(d for _, d, _ in results)
+    verdicts = [v for v, _, _ in results if v is not None]
+    if Agreement.CONTRADICT in verdicts:
+        kinds = tuple(sorted({k for v, _, k in results if v == Agreement.CONTRADICT and k}))
+        return Verdict(Agreement.CONTRADICT, details, kinds)
+    if verdicts:
+        return Verdict(Agreement.AGREE, details)
+    return Verdict(Agreement.NOT_CHECKABLE, details)
 
 
 def check_caption(
@@ -118,16 +241,19 @@ def check_caption(
     min_conf: float = 0.5,
     threshold: float = 0.25,
 ) -> Verdict:
-    if before is None or after is None:
-        return Verdict(Agreement.NOT_CHECKABLE, "no poses (egocentric pair)")
-    if not changes:
+    """An LLM answer's structured changes against the keypoints."""
+    if not changes and before is not None and after is not None:
         return Verdict(Agreement.NOT_CHECKABLE, "the answer names no change")
-    a, b = _Frame(before, min_conf), _Frame(after, min_conf)
-    results = [check_change(a, b, c, threshold) for c in changes]
-    details = "; ".join(d for _, d in results)
-    verdicts = [v for v, _ in results if v is not None]
-    if Agreement.CONTRADICT in verdicts:
-        return Verdict(Agreement.CONTRADICT, details)
-    if verdicts:
-        return Verdict(Agreement.AGREE, details)
-    return Verdict(Agreement.NOT_CHECKABLE, details)
+    return check_claims(before, after, change_claims(changes), min_conf, threshold)
+
+
+def check_text(
+    before: Pose17 | None,
+    after: Pose17 | None,
+    text: str,
+    label: str | None = None,
+    min_conf: float = 0.5,
+    threshold: float = 0.25,
+) -> Verdict:
+    """A caption's words (the offline captioner's phrases) against the keypoints."""
+    return check_claims(before, after, text_claims(text, label), min_conf, threshold)

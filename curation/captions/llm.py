@@ -105,7 +105,8 @@ def grounding(pair: FramePair) -> str:
             f"body moved {m.translation:.2f})"
         )
     if pair.before_pose is not None and pair.after_pose is not None:
-        lines.append(f"pose-based guess: {describe(pair.before_pose, pair.after_pose)}")
+        guess = describe(pair.before_pose, pair.after_pose)  # None: no body-relative description
+        lines.append(f"pose-based guess: {guess if guess is not None else 'none (the pose is hard to describe)'}")
     return "\n".join(lines)
 
 

@@ -1,21 +1,44 @@
 """The offline captioner: a deterministic English edit instruction from the two poses, no network.
 
-Left and right are the person's own (COCO's left_* keypoints), as an instruction to that person reads
-("raise your right arm"). Only keypoints visible in both frames are used. The phrases for the largest
-changes come first; at most `max_phrases` are joined. The clip's action label, when known, leads.
+Everything is said in the body's own frame (curation.captions.body), so a person on the floor or upside
+down gets what their body did, not what the image's axes saw:
+  - raise / lower (arms, legs, a foot): along the torso axis, "up" towards the head;
+  - left / right: the person's own (COCO's left_* keypoints); lean and step go to the side their own
+    left lies on, which the shoulders show however the body is turned;
+  - out / in: across the torso, only when the shoulders are seen apart (never in a side view);
+  - crouch down, stand up, lean, bend forward, step, turn around: whole-body words that assume
+    standing, said only when the torso is upright in both frames;
+  - on the floor seen side-on (a sit-up, lying leg raises): the hips' angle, "bend forward at your
+    hips" when the torso came up to the thighs, "raise both legs" when the legs came up to it.
+A pose it cannot describe that way gets no caption rather than a wrong one: `describe` returns None
+and the captioner raises `Abstain` (the pair becomes a counted caption_failed reject, detail
+"abstained: ..."). Every phrase is checked against the keypoints (curation.captions.agreement) before it
+is said; one the check contradicts is never said.
+
+Only keypoints visible in both frames are used. The phrases for the largest changes come first; at
+most `max_phrases` are joined. The clip's action label, when known, leads.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from schemas.records import KP, Caption, FramePair, Pose17
+from schemas.captions import Agreement
+from schemas.records import Caption, FramePair, Pose17
+
+from .agreement import check_claim
+from .body import Body, signed_angle
+from .phrases import text_claims
 
 CAPTIONER = "offline"
-VERSION = "offline-v1"
+VERSION = "offline-v2"  # v2: body-relative (floor exercises, cartwheels), abstains, self-checked
+ABSTAINED = "abstained: "  # how an abstention's reject detail starts
+
+
+class Abstain(ValueError):
+    """The offline captioner will not describe this pair: nothing it can say holds in the body's frame."""
 
 
 @dataclass(frozen=True)
@@ -24,65 +47,26 @@ class Change:
     phrase: str
 
 
-class _Pose:
-    def __init__(self, pose: Pose17, min_conf: float):
-        self.k = np.asarray(pose.keypoints, dtype=np.float64)
-        self.min_conf = min_conf
-        hips = self.mid("left_hip", "right_hip")
-        shoulders = self.mid("left_shoulder", "right_shoulder")
-        if hips is not None and shoulders is not None:
-            self.torso = float(np.linalg.norm(shoulders - hips))
-        else:  # upper-body footage: shoulder width is the body's scale (as in curation.stages.motion)
-            ls, rs = self.p("left_shoulder"), self.p("right_shoulder")
-            self.torso = float(np.linalg.norm(ls - rs)) if ls is not None and rs is not None else math.nan
-
-    def p(self, name: str) -> np.ndarray | None:
-        x, y, c = self.k[KP[name]]
-        return np.array([x, y]) if c >= self.min_conf and math.isfinite(x) and math.isfinite(y) else None
-
-    def mid(self, a: str, b: str) -> np.ndarray | None:
-        pa, pb = self.p(a), self.p(b)
-        return (pa + pb) / 2 if pa is not None and pb is not None else None
-
-    def angle(self, a: str, b: str, c: str) -> float | None:
-        """Angle at b in degrees."""
-        pa, pb, pc = self.p(a), self.p(b), self.p(c)
-        if pa is None or pb is None or pc is None:
-            return None
-        u, v = pa - pb, pc - pb
-        nu, nv = np.linalg.norm(u), np.linalg.norm(v)
-        if nu < 1e-6 or nv < 1e-6:
-            return None
-        return math.degrees(math.acos(float(np.clip(np.dot(u, v) / (nu * nv), -1, 1))))
-
-    def facing_camera(self) -> bool | None:
-        """True when the person's left shoulder is on the image's right (they face the camera)."""
-        ls, rs = self.p("left_shoulder"), self.p("right_shoulder")
-        if ls is None or rs is None or abs(ls[0] - rs[0]) < 0.15 * self.torso:
-            return None
-        return bool(ls[0] > rs[0])
-
-    def wrist_height(self, side: str) -> float | None:
-        """Wrist height above the shoulder in torso lengths (image y points down)."""
-        s, w = self.p(f"{side}_shoulder"), self.p(f"{side}_wrist")
-        if s is None or w is None or not self.torso > 0:
-            return None
-        return float((s[1] - w[1]) / self.torso)
-
-    def above_head(self, side: str) -> bool:
-        w = self.p(f"{side}_wrist")
-        head = [self.p(n) for n in ("nose", "left_eye", "right_eye")]
-        head = [h for h in head if h is not None]
-        return w is not None and bool(head) and w[1] < min(h[1] for h in head)
+@dataclass(frozen=True)
+class Description:
+    text: str | None  # None: the captioner abstains
+    why: str = ""  # why it abstains
+    refuted: tuple[str, ...] = ()  # phrases the keypoint check contradicted (never said)
 
 
-def _arm_changes(a: _Pose, b: _Pose, side: str) -> list[Change]:
+def _above_head(body: Body, side: str) -> bool:
+    w = body.p(f"{side}_wrist")
+    heads = [h for n in ("nose", "left_eye", "right_eye") if (h := body.p(n)) is not None]
+    return w is not None and bool(heads) and all(body.along(w - h) > 0 for h in heads)
+
+
+def _arm_changes(a: Body, b: Body, side: str) -> list[Change]:
     out: list[Change] = []
-    ha, hb = a.wrist_height(side), b.wrist_height(side)
+    ha, hb = a.height(f"{side}_wrist", f"{side}_shoulder"), b.height(f"{side}_wrist", f"{side}_shoulder")
     if ha is not None and hb is not None:
         d = hb - ha
         if d > 0.4:
-            where = " above your head" if b.above_head(side) and not a.above_head(side) else ""
+            where = " above your head" if _above_head(b, side) and not _above_head(a, side) else ""
             where = where or (" to shoulder height" if -0.25 < hb < 0.3 else "")
             out.append(Change(d, f"raise your {side} arm{where}"))
         elif d < -0.4:
@@ -92,10 +76,10 @@ def _arm_changes(a: _Pose, b: _Pose, side: str) -> list[Change]:
     if ea is not None and eb is not None and abs(eb - ea) > 40 and not out:
         verb = "bend" if eb < ea else "straighten"
         out.append(Change(abs(eb - ea) / 90, f"{verb} your {side} arm"))
-    if not out:
+    if not out and a.left is not None and b.left is not None:  # out to the side: the body's side seen
         sa, wa, sb, wb = a.p(f"{side}_shoulder"), a.p(f"{side}_wrist"), b.p(f"{side}_shoulder"), b.p(f"{side}_wrist")
-        if all(v is not None for v in (sa, wa, sb, wb)) and a.torso > 0:
-            reach = (abs(wb[0] - sb[0]) - abs(wa[0] - sa[0])) / a.torso
+        if all(v is not None for v in (sa, wa, sb, wb)):
+            reach = abs(b.lateral_of(wb - sb)) - abs(a.lateral_of(wa - sa))
             if reach > 0.4:
                 out.append(Change(reach, f"stretch your {side} arm out to the side"))
             elif reach < -0.4:
@@ -103,7 +87,7 @@ def _arm_changes(a: _Pose, b: _Pose, side: str) -> list[Change]:
     return out
 
 
-def _leg_changes(a: _Pose, b: _Pose) -> list[Change]:
+def _leg_changes(a: Body, b: Body) -> list[Change]:
     bends: dict[str, float] = {}
     for side in ("left", "right"):
         ka = a.angle(f"{side}_hip", f"{side}_knee", f"{side}_ankle")
@@ -118,49 +102,109 @@ def _leg_changes(a: _Pose, b: _Pose) -> list[Change]:
         for side, d in bends.items():
             verb = "bend" if d < 0 else "straighten"
             out.append(Change(abs(d) / 60, f"{verb} your {side} knee"))
-    # a foot lifted: one ankle rises relative to the other
+    # the feet apart or together across the body (a straddle): only where the body's side is seen
+    if a.left is not None and b.left is not None:
+        apart = [
+            abs(cb[1]) - abs(ca[1])
+            for side in ("left", "right")
+            if (ca := a.coords(f"{side}_ankle")) is not None and (cb := b.coords(f"{side}_ankle")) is not None
+        ]
+        if len(apart) == 2 and min(apart) > 0.3:
+            out.append(Change(float(np.mean(apart)), "spread your legs"))
+        elif len(apart) == 2 and max(apart) < -0.3:
+            out.append(Change(-float(np.mean(apart)), "bring your legs together"))
+    # a foot lifted: one ankle rises along the body relative to the other
     la, ra, lb, rb = a.p("left_ankle"), a.p("right_ankle"), b.p("left_ankle"), b.p("right_ankle")
-    if all(v is not None for v in (la, ra, lb, rb)) and a.torso > 0:
-        # image y points down: a foot that rises has a smaller y after (la[1] - lb[1] > 0)
-        lift = ((la[1] - lb[1]) - (ra[1] - rb[1])) / a.torso  # >0: the left foot rose more than the right
+    if all(v is not None for v in (la, ra, lb, rb)):
+        lift = b.along(lb - rb) - a.along(la - ra)  # > 0: the left foot rose more than the right
         if abs(lift) > 0.35:
             side = "left" if lift > 0 else "right"
             out.append(Change(abs(lift), f"lift your {side} foot"))
     return out
 
 
-def _body_changes(a: _Pose, b: _Pose) -> list[Change]:
+def _hip_changes(a: Body, b: Body) -> list[Change]:
+    """On the floor, seen side-on: the angle between thighs and torso (a sit-up, lying leg raises, a deep
+    bend from standing). The part that turned in the image names the phrase; both read the same in the
+    body's frame."""
+    if (a.upright and b.upright) or not (a.side_view and b.side_view):
+        return []
+    front = a.front or b.front
+    if front is None:
+        return []
+    flex: dict[str, tuple[float, float]] = {}
+    thigh_turn: dict[str, float] = {}
+    for side in ("left", "right"):
+        fa, fb = a.flexion(side, front), b.flexion(side, front)
+        if fa is None or fb is None or abs(fb - fa) <= 35:
+            continue
+        flex[side] = (fa, fb)
+        ta, tb = a.p(f"{side}_knee") - a.p(f"{side}_hip"), b.p(f"{side}_knee") - b.p(f"{side}_hip")
+        thigh_turn[side] = abs(signed_angle(ta, tb))
+    if not flex:
+        return []
+    torso_turn = abs(signed_angle(a.up, b.up))
+    forward = {s: fb > fa for s, (fa, fb) in flex.items()}
+    if len(flex) == 2 and forward["left"] != forward["right"]:
+        return []  # one thigh forward, one back: a stride, not a phrase of ours
+    ahead = next(iter(forward.values()))
+    mag = float(np.mean([abs(fb - fa) for fa, fb in flex.values()])) / 60
+    if max(thigh_turn.values()) > torso_turn:  # the legs moved
+        if ahead and all(fb > 20 for _, fb in flex.values()):
+            who = "both legs" if len(flex) == 2 else f"your {next(iter(flex))} leg"
+            return [Change(mag, f"raise {who}")]
+        if not ahead and all(fa > 20 for fa, _ in flex.values()):
+            who = "both legs" if len(flex) == 2 else f"your {next(iter(flex))} leg"
+            return [Change(mag, f"lower {who}")]
+        return []
+    if ahead and all(fb > 20 for _, fb in flex.values()):
+        return [Change(mag, "bend forward at your hips")]
+    if not ahead and all(fa > 20 for fa, _ in flex.values()):
+        return [Change(mag, "lean back at your hips")]
+    return []  # bending backwards beyond the line of the body: not a phrase of ours
+
+
+def _body_changes(a: Body, b: Body) -> list[Change]:
+    """Whole-body words that assume the person stands (or sits) upright: said only when the torso is
+    upright in both frames."""
     out: list[Change] = []
-    ha, hb = a.mid("left_hip", "right_hip"), b.mid("left_hip", "right_hip")
-    sa, sb = a.mid("left_shoulder", "right_shoulder"), b.mid("left_shoulder", "right_shoulder")
-    if ha is None or hb is None or sa is None or sb is None or not a.torso > 0:
+    if not (a.upright and b.upright) or a.hips is None or b.hips is None:
         return out
-    # torso lean: angle of hips->shoulders from vertical, in the image
-    lean_a = math.degrees(math.atan2(sa[0] - ha[0], ha[1] - sa[1]))
-    lean_b = math.degrees(math.atan2(sb[0] - hb[0], hb[1] - sb[1]))
-    d = lean_b - lean_a
-    facing = b.facing_camera()
+    # torso lean: the angle of hips->shoulders from the image's vertical
+    lean_a = signed_angle(np.array([0.0, -1.0]), a.up)
+    lean_b = signed_angle(np.array([0.0, -1.0]), b.up)
+    d = lean_b - lean_a  # > 0: towards the image's right
     if abs(d) > 15:
-        if abs(lean_b) > abs(lean_a) and facing is not None:
-            # leaning towards the image's right is the person's left when they face the camera
-            side = ("left" if d > 0 else "right") if facing else ("right" if d > 0 else "left")
-            out.append(Change(abs(d) / 45, f"lean to your {side}"))
-        elif abs(lean_b) > abs(lean_a):
-            out.append(Change(abs(d) / 45, "bend forward"))
+        towards = d * (1 if b.left is None else float(np.sign(b.left[0])))
+        if abs(lean_b) > abs(lean_a) and b.left is not None:
+            out.append(Change(abs(d) / 45, f"lean to your {'left' if towards > 0 else 'right'}"))
+        elif abs(lean_b) > abs(lean_a):  # side-on: forwards or backwards, by the way the face looked before
+            front = a.front
+            flex = []
+            for s in ("left", "right") if front is not None else ():
+                fa, fb = a.flexion(s, front), b.flexion(s, front)
+                if fa is not None and fb is not None:
+                    flex.append(fb - fa)
+            backwards = bool(flex) and float(np.mean(flex)) < 0
+            out.append(Change(abs(d) / 45, "lean back" if backwards else "bend forward"))
         else:
             out.append(Change(abs(d) / 45, "straighten up"))
-    # crouch / stand up: the hips drop or rise relative to the body's size
-    drop = (hb[1] - ha[1]) / a.torso
-    if abs(drop) > 0.35:
-        out.append(Change(abs(drop), "crouch down" if drop > 0 else "stand up"))
-    # step sideways
-    dx = (hb[0] - ha[0]) / a.torso
-    if abs(dx) > 0.6 and facing is not None:
-        side = ("left" if dx > 0 else "right") if facing else ("right" if dx > 0 else "left")
-        out.append(Change(abs(dx) * 0.8, f"step to your {side}"))
-    # turning: the visible shoulder width changes a lot, or the facing flips
-    fa, fb = a.facing_camera(), b.facing_camera()
-    if fa is not None and fb is not None and fa != fb:
+    # crouch / stand up: the hips come down towards the feet (or the image's floor, feet unseen)
+    fa, fb = a.mid("left_ankle", "right_ankle"), b.mid("left_ankle", "right_ankle")
+    if fa is not None and fb is not None:
+        fold = float(np.linalg.norm(a.hips - fa) / a.torso - np.linalg.norm(b.hips - fb) / b.torso)
+    else:
+        fold = float((b.hips[1] - a.hips[1]) / a.torso)
+    if abs(fold) > 0.35:
+        out.append(Change(abs(fold), "crouch down" if fold > 0 else "stand up"))
+    # step sideways, to the person's own side
+    if b.left is not None:
+        dx = float(np.dot(b.hips - a.hips, b.left) / a.torso)
+        if abs(dx) > 0.6:
+            out.append(Change(abs(dx) * 0.8, f"step to your {'left' if dx > 0 else 'right'}"))
+    # turning: the facing flips (the body's own: a cartwheel is not a turn)
+    fa_, fb_ = a.facing_camera, b.facing_camera
+    if fa_ is not None and fb_ is not None and fa_ != fb_:
         out.append(Change(1.5, "turn around"))
     return out
 
@@ -179,25 +223,52 @@ def _both_arms(right: list[Change], left: list[Change]) -> list[Change]:
     return right + left
 
 
-def describe(before: Pose17, after: Pose17, min_conf: float = 0.5, max_phrases: int = 2) -> str:
-    a, b = _Pose(before, min_conf), _Pose(after, min_conf)
+def _refuted(a: Body, b: Body, phrase: str) -> bool:
+    return any(check_claim(a, b, c, 0.25)[0] == Agreement.CONTRADICT for c in text_claims(phrase))
+
+
+def describe_pair(before: Pose17, after: Pose17, min_conf: float = 0.5, max_phrases: int = 2) -> Description:
+    a, b = Body(before, min_conf), Body(after, min_conf)
+    if not a.ok or not b.ok:
+        return Description(None, "no torso axis (shoulders and hips, or shoulders and head) in both frames")
     arms = _both_arms(_arm_changes(a, b, "right"), _arm_changes(a, b, "left"))
-    changes = arms + _leg_changes(a, b) + _body_changes(a, b)
+    hips = _hip_changes(a, b)
+    legs = _leg_changes(a, b)
+    raised = {c.phrase.split()[-1] for c in hips if c.phrase.startswith("raise your")}  # "left" / "right"
+    if any("both legs" in c.phrase for c in hips):
+        raised = {"left", "right"}
+    legs = [c for c in legs if not (c.phrase.startswith("lift your") and c.phrase.split()[2] in raised)]
+    changes = arms + legs + hips + _body_changes(a, b)
     changes.sort(key=lambda c: (-c.magnitude, c.phrase))
     phrases: list[str] = []
+    refuted: list[str] = []
     for c in changes:
-        if c.phrase not in phrases:
-            phrases.append(c.phrase)
+        if c.phrase in phrases or c.phrase in refuted:
+            continue
+        (refuted if _refuted(a, b, c.phrase) else phrases).append(c.phrase)
     phrases = phrases[:max_phrases]
     if not phrases:
-        return _fallback(a, b)
+        text = _fallback(a, b)
+        if text is None:
+            return Description(None, "the body is not upright and no change of its limbs is large enough to name",
+                               tuple(refuted))  # fmt: skip
+        return Description(text, refuted=tuple(refuted))
     if len(phrases) == 1:
-        return phrases[0]
-    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+        return Description(phrases[0], refuted=tuple(refuted))
+    return Description(", ".join(phrases[:-1]) + " and " + phrases[-1], refuted=tuple(refuted))
 
 
-def _fallback(a: _Pose, b: _Pose) -> str:
-    """No named change crossed its threshold: name the limb that moved most."""
+def describe(before: Pose17, after: Pose17, min_conf: float = 0.5, max_phrases: int = 2) -> str | None:
+    """The instruction for a pair of poses, or None when the captioner abstains."""
+    return describe_pair(before, after, min_conf, max_phrases).text
+
+
+FALLBACK_MIN = 0.1  # torso lengths a limb must move in the body's frame to be named
+
+
+def _fallback(a: Body, b: Body) -> str | None:
+    """No named change crossed its threshold: name the limb that moved most in the body's frame. When none
+    moved enough: "change your pose" for an upright body, nothing (abstain) for one that is not."""
     limbs = {
         "right arm": ("right_elbow", "right_wrist"),
         "left arm": ("left_elbow", "left_wrist"),
@@ -205,17 +276,18 @@ def _fallback(a: _Pose, b: _Pose) -> str:
         "left leg": ("left_knee", "left_ankle"),
         "head": ("nose",),
     }
-    ra, rb = a.mid("left_hip", "right_hip"), b.mid("left_hip", "right_hip")
-    best, best_d = "pose", 0.0
+    best, best_d = None, 0.0
     for limb, joints in limbs.items():
         ds = [
-            np.linalg.norm((pb - rb) - (pa - ra))
+            float(np.linalg.norm(cb - ca))
             for j in joints
-            if (pa := a.p(j)) is not None and (pb := b.p(j)) is not None and ra is not None and rb is not None
+            if (ca := a.coords(j)) is not None and (cb := b.coords(j)) is not None
         ]
         if ds and float(np.mean(ds)) > best_d:
             best, best_d = limb, float(np.mean(ds))
-    return f"move your {best}" if best != "pose" else "change your pose"
+    if best is not None and best_d >= FALLBACK_MIN and not _refuted(a, b, f"move your {best}"):
+        return f"move your {best}"
+    return "change your pose" if a.upright and b.upright else None
 
 
 class OfflineCaptioner:
@@ -237,7 +309,8 @@ class OfflineCaptioner:
             if not text:
                 raise ValueError("no poses and no narration to describe the change with")
         else:
-            text = describe(pair.before_pose, pair.after_pose, self.keypoint_conf)
-            if label:
-                text = f"{label}: {text}"
+            d = describe_pair(pair.before_pose, pair.after_pose, self.keypoint_conf)
+            if d.text is None:
+                raise Abstain(ABSTAINED + d.why)
+            text = f"{label}: {d.text}" if label else d.text
         return Caption(text=text, captioner=CAPTIONER, model=None, prompt_version=VERSION)

@@ -1,0 +1,177 @@
+"""The body's own frame in one 2D pose: what "up", "left" and "forward" mean for the person, not the image.
+
+A person lying on the floor (a push-up, a plank, a sit-up), upside down (a cartwheel) or turned away has
+the image's up and left pointing anywhere on their body. Captions and their checks measure in this frame:
+
+  up        the torso axis, hip centre -> shoulder centre (upper-body footage without hips: the normal
+            of the shoulder line on the head's side)
+  across    `up` turned a right angle (image x when upright); the body's left/right lies along it when
+            the shoulders are seen apart (`lateral`), its front/back in a side view
+  torso     the length that normalises every distance (shoulder width without hips)
+  tilt      the angle between `up` and the image's up: upright below UPRIGHT_DEG
+
+Everything here is geometry of one pose; nothing is decided about a caption.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from schemas.records import KP, Pose17
+
+UPRIGHT_DEG = 45.0  # a torso within this angle of the image's vertical stands, sits or kneels upright
+FACING_LATERAL = 0.15  # shoulders this far apart across the torso (torso lengths): facing is known
+SIDE_VIEW_LATERAL = 0.3  # shoulders closer than this across the torso: a side view (across = front/back)
+
+
+def _unit(v: np.ndarray) -> np.ndarray | None:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 1e-6 else None
+
+
+def signed_angle(u: np.ndarray, v: np.ndarray) -> float:
+    """Degrees from direction u to direction v, in (-180, 180]."""
+    return math.degrees(math.atan2(u[0] * v[1] - u[1] * v[0], float(np.dot(u, v))))
+
+
+class Body:
+    def __init__(self, pose: Pose17, min_conf: float = 0.5):
+        self.k = np.asarray(pose.keypoints, dtype=np.float64)
+        self.min_conf = min_conf
+        self.hips = self.mid("left_hip", "right_hip")
+        self.shoulders = self.mid("left_shoulder", "right_shoulder")
+        self.up: np.ndarray | None = None
+        self.root: np.ndarray | None = None
+        self.torso = math.nan
+        if self.hips is not None and self.shoulders is not None:
+            self.torso = float(np.linalg.norm(self.shoulders - self.hips))
+            self.up = _unit(self.shoulders - self.hips)
+            self.root = self.hips
+        elif self.shoulders is not None:  # upper-body footage: the shoulder line and the head
+            ls, rs = self.p("left_shoulder"), self.p("right_shoulder")
+            self.torso = float(np.linalg.norm(ls - rs))
+            head = self.head()
+            line = _unit(ls - rs)
+            if head is not None and line is not None:
+                normal = np.array([-line[1], line[0]])
+                self.up = normal if np.dot(head - self.shoulders, normal) > 0 else -normal
+            self.root = self.shoulders
+        if not self.torso > 1:
+            self.up = None
+        self.across = np.array([-self.up[1], self.up[0]]) if self.up is not None else None
+
+    # ---- points
+    def p(self, name: str) -> np.ndarray | None:
+        x, y, c = self.k[KP[name]]
+        return np.array([x, y]) if c >= self.min_conf and math.isfinite(x) and math.isfinite(y) else None
+
+    def mid(self, a: str, b: str) -> np.ndarray | None:
+        pa, pb = self.p(a), self.p(b)
+        return (pa + pb) / 2 if pa is not None and pb is not None else None
+
+    def head(self) -> np.ndarray | None:
+        pts = [q for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear") if (q := self.p(n)) is not None]
+        return np.mean(pts, axis=0) if pts else None
+
+    def angle(self, a: str, b: str, c: str) -> float | None:
+        """The angle at b in degrees (2D)."""
+        pa, pb, pc = self.p(a), self.p(b), self.p(c)
+        if pa is None or pb is None or pc is None:
+            return None
+        u, v = pa - pb, pc - pb
+        nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+        if nu < 1e-6 or nv < 1e-6:
+            return None
+        return math.degrees(math.acos(float(np.clip(np.dot(u, v) / (nu * nv), -1, 1))))
+
+    # ---- the frame
+    @property
+    def ok(self) -> bool:
+        return self.up is not None
+
+    def along(self, v: np.ndarray) -> float:
+        """A vector's component along the torso axis (towards the head), in torso lengths."""
+        return float(np.dot(v, self.up) / self.torso)
+
+    def lateral_of(self, v: np.ndarray) -> float:
+        """A vector's component across the torso axis, in torso lengths (image right when upright)."""
+        return float(np.dot(v, self.across) / self.torso)
+
+    def coords(self, name: str) -> np.ndarray | None:
+        """A joint in the body's frame: (along the torso from the root, across it), torso lengths."""
+        q = self.p(name)
+        if q is None or not self.ok:
+            return None
+        return np.array([self.along(q - self.root), self.lateral_of(q - self.root)])
+
+    @property
+    def tilt(self) -> float | None:
+        """Degrees between the torso axis and the image's up (0 upright, 90 lying, 180 upside down)."""
+        if not self.ok:
+            return None
+        return math.degrees(math.acos(float(np.clip(-self.up[1], -1, 1))))
+
+    @property
+    def upright(self) -> bool:
+        return self.ok and self.tilt <= UPRIGHT_DEG
+
+    @property
+    def lateral(self) -> float | None:
+        """How far the person's left shoulder (else hip) lies from the right one across the torso, signed:
+        > 0 when their left is on the `across` side (they face the camera, if upright), torso lengths."""
+        if not self.ok:
+            return None
+        for a, b in (("left_shoulder", "right_shoulder"), ("left_hip", "right_hip")):
+            pa, pb = self.p(a), self.p(b)
+            if pa is not None and pb is not None:
+                return self.lateral_of(pa - pb)
+        return None
+
+    @property
+    def facing_camera(self) -> bool | None:
+        """True when the person faces the camera, whatever way up they are (None: seen side-on)."""
+        lat = self.lateral
+        if lat is None or abs(lat) < FACING_LATERAL:
+            return None
+        return lat > 0
+
+    @property
+    def left(self) -> np.ndarray | None:
+        """The image direction of the person's own left (None in a side view)."""
+        facing = self.facing_camera
+        if facing is None:
+            return None
+        return self.across if facing else -self.across
+
+    @property
+    def side_view(self) -> bool:
+        lat = self.lateral
+        return lat is not None and abs(lat) < SIDE_VIEW_LATERAL
+
+    @property
+    def front(self) -> int | None:
+        """In a side view, which way across the torso the person faces (+1: the `across` side, -1: the
+        other), from where the nose is; None when that cannot be told."""
+        nose = self.p("nose")
+        if not self.side_view or nose is None or self.shoulders is None:
+            return None
+        f = self.lateral_of(nose - self.shoulders)
+        return (1 if f > 0 else -1) if abs(f) >= 0.1 else None
+
+    def flexion(self, side: str, front: int) -> float | None:
+        """How far the thigh points in front of the line of the body, degrees (0: in line, standing or
+        lying flat; 90: at a right angle forwards, sitting; < 0: behind), given the way the body faces."""
+        hip, knee = self.p(f"{side}_hip"), self.p(f"{side}_knee")
+        if hip is None or knee is None or not self.ok:
+            return None
+        v = knee - hip
+        return math.degrees(math.atan2(front * self.lateral_of(v), -self.along(v)))
+
+    def height(self, joint: str, ref: str) -> float | None:
+        """How far `joint` lies beyond `ref` towards the head, in torso lengths."""
+        j, r = self.p(joint), self.p(ref)
+        if j is None or r is None or not self.ok:
+            return None
+        return self.along(j - r)
