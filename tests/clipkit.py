@@ -386,8 +386,8 @@ def _torso(kp: np.ndarray) -> float:
 
 def _grabcut_person(img: np.ndarray, kp: np.ndarray, s: float = 0.5, ball: bool = True) -> np.ndarray:
     """uint8 alpha (0..255) of the person whose keypoints are kp: GrabCut at scale s on a box around
-    the skeleton, sure foreground along the limbs, torso and head, probable foreground within 0.28 torso
-    of them (and around orange ball pixels), background beyond; feathered by ~1 px."""
+    the skeleton, sure foreground along the limbs, torso and head, probable foreground as wide as each
+    part can be (0.17-0.4 torso lengths; and around orange ball pixels), background beyond; feathered."""
     H, W = img.shape[:2]
     k = kp.copy()
     k[:, :2] *= s
