@@ -90,7 +90,21 @@ class MotionConfig(_Section):
     min_pose_change: float = Field(0.25, ge=0, description="mean root-relative limb-joint motion / torso length")
     max_track_jump: float = Field(1.0, gt=0, description="body-centre jump between sampled frames / torso")
     max_size_ratio: float = Field(1.6, gt=1, description="torso length may change at most by this factor")
-    max_camera_motion: float = Field(0.1, ge=0, description="background motion over the pair / frame diagonal")
+    max_camera_motion: float = Field(
+        0.03, ge=0, description="camera motion over the pair / frame diagonal that may be stabilised, else camera_motion"
+    )
+    static_camera_motion: float = Field(
+        0.006, ge=0, description="camera motion up to this is a still camera (no warp); above it a pair is stabilised"
+    )
+    max_background_residual: float = Field(
+        6.0, ge=0, description="median background difference (gray levels) after alignment a stabilised pair may keep"
+    )
+    whole_body: bool = Field(
+        True, description="a body must show hips, knees and ankles by evidence beyond confidence (upper-body: false)"
+    )
+    min_leg_extent: float = Field(
+        1.0, ge=0, description="hip-knee-ankle length of the shorter leg / torso length for a whole body"
+    )
     min_scene_similarity: float = Field(0.5, ge=-1, le=1, description="histogram correlation below this: a cut")
 
     def model_post_init(self, _: Any) -> None:
@@ -105,7 +119,31 @@ class QualityConfig(_Section):
     Defaults and their reasoning: README, "Quality filters"."""
 
     min_person_height: float = Field(
-        0.4, ge=0, le=1, description="person's box height / frame height (larger of the two frames), else too_small"
+        0.4, ge=0, le=1, description="pairing.crop frame: person's box height / frame height, else too_small"
+    )
+    min_person_px: int = Field(
+        128, ge=0, description="person's box height in the source video's pixels (larger of the two), else too_small"
+    )
+    min_person_px_output: int = Field(
+        112, ge=0, description="person's box height in the stored image's pixels, else too_small"
+    )
+    max_overlay_change: float = Field(
+        0.003, ge=0, le=1, description="largest region outside the people that changes, / frame area, else overlay_changed"
+    )
+    max_background_change: float = Field(
+        0.25, ge=0, le=1, description="share of the background that changes (a fade, a cross-fade), else shot_cut"
+    )
+    max_brightness_change: float = Field(
+        12.0, ge=0, description="median background brightness change (gray levels; a fade), else shot_cut"
+    )
+    other_track_conf: float = Field(
+        0.5, ge=0, le=1, description="another person tracked through the clip at this score counts for its stretch"
+    )
+    borderline_margin: float = Field(
+        0.1, ge=0, description="a figure within this share of its threshold marks the pair borderline"
+    )
+    borderline: Literal["keep", "drop"] = Field(
+        "drop", description="borderline pairs: drop (precision first; the default) or keep (marked in the manifest)"
     )
     other_person_conf: float = Field(
         0.25, ge=0, le=1, description="another detection at this score overlapping the person: multiple_people"
@@ -141,6 +179,11 @@ class PairingConfig(_Section):
     min_gap_s: float = Field(0.5, ge=0, description="shortest time between before and after")
     max_gap_s: float = Field(4.0, gt=0, description="longest time between before and after (max_motion)")
     pairs_per_clip: int = Field(2, ge=1)
+    crop: Literal["person", "frame"] = Field(
+        "person", description="person: both frames cut to one box around the person; frame: whole frames"
+    )
+    crop_pad: float = Field(0.12, ge=0, le=1, description="padding around the union of the two person boxes")
+    crop_aspect: float = Field(1.0, gt=0, description="crop width / height")
     endpoint_tolerance_s: float = Field(1.0, ge=0, description="segment_endpoints: how far inside the ends")
 
 
@@ -312,7 +355,7 @@ class BuildConfig(BaseSettings):
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
-RESULTS_VERSION = 5  # 5: videos with rotation metadata decode upright
+RESULTS_VERSION = 6  # 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
 
 
 @functools.lru_cache(maxsize=8)

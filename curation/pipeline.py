@@ -23,6 +23,7 @@ from schemas.records import Clip, FramePair, Level, Pose17, Reject, RejectReason
 
 from .captions import OfflineCaptioner
 from .config import BuildConfig
+from .stages import camera, crop
 from .stages.decode import DecodeFailure
 from .stages.decode_pool import Decoded, DecodePool, decode_clip
 from .stages.motion import ClipTrack, FrameObs, select_egocentric, select_pairs
@@ -81,6 +82,10 @@ def encode_jpeg(frame_rgb: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
+
+
+def _shifted(pose: Pose17 | None, box) -> Pose17 | None:
+    return pose if pose is None or box is None else crop.shift_pose(pose, box)
 
 
 def _reject(clip: Clip, stage: Stage, reason: RejectReason, detail: str, **kw) -> Reject:
@@ -204,7 +209,9 @@ class ClipProcessor:
         q = cfg.quality
         if egocentric:
             q = q.model_copy(update={"min_background_inliers": cfg.egocentric.min_background_inliers})
-        track = ClipTrack.build(obs, frames, cfg.motion, q)
+        info = decoded.info
+        source_scale = max(info.source_width, info.source_height) / max(1, info.width, info.height) if info else 1.0
+        track = ClipTrack.build(obs, frames, cfg.motion, q, source_scale=source_scale)
         sel = select_egocentric(track, cfg.egocentric) if egocentric else select_pairs(track, cfg.motion, cfg.pairing)
         res.funnel = sel.funnel
         res.seconds["motion"] = time.perf_counter() - t2
@@ -218,6 +225,27 @@ class ClipProcessor:
         reference = self._reference_poses(clip, decoded.info, frames[0].shape)
         for c in sel.pairs:
             a, b = track.obs[c.i], track.obs[c.j]
+            img_a, img_b = frames[c.i], frames[c.j]
+            h, w = img_a.shape[:2]
+            pose_a = None if egocentric else track.person(c.i, cfg.motion)
+            pose_b = None if egocentric else track.person(c.j, cfg.motion)
+            bounds = track.content or (0, 0, w, h)
+            stab = None
+            if c.align is not None and c.align.status == "stabilised":
+                m_full = c.align.full_matrix()
+                img_b, pose_b = camera.stabilise(img_b, pose_b, m_full)
+                cx1, cy1, cx2, cy2 = camera.common_area(m_full, w, h)
+                bounds = (max(bounds[0], cx1), max(bounds[1], cy1), min(bounds[2], cx2), min(bounds[3], cy2))
+                stab = [float(v) for v in camera.invert(m_full).ravel()]
+            box = None
+            if not egocentric and cfg.pairing.crop == "person":
+                box = crop.person_box([pose_a.box, pose_b.box], bounds, cfg.pairing.crop_pad, cfg.pairing.crop_aspect)
+            elif stab is not None or bounds != (0, 0, w, h):
+                box = tuple(int(v) for v in bounds)  # the whole picture, without bars or warped borders
+            if box is not None:
+                img_a, img_b = crop.cut(img_a, box), crop.cut(img_b, box)
+                if not egocentric:
+                    pose_a, pose_b = crop.shift_pose(pose_a, box), crop.shift_pose(pose_b, box)
             pair = FramePair(
                 pair_id=make_pair_id(clip.clip_id, a.index, b.index),
                 clip=clip,
@@ -226,13 +254,20 @@ class ClipProcessor:
                 after_time_s=b.time,
                 before_index=a.index,
                 after_index=b.index,
-                frame_width=frames[c.i].shape[1],
-                frame_height=frames[c.i].shape[0],
-                before_pose=None if egocentric else track.person(c.i, cfg.motion),
-                after_pose=None if egocentric else track.person(c.j, cfg.motion),
-                before_reference_pose=reference(a.index),
-                after_reference_pose=reference(b.index),
+                frame_width=img_a.shape[1],
+                frame_height=img_a.shape[0],
+                decoded_width=w,
+                decoded_height=h,
+                source_width=info.source_width if info else None,
+                source_height=info.source_height if info else None,
+                crop_box=list(box) if box is not None else None,
+                stabilise_matrix=stab,
+                before_pose=pose_a,
+                after_pose=pose_b,
+                before_reference_pose=_shifted(reference(a.index), box),
+                after_reference_pose=_shifted(reference(b.index), box),
                 motion=c.motion,
+                # hashed on the whole decoded frames: two copies of a video crop a few pixels apart
                 quality=c.quality.model_copy(
                     update={"before_phash": phash(frames[c.i]), "after_phash": phash(frames[c.j])}
                 ),
@@ -245,7 +280,7 @@ class ClipProcessor:
                 res.rejects.append(failed.model_copy(update={"pair_id": pair.pair_id}))
                 continue
             q = cfg.shards.jpeg_quality
-            res.pairs.append(EncodedPair(pair, encode_jpeg(frames[c.i], q), encode_jpeg(frames[c.j], q)))
+            res.pairs.append(EncodedPair(pair, encode_jpeg(img_a, q), encode_jpeg(img_b, q)))
         res.seconds["caption_encode"] = time.perf_counter() - t3
         if not res.pairs:
             res.rejects.append(_reject(clip, Stage.CAPTION, RejectReason.CAPTION_FAILED, "no pair got a caption"))

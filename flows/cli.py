@@ -409,13 +409,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from curation.report.labels import LabelError, check_labels, read_labels
+    from curation.report.labels import LabelError, check_labels, pair_precision, read_labels, read_pair_labels
     from curation.store import StoreError, committed
     from schemas.manifest import REJECTS_FILE, SAMPLES_FILE
 
     out = args.output.rstrip("/")
     try:
         labels = read_labels(args.labels)
+        pair_labels = read_pair_labels(args.pair_labels) if args.pair_labels else None
         gen = committed(out)
     except LabelError as e:
         return _fail(str(e))
@@ -438,8 +439,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             for row in names.itertuples():
                 console.print(f"    accepted pair {row.clip_id}/{row.pair_id}: {row.caption}")
     print(f"accuracy {result.accuracy:.3f} ({len(result.rows) - len(result.wrong)} of {len(result.rows)} labels hold)")
+    doc: dict = {"accuracy": result.accuracy, "rows": result.rows}
+    if pair_labels is not None:
+        pp = pair_precision(samples, pair_labels)
+        for d in pp["dropped"]:
+            console.print(f"[red]DROP[/red] pair {d['clip_id']}/{d['pair_id']}: {d['why']}")
+        precision = "n/a" if pp["precision"] is None else f"{pp['precision']:.3f}"
+        print(
+            f"pair precision {precision} ({pp['keep']} of {pp['labelled']} labelled accepted pairs kept; "
+            f"{len(pp['unlabelled'])} of {pp['accepted']} accepted pairs unlabelled)"
+        )
+        doc["pairs"] = pp
     if args.json:
-        Path(args.json).write_text(json.dumps({"accuracy": result.accuracy, "rows": result.rows}, indent=2))
+        Path(args.json).write_text(json.dumps(doc, indent=2))
     return 0
 
 
@@ -550,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     el = sub.add_parser("eval", help="a build's accept/reject decisions against a labelled list of its input files")
     el.add_argument("output")
     el.add_argument("--labels", required=True, help="CSV: file, expected (accept|reject|ignored), reasons (a|b), note")
+    el.add_argument("--pair-labels", help="CSV: pair_id, keep (yes|no), why: pair precision of the accepted pairs")
     el.add_argument("--json", metavar="FILE", help="also write the per-file results as JSON")
     el.set_defaults(func=cmd_eval)
 

@@ -97,8 +97,11 @@ SAMPLES_SCHEMA = pa.schema(
             "quality",
             "caption",
             "captions",  # the versions live in OUT/captions/ rows; the manifest has the published one
+            "crop_box",
+            "stabilise_matrix",
         ),
     )
+    + [pa.field("crop_box", pa.list_(pa.int32(), 4)), pa.field("stabilise_matrix", pa.list_(pa.float64(), 6))]
     + _pose_fields("before")
     + _pose_fields("after")
     + [pa.field("before_reference_keypoints", pa.list_(pa.float32(), 51))]
@@ -110,7 +113,7 @@ SAMPLES_SCHEMA = pa.schema(
     + [pa.field("shard", pa.string()), pa.field("unit_id", pa.string())]  # the unit record says what built it
 )
 
-REJECTS_SCHEMA = pa.schema(_fields(Reject))
+REJECTS_SCHEMA = pa.schema(_fields(Reject) + DATASET_ID_FIELDS)  # extra as JSON, its ids as columns
 
 
 def _flat(pose: Pose17 | None) -> list[float] | None:
@@ -142,6 +145,12 @@ def sample_row(pair: FramePair, shard: str, unit_id: str | None = None) -> dict[
         "after_index": pair.after_index,
         "frame_width": pair.frame_width,
         "frame_height": pair.frame_height,
+        "decoded_width": pair.decoded_width,
+        "decoded_height": pair.decoded_height,
+        "source_width": pair.source_width,
+        "source_height": pair.source_height,
+        "crop_box": pair.crop_box,
+        "stabilise_matrix": pair.stabilise_matrix,
         **_pose_cols("before", pair.before_pose),
         **_pose_cols("after", pair.after_pose),
         "before_reference_keypoints": _flat(pair.before_reference_pose),
@@ -159,7 +168,33 @@ def sample_row(pair: FramePair, shard: str, unit_id: str | None = None) -> dict[
 
 
 def reject_row(reject: Reject) -> dict[str, Any]:
-    return reject.model_dump(mode="json")
+    row = reject.model_dump(mode="json")
+    row["extra"] = json.dumps(reject.extra, sort_keys=True) if reject.extra else None
+    return row | {f.name: reject.extra.get(f.name) for f in DATASET_ID_FIELDS}
+
+
+def with_clip_metadata(rejects: pa.Table, clips: list[Clip]) -> pa.Table:
+    """Reject rows that lack their clip's metadata (rows made by a stage from the clip id alone, or by an
+    older version) get it from the clips as their source listed them."""
+    by_id = {c.clip_id: c for c in clips}
+    rows = rejects.to_pylist()
+    changed = False
+    for r in rows:
+        clip = by_id.get(r["clip_id"])
+        if clip is None or r.get("label") is not None or r.get("split") is not None or r.get("extra"):
+            continue
+        filled = reject_row(Reject.model_validate({**{k: r[k] for k in _REJECT_OWN if k in r}, **clip_fields(clip)}))
+        r.update({k: v for k, v in filled.items() if k not in _REJECT_OWN})
+        changed = True
+    return rejects_table(rows) if changed else rejects
+
+
+def clip_fields(clip: Clip) -> dict[str, Any]:
+    """What a Reject carries of its clip."""
+    return {"label": clip.label, "split": clip.split, "video_id": clip.video_id, "extra": dict(clip.extra)}
+
+
+_REJECT_OWN = tuple(f for f in Reject.model_fields if f not in ("label", "split", "video_id", "extra"))
 
 
 def samples_table(rows: list[dict[str, Any]]) -> pa.Table:

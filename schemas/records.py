@@ -77,7 +77,8 @@ class RejectReason(StrEnum):
     TOO_SMALL = "too_small"  # the person is too small in the frame to learn an edit from
     BLURRY = "blurry"  # the before or after frame is blurred against the clip's sharpest frames
     SHOT_CUT = "shot_cut"  # a cut, or the background is a different place
-    CAMERA_MOTION = "camera_motion"
+    CAMERA_MOTION = "camera_motion"  # a pan, follow-cam or zoom too large to stabilise
+    OVERLAY_CHANGED = "overlay_changed"  # something outside the person appears, disappears or changes
     LOW_MOTION = "low_motion"  # the pose does not change enough (normalised by body size)
     # captioning
     CAPTION_FAILED = "caption_failed"
@@ -198,6 +199,18 @@ class QualityFigures(BaseModel):
     background_match: float | None  # share of textured background blocks matching after alignment
     background_inliers: float | None  # lowest share of tracked background points the camera motion explains
     overlay_points: int = 0  # static background points set aside as an overlay (most in one step)
+    person_px_source: float | None = None  # person's box height in the source video's pixels (larger frame)
+    person_px_output: float | None = None  # ... in the stored image's pixels
+    leg_extent: float | None = None  # shorter shown leg (hip-knee-ankle) / torso, lower of the two frames
+    camera_status: str | None = None  # "static" | "stabilised" (curation/stages/camera.py)
+    background_residual: float | None = None  # median background difference after alignment (gray levels)
+    brightness_change: float | None = None  # median signed background difference (a fade)
+    background_change: float | None = None  # share of the background that changed after alignment
+    overlay_change: float | None = None  # largest changed region outside the people / frame area
+    other_track_score: float | None = None  # best score of another person tracked elsewhere in the clip
+    borderline: bool = False  # a figure within quality.borderline_margin of its threshold
+    borderline_checks: str | None = None  # which ones, comma-separated
+    min_margin: float | None = None  # the smallest relative margin of any figure to its threshold
     before_phash: str | None = None  # 64-bit perceptual hashes (hex) of the stored frames
     after_phash: str | None = None
 
@@ -262,6 +275,12 @@ class FramePair(BaseModel):
     after_index: int
     frame_width: int  # stored JPEG size
     frame_height: int
+    decoded_width: int | None = None  # the decoded frame the stored image was cut from
+    decoded_height: int | None = None
+    source_width: int | None = None  # the video's own size (as shown)
+    source_height: int | None = None
+    crop_box: list[int] | None = None  # x1, y1, x2, y2 of the stored image in the decoded frame (None: whole)
+    stabilise_matrix: list[float] | None = None  # 2x3 row-major, decoded after frame -> before (None: not warped)
     before_pose: Pose17 | None  # the detector's pose of the one person (None in egocentric mode)
     after_pose: Pose17 | None
     before_reference_pose: Pose17 | None = None  # a dataset's own pose (NTU Kinect skeleton), COCO-17 subset
@@ -313,3 +332,8 @@ class Reject(BaseModel):
     level: Level = Level.CLIP
     detail: str = ""
     pair_id: str | None = None  # for candidate-level rejects
+    # the clip as its source listed it, so a reject says which class and split it cost (yield per class)
+    label: str | None = None
+    split: str | None = None
+    video_id: str | None = None
+    extra: dict[str, str | int | float | bool | None] = Field(default_factory=dict)  # the dataset's own ids

@@ -103,3 +103,53 @@ def check_labels(samples: pd.DataFrame, rejects: pd.DataFrame, labels: list[Labe
 
 def _cell(decision: str, reasons: tuple[str, ...]) -> str:
     return f"{decision}/{reasons[0]}" if decision == "reject" and reasons else decision
+
+
+@dataclass
+class PairLabel:
+    pair_id: str
+    keep: bool
+    why: str = ""
+
+
+def read_pair_labels(path: Path | str) -> dict[str, PairLabel]:
+    """Per-pair labels: CSV with pair_id, keep (yes | no: would a person keep this pair), why."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise LabelError(f"pair labels file {p} cannot be read: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise LabelError(f"pair labels file {p} is not UTF-8 text") from e
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"pair_id", "keep"} <= set(reader.fieldnames):
+        raise LabelError(f"pair labels file {p} needs the columns pair_id, keep[, why]")
+    out = {}
+    for n, row in enumerate(reader, start=2):
+        keep = (row.get("keep") or "").strip().lower()
+        if keep not in ("yes", "no"):
+            raise LabelError(f"{p}:{n}: keep must be yes or no, not {keep!r}")
+        pid = (row.get("pair_id") or "").strip()
+        out[pid] = PairLabel(pid, keep == "yes", (row.get("why") or "").strip())
+    return out
+
+
+def pair_precision(samples: pd.DataFrame, labels: dict[str, PairLabel]) -> dict[str, Any]:
+    """How many of the accepted pairs a person would keep: labelled, kept, dropped (with why), and the
+    accepted pairs nobody has labelled yet (precision is over the labelled ones)."""
+    ids = list(samples.get("pair_id", pd.Series(dtype=str)))
+    clips = dict(zip(ids, samples.get("clip_id", pd.Series(dtype=str)), strict=False))
+    labelled = [labels[i] for i in ids if i in labels]
+    keep = sum(lab.keep for lab in labelled)
+    return {
+        "accepted": len(ids),
+        "labelled": len(labelled),
+        "keep": keep,
+        "precision": keep / len(labelled) if labelled else None,
+        "dropped": [
+            {"pair_id": lab.pair_id, "clip_id": clips.get(lab.pair_id), "why": lab.why}
+            for lab in labelled
+            if not lab.keep
+        ],
+        "unlabelled": [{"pair_id": i, "clip_id": clips.get(i)} for i in ids if i not in labels],
+    }

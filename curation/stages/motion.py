@@ -22,7 +22,7 @@ import numpy as np
 from schemas.records import KP, MotionFigures, PairStrategy, Pose17, QualityFigures, RejectReason
 
 from ..config import EgocentricConfig, MotionConfig, PairingConfig, QualityConfig
-from . import quality
+from . import body, camera, people, quality
 
 
 class FrameKind(str, Enum):
@@ -50,6 +50,7 @@ class Candidate:
     motion: MotionFigures | None = None
     quality: QualityFigures | None = None
     detail: str = ""
+    align: camera.PairAlignment | None = None
 
 
 @dataclass
@@ -67,32 +68,52 @@ def confident(poses: list[Pose17], cfg: MotionConfig) -> list[Pose17]:
     return [p for p in poses if p.score >= cfg.person_conf]
 
 
-def has_body(pose: Pose17, cfg: MotionConfig) -> bool:
+def has_body(pose: Pose17, cfg: MotionConfig, content: body.Box | None = None) -> bool:
+    """The required keypoints visible; with motion.whole_body, the legs shown by evidence beyond their
+    confidence (stages/body.py) and long enough against the torso."""
     if not all(pose.visible(k, cfg.keypoint_conf) for k in cfg.required_keypoints):
         return False
     visible = sum(1 for x, y, c in pose.keypoints if c >= cfg.keypoint_conf and math.isfinite(x) and math.isfinite(y))
-    return visible >= cfg.min_visible_keypoints
+    if visible < cfg.min_visible_keypoints:
+        return False
+    if cfg.whole_body:
+        content = content or (0, 0, pose.frame_width, pose.frame_height)
+        extent = body.leg_extent(pose, body.shown(pose, content, cfg.keypoint_conf))
+        return extent >= cfg.min_leg_extent
+    return True
 
 
-def hidden_person_score(obs: FrameObs, cfg: MotionConfig, q: QualityConfig) -> float:
-    """Best score of another detection overlapping the frame's person (0: none, or no person)."""
+def hidden_person_score(
+    obs: FrameObs, cfg: MotionConfig, q: QualityConfig, excluded: frozenset[int] = frozenset()
+) -> float:
+    """Best score of another detection overlapping the frame's person (0: none, or no person).
+    `excluded`: ids of detections known not to be people (reflections)."""
     people = confident(obs.poses, cfg)
     if not people:
         return 0.0
-    return quality.other_person_score(
-        people[0], obs.poses, q.other_person_overlap, q.same_person_oks, cfg.keypoint_conf
-    )
+    dets = [d for d in obs.poses if id(d) not in excluded]
+    return quality.other_person_score(people[0], dets, q.other_person_overlap, q.same_person_oks, cfg.keypoint_conf)
 
 
-def classify(obs: FrameObs, cfg: MotionConfig, q: QualityConfig | None = None) -> FrameKind:
+def classify(
+    obs: FrameObs,
+    cfg: MotionConfig,
+    q: QualityConfig | None = None,
+    content: body.Box | None = None,
+    excluded: frozenset[int] = frozenset(),
+) -> FrameKind:
     q = q or QualityConfig()
     people = confident(obs.poses, cfg)
     if not people:
         return FrameKind.NONE
-    others = [p for p in obs.poses if p is not people[0] and p.score >= min(cfg.second_person_conf, cfg.person_conf)]
-    if others or hidden_person_score(obs, cfg, q) >= max(q.other_person_conf, 1e-9):
+    others = [
+        p
+        for p in obs.poses
+        if p is not people[0] and id(p) not in excluded and p.score >= min(cfg.second_person_conf, cfg.person_conf)
+    ]
+    if others or hidden_person_score(obs, cfg, q, excluded) >= max(q.other_person_conf, 1e-9):
         return FrameKind.MULTI
-    if not has_body(people[0], cfg):
+    if not has_body(people[0], cfg, content):
         return FrameKind.PARTIAL
     margin = quality.lr_margin(people[0], cfg.keypoint_conf, q.lr_min_separation)
     if margin is not None and margin < -q.lr_tolerance:
@@ -150,9 +171,17 @@ def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> tuple[float, float, 
 
 
 def same_person(a: Pose17, b: Pose17, cfg: MotionConfig) -> bool:
+    """The body centre stays within max_track_jump torsos and the size within max_size_ratio; frames
+    without both hips (a partial body) compare shoulder centres and widths."""
     hips = _hips_visible(cfg.keypoint_conf, a, b)
+    if not hips and not all(
+        p.visible(s, cfg.keypoint_conf) for p in (a, b) for s in ("left_shoulder", "right_shoulder")
+    ):
+        return True  # nothing to compare by: no evidence of a switch
     ra, ta = root_and_torso(a, hips)
     rb, tb = root_and_torso(b, hips)
+    if not hips:  # shoulder widths vary with turning: allow for it
+        ta, tb = max(ta, tb), max(ta, tb)
     if min(ta, tb) <= 1e-6:
         return False
     if max(ta, tb) / min(ta, tb) > cfg.max_size_ratio:
@@ -186,14 +215,38 @@ class ClipTrack:
     sharpness: list[float | None]  # per frame, relative to the clip's three sharpest body frames
     hidden: list[float]  # best score of another detection overlapping the person, per frame
     quality_cfg: QualityConfig = field(default_factory=QualityConfig)
+    content: body.Box | None = None  # the picture inside letterbox/pillarbox bars
+    others: list[people.Track] = field(default_factory=list)  # other people through the clip (not reflections)
+    source_scale: float = 1.0  # source video pixels per decoded pixel
+    motion_cfg: MotionConfig = field(default_factory=MotionConfig)
     _grays: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
-        cls, obs: list[FrameObs], frames: list[np.ndarray], cfg: MotionConfig, q: QualityConfig | None = None
+        cls,
+        obs: list[FrameObs],
+        frames: list[np.ndarray],
+        cfg: MotionConfig,
+        q: QualityConfig | None = None,
+        source_scale: float = 1.0,
     ) -> ClipTrack:
         q = q or QualityConfig()
-        kinds = [classify(o, cfg, q) for o in obs]
+        content = body.content_box(frames) if frames else None
+        subjects = people.steady_subjects([o.poses for o in obs], cfg.person_conf)
+        for o, subj in zip(obs, subjects, strict=True):  # the subject first: confident(...)[0] is it
+            if subj is not None and o.poses and o.poses[0] is not subj:
+                o.poses = [subj] + [p for p in o.poses if p is not subj]
+        tracks = people.people_tracks(
+            subjects,
+            [o.poses for o in obs],
+            person_conf=q.other_track_conf,
+            single_conf=q.other_person_conf,
+            same_oks=q.same_person_oks,
+            kp_conf=cfg.keypoint_conf,
+            frames=frames,
+        )
+        excluded = frozenset(id(p) for t in tracks if t.reflection for p in t.poses)
+        kinds = [classify(o, cfg, q, content, excluded) for o in obs]
         # the cheap frame-type funnel first: scene similarity and background tracking (optical flow) are
         # measured only between the frames a candidate pair spans (scene()), not for clips it rejects
         sim: list[float | None] = [None] * max(0, len(obs) - 1)
@@ -205,8 +258,9 @@ class ClipTrack:
         known = sorted(v for v in raw if v is not None)
         top = float(np.mean(known[-3:])) if known else 1.0  # the clip's sharpest frames
         sharp = [None if v is None else v / max(top, 1e-9) for v in raw]
-        hidden = [hidden_person_score(o, cfg, q) for o in obs]
-        return cls(obs, kinds, sim, steps, list(frames), sharp, hidden, q)
+        hidden = [hidden_person_score(o, cfg, q, excluded) for o in obs]
+        others = [t for t in tracks if not t.reflection]
+        return cls(obs, kinds, sim, steps, list(frames), sharp, hidden, q, content, others, source_scale, cfg)
 
     def person(self, k: int, cfg: MotionConfig) -> Pose17:
         return confident(self.obs[k].poses, cfg)[0]
@@ -236,6 +290,23 @@ class ClipTrack:
         if k not in self._grays:
             self._grays[k] = quality.small_gray(self.frames[k])
         return self._grays[k]
+
+    def align(self, i: int, j: int, m: np.ndarray | None, steps: list[quality.BackgroundStep]) -> camera.PairAlignment:
+        """The camera between sampled frames i and j, with what else changed (stages/camera.py)."""
+        cfg = self.motion_cfg
+        textureless = m is None and all(s.status in ("ok", "textureless") for s in steps)
+        return camera.align_pair(
+            self.frames[i],
+            self.frames[j],
+            self.obs[i].poses,
+            self.obs[j].poses,
+            m,
+            textureless,
+            cfg.static_camera_motion,
+            cfg.max_camera_motion,
+            cfg.max_background_residual,
+            grays=(self.gray(i), self.gray(j)),
+        )
 
     def background_match(self, i: int, j: int, m: np.ndarray) -> float | None:
         people = self.obs[i].poses + self.obs[j].poses
@@ -268,34 +339,47 @@ def _unmeasured(steps: list[quality.BackgroundStep]) -> str:
     return ", ".join(f"{n} {k}" for k, n in kinds.items())
 
 
-def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> RejectReason | None:
+def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person") -> RejectReason | None:
     """None when the candidate passes; fills c.motion and c.quality when it gets that far."""
     q = track.quality_cfg
     window = range(c.i, c.j + 1)
     if any(track.kinds[k] is FrameKind.MULTI for k in window):
         return RejectReason.MULTIPLE_PEOPLE
+    # people tracked through the clip count for their whole stretch (hidden behind the subject too)
+    present = [t for t in track.others if t.start <= c.j and t.end >= c.i]
+    if present:
+        c.detail = f"another person tracked from sampled frame {present[0].start} to {present[0].end}"
+        return RejectReason.MULTIPLE_PEOPLE
     seen = [k for k in window if track.kinds[k] in (FrameKind.BODY, FrameKind.PARTIAL, FrameKind.SWAPPED)]
     for k0, k1 in zip(seen, seen[1:], strict=False):
-        p0, p1 = track.person(k0, cfg), track.person(k1, cfg)
-        if track.kinds[k0] is FrameKind.BODY and track.kinds[k1] is FrameKind.BODY:
-            if not same_person(p0, p1, cfg):
-                return RejectReason.IDENTITY_SWITCH
+        if not same_person(track.person(k0, cfg), track.person(k1, cfg), cfg):
+            return RejectReason.IDENTITY_SWITCH
     a, b = track.person(c.i, cfg), track.person(c.j, cfg)
+    content = track.content or (0, 0, a.frame_width, a.frame_height)
     margins = [quality.lr_margin(p, cfg.keypoint_conf, q.lr_min_separation) for p in (a, b)]
     margins = [m for m in margins if m is not None]
     sharp = [track.sharpness[k] for k in (c.i, c.j) if track.sharpness[k] is not None]
+    height_px = max(a.box[3] - a.box[1], b.box[3] - b.box[1])
+    legs = [body.leg_extent(p, body.shown(p, content, cfg.keypoint_conf)) for p in (a, b)]
+    legs = [v for v in legs if math.isfinite(v)]
     c.quality = QualityFigures(
         person_height=max(quality.person_height(a), quality.person_height(b)),
-        edge_margin=min(quality.edge_margin(a), quality.edge_margin(b)),
+        edge_margin=min(body.edge_margin(a, content), body.edge_margin(b, content)),
         other_person_score=max(track.hidden[k] for k in window),
         sharpness=min(sharp) if sharp else None,
         lr_margin=min(margins) if margins else None,
         background_match=None,
         background_inliers=None,
+        person_px_source=float(height_px * track.source_scale),
+        person_px_output=float(height_px),
+        leg_extent=min(legs) if legs else None,
+        other_track_score=max((t.score for t in track.others), default=0.0),  # elsewhere in the clip
     )
     if c.quality.edge_margin < q.min_edge_margin:
         return RejectReason.PARTIAL_BODY
-    if c.quality.person_height < q.min_person_height:
+    if crop == "frame" and c.quality.person_height < q.min_person_height:
+        return RejectReason.TOO_SMALL
+    if c.quality.person_px_source < q.min_person_px or c.quality.person_px_output < q.min_person_px_output:
         return RejectReason.TOO_SMALL
     sim, cam, m, steps = track.scene(c.i, c.j)
     c.quality.background_inliers = min(s.inliers for s in steps)
@@ -306,7 +390,14 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> RejectReason | 
         # textured background that does not move together from one frame to the next: another place
         c.detail = "background points do not follow one camera motion between sampled frames"
         return RejectReason.SHOT_CUT
-    if m is None:
+    al = track.align(c.i, c.j, m, steps)
+    c.align = al
+    c.quality.camera_status = al.status if al.status in ("static", "stabilised") else None
+    c.quality.background_residual = al.residual
+    c.quality.brightness_change = al.brightness
+    c.quality.background_change = al.changed_share
+    c.quality.overlay_change = al.largest_change
+    if al.status == "unmeasurable":
         c.detail = f"camera motion unmeasurable in {_unmeasured(steps)} step(s)"
         return RejectReason.CAMERA_MOTION
     mean, mx, trans, torso, n = pose_change(a, b, cfg)
@@ -315,23 +406,90 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> RejectReason | 
         max_joint_change=mx,
         translation=trans,
         body_size_px=torso,
-        camera_motion=cam,
+        camera_motion=al.motion,
         scene_similarity=sim,
         keypoints_compared=n,
     )
-    if cam > cfg.max_camera_motion:
+    if al.status == "moving":
+        if al.motion <= cfg.max_camera_motion:
+            c.detail = f"background residual {al.residual:.1f} after alignment: the camera cannot be taken out"
         return RejectReason.CAMERA_MOTION
+    if (al.brightness is not None and abs(al.brightness) > q.max_brightness_change) or (
+        al.changed_share is not None and al.changed_share > q.max_background_change
+    ):
+        c.detail = "the background changed as a whole (a fade, a cross-fade or a cut)"
+        return RejectReason.SHOT_CUT
+    if al.largest_change is not None and al.largest_change > q.max_overlay_change:
+        c.detail = f"a region outside the person changed ({al.largest_change:.4f} of the frame at {al.change_box})"
+        return RejectReason.OVERLAY_CHANGED
     blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
     if not blurry and mean < cfg.min_pose_change:
         return RejectReason.LOW_MOTION  # decided without the costlier background match
-    c.quality.background_match = track.background_match(c.i, c.j, m)
+    c.quality.background_match = track.background_match(c.i, c.j, al.matrix)
     if c.quality.background_match is not None and c.quality.background_match < q.min_background_match:
         return RejectReason.SHOT_CUT
     if blurry:
         return RejectReason.BLURRY
     if mean < cfg.min_pose_change:
         return RejectReason.LOW_MOTION
+    _margins(c, cfg, q, crop)
+    if c.quality.borderline and q.borderline == "drop":
+        c.detail = f"borderline: {c.quality.borderline_checks}"
+        return MARGIN_REASONS[c.quality.borderline_checks.split(",")[0]]
     return None
+
+
+# each margin: (figure, threshold, "min" | "max"); the reason a too-close figure is dropped for
+MARGIN_REASONS = {
+    "person_px_source": RejectReason.TOO_SMALL,
+    "person_px_output": RejectReason.TOO_SMALL,
+    "person_height": RejectReason.TOO_SMALL,
+    "edge_margin": RejectReason.PARTIAL_BODY,
+    "leg_extent": RejectReason.PARTIAL_BODY,
+    "other_person_score": RejectReason.MULTIPLE_PEOPLE,
+    "camera_motion": RejectReason.CAMERA_MOTION,
+    "background_residual": RejectReason.CAMERA_MOTION,
+    "overlay_change": RejectReason.OVERLAY_CHANGED,
+    "background_change": RejectReason.SHOT_CUT,
+    "background_match": RejectReason.SHOT_CUT,
+    "sharpness": RejectReason.BLURRY,
+    "pose_change": RejectReason.LOW_MOTION,
+}
+
+
+def _margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> None:
+    """Each figure's margin to its threshold, relative to the threshold (negative: past it). A pair
+    with any margin under quality.borderline_margin is marked borderline, naming the checks."""
+    qf, mf = c.quality, c.motion
+    checks = {
+        "person_px_source": (qf.person_px_source, q.min_person_px, "min"),
+        "person_px_output": (qf.person_px_output, q.min_person_px_output, "min"),
+        "edge_margin": (qf.edge_margin, q.min_edge_margin, "min"),
+        "leg_extent": (qf.leg_extent, cfg.min_leg_extent if cfg.whole_body else 0.0, "min"),
+        "other_person_score": (qf.other_person_score, q.other_person_conf, "max"),
+        "camera_motion": (mf.camera_motion if qf.camera_status == "stabilised" else None, cfg.max_camera_motion, "max"),
+        "background_residual": (
+            qf.background_residual if qf.camera_status == "stabilised" else None,
+            cfg.max_background_residual,
+            "max",
+        ),
+        "overlay_change": (qf.overlay_change, q.max_overlay_change, "max"),
+        "background_change": (qf.background_change, q.max_background_change, "max"),
+        "background_match": (qf.background_match, q.min_background_match, "min"),
+        "sharpness": (qf.sharpness, q.min_sharpness, "min"),
+        "pose_change": (mf.pose_change, cfg.min_pose_change, "min"),
+    }
+    if crop == "frame":
+        checks["person_height"] = (qf.person_height, q.min_person_height, "min")
+    found: dict[str, float] = {}
+    for name, (fig, thr, kind) in checks.items():
+        if fig is None or thr is None or thr <= 0 or not math.isfinite(fig):
+            continue
+        found[name] = (fig - thr) / thr if kind == "min" else (thr - fig) / thr
+    close = sorted((v, k) for k, v in found.items() if v < q.borderline_margin)
+    qf.min_margin = min(found.values()) if found else None
+    qf.borderline = bool(close)
+    qf.borderline_checks = ",".join(k for _, k in close) or None
 
 
 CHECK_ORDER = (
@@ -341,12 +499,14 @@ CHECK_ORDER = (
     RejectReason.TOO_SMALL,
     RejectReason.SHOT_CUT,
     RejectReason.CAMERA_MOTION,
+    RejectReason.OVERLAY_CHANGED,
     RejectReason.BLURRY,
     RejectReason.LOW_MOTION,
 )
 
 
 def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Selection:
+    """The clip's pairs, or the reason it has none (the check that left no candidate)."""
     kinds = Counter(track.kinds)
     n = len(track.kinds)
     funnel = {
@@ -375,7 +535,7 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
     failed: Counter[RejectReason] = Counter()
     passed: list[Candidate] = []
     for c in cands:
-        why = _check(track, c, cfg)
+        why = _check(track, c, cfg, pcfg.crop)
         if why is None:
             passed.append(c)
         else:

@@ -224,6 +224,7 @@ IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     if len(src) < 3:
         return None, np.zeros(len(src), bool)
+    cv2.setRNGSeed(0)  # RANSAC draws from OpenCV's per-thread generator: fixed, so runs decide alike
     m, inl = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000, confidence=0.995, refineIters=10
     )

@@ -1,0 +1,93 @@
+"""Whole body, shown not guessed: evidence that a joint is in view beyond its confidence.
+
+The pose model places all 17 keypoints for a partial person (legs behind a counter, cut by the frame's
+edge, outside a pillarbox) and often with fair confidence. A joint counts as shown only when, besides
+its confidence:
+
+  - it lies inside the picture's content (letterbox and pillarbox bars are not picture), away from its
+    border;
+  - it lies inside the detector's box of the person (padded): the box follows what the detector saw,
+    the keypoints beyond it are extrapolated;
+  - for the legs: hip -> knee -> ankle spans a length a leg has against the torso (a leg squeezed into
+    the box above an occluder is short), measured along the limb, so any orientation (lying, upside
+    down) is judged alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from schemas.records import KP, Pose17
+
+Box = tuple[int, int, int, int]
+
+LEGS = (("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle"))
+
+
+def content_box(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0.35) -> Box:
+    """The picture inside black letterbox/pillarbox bars, over up to 8 frames of one clip: a border row
+    or column belongs to a bar when it is dark in every frame looked at."""
+    h, w = frames[0].shape[:2]
+    pick = [frames[k] for k in np.linspace(0, len(frames) - 1, min(8, len(frames))).round().astype(int)]
+    gray = np.stack([f.max(axis=2) if f.ndim == 3 else f for f in pick]).astype(np.float32)
+    rows = np.percentile(gray, 98, axis=2).max(axis=0)  # brightest of each row, over frames
+    cols = np.percentile(gray, 98, axis=1).max(axis=0)
+
+    def bar(profile: np.ndarray, limit: int) -> tuple[int, int]:
+        lo = 0
+        while lo < limit and profile[lo] < dark:
+            lo += 1
+        hi = 0
+        while hi < limit and profile[-1 - hi] < dark:
+            hi += 1
+        return lo, hi
+
+    top, bottom = bar(rows, int(max_bar * h))
+    left, right = bar(cols, int(max_bar * w))
+    return left, top, w - right, h - bottom
+
+
+def edge_margin(pose: Pose17, content: Box) -> float:
+    """Distance of the person's box to the nearest border of the picture, over its shorter side (0: the
+    box touches it, so the body is most likely cut by it)."""
+    x1, y1, x2, y2 = pose.box
+    cx1, cy1, cx2, cy2 = content
+    return max(0.0, min(x1 - cx1, y1 - cy1, cx2 - x2, cy2 - y2)) / max(1, min(cx2 - cx1, cy2 - cy1))
+
+
+def shown(pose: Pose17, content: Box, kp_conf: float, edge: float = 0.01, box_pad: float = 0.1) -> np.ndarray:
+    """Per joint: in view by the evidence above (confidence, inside the picture away from its border,
+    inside the detector's padded box)."""
+    k = np.asarray(pose.keypoints, float)
+    cx1, cy1, cx2, cy2 = content
+    e = edge * min(cx2 - cx1, cy2 - cy1)
+    x1, y1, x2, y2 = pose.box
+    px, py = box_pad * (x2 - x1), box_pad * (y2 - y1)
+    ok = (k[:, 2] >= kp_conf) & np.isfinite(k[:, :2]).all(1)
+    ok &= (k[:, 0] >= cx1 + e) & (k[:, 0] <= cx2 - e) & (k[:, 1] >= cy1 + e) & (k[:, 1] <= cy2 - e)
+    ok &= (k[:, 0] >= x1 - px) & (k[:, 0] <= x2 + px) & (k[:, 1] >= y1 - py) & (k[:, 1] <= y2 + py)
+    return ok
+
+
+def torso_length(k: np.ndarray) -> float:
+    s = (k[KP["left_shoulder"], :2] + k[KP["right_shoulder"], :2]) / 2
+    h = (k[KP["left_hip"], :2] + k[KP["right_hip"], :2]) / 2
+    return float(np.linalg.norm(s - h))
+
+
+def leg_extent(pose: Pose17, seen: np.ndarray) -> float:
+    """The shorter leg's hip -> knee -> ankle length over the torso length; 0 when a joint of either
+    leg is not shown (NaN without a torso)."""
+    k = np.asarray(pose.keypoints, float)
+    torso = torso_length(k)
+    if not (torso > 1e-6 and math.isfinite(torso)):
+        return math.nan
+    worst = math.inf
+    for hip, knee, ankle in LEGS:
+        if not (seen[KP[hip]] and seen[KP[knee]] and seen[KP[ankle]]):
+            return 0.0
+        length = np.linalg.norm(k[KP[knee], :2] - k[KP[hip], :2]) + np.linalg.norm(k[KP[ankle], :2] - k[KP[knee], :2])
+        worst = min(worst, float(length) / torso)
+    return worst

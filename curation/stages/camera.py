@@ -1,0 +1,221 @@
+"""The camera between a pair's two frames: background alignment, stabilisation, and what else changed.
+
+A pair is only worth keeping if the person's pose is the one thing that differs between its frames.
+The background decides that, after the camera's own motion is taken out:
+
+  1. The camera's motion between the two frames is the chain of the consecutive sampled frames'
+     background similarities (quality.background_step), refined by tracking background corners
+     straight from the aligned before frame to the after frame.
+  2. Its size decides: ~0 is a *static* camera; small, with background residuals near zero once the
+     before frame is warped onto the after frame, is a pair that can be *stabilised* (the after frame is
+     warped back onto the before frame and both are cropped to their common area); anything larger
+     (pans, follow-cams, zooms) is camera motion.
+  3. What still differs outside the people once aligned is measured: a region that appears, disappears
+     or changes (a pop-up, a caption, a scoreboard, a second person walking by) is an overlay change; a
+     background that changed as a whole (a fade, a cross-fade, a cut) is a shot change.
+  4. A background without texture carries no motion to measure; its pixels are then compared directly:
+     an unchanged plain background is static, not unmeasurable.
+
+All pure functions over frames and detections: tests call them directly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from schemas.records import Pose17
+
+from .quality import IDENTITY, background_mask, grid_corners, motion_magnitude, small_gray
+
+# a gray-level difference above this (after a 5x5 blur, on frames at most 320 px) is a change, not noise
+CHANGE_LEVEL = 28.0
+
+
+@dataclass
+class PairAlignment:
+    """The camera between the before frame (a) and the after frame (b) of one pair."""
+
+    status: str  # "static" | "stabilised" | "moving" | "unmeasurable"
+    matrix: np.ndarray | None  # 2x3, small-frame pixels of a -> b (None: unmeasurable)
+    scale: float  # small frame / decoded frame
+    motion: float  # largest displacement of a frame corner or the centre / frame diagonal (NaN: unknown)
+    residual: float | None  # median absolute background difference after alignment (gray levels)
+    brightness: float | None  # median signed background difference (a fade or an exposure change)
+    changed_share: float | None  # share of the compared background that changed after alignment
+    largest_change: float | None  # the largest changed background region / frame area
+    change_box: tuple[int, int, int, int] | None  # its box, decoded-frame pixels of the after frame
+    plain: bool = False  # the background has no texture: decided by its pixels alone
+
+    def full_matrix(self) -> np.ndarray | None:
+        """The camera a -> b in decoded-frame pixels."""
+        if self.matrix is None:
+            return None
+        m = self.matrix.copy()
+        m[:, 2] = m[:, 2] / self.scale
+        return m
+
+
+def invert(m: np.ndarray) -> np.ndarray:
+    return cv2.invertAffineTransform(np.asarray(m, np.float64))
+
+
+def _refine(ga: np.ndarray, gb: np.ndarray, m: np.ndarray, mask_b: np.ndarray) -> np.ndarray:
+    """The chained estimate m (a -> b) corrected by corners tracked from warp(a) to b directly."""
+    h, w = gb.shape
+    warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    pts = grid_corners(gb, mask_b)
+    if len(pts) < 12:
+        return m
+    lk = {"winSize": (21, 21), "maxLevel": 3}
+    back, st1, _ = cv2.calcOpticalFlowPyrLK(gb, warped, pts, None, **lk)
+    fwd, st2, _ = cv2.calcOpticalFlowPyrLK(warped, gb, back, None, **lk)
+    ok = (st1.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm((fwd - pts).reshape(-1, 2), axis=1) < 1.0)
+    if ok.sum() < 12:
+        return m
+    cv2.setRNGSeed(0)  # RANSAC draws from OpenCV's per-thread generator: fixed, so runs decide alike
+    r, inl = cv2.estimateAffinePartial2D(
+        back.reshape(-1, 2)[ok],
+        pts.reshape(-1, 2)[ok],
+        method=cv2.RANSAC,
+        ransacReprojThreshold=2.0,
+        maxIters=2000,
+        confidence=0.995,
+        refineIters=10,
+    )
+    if r is None or inl is None or inl.mean() < 0.5:
+        return m
+    if float(np.abs(r - IDENTITY)[:, 2].max()) > 8 or float(np.abs(r - IDENTITY)[:, :2].max()) > 0.05:
+        return m  # a correction this large is a mismatch, not a refinement
+    return (np.vstack([r, [0, 0, 1]]) @ np.vstack([m, [0, 0, 1]]))[:2]
+
+
+def _people_mask(
+    shape: tuple[int, int], people_a: list[Pose17], people_b: list[Pose17], m: np.ndarray, scale: float, pad: float
+) -> np.ndarray:
+    """255 on background in b's small-frame pixels: b's people and a's people (moved by m) masked,
+    padded (more below the feet, where shadows fall)."""
+    h, w = shape
+    mask = background_mask((h, w), people_b, scale, pad)
+    moved = []
+    for p in people_a:
+        x1, y1, x2, y2 = p.box
+        corners = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]], float) * scale
+        c = corners @ m[:, :2].T + m[:, 2]
+        (mx1, my1), (mx2, my2) = c.min(0) / scale, c.max(0) / scale
+        moved.append(p.model_copy(update={"box": [float(mx1), float(my1), float(mx2), float(my2)]}))
+    mask &= background_mask((h, w), moved, scale, pad)
+    for p in people_a + people_b:  # shadows and feet: the floor below a person
+        x1, y1, x2, y2 = (np.asarray(p.box) * scale).tolist()
+        bh = y2 - y1
+        mask[int(y2) : int(y2 + 0.25 * bh) + 1, max(0, int(x1 - 0.3 * (x2 - x1))) : int(x2 + 0.3 * (x2 - x1)) + 1] = 0
+    return mask
+
+
+def compare_background(
+    ga: np.ndarray, gb: np.ndarray, m: np.ndarray, mask_b: np.ndarray, min_region: float
+) -> tuple[float | None, float | None, float | None, float | None, tuple[int, int, int, int] | None]:
+    """(residual, brightness, changed share, largest changed region, its box) of b against a warped by
+    m, over b's background where both frames have pixels. Regions smaller than `min_region` of the
+    frame (noise, a leaf) are left out of the largest-region figure."""
+    h, w = gb.shape
+    warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    valid = cv2.warpAffine(np.full_like(ga, 255), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    valid = cv2.erode(valid, np.ones((7, 7), np.uint8))  # interpolation at the warped border is not data
+    use = (valid == 255) & (mask_b == 255)
+    if use.sum() < 0.05 * h * w:
+        return None, None, None, None, None
+    d = cv2.GaussianBlur(warped, (5, 5), 0).astype(np.float32) - cv2.GaussianBlur(gb, (5, 5), 0).astype(np.float32)
+    brightness = float(np.median(d[use]))
+    ad = np.abs(d - brightness)
+    residual = float(np.median(ad[use]))
+    changed = ((ad > CHANGE_LEVEL) & use).astype(np.uint8)
+    changed = cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    share = float(changed[use].mean())
+    n, _, stats, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
+    largest, box = 0.0, None
+    for k in range(1, n):
+        x, y, bw, bh, area = stats[k]
+        # a region's size is its box's: text is strokes, and the strokes of one caption belong together
+        size = float(max(area, 0.5 * bw * bh)) / (h * w)
+        if size >= min_region and size > largest:
+            largest, box = size, (int(x), int(y), int(x + bw), int(y + bh))
+    return residual, brightness, share, largest, box
+
+
+def align_pair(
+    a: np.ndarray,
+    b: np.ndarray,
+    people_a: list[Pose17],
+    people_b: list[Pose17],
+    chained: np.ndarray | None,
+    textureless: bool,
+    static_motion: float,
+    max_stabilised_motion: float,
+    max_residual: float,
+    min_region: float = 0.002,
+    pad: float = 0.15,
+    grays: tuple | None = None,
+) -> PairAlignment:
+    """The camera between a and b (RGB frames of one clip). `chained`: the composed consecutive-step
+    similarity a -> b in small-frame pixels, None when a step could not be measured; `textureless`:
+    those steps lacked background corners (then the plain background's pixels decide)."""
+    (ga, s), (gb, _) = grays or (small_gray(a), small_gray(b))
+    h, w = gb.shape
+    plain = False
+    if chained is None:
+        if not textureless:
+            return PairAlignment("unmeasurable", None, s, math.nan, None, None, None, None, None)
+        m = IDENTITY.copy()
+        plain = True
+    else:
+        m = np.asarray(chained, np.float64)
+    mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
+    if not plain:
+        m = _refine(ga, gb, m, mask_b)
+        mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
+    residual, brightness, share, largest, box = compare_background(ga, gb, m, mask_b, min_region)
+    motion = motion_magnitude(m, w, h)
+    if plain and (residual is None or residual > max_residual):
+        status = "unmeasurable"  # no texture to align, and the pixels differ: nothing says it is still
+    elif motion <= static_motion:
+        status = "static"
+    elif motion <= max_stabilised_motion and residual is not None and residual <= max_residual:
+        status = "stabilised"
+    else:
+        status = "moving"
+    full_box = None if box is None else tuple(int(round(v / s)) for v in box)
+    return PairAlignment(status, m, s, motion, residual, brightness, share, largest, full_box, plain)
+
+
+def stabilise(frame_b: np.ndarray, pose_b: Pose17, m_full: np.ndarray) -> tuple[np.ndarray, Pose17]:
+    """The after frame and its pose warped onto the before frame (m_full: a -> b, decoded pixels)."""
+    inv = invert(m_full)
+    h, w = frame_b.shape[:2]
+    warped = cv2.warpAffine(frame_b, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return warped, transform_pose(pose_b, inv)
+
+
+def transform_pose(pose: Pose17, m: np.ndarray) -> Pose17:
+    k = np.asarray(pose.keypoints, np.float64)
+    xy = k[:, :2] @ m[:, :2].T + m[:, 2]
+    kps = [[float(x), float(y), float(c)] for (x, y), c in zip(xy, k[:, 2], strict=True)]
+    x1, y1, x2, y2 = pose.box
+    corners = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]], float) @ m[:, :2].T + m[:, 2]
+    box = [*map(float, corners.min(0)), *map(float, corners.max(0))]
+    return pose.model_copy(update={"keypoints": kps, "box": box})
+
+
+def common_area(m_full: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest axis-aligned box of the before frame that the after frame, warped back by the
+    inverse of m_full, still covers (the stabilised pair is cropped inside it)."""
+    inv = invert(m_full)
+    c = np.array([[0, 0], [width, 0], [0, height], [width, height]], float) @ inv[:, :2].T + inv[:, 2]
+    x1 = max(0.0, c[0, 0], c[2, 0])
+    x2 = min(float(width), c[1, 0], c[3, 0])
+    y1 = max(0.0, c[0, 1], c[1, 1])
+    y2 = min(float(height), c[2, 1], c[3, 1])
+    return int(math.ceil(x1)), int(math.ceil(y1)), int(math.floor(x2)), int(math.floor(y2))
