@@ -10,6 +10,7 @@ import pytest
 from flows.cli import main
 
 LABELS = Path(__file__).parent / "labels" / "videos.csv"
+PAIRS = Path(__file__).parent / "labels" / "pairs.csv"  # every accepted pair, looked at side by side
 pytestmark = pytest.mark.slow
 
 
@@ -47,3 +48,14 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--labels", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("motionpairs: error:") for line in err)
+
+
+def test_every_accepted_pair_is_labelled_and_kept(labelled_build, tmp_path, capsys):
+    """Pair precision on the shared clips: each accepted pair was looked at (before | after) and
+    labelled; every one is a pair a person would keep, and none is unlabelled."""
+    out, _ = labelled_build
+    report = tmp_path / "pairs.json"
+    assert main(["eval", str(out), "--labels", str(LABELS), "--pair-labels", str(PAIRS), "--json", str(report)]) == 0
+    pairs = json.loads(report.read_text())["pairs"]
+    assert pairs["unlabelled"] == [] and pairs["labelled"] == pairs["accepted"] >= 4, pairs
+    assert pairs["precision"] == 1.0 and "pair precision 1.000" in capsys.readouterr().out
