@@ -67,7 +67,7 @@ def synthetic_forest(path: Path) -> Path:
     out = []
     for f in frames:
         big = cv2.resize(f, (int(w * 1.8), int(h * 1.8)), interpolation=cv2.INTER_LINEAR)
-        y0, x0 = int((big.shape[0] - h) * 0.75), int((big.shape[1] - w) * 0.45)
+        y0, x0 = int((big.shape[0] - h) * 0.95), int((big.shape[1] - w) * 0.45)  # feet clear of the edge
         out.append(np.ascontiguousarray(big[y0 : y0 + h, x0 : x0 + w, ::-1]))
     tmp = path.with_suffix(".tmp.mp4")
     write_video(tmp, out, fps=float(vr.get_avg_fps()))
