@@ -4,8 +4,10 @@ edit time, and a loader that resumes without decoding what it skips."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +26,9 @@ MP = [sys.executable, "-m", "flows.cli"]
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(args, **kw):
-    return subprocess.run(MP + args, capture_output=True, text=True, timeout=900, cwd=REPO, env=os.environ.copy(), **kw)
+def run(args, env=None, **kw):
+    env = env or os.environ.copy()
+    return subprocess.run(MP + args, capture_output=True, text=True, timeout=900, cwd=REPO, env=env, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -57,28 +60,142 @@ def checkpoint(real_build, tmp_path_factory) -> Path:
     return run_dir / "checkpoint-2"
 
 
-def test_evaluate_scores_the_model_between_no_edit_and_oracle(checkpoint, held_out, tmp_path):
-    ev = tmp_path / "eval"
-    r = run(
-        ["evaluate", "--checkpoint", str(checkpoint), "--shards", str(held_out), "--output", str(ev), "--steps", "2"]
-    )
+# the scores an edit should raise from the no-edit floor to the oracle's ceiling, and those the no-edit
+# baseline tops by construction (nothing changed, so nothing was lost): every score is one or the other
+MOTION = ["pck@0.05", "pck@0.1", "pck@0.2", "pck@0.05_moved", "pck@0.1_moved", "pck@0.2_moved", "oks", "oks_moved",
+          "direction_agreement", "direction_cosine", "mas", "flow_cosine", "judge_instruction"]  # fmt: skip
+PRESERVATION = ["background_ssim", "background_psnr", "judge_identity", "judge_background", "person_found"]
+FAMILIES = {"pose": "pck@0.1", "moved joints": "pck@0.1_moved", "keypoint similarity": "oks",
+            "direction": "direction_agreement", "motion alignment": "mas", "judge": "judge_instruction"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluated(checkpoint, held_out, tmp_path_factory):
+    """`motionpairs evaluate --judge openai --html` of the tiny checkpoint, the judge being the loopback
+    fake server: (the finished process, the output folder)."""
+    from test_judge import KEY, FakeJudge
+
+    server = FakeJudge(api_key=KEY).start()
+    ev = tmp_path_factory.mktemp("evaluated") / "eval"
+    args = ["evaluate", "--checkpoint", str(checkpoint), "--shards", str(held_out), "--output", str(ev)]
+    args += ["--steps", "2", "--html", "--judge", "openai", "--model", "judge-1", "--base-url", server.base_url]
+    args += ["--api-key-env", "JUDGE_TEST_KEY", "--usd-per-1m-input-tokens", "2.5", "--requests-per-minute", "6000"]
+    try:
+        r = run(args, env=os.environ | {"JUDGE_TEST_KEY": KEY})
+    finally:
+        server.stop()
+    assert not server.invalid, server.invalid
+    return r, ev
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_model_between_no_edit_and_oracle(evaluated):
+    r, ev = evaluated
     assert r.returncode == 0, r.stderr[-3000:]
+    printed = json.loads(r.stdout.strip().splitlines()[-1])  # the last line (ultralytics prints too)
     m = json.loads((ev / "metrics.json").read_text())
     for system in ("model", "no_edit", "oracle"):
-        for key in ("pck@0.1", "oks", "direction_agreement", "background_ssim", "mas", "flow_cosine"):
-            assert key in m[system], (system, key, m[system])
+        assert printed[system] == m[system]
+        scores = {k for k in m[system] if k not in ("samples", "judged")}
+        assert scores == set(MOTION + PRESERVATION), (system, scores ^ set(MOTION + PRESERVATION))
     assert m["oracle"]["samples"] == m["no_edit"]["samples"] >= 2
-    # the real after-frame is the ceiling, the unedited before-frame the floor
-    assert m["oracle"]["pck@0.1"] > m["no_edit"]["pck@0.1"], m
-    assert m["oracle"]["pck@0.1_moved"] > m["no_edit"]["pck@0.1_moved"], m
-    assert m["oracle"]["direction_agreement"] > m["no_edit"]["direction_agreement"], m
+    assert m["oracle"]["judged"] == m["no_edit"]["judged"] == m["model"]["judged"] == m["oracle"]["samples"]
+    # every family of scores, with both baselines: the real after-frame is the ceiling, the unedited
+    # before-frame the floor
+    for family, key in FAMILIES.items():
+        assert m["oracle"][key] is not None and m["no_edit"][key] is not None, (family, m)
+        assert m["oracle"][key] > m["no_edit"][key], (family, key, m["oracle"][key], m["no_edit"][key])
     assert m["oracle"]["mas"] == 1.0 and m["no_edit"]["mas"] == 0.0, m  # flow: the after-frame, and no motion
+    assert m["no_edit"]["judge_instruction"] == 0.0  # the fake judge sees that nothing changed
+    for key in PRESERVATION:  # nothing edited, nothing lost
+        assert m["no_edit"][key] >= m["oracle"][key], (key, m)
     assert m["no_edit"]["background_ssim"] == 1.0 and m["no_edit"]["background_psnr"] == 100.0
     assert m["by_caption_version"] and "offline" in m["by_caption_version"]
+    assert printed["judge"] == m["judge"] and m["judge"]["requests"] == len(pd.read_parquet(ev / "samples.parquet"))
+    assert m["judge"]["cost_usd"] == pytest.approx(m["judge"]["requests"] * 300 * 2.5 / 1e6)
     rows = pd.read_parquet(ev / "samples.parquet")
     assert set(rows.system) == {"model", "no_edit", "oracle"} and len(rows) >= 3 * m["oracle"]["samples"]
+    assert rows.judge_raw.notna().all() and (rows.judge_status == "ok").all()
+    answers = [json.loads(x) for x in (ev / "judge.jsonl").read_text().splitlines()]
+    assert len(answers) == len(rows) and all(a["raw"] for a in answers)
+    for img in rows.image:
+        assert (ev / img).read_bytes()[:2] == b"\xff\xd8"
     grid = Image.open(ev / "grid.png")
     assert grid.size[0] == 3 * 128 and grid.size[1] % 128 == 0
+
+
+def _dom(page: Path, tmp_path: Path) -> str:
+    from test_report import chromium, console_errors
+
+    profile = tmp_path / "chromium-profile"
+    quiet = ["--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    done = chromium(*quiet, f"--user-data-dir={profile}", "--dump-dom", page.as_uri())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not console_errors(done.stderr), console_errors(done.stderr)
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_the_page_of_edits_in_a_browser(evaluated, tmp_path):
+    r, ev = evaluated
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["page"] == str(ev / "index.html")
+    dom = _dom(ev / "index.html", tmp_path)
+    rows = pd.read_parquet(ev / "samples.parquet")
+    model = rows[rows.system == "model"]
+    shown = re.findall(r'<tr class="edit-row" data-key="([^"]+)" data-version="([^"]*)"\s+data-sort="([^"]*)"', dom)
+    assert len(shown) == len(model) > 0  # one row per edit (published caption and each caption version)
+    sorts = [float(v) for _, _, v in shown if v]
+    assert sorts == sorted(sorts) and all(v == "" for _, _, v in shown[len(sorts) :])  # worst first
+    for key, version, _ in shown:
+        row = model[(model.key == key) & (model.caption_version == version)].iloc[0]
+        assert f'data-key="{key}" data-version="{version}"' in dom and html.escape(row.instruction) in dom
+    srcs = re.findall(r'<img class="(input|edit|target)" src="([^"]+)"', dom)
+    assert len(srcs) == 3 * len(model)
+    for _, src in srcs:
+        assert (ev / src).read_bytes()[:2] == b"\xff\xd8"
+    summary = dom[dom.index('id="summary"') : dom.index("</table>", dom.index('id="summary"'))]
+    for key in MOTION + PRESERVATION:
+        assert f"<td>{key}</td>" in summary
+    assert 'id="judge"' in dom and "judge, instruction:" in dom
+
+
+def _evaluation(folder: Path, instruction: str, scores: dict[str, float | None], shade: int) -> Path:
+    """An evaluation folder as `evaluate` writes it, made by hand: two pairs, three systems each."""
+    folder.mkdir(parents=True)
+    (folder / "images").mkdir()
+    rows = []
+    for key, score in scores.items():
+        for system in ("model", "no_edit", "oracle"):
+            name = f"images/{key}-{system}.jpg"
+            Image.new("RGB", (32, 32), (shade, 40 * len(rows) % 256, 90)).save(folder / name)
+            rows.append({"key": key, "system": system, "caption_version": "", "instruction": instruction,
+                         "image": name, "pck@0.1": score if system == "model" else 1.0, "mas": 0.5})  # fmt: skip
+    pd.DataFrame(rows).to_parquet(folder / "samples.parquet", index=False)
+    summary = {"pck@0.1": 0.5, "mas": 0.5, "samples": len(scores)}
+    metrics = {"model": summary, "no_edit": summary, "oracle": summary, "checkpoint": str(folder), "inference_steps": 2}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def test_markup_in_an_instruction_is_shown_as_text_and_two_checkpoints_side_by_side(tmp_path):
+    from training.page import write_page
+
+    attack = "raise <b>your</b> arm<script>document.title='pwned'</script>"
+    attack += "<img src=x onerror=\"document.body.id='pwned'\">"
+    a = _evaluation(tmp_path / "a", attack, {"k1": 0.9, "k2": 0.1}, 200)
+    b = _evaluation(tmp_path / "b", attack, {"k1": 0.3, "k3": 0.2}, 20)
+    page = write_page(a, compare=b)
+    text = page.read_text()
+    assert "<script" not in text and "<img src=x" not in text and "&lt;script&gt;" in text
+    dom = _dom(page, tmp_path)
+    assert "<script" not in dom and 'id="pwned"' not in dom and "<title>pwned" not in dom
+    assert "&lt;script&gt;document.title='pwned'&lt;/script&gt;" in dom.replace("&#39;", "'")
+    keys = re.findall(r'<tr class="edit-row" data-key="([^"]+)"', dom)
+    assert keys == ["k2", "k1"]  # worst first
+    srcs = re.findall(r'<img class="edit-b" src="([^"]+)"', dom)
+    assert srcs == ["../b/images/k1-model.jpg"] and "not in B" in dom  # k2 was not evaluated in B
+    assert (page.parent / srcs[0]).is_file()
 
 
 def test_evaluate_bad_inputs_are_one_line_errors(checkpoint, held_out, real_build, tmp_path):
@@ -247,3 +364,20 @@ def test_a_joint_the_crop_cuts_away_is_not_visible_in_ground_truth_or_prediction
     # and a wrist predicted inside the crop, where the ground truth has none, costs nothing either
     pred[wrist, :2] = [16.0, 16.0]
     assert Scorer.score(case, case.after, pred)["pck@0.05"] == 1.0
+
+
+def test_judge_and_page_option_mistakes_are_one_line_errors_before_any_work(tmp_path, capsys, monkeypatch):
+    from flows.cli import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    base = ["evaluate", "--checkpoint", str(tmp_path / "none"), "--shards", str(tmp_path), "--output", str(tmp_path)]
+    for extra, message in [
+        (["--judge", "openai"], "--judge openai needs --model"),
+        (["--judge", "openai", "--model", "m"], "no API key: set $OPENAI_API_KEY"),
+        (["--judge", "openai", "--model", "m", "--max-requests", "-1"], "judge options: max_requests"),
+        (["--html", "--sort-by", "nope"], "--sort-by 'nope': not a score"),
+        (["--compare", str(tmp_path)], "not an evaluation folder"),
+    ]:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (extra, err)

@@ -309,6 +309,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_a_save_killed_midway_leaves_a_partial_checkpoint_that_resume_skips(real_build, tmp_path):
     import os
     import signal
@@ -337,6 +338,10 @@ def test_a_save_killed_midway_leaves_a_partial_checkpoint_that_resume_skips(real
     assert names == ["checkpoint-2", "checkpoint-4.partial"]  # never a checkpoint-4 to trip over
     assert (run / "checkpoint-4.partial" / "model.safetensors").is_file()
     assert not (run / "checkpoint-4.partial" / "trainer_state.json").exists()
+    from training.evaluate import EvalError, load_checkpoint
+
+    with pytest.raises(EvalError, match="not a complete checkpoint: a save that never finished"):
+        load_checkpoint(run / "checkpoint-4.partial")  # evaluate refuses it too
     # --resume latest goes on from checkpoint-2 and says what it skipped
     cmd = [sys.executable, "-m", "flows.cli", *args, "--max-train-steps", "4", "--resume-from-checkpoint", "latest"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -350,7 +355,7 @@ def test_a_save_killed_midway_leaves_a_partial_checkpoint_that_resume_skips(real
 def test_resume_latest_takes_the_newest_complete_checkpoint(tmp_path):
     """Folders a save left unfinished (the atomic .partial, or an old in-place checkpoint without its
     trainer state) are named and skipped; pointing --resume-from-checkpoint at one is a clear error."""
-    from training.train import complete_checkpoints, incomplete
+    from training.checkpoints import complete_checkpoints, incomplete
 
     def checkpoint(name: str, state: bool = True, weights: bool = True):
         p = tmp_path / name

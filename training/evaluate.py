@@ -12,17 +12,23 @@ neither a joint to find nor one that moved (the torso length, a scale, still com
   preservation   SSIM and PSNR outside the person's boxes against the before-frame
   motion         the motion-alignment score from optical flow (flow.py): flow(input -> edit) against
                  flow(input -> after-frame) in the person's box, and their mean cosine there
+  judge          with --judge: a multimodal LLM's 0-5 scores for instruction following, identity kept
+                 and background kept, each with its reason (judge.py)
 and the same for two baselines in the same run: `no_edit` (the before-frame itself) and `oracle` (the
 after-frame), so every figure has its floor and ceiling beside it. With several caption versions in the
-shards, the model is scored once per version too. Writes EVAL/metrics.json, EVAL/samples.parquet and
-EVAL/grid.png (the worst and best cases: before | after | edited).
+shards, the model is scored once per version too. Writes EVAL/metrics.json, EVAL/samples.parquet (one
+row per pair and system, naming the image it scored), EVAL/images/, EVAL/judge.jsonl (every answer as
+it came), EVAL/grid.png (the worst and best cases: before | after | edited) and with --html the page of
+edits, EVAL/index.html (page.py). docs/evaluation.md says how to read and run it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +66,7 @@ class Case:
 
 
 def load_checkpoint(checkpoint: Path):
+    from .checkpoints import incomplete
     from .edit import load_editor
 
     checkpoint = Path(checkpoint)
@@ -67,6 +74,9 @@ def load_checkpoint(checkpoint: Path):
         raise EvalError(f"{checkpoint} is not a training checkpoint (a RUN/checkpoint-N folder of motionpairs train)")
     if not sorted(checkpoint.glob("model*.safetensors")):
         raise EvalError(f"{checkpoint} is not a training checkpoint: it holds no model weights")
+    problem = incomplete(checkpoint)
+    if problem:
+        raise EvalError(f"{checkpoint} is not a complete checkpoint: {problem}")
     return load_editor(checkpoint)
 
 
@@ -152,13 +162,26 @@ class Scorer:
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+    vals = [r[key] for r in rows if _number(r.get(key)) and math.isfinite(r[key])]
     return round(float(np.mean(vals)), 4) if vals else None
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# row columns that are not scores (the judge's reasons end in _reason)
+NOT_SCORES = {"key", "system", "caption_version", "instruction", "image"}
+NOT_SCORES |= {"judge_status", "judge_failure", "judge_raw", "judge_record"}
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [k for k in rows[0] if k not in ("key", "system", "caption_version")] if rows else []
-    return {k: _mean(rows, k) for k in keys} | {"samples": len(rows)}
+    """The mean of every score over `rows`, the number of rows, and with a judge the number it scored."""
+    keys = dict.fromkeys(k for r in rows for k in r if k not in NOT_SCORES and not k.endswith("_reason"))
+    out = {k: _mean(rows, k) for k in keys} | {"samples": len(rows)}
+    if any("judge_status" in r for r in rows):
+        out["judged"] = sum(r.get("judge_status") == "ok" for r in rows)
+    return out
 
 
 def edit(pipe, case: Case, text: str, steps: int, seed: int, device: str) -> np.ndarray:
@@ -172,16 +195,25 @@ def edit(pipe, case: Case, text: str, steps: int, seed: int, device: str) -> np.
     return (out * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def score_cases(pipe, cases: list[Case], scorer: Scorer, steps: int, seed: int, device: str | None = None):
+def image_name(key: str, name: str) -> str:
+    """The file of one row's image, relative to EVAL: images/<key>-<system[-version]>.jpg, made safe as a
+    file name (a key holds the clip's folders; a short hash of it keeps two keys apart)."""
+    tag = hashlib.sha1(key.encode()).hexdigest()[:6]
+    return "images/" + re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{key}-{tag}-{name.replace(':', '-')}") + ".jpg"
+
+
+def score_cases(pipe, cases: list[Case], scorer: Scorer, steps: int, seed: int, device: str | None = None, judge=None):
     """Edit every case (its published caption, and each caption version it carries) and score the
-    edits and both baselines. Returns (metrics, per-sample rows, the published-caption edits by key)."""
+    edits and both baselines; with a judge (judge.EditJudge), ask it about every one of them too.
+    Returns (metrics, per-sample rows, images): each row names its image (image_name), `images` maps
+    those names to the arrays."""
     device = device or str(pipe.device)
     rows: list[dict[str, Any]] = []
-    edited: dict[str, np.ndarray] = {}
+    images_out: dict[str, np.ndarray] = {}
     versions = sorted({v for c in cases for v in c.texts if v})
     for case in cases:
         images = {"no_edit": case.before, "oracle": case.after}
-        images["model"] = edited[case.key] = edit(pipe, case, case.texts[""], steps, seed, device)
+        images["model"] = edit(pipe, case, case.texts[""], steps, seed, device)
         for v in versions:
             if v in case.texts:
                 images[f"model:{v}"] = edit(pipe, case, case.texts[v], steps, seed, device)
@@ -191,14 +223,39 @@ def score_cases(pipe, cases: list[Case], scorer: Scorer, steps: int, seed: int, 
         for (name, img), pred in zip(images.items(), preds, strict=True):
             system, _, version = name.partition(":")
             scores = scorer.score(case, img, pred, reference) | flow(img)
-            rows.append({"key": case.key, "system": system, "caption_version": version} | scores)
+            file = image_name(case.key, name)
+            images_out[file] = img
+            row = {"key": case.key, "system": system, "caption_version": version}
+            rows.append(row | {"instruction": case.texts[version], "image": file} | scores)
+    if judge is not None:
+        judge_rows(judge, cases, rows, images_out)
     metrics: dict[str, Any] = {
         s: summarise([r for r in rows if r["system"] == s and not r["caption_version"]]) for s in SYSTEMS
     }
     metrics["by_caption_version"] = {
         v: summarise([r for r in rows if r["system"] == "model" and r["caption_version"] == v]) for v in versions
     }
-    return metrics, rows, edited
+    if judge is not None:
+        metrics["judge"] = judge.report()
+    return metrics, rows, images_out
+
+
+def judge_rows(judge, cases: list[Case], rows: list[dict[str, Any]], images: dict[str, np.ndarray]) -> None:
+    """Ask the judge about every row's image against its case's input, and add its columns to the rows.
+    The rows go pair by pair: a budget that runs out leaves the last pairs unjudged, not one system of
+    every pair."""
+    from .judge import JudgeJob, jpeg, row_columns
+
+    before = {c.key: jpeg(c.before) for c in cases}
+    jobs = [
+        JudgeJob(r["key"], r["system"] + (f":{r['caption_version']}" if r["caption_version"] else ""),
+                 r["instruction"], before[r["key"]], jpeg(images[r["image"]]))
+        for r in rows
+    ]  # fmt: skip
+    records = judge.judge(jobs)
+    for r, rec in zip(rows, records, strict=True):
+        r.update(row_columns(rec))
+        r["judge_record"] = rec
 
 
 def evaluate(
@@ -209,48 +266,118 @@ def evaluate(
     steps: int = 10,
     seed: int = 0,
     device: str = "auto",
+    judge=None,
 ) -> dict[str, Any]:
     pipe, cfg = load_checkpoint(checkpoint)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     pipe.to(dev)  # the pipeline on the accelerator when there is one
     cases = held_out_cases(shards, cfg.resolution, limit)
-    metrics, rows, edited = score_cases(pipe, cases, Scorer(device), steps, seed, dev)
+    metrics, rows, images = score_cases(pipe, cases, Scorer(device), steps, seed, dev, judge)
     metrics["checkpoint"] = str(checkpoint)
     metrics["inference_steps"] = steps
-    _write(Path(output), metrics, rows, cases, edited)
+    _write(Path(output), metrics, rows, cases, images)
     return metrics
 
 
-def _write(out: Path, metrics: dict, rows: list[dict], cases: list[Case], edited: dict[str, np.ndarray]) -> None:
+def _write(out: Path, metrics: dict, rows: list[dict], cases: list[Case], images: dict[str, np.ndarray]) -> None:
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
+    for name, img in images.items():
+        Image.fromarray(img).save(out / name, quality=95)
+    records = [r.pop("judge_record") for r in rows if "judge_record" in r]
+    if records:  # every answer as it came, failures and skipped ones included
+        (out / "judge.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in records))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     pd.DataFrame(rows).to_parquet(out / "samples.parquet", index=False)
-    model = {r["key"]: r.get("pck@0.1") for r in rows if r["system"] == "model" and not r["caption_version"]}
-    ranked = sorted(cases, key=lambda c: (model.get(c.key) is None, model.get(c.key) or 0.0))
+    model = {r["key"]: r for r in rows if r["system"] == "model" and not r["caption_version"]}
+    score = {k: r.get("pck@0.1") for k, r in model.items()}
+    ranked = sorted(cases, key=lambda c: (score.get(c.key) is None, score.get(c.key) or 0.0))
     picks = ranked[:4] + [c for c in ranked[-4:] if c not in ranked[:4]]  # the worst, then the best
-    strips = [np.concatenate([c.before, c.after, edited[c.key]], axis=1) for c in picks]
+    strips = [np.concatenate([c.before, c.after, images[model[c.key]["image"]]], axis=1) for c in picks]
     Image.fromarray(np.concatenate(strips, axis=0)).save(out / "grid.png")
 
 
-def main(args: argparse.Namespace) -> int:
+def make_judge(args: argparse.Namespace, output: Path):
+    """The --judge options as an EditJudge (None without --judge)."""
+    if not args.judge:
+        return None
+    from pydantic import ValidationError
+
+    from curation.config import CaptionConfig
+
+    from .judge import EditJudge
+
+    fields = ("model", "base_url", "api_key_env", "image_detail", "image_max_side", "max_concurrency",
+              "requests_per_minute", "tokens_per_minute", "timeout_s", "max_retries", "max_tokens",
+              "max_requests", "max_cost_usd", "usd_per_1m_input_tokens", "usd_per_1m_output_tokens")  # fmt: skip
+    if not args.model:
+        raise EvalError("--judge openai needs --model (the judge model's name on the server)")
+    given = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
     try:
+        cfg = CaptionConfig(captioner="openai", **given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise EvalError(f"judge options: {'.'.join(map(str, first['loc']))}: {first['msg']}") from e
+    cache = Path(args.judge_cache) if args.judge_cache else output / "judge-cache"
+    return EditJudge(cfg, cache, prompt_version=args.judge_prompt_version).setup()
+
+
+def main(args: argparse.Namespace) -> int:
+    from curation.captions.llm import CaptionSetupError
+
+    from .page import ORDER, PageError, write_page
+
+    output = Path(args.output)
+    try:
+        if (args.html or args.compare) and args.sort_by not in ORDER:
+            raise EvalError(f"--sort-by {args.sort_by!r}: not a score; scores: {', '.join(ORDER)}")
+        if args.compare and not (Path(args.compare) / "samples.parquet").is_file():
+            raise EvalError(f"--compare {args.compare}: not an evaluation folder (no samples.parquet)")
+        judge = make_judge(args, output)
         metrics = evaluate(
-            Path(args.checkpoint), args.shards, Path(args.output), args.limit, args.steps, args.seed, args.device
+            Path(args.checkpoint), args.shards, output, args.limit, args.steps, args.seed, args.device, judge
         )
-    except (EvalError, FileNotFoundError) as e:
-        print(f"motionpairs evaluate: error: {e}", file=sys.stderr)
+        page = write_page(output, args.compare, args.sort_by) if args.html or args.compare else None
+    except (EvalError, FileNotFoundError, CaptionSetupError, PageError) as e:
+        print(f"motionpairs evaluate: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(json.dumps({s: metrics[s] for s in SYSTEMS}))
+    shown = {s: metrics[s] for s in SYSTEMS} | {k: metrics[k] for k in ("judge",) if k in metrics}
+    print(json.dumps(shown | ({"page": str(page)} if page else {})))
     return 0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="a RUN/checkpoint-N folder of motionpairs train")
     p.add_argument("--shards", required=True, action="append", help="output folder(s), globs or tars (repeatable)")
-    p.add_argument("--output", required=True, help="folder for metrics.json, samples.parquet, grid.png")
+    p.add_argument(
+        "--output", required=True, help="folder for metrics.json, samples.parquet, images/, grid.png (and index.html)"
+    )
     p.add_argument("--limit", type=int, help="held-out pairs to score at most")
     p.add_argument("--steps", type=int, default=10, help="inference steps per edit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    page = p.add_argument_group("page")
+    page.add_argument("--html", action="store_true", help="write OUTPUT/index.html: input | edit | target | scores")
+    page.add_argument("--compare", metavar="EVAL", help="an earlier evaluate OUTPUT: its edits beside these (--html)")
+    page.add_argument("--sort-by", default="pck@0.1", help="the score the page's rows are sorted by, worst first")
+    j = p.add_argument_group("judge", "a multimodal LLM scores every edit (see training/judge.py)")
+    j.add_argument("--judge", choices=["openai"], help="judge with an OpenAI-compatible server")
+    j.add_argument("--model", help="the judge model's name on the server")
+    j.add_argument("--base-url", help="server URL (default: $OPENAI_BASE_URL, else OpenAI)")
+    j.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
+    j.add_argument("--judge-prompt-version", default="v1", help="the judge prompt (training/judge.py)")
+    j.add_argument("--judge-cache", help="answer cache folder (default OUTPUT/judge-cache; share it between runs)")
+    j.add_argument("--max-requests", type=int, help="budget: requests this run may pay for")
+    j.add_argument("--max-cost-usd", type=float, help="budget: estimated dollars this run may spend")
+    j.add_argument("--usd-per-1m-input-tokens", type=float, help="price, for the cost estimate")
+    j.add_argument("--usd-per-1m-output-tokens", type=float, help="price, for the cost estimate")
+    j.add_argument("--requests-per-minute", type=float, help="rate limit (default 60)")
+    j.add_argument("--tokens-per-minute", type=float, help="rate limit (default 200000)")
+    j.add_argument("--max-concurrency", type=int, help="requests in flight at most (default 4)")
+    j.add_argument("--timeout-s", type=float, help="per request (default 60)")
+    j.add_argument("--max-retries", type=int, help="client retries on 429/5xx/timeouts (default 4)")
+    j.add_argument("--max-tokens", type=int, help="answer length cap (default 300)")
+    j.add_argument("--image-detail", choices=["low", "high", "auto"], help="image detail sent (default low)")
+    j.add_argument("--image-max-side", type=int, help="images are sent at most this large (default 512)")

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import time
@@ -34,6 +33,16 @@ from diffusers.optimization import get_scheduler
 
 from schemas.records import version_matches
 
+from .checkpoints import (
+    PARTIAL,
+    TRAINER_STATE,
+    complete_checkpoints,
+    describe_skipped,
+    fsync,
+    incomplete,
+    step_of,
+    write_durably,
+)
 from .config import TrainConfig, config_from_args
 from .data import SkipCounter, dataset_size, open_shards, shard_urls
 from .model import EditorParts, add_pose_branch, build_editor, freeze_cross_attention, render_pose
@@ -315,16 +324,16 @@ class Trainer:
         self.accelerator.save_state(str(partial))
         self.accelerator.wait_for_everyone()  # every process's files are in
         if self.main:
-            _write_durably(self.out / "train_config.json", self.cfg.model_dump_json(indent=2))
+            write_durably(self.out / "train_config.json", self.cfg.model_dump_json(indent=2))
             state = {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
             for f in partial.rglob("*"):
                 if f.is_file():
-                    _fsync(f)
-            _write_durably(partial / TRAINER_STATE, json.dumps(state))
+                    fsync(f)
+            write_durably(partial / TRAINER_STATE, json.dumps(state))
             if final.exists():  # this step saved before (a run resumed from an earlier checkpoint)
                 shutil.rmtree(final)
             os.replace(partial, final)
-            _fsync(self.out)
+            fsync(self.out)
             limit = self.cfg.checkpoints_total_limit
             if limit:
                 for old in self.checkpoints()[:-limit]:
@@ -339,7 +348,7 @@ class Trainer:
                 why = f" (skipped: {describe_skipped(skipped)})" if skipped else ""
                 raise FileNotFoundError(f"no complete checkpoint to resume from in {self.out}{why}")
             path = done[-1]
-            newer = [(p, why) for p, why in skipped if _step(p) >= _step(path)]
+            newer = [(p, why) for p, why in skipped if step_of(p) >= step_of(path)]
             if newer and self.main:
                 log.warning("resuming from %s; skipped %s", path.name, describe_skipped(newer))
         else:
@@ -479,70 +488,6 @@ class Trainer:
         if self.size:
             summary["dataset_size"] = self.size
         return summary
-
-
-# ---------------------------------------------------------------- checkpoints on disk
-
-TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
-PARTIAL = ".partial"  # the suffix of a checkpoint folder being written
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)(\.partial)?")
-
-
-def _step(path: Path) -> int:
-    return int(_CHECKPOINT.fullmatch(path.name).group(1))
-
-
-def incomplete(path: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from (None when it can)."""
-    if not path.is_dir():
-        return "no such folder"
-    if path.name.endswith(PARTIAL):
-        return "a save that never finished"
-    try:
-        state = json.loads((path / TRAINER_STATE).read_text())
-        int(state["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"no readable {TRAINER_STATE} (a save that never finished)"
-    if not any(path.glob("model*.safetensors")):
-        return "no model weights"
-    return None
-
-
-def complete_checkpoints(run: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """A run's checkpoints that can be resumed from (oldest first), and the folders that cannot, with
-    why: .partial folders of saves that were cut short, and checkpoint-N folders without their trainer
-    state (written in place by versions before saves were atomic)."""
-    done, skipped = [], []
-    found = [p for p in run.glob("checkpoint-*") if _CHECKPOINT.fullmatch(p.name) and p.is_dir()]
-    for p in sorted(found, key=lambda p: (_step(p), p.name)):
-        why = incomplete(p)
-        if why is None:
-            done.append(p)
-        else:
-            skipped.append((p, why))
-    return done, skipped
-
-
-def describe_skipped(skipped: list[tuple[Path, str]]) -> str:
-    return "; ".join(f"{p.name} ({why})" for p, why in skipped)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, text: str) -> None:
-    """Write a file whole or not at all: a temporary beside it, flushed to disk, renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- CLI
