@@ -211,6 +211,11 @@ class CaptionConfig(_Section):
     usd_per_1m_input_tokens: float = Field(0.0, ge=0, description="price, for the cost estimate")
     usd_per_1m_output_tokens: float = Field(0.0, ge=0)
     batch: bool = Field(False, description="use the Batch API (files + batches endpoints) instead of live calls")
+    require_agreement: bool = Field(
+        False,
+        description="publish only LLM captions the keypoints agree with (the rest keep the offline caption); "
+        "off: contradicted ones are published, counted in stats.json's caption_quality and flagged in the report",
+    )
     batch_poll_s: float = Field(30, gt=0)
 
     def model_post_init(self, _: Any) -> None:
@@ -355,7 +360,8 @@ class BuildConfig(BaseSettings):
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
-RESULTS_VERSION = 6  # 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
+RESULTS_VERSION = 7  # 7: body-relative offline captions, abstentions (issue 25); 6: background alignment, overlays,
+# tracked people, shown legs, person crops (issue 22)
 
 
 @functools.lru_cache(maxsize=8)

@@ -33,6 +33,7 @@ from schemas.records import Caption
 from schemas.shard import decode_sample
 
 from .captions.llm import CaptionJob, LLMCaptioner, RunSummary
+from .captions.quality import generation_caption_quality
 from .captions.rows import (
     AGREEMENT_POLICIES,
     choose_captions,
@@ -269,8 +270,11 @@ def _publish(store: Output, mirror, caption_version: str | None, agreement: str)
     files: dict[str, dict[str, Any]] = {}
     for r in records:
         files.update(r["files"])
+    offline = samples
     samples, files, applied = apply_published(store, samples, files, fetch=mirror.fetch_tar if mirror else None)
     stats |= {"shards": len(files), "shard_bytes": sum(f["bytes"] for f in files.values()), "published": applied}
+    conf = ((stats.get("config") or {}).get("motion") or {}).get("keypoint_conf", 0.5)
+    stats["caption_quality"] = generation_caption_quality(store.root, offline, samples, rejects, conf)
     new_meta = meta | {"published": published_choice(store)}
     if mirror is not None:
         mirror.push_tars(files)
@@ -279,6 +283,9 @@ def _publish(store: Output, mirror, caption_version: str | None, agreement: str)
     )
     if mirror is not None:
         mirror.push_generation(gen)
+    from .runner import write_card
+
+    write_card(store, mirror, stats, samples, rejects, files)  # the card describes the new generation
     return {
         "published_at": datetime.now(timezone.utc).isoformat(),
         "caption_version": choice["caption_version"],

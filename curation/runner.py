@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.manifest import STATS_FILE, reject_row, rejects_table, sample_row, samples_table
+from schemas.manifest import STATS_FILE, reject_row, rejects_table, sample_row, samples_table, with_clip_metadata
 from schemas.records import TRANSIENT_REASONS, Clip, Level
 
 from .config import BuildConfig
@@ -271,6 +271,7 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     files: dict[str, dict[str, Any]] = {}
     for r in records:
         files.update(r["files"])
+    from .captions.quality import generation_caption_quality
     from .recaption import apply_published, published_choice
     from .store.dedupe import drop_near_duplicates
 
@@ -283,10 +284,14 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     if dup_rows:
         rejects = pa.concat_tables([rejects, rejects_table(dup_rows)])
         rejects = rejects.sort_by([("clip_id", "ascending"), ("level", "ascending"), ("stage", "ascending")])
+    offline = samples  # the units' own captions, before the published choice
     samples, files, applied = apply_published(out, samples, files, fetch=fetch)
     if mirror is not None:
         mirror.push_tars(files)
+    rejects = with_clip_metadata(rejects, plan.listing.clips)  # each reject names its clip's label and split
     stats = build_stats(plan, records, samples, rejects, files)
+    stats["yield"] = _yield(plan, samples, rejects)
+    stats["caption_quality"] = generation_caption_quality(out.root, offline, samples, rejects, cfg.motion.keypoint_conf)
     stats["near_duplicates"] = dedup["near_duplicates"]
     if applied:
         stats["published"] = applied
@@ -351,6 +356,20 @@ def write_card(out: Output, mirror, stats: dict, samples: pa.Table, rejects: pa.
     atomic_write(out.root / CARD_FILE, lambda f: f.write(text.encode()))
     if mirror is not None:
         mirror.push_file(CARD_FILE)
+
+
+def _yield(plan: BuildPlan, samples: pa.Table, rejects: pa.Table) -> dict[str, Any]:
+    """Clips in, pairs out and top reject reasons per source and per action label."""
+    from .report.yields import yield_by_class
+
+    clips = [c.model_dump(include={"source", "clip_id", "label", "extra"}) for c in plan.listing.clips]
+    clips += [r.model_dump(include={"source", "clip_id", "label", "extra"}) for r in plan.listing.rejects]
+    cols = ["source", "clip_id", "label", "extra", "stage", "reason", "level"]
+    return yield_by_class(
+        clips,
+        samples.select(cols[:4]).to_pandas(),
+        rejects.select([c for c in cols if c in rejects.column_names]).to_pandas(),
+    )
 
 
 def build_stats(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import re
 import shutil
 from html.parser import HTMLParser
@@ -160,3 +161,51 @@ def test_hostile_names_labels_and_captions_are_text_in_the_browser(hostile_build
     run = chromium("--dump-dom", slipped.as_uri())
     assert "Content Security Policy" in run.stderr and "data-pwned" not in run.stdout
     assert "<title>motionpairs report: " in run.stdout
+
+
+def test_yield_per_label_and_source_and_labelled_rejects(hostile_build):
+    """A Kinetics-layout build with two labels: the rejects carry the label (a missing file as well as a
+    clip with nobody in it), and stats.json, the report and the card show yield per label, the label that
+    gives nothing first."""
+    out, stats = hostile_build
+    rejects = pd.read_parquet(out / "rejects.parquet")
+    kin = rejects[(rejects.source == "kinetics") & (rejects.level == "clip")].set_index("clip_id")
+    assert kin.loc["missingCCCC_000020_000030", ["reason", "label", "split"]].tolist() == [
+        "missing_file",
+        EMPTY_LABEL,
+        "val",
+    ]
+    assert kin.loc["nobodyBBBBB_000010_000013", ["label", "split", "youtube_id"]].tolist() == [
+        EMPTY_LABEL,
+        "val",
+        "nobodyBBBBB",
+    ]
+    assert json.loads(kin.loc["nobodyBBBBB_000010_000013", "extra"])["time_start"] == 10
+    folder = rejects[rejects.source == "folder"]
+    assert folder.label.isna().all() and (folder.split == "train").all()
+    # stats.json: per label, the one that gives nothing first, with its reasons
+    labels = stats["yield"]["by_label"]
+    first = labels[0]
+    assert (first["source"], first["label"], first["pairs"], first["clips_in"]) == ("kinetics", EMPTY_LABEL, 0, 2)
+    assert {r["reason"] for r in first["top_reasons"]} == {"ingest/missing_file", "pose/no_person"}
+    good = next(r for r in labels if r["label"] == HOSTILE_LABEL)
+    assert good["pairs"] > 0 and good["clips_in"] == good["clips_accepted"] == 1
+    assert {(r["source"], r["label"]) for r in labels} == {
+        ("kinetics", EMPTY_LABEL),
+        ("kinetics", HOSTILE_LABEL),
+        ("folder", "(no label)"),
+    }
+    sources = {r["source"]: r for r in stats["yield"]["by_source"]}
+    assert sources["kinetics"]["clips_in"] == 3 and sources["folder"]["pairs"] == 0
+    assert sources["kinetics"]["pairs"] == good["pairs"] == stats["pairs"]
+    # the report: both tables, the empty class marked, every label as text
+    dom = chromium("--dump-dom", (out / "report" / "index.html").as_uri()).stdout
+    table = dom.split('id="yield-labels"', 1)[1].split("</table>", 1)[0]
+    assert html.escape(EMPTY_LABEL, quote=False) in table and html.escape(HOSTILE_LABEL, quote=False) in table
+    assert table.index(html.escape(EMPTY_LABEL, quote=False)) < table.index(html.escape(HOSTILE_LABEL, quote=False))
+    assert '<tr class="none"><td>kinetics</td>' in table and 'id="yield-sources"' in dom
+    # the card: the same, escaped for markdown (no markup from the data)
+    card = (out / "README.md").read_text()
+    assert "## Yield per source and per action label" in card
+    assert "| kinetics | push up &lt;b&gt;hard&lt;/b&gt; | 2 | 0 | 0 | 0.0 |" in card
+    assert "<script>" not in card and "<svg" not in card and "<b>" not in card

@@ -140,11 +140,12 @@ class CaptionStage:
             raise self.error
         choice = self.out.root / CAPTIONS_DIR / PUBLISHED
         try:
-            current = json.loads(choice.read_text()).get("caption_version")
+            current = json.loads(choice.read_text())
         except (OSError, ValueError):
-            current = None
-        if current != self.captioner.version:
-            write_json(choice, {"caption_version": self.captioner.version})
+            current = {}
+        agreement = "require" if self.captioner.cfg.require_agreement else "any"
+        if (current.get("caption_version"), current.get("agreement", "any")) != (self.captioner.version, agreement):
+            write_json(choice, {"caption_version": self.captioner.version, "agreement": agreement})
             if self.mirror is not None:
                 self.mirror.push_published()
         s = self.summary

@@ -119,6 +119,90 @@ def _describe(feature: dict[str, Any]) -> str:
     return "list of struct(" + ", ".join(f["name"] for f in inner) + ")"
 
 
+def md(value: Any) -> str:
+    """Text from the data for a markdown table cell: no markup (HTML escaped), no cell break, one line."""
+    import html
+
+    text = " ".join(str(value).split())
+    return html.escape(text, quote=False).replace("|", "\\|").replace("`", "\\`")
+
+
+def caption_lines(stats: dict[str, Any]) -> list[str]:
+    """The caption quality figures (stats.json's caption_quality) as a section of the card."""
+    q = stats.get("caption_quality") or {}
+    if not q:
+        return []
+    lines = [
+        "## Captions",
+        "",
+        "Each caption version measured as a set: empty (blank, or a sentence that says nothing), exact and",
+        "near duplicates across the dataset, too short or long, vocabulary, and the captions the keypoints",
+        "contradict (a side, a direction or a limb they refute).",
+        "",
+        "| caption version | pairs | empty | exact dup. | near dup. | distinct | most frequent (share) "
+        "| too short / long | vocabulary | contradicted (side/direction/limb) | abstained / failed |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
+    ]
+    for version, f in [*(q.get("versions") or {}).items(), ("published", q.get("published"))]:
+        if not f:
+            continue
+        a = f.get("agreement") or {}
+        by = a.get("contradicted_by") or {}
+        top = (f.get("top") or [{}])[0]
+        contradicted = (
+            f"{a.get('contradict', 0)} ({'/'.join(str(by.get(k, 0)) for k in ('side', 'direction', 'limb'))})"
+            if a
+            else "-"
+        )
+        gone = f.get("abstained", sum((f.get("failed") or {}).values()) if "failed" in f else "-")
+        lines.append(
+            f"| `{md(version)}` | {f.get('pairs', 0)} | {f.get('empty', 0)} | {f.get('exact_duplicates', 0)} "
+            f"| {f.get('near_duplicates', 0)} | {f.get('distinct', 0)} | {md(str(top.get('text', ''))[:80])} "
+            f"({f.get('top_share', 0):.0%}) | {f.get('too_short', 0)} / {f.get('too_long', 0)} "
+            f"| {f.get('vocabulary', 0)} | {contradicted} | {gone} |"
+        )
+    lines.append("")
+    for w in q.get("warnings") or []:
+        lines.append(f"- **warning**: {md(w)}")
+    if q.get("warnings"):
+        lines.append("")
+    return lines
+
+
+CARD_YIELD_ROWS = 100  # action labels listed in the card (those that give nothing first)
+
+
+def yield_lines(stats: dict[str, Any]) -> list[str]:
+    """Clips in, pairs out and top reject reasons per source and per action label (stats.json's yield)."""
+    y = stats.get("yield") or {}
+    if not y:
+        return []
+
+    def reasons(r: dict[str, Any]) -> str:
+        return ", ".join(f"{md(t['reason'])} {t['clips']}" for t in r.get("top_reasons", [])) or "-"
+
+    lines = ["## Yield per source and per action label", "",
+             "Clips in, clips and pairs out, and why the rest were rejected; classes that give nothing first.", "",
+             "| source | clips in | clips accepted | pairs | pairs per clip in | top reject reasons |",
+             "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in y.get("by_source", []):
+        lines.append(
+            f"| {md(r['source'])} | {r['clips_in']} | {r['clips_accepted']} | {r['pairs']} | {r['yield']} "
+            f"| {reasons(r)} |"
+        )
+    labels = y.get("by_label", [])
+    lines += ["", "| source | label | clips in | clips accepted | pairs | pairs per clip in | top reject reasons |",
+              "|---|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in labels[:CARD_YIELD_ROWS]:
+        lines.append(
+            f"| {md(r['source'])} | {md(r['label'])} | {r['clips_in']} | {r['clips_accepted']} | {r['pairs']} "
+            f"| {r['yield']} | {reasons(r)} |"
+        )
+    if len(labels) > CARD_YIELD_ROWS:
+        lines.append(f"\n{CARD_YIELD_ROWS} of {len(labels)} labels listed; `stats.json` (`yield`) has them all.")
+    return [*lines, ""]
+
+
 def size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
         if n < limit:
@@ -208,6 +292,8 @@ def card(stats: dict[str, Any], samples: pd.DataFrame, rejects: pd.DataFrame, sh
         lines += ["| stage | reject reason | clips |", "|---|---|---:|"]
         lines += [f"| {st} | {rs} | {n} |" for (st, rs), n in reasons.items()]
         lines.append("")
+    lines += yield_lines(stats)
+    lines += caption_lines(stats)
     lines += [
         "## Schema",
         "",

@@ -31,6 +31,7 @@ REPORT_DIR = "report"
 PAGE_SIZE = 60  # pairs per gallery page
 MAX_PAIRS = 3000  # pairs drawn at most (a deterministic spread over the build); the page says so
 EXAMPLES_PER_REASON = 3
+MAX_YIELD_ROWS = 300  # action labels listed (those that give nothing first); stats.json has them all
 THUMB_HEIGHT = 160
 
 # the clip-level funnel, in the order decisions are taken (stage, reason)
@@ -253,16 +254,57 @@ def funnel(stats: dict[str, Any], rejects: pd.DataFrame) -> list[dict[str, Any]]
     return steps
 
 
-def _captions_by_pair(build: Build) -> dict[str, list[tuple[str, str]]]:
-    out: dict[str, list[tuple[str, str]]] = {}
+def _captions_by_pair(build: Build) -> dict[str, list[tuple[str, str, str | None]]]:
+    """Per pair: (version, text, why the keypoints contradict it or None), the published caption first."""
+    out: dict[str, list[tuple[str, str, str | None]]] = {}
     for pid, text in zip(build.samples.get("pair_id", []), build.samples.get("caption", []), strict=True):
         if text:
-            out.setdefault(pid, []).append(("published", text))
+            out.setdefault(pid, []).append(("published", text, None))
     if build.captions is not None and len(build.captions):
-        ok = build.captions[build.captions.status == "ok"].drop_duplicates(["pair_id", "caption_version"], keep="last")
-        for pid, version, text in zip(ok.pair_id, ok.caption_version, ok.text, strict=True):
-            out.setdefault(pid, []).append((version, text))
+        ok = build.captions[build.captions.status == "ok"].sort_values("created_at")
+        ok = ok.drop_duplicates(["pair_id", "caption_version"], keep="last")
+        for pid, version, text, agreement, detail in zip(
+            ok.pair_id, ok.caption_version, ok.text, ok.pose_agreement, ok.agreement_detail, strict=True
+        ):
+            flag = (detail or "contradicted") if agreement == "contradict" else None
+            out.setdefault(pid, []).append((version, text, flag))
     return out
+
+
+def caption_table(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per caption version (and the published captions) of stats.json's caption_quality."""
+    q = stats.get("caption_quality") or {}
+    rows = []
+    for version, f in [*(q.get("versions") or {}).items(), ("published", q.get("published"))]:
+        if not f:
+            continue
+        a = f.get("agreement") or {}
+        by = a.get("contradicted_by") or {}
+        top = (f.get("top") or [{}])[0]
+        mix = ", ".join(f"{k} {v}" for k, v in (f.get("by_captioner") or {}).items())
+        rows.append(
+            {
+                "version": version,
+                "captioner": f.get("captioner") or mix,
+                "pairs": f.get("pairs", 0),
+                "missing": f.get("missing", ""),
+                "empty": f.get("empty", 0),
+                "exact": f.get("exact_duplicates", 0),
+                "near": f.get("near_duplicates", 0),
+                "distinct": f.get("distinct", 0),
+                "top": top.get("text", ""),
+                "top_share": f"{f.get('top_share', 0):.0%}",
+                "short": f.get("too_short", 0),
+                "long": f.get("too_long", 0),
+                "vocabulary": f.get("vocabulary", 0),
+                "contradicted": a.get("contradict", "") if a else "",
+                "contradicted_by": " / ".join(str(by.get(k, 0)) for k in ("side", "direction", "limb")) if a else "",
+                "agree": a.get("agree", "") if a else "",
+                "abstained": f.get("abstained", ""),
+                "failed": sum((f.get("failed") or {}).values()) if "failed" in f else "",
+            }
+        )
+    return rows
 
 
 def _spread(n: int, k: int) -> list[int]:
@@ -402,6 +444,11 @@ def render(build: Build, dest: Path, max_pairs: int = MAX_PAIRS) -> dict[str, An
         "pairs_shown": len(cards),
         "pages": page_names,
         "no_pairs": not empty and len(samples) == 0,
+        "yield_sources": (stats.get("yield") or {}).get("by_source", []),
+        "yield_labels": (stats.get("yield") or {}).get("by_label", [])[:MAX_YIELD_ROWS],
+        "yield_labels_total": len((stats.get("yield") or {}).get("by_label", [])),
+        "caption_rows": caption_table(stats),
+        "caption_warnings": (stats.get("caption_quality") or {}).get("warnings", []),
     }
     template = env.get_template(TEMPLATE)
     context["csp"] = content_security_policy(env)

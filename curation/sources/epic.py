@@ -108,7 +108,9 @@ def list_epic(cfg: EpicSource) -> Listing:
                     f"{vid}.MP4 not found under {root} (expected {part}/videos/{vid}.MP4 "
                     f"or frames in {part}/rgb_frames/{vid}/)"
                 )
-                out.rejects.append(ingest_reject("epic", nid, uri, RejectReason.MISSING_FILE, detail))
+                known = {"label": row.get("narration") or None, "split": file_split, "video_id": vid}
+                known["extra"] = {"narration_id": nid, "participant_id": part, "verb": row.get("verb") or None}
+                out.rejects.append(ingest_reject("epic", nid, uri, RejectReason.MISSING_FILE, detail, **known))
                 continue
             used.add(vid)
             extra: dict[str, str | int | None] = {

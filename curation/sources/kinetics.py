@@ -65,7 +65,9 @@ def list_kinetics(cfg: KineticsSource) -> Listing:
             if not files:
                 detail = f"{cid}.mp4 not found under {root} ({path.name} line {line})"
                 uri = str(root / f"{cid}.mp4")
-                out.rejects.append(ingest_reject("kinetics", cid, uri, RejectReason.MISSING_FILE, detail))
+                known = {"label": label, "split": split, "video_id": yt}
+                known["extra"] = {"youtube_id": yt, "time_start": start, "time_end": end}
+                out.rejects.append(ingest_reject("kinetics", cid, uri, RejectReason.MISSING_FILE, detail, **known))
                 continue
             first_split = split_of_video.setdefault(yt, split)
             if first_split != split:  # one YouTube video in two splits would leak: its first split holds

@@ -106,7 +106,9 @@ def list_ntu(cfg: NTUSource) -> Listing:
         uri = str(paths[0].resolve())
         if n.action in ann.mutual and not cfg.include_mutual:
             detail = f"A{n.action:03d} ({ann.labels.get(n.action, 'two-person action')}) is a mutual action"
-            out.rejects.append(ingest_reject("ntu", n.name, uri, RejectReason.EXCLUDED, detail))
+            known = {"label": ann.labels.get(n.action), "split": split_for(n, cfg.protocol)}
+            known["extra"] = {k: getattr(n, k) for k in ("setup", "camera", "performer", "replication", "action")}
+            out.rejects.append(ingest_reject("ntu", n.name, uri, RejectReason.EXCLUDED, detail, **known))
             continue
         extra: dict[str, str | int | bool | None] = {
             "setup": n.setup,
