@@ -91,7 +91,7 @@ class MotionConfig(_Section):
     max_track_jump: float = Field(1.0, gt=0, description="body-centre jump between sampled frames / torso")
     max_size_ratio: float = Field(1.6, gt=1, description="torso length may change at most by this factor")
     max_camera_motion: float = Field(
-        0.03, ge=0, description="camera motion over the pair / frame diagonal that may be stabilised, else camera_motion"
+        0.03, ge=0, description="camera motion over the pair / frame diagonal a pair may be stabilised for"
     )
     static_camera_motion: float = Field(
         0.006, ge=0, description="camera motion up to this is a still camera (no warp); above it a pair is stabilised"
@@ -128,7 +128,7 @@ class QualityConfig(_Section):
         112, ge=0, description="person's box height in the stored image's pixels, else too_small"
     )
     max_overlay_change: float = Field(
-        0.003, ge=0, le=1, description="largest region outside the people that changes, / frame area, else overlay_changed"
+        0.003, ge=0, le=1, description="largest changed region apart from the people / frame area, else overlay_changed"
     )
     max_background_change: float = Field(
         0.25, ge=0, le=1, description="share of the background that changes (a fade, a cross-fade), else shot_cut"

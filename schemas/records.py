@@ -202,6 +202,7 @@ class QualityFigures(BaseModel):
     person_px_source: float | None = None  # person's box height in the source video's pixels (larger frame)
     person_px_output: float | None = None  # ... in the stored image's pixels
     leg_extent: float | None = None  # shorter shown leg (hip-knee-ankle) / torso, lower of the two frames
+    extremity_margin: float | None = None  # ankles' and nose's distance to the picture's border / torso (lower)
     camera_status: str | None = None  # "static" | "stabilised" (curation/stages/camera.py)
     background_residual: float | None = None  # median background difference after alignment (gray levels)
     brightness_change: float | None = None  # median signed background difference (a fade)

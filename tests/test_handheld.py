@@ -196,3 +196,25 @@ def test_pair_precision_in_eval(tmp_path, capsys):
     assert pp["precision"] == 0.5 and pp["labelled"] == 2 and [d["pair_id"] for d in pp["dropped"]] == ["p2"]
     assert [u["pair_id"] for u in pp["unlabelled"]] == ["p3"]
     json.dumps(pp)
+
+
+def test_a_frame_replaced_inside_a_frame_folder_changes_its_identity(tmp_path):
+    """The identity of a folder of frames hashes its frames, and its cache entry follows the frames'
+    own stats: a frame rewritten in place (same name, same size, the folder's stat unchanged) is seen."""
+    import os
+
+    from curation.ingest import ContentIds
+
+    folder = tmp_path / "P01_01"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"frame_{k:010d}.jpg").write_bytes(bytes([k]) * 500)
+    ids = ContentIds(tmp_path / "cache.json")
+    first = ids(str(folder))
+    st = os.stat(folder)
+    middle = folder / "frame_0000000001.jpg"
+    middle.write_bytes(b"\xff" * 500)  # same size, other content
+    os.utime(folder, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(folder).st_mtime_ns == st.st_mtime_ns
+    assert ids(str(folder)) != first
+    assert ContentIds()(str(folder)) == ids(str(folder))  # the same answer without a cache

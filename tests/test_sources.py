@@ -186,8 +186,9 @@ def test_ntu_build_stores_the_kinect_reference_pose(ntu_root, tmp_path):
     assert (row.setup, row.camera, row.performer, row.replication, row.action) == (1, 1, 1, 1, 1)
     assert row.label == "drink water" and row.caption.startswith("drink water: ") and row.split == "train"
     ref = row.before_reference_keypoints.reshape(17, 3)
-    sx = row.frame_width / 1920
-    assert ref[5, 0] == pytest.approx((900 + 50) * sx, rel=1e-4) and ref[5, 2] == 1.0
+    sx = row.decoded_width / 1920  # the Kinect's 1920 px into the decoded frame, then into the person crop
+    x0 = row.crop_box[0] if row.crop_box is not None else 0
+    assert ref[5, 0] == pytest.approx((900 + 50) * sx - x0, rel=1e-4) and ref[5, 2] == 1.0
     r = pd.read_parquet(tmp_path / "out" / "rejects.parquet").set_index("clip_id")
     assert r.loc["S001C002P002R001A055", "reason"] == "multiple_people"
     assert stats["unaccounted_clips"] == []

@@ -91,3 +91,23 @@ def leg_extent(pose: Pose17, seen: np.ndarray) -> float:
         length = np.linalg.norm(k[KP[knee], :2] - k[KP[hip], :2]) + np.linalg.norm(k[KP[ankle], :2] - k[KP[knee], :2])
         worst = min(worst, float(length) / torso)
     return worst
+
+
+def extremity_margin(pose: Pose17, content: Box, kp_conf: float) -> float | None:
+    """How far the body's ends stay from the picture's border, in torso lengths: the smaller of the
+    ankles' and the nose's distance to the nearest border of the content. A foot reaches about a
+    quarter torso past its ankle and the top of the head a third past the nose, so a small figure
+    means a foot or the head is most likely cut by the border even when the joint itself is inside.
+    None without a torso or without any of these joints seen."""
+    k = np.asarray(pose.keypoints, float)
+    torso = torso_length(k)
+    if not (torso > 1e-6 and math.isfinite(torso)):
+        return None
+    cx1, cy1, cx2, cy2 = content
+    ends = [KP["left_ankle"], KP["right_ankle"], KP["nose"]]
+    d = [
+        min(k[i, 0] - cx1, cx2 - k[i, 0], k[i, 1] - cy1, cy2 - k[i, 1])
+        for i in ends
+        if k[i, 2] >= kp_conf and np.isfinite(k[i, :2]).all()
+    ]
+    return float(min(d)) / torso if d else None

@@ -94,7 +94,13 @@ def _refine(ga: np.ndarray, gb: np.ndarray, m: np.ndarray, mask_b: np.ndarray) -
 
 
 def _people_mask(
-    shape: tuple[int, int], people_a: list[Pose17], people_b: list[Pose17], m: np.ndarray, scale: float, pad: float
+    shape: tuple[int, int],
+    people_a: list[Pose17],
+    people_b: list[Pose17],
+    m: np.ndarray,
+    scale: float,
+    pad: float,
+    shadows: bool = True,
 ) -> np.ndarray:
     """255 on background in b's small-frame pixels: b's people and a's people (moved by m) masked,
     padded (more below the feet, where shadows fall)."""
@@ -108,7 +114,7 @@ def _people_mask(
         (mx1, my1), (mx2, my2) = c.min(0) / scale, c.max(0) / scale
         moved.append(p.model_copy(update={"box": [float(mx1), float(my1), float(mx2), float(my2)]}))
     mask &= background_mask((h, w), moved, scale, pad)
-    for p in people_a + people_b:  # shadows and feet: the floor below a person
+    for p in people_a + people_b if shadows else ():  # shadows and feet: the floor below a person
         x1, y1, x2, y2 = (np.asarray(p.box) * scale).tolist()
         bh = y2 - y1
         mask[int(y2) : int(y2 + 0.25 * bh) + 1, max(0, int(x1 - 0.3 * (x2 - x1))) : int(x2 + 0.3 * (x2 - x1)) + 1] = 0
@@ -116,11 +122,17 @@ def _people_mask(
 
 
 def compare_background(
-    ga: np.ndarray, gb: np.ndarray, m: np.ndarray, mask_b: np.ndarray, min_region: float
+    ga: np.ndarray,
+    gb: np.ndarray,
+    m: np.ndarray,
+    mask_b: np.ndarray,
+    min_region: float,
+    bodies: np.ndarray | None = None,
 ) -> tuple[float | None, float | None, float | None, float | None, tuple[int, int, int, int] | None]:
     """(residual, brightness, changed share, largest changed region, its box) of b against a warped by
     m, over b's background where both frames have pixels. Regions smaller than `min_region` of the
-    frame (noise, a leaf) are left out of the largest-region figure."""
+    frame (noise, a leaf) are left out of the largest-region figure, and so are regions touching
+    `bodies` (0 on the people's tight boxes): what moves with a person (a barbell, a ball) is no overlay."""
     h, w = gb.shape
     warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
     valid = cv2.warpAffine(np.full_like(ga, 255), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
@@ -135,9 +147,19 @@ def compare_background(
     changed = ((ad > CHANGE_LEVEL) & use).astype(np.uint8)
     changed = cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     share = float(changed[use].mean())
-    n, _, stats, _ = cv2.connectedComponentsWithStats(changed, connectivity=8)
+    # regions: the changes everywhere but on the people themselves (their tight boxes). One that
+    # touches a person moves with them (a barbell, a ball, a shadow, loose clothes); an overlay or a
+    # scene change stands apart from every person, if only by a few pixels (a caption under the feet)
+    bodies = mask_b if bodies is None else bodies
+    around = ((ad > CHANGE_LEVEL) & (valid == 255) & (bodies == 255)).astype(np.uint8)
+    around = cv2.morphologyEx(around, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(around, connectivity=8)
+    near = cv2.dilate((bodies == 0).astype(np.uint8), np.ones((3, 3), np.uint8)) & (bodies == 255)
+    attached = set(np.unique(labels[(near > 0) & (around > 0)]).tolist()) - {0}
     largest, box = 0.0, None
     for k in range(1, n):
+        if k in attached:
+            continue
         x, y, bw, bh, area = stats[k]
         # a region's size is its box's: text is strokes, and the strokes of one caption belong together
         size = float(max(area, 0.5 * bw * bh)) / (h * w)
@@ -177,7 +199,8 @@ def align_pair(
     if not plain:
         m = _refine(ga, gb, m, mask_b)
         mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
-    residual, brightness, share, largest, box = compare_background(ga, gb, m, mask_b, min_region)
+    bodies = _people_mask((h, w), people_a, people_b, m, s, 0.03, shadows=False)
+    residual, brightness, share, largest, box = compare_background(ga, gb, m, mask_b, min_region, bodies)
     motion = motion_magnitude(m, w, h)
     if plain and (residual is None or residual > max_residual):
         status = "unmeasurable"  # no texture to align, and the pixels differ: nothing says it is still

@@ -220,6 +220,7 @@ class ClipTrack:
     source_scale: float = 1.0  # source video pixels per decoded pixel
     motion_cfg: MotionConfig = field(default_factory=MotionConfig)
     _grays: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
+    _plain: dict[int, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -308,6 +309,15 @@ class ClipTrack:
             grays=(self.gray(i), self.gray(j)),
         )
 
+    def plain_still(self, k: int) -> bool:
+        """Sampled frames k and k+1 show the same background pixel for pixel (a plain wall whose
+        corners are noise), so a step that could not be tracked is no evidence of a cut; inside a
+        cross-fade the other shot's ghost changes it."""
+        if k not in self._plain:
+            none = [quality.BackgroundStep(None, 0, 0, 0.0, 0, "textureless")]
+            self._plain[k] = self.align(k, k + 1, None, none).status == "static"
+        return self._plain[k]
+
     def background_match(self, i: int, j: int, m: np.ndarray) -> float | None:
         people = self.obs[i].poses + self.obs[j].poses
         return quality.background_match(self.frames[i], self.frames[j], m, people, grays=(self.gray(i), self.gray(j)))
@@ -362,6 +372,8 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     height_px = max(a.box[3] - a.box[1], b.box[3] - b.box[1])
     legs = [body.leg_extent(p, body.shown(p, content, cfg.keypoint_conf)) for p in (a, b)]
     legs = [v for v in legs if math.isfinite(v)]
+    ends = [body.extremity_margin(p, content, cfg.keypoint_conf) for p in (a, b)]
+    ends = [v for v in ends if v is not None]
     c.quality = QualityFigures(
         person_height=max(quality.person_height(a), quality.person_height(b)),
         edge_margin=min(body.edge_margin(a, content), body.edge_margin(b, content)),
@@ -373,6 +385,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         person_px_source=float(height_px * track.source_scale),
         person_px_output=float(height_px),
         leg_extent=min(legs) if legs else None,
+        extremity_margin=min(ends) if ends else None,
         other_track_score=max((t.score for t in track.others), default=0.0),  # elsewhere in the clip
     )
     if c.quality.edge_margin < q.min_edge_margin:
@@ -387,9 +400,29 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     if sim < cfg.min_scene_similarity:
         return RejectReason.SHOT_CUT
     if any(s.status == "inconsistent" for s in steps):
-        # textured background that does not move together from one frame to the next: another place
-        c.detail = "background points do not follow one camera motion between sampled frames"
-        return RejectReason.SHOT_CUT
+        # background points that do not move together from one frame to the next: another place, unless
+        # the two frames' background is the same picture (corners on the noise of a plain wall)
+        plain = track.align(c.i, c.j, None, [quality.BackgroundStep(None, 0, 0, 0.0, 0, "textureless")])
+        if plain.status != "static" or not all(
+            track.plain_still(k) for k in range(c.i, c.j) if steps[k - c.i].status == "inconsistent"
+        ):
+            c.detail = "background points do not follow one camera motion between sampled frames"
+            return RejectReason.SHOT_CUT
+        m, cam = plain.matrix, 0.0
+    mean, mx, trans, torso, n = pose_change(a, b, cfg)
+    blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
+    if m is not None and not blurry and mean < cfg.min_pose_change:
+        # too little motion: decided on the chained camera estimate, without the costlier alignment
+        c.motion = MotionFigures(
+            pose_change=mean,
+            max_joint_change=mx,
+            translation=trans,
+            body_size_px=torso,
+            camera_motion=cam,
+            scene_similarity=sim,
+            keypoints_compared=n,
+        )
+        return RejectReason.CAMERA_MOTION if cam > cfg.max_camera_motion else RejectReason.LOW_MOTION
     al = track.align(c.i, c.j, m, steps)
     c.align = al
     c.quality.camera_status = al.status if al.status in ("static", "stabilised") else None
@@ -400,7 +433,6 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     if al.status == "unmeasurable":
         c.detail = f"camera motion unmeasurable in {_unmeasured(steps)} step(s)"
         return RejectReason.CAMERA_MOTION
-    mean, mx, trans, torso, n = pose_change(a, b, cfg)
     c.motion = MotionFigures(
         pose_change=mean,
         max_joint_change=mx,
@@ -422,9 +454,8 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     if al.largest_change is not None and al.largest_change > q.max_overlay_change:
         c.detail = f"a region outside the person changed ({al.largest_change:.4f} of the frame at {al.change_box})"
         return RejectReason.OVERLAY_CHANGED
-    blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
     if not blurry and mean < cfg.min_pose_change:
-        return RejectReason.LOW_MOTION  # decided without the costlier background match
+        return RejectReason.LOW_MOTION  # (a plain background: no chained estimate above)
     c.quality.background_match = track.background_match(c.i, c.j, al.matrix)
     if c.quality.background_match is not None and c.quality.background_match < q.min_background_match:
         return RejectReason.SHOT_CUT

@@ -207,9 +207,16 @@ def people_tracks(
         t.start, t.end = t.frames[0], t.frames[-1]
         # vanished where the subject stands (in the last sighting or the frames just after): went
         # behind the subject and is still there; likewise came out from behind: was there before
-        if t.end < n - 1 and any(_behind(subjects[k], t.poses[-1]) for k in range(t.end, min(n, t.end + 3))):
+        # only someone once seen apart from the subject is known to be another person: a second box
+        # that never leaves the subject's (an upside-down body detected twice) is not extended
+        apart = any(subjects[k] is None or not _behind(subjects[k], p) for k, p in zip(t.frames, t.poses, strict=True))
+        if apart and t.end < n - 1 and any(_behind(subjects[k], t.poses[-1]) for k in range(t.end, min(n, t.end + 3))):
             t.end = n - 1
-        if t.start > 0 and any(_behind(subjects[k], t.poses[0]) for k in range(max(0, t.start - 2), t.start + 1)):
+        if (
+            apart
+            and t.start > 0
+            and any(_behind(subjects[k], t.poses[0]) for k in range(max(0, t.start - 2), t.start + 1))
+        ):
             t.start = 0
         people.append(t)
     return people
