@@ -416,7 +416,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = args.output.rstrip("/")
     try:
         labels = read_labels(args.labels)
-        pair_labels = read_pair_labels(args.pair_labels) if args.pair_labels else None
+        pair_labels = None
+        for f in reversed(args.pair_labels or []):  # the first file named wins where two label a pair
+            pair_labels = (pair_labels or {}) | read_pair_labels(f)
         gen = committed(out)
     except LabelError as e:
         return _fail(str(e))
@@ -562,7 +564,11 @@ def build_parser() -> argparse.ArgumentParser:
     el = sub.add_parser("eval", help="a build's accept/reject decisions against a labelled list of its input files")
     el.add_argument("output")
     el.add_argument("--labels", required=True, help="CSV: file, expected (accept|reject|ignored), reasons (a|b), note")
-    el.add_argument("--pair-labels", help="CSV: pair_id, keep (yes|no), why: pair precision of the accepted pairs")
+    el.add_argument(
+        "--pair-labels",
+        action="append",
+        help="CSV: pair_id, keep (yes|no), why: pair precision of the accepted pairs (repeatable; the first wins)",
+    )
     el.add_argument("--json", metavar="FILE", help="also write the per-file results as JSON")
     el.set_defaults(func=cmd_eval)
 
