@@ -136,6 +136,9 @@ class QualityConfig(_Section):
     max_brightness_change: float = Field(
         12.0, ge=0, description="median background brightness change (gray levels; a fade), else shot_cut"
     )
+    min_person_change: float = Field(
+        0.1, ge=0, le=1, description="share of the person's box whose pixels change, else low_motion (jitter)"
+    )
     other_track_conf: float = Field(
         0.5, ge=0, le=1, description="another person tracked through the clip at this score counts for its stretch"
     )

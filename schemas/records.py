@@ -208,6 +208,7 @@ class QualityFigures(BaseModel):
     brightness_change: float | None = None  # median signed background difference (a fade)
     background_change: float | None = None  # share of the background that changed after alignment
     overlay_change: float | None = None  # largest changed region outside the people / frame area
+    person_change: float | None = None  # share of the person's box whose pixels changed after alignment
     other_track_score: float | None = None  # best score of another person tracked elsewhere in the clip
     borderline: bool = False  # a figure within quality.borderline_margin of its threshold
     borderline_checks: str | None = None  # which ones, comma-separated

@@ -49,6 +49,7 @@ class PairAlignment:
     largest_change: float | None  # the largest changed background region / frame area
     change_box: tuple[int, int, int, int] | None  # its box, decoded-frame pixels of the after frame
     plain: bool = False  # the background has no texture: decided by its pixels alone
+    person_change: float | None = None  # share of the subject's box whose pixels changed after alignment
 
     def full_matrix(self) -> np.ndarray | None:
         """The camera a -> b in decoded-frame pixels."""
@@ -211,7 +212,29 @@ def align_pair(
     else:
         status = "moving"
     full_box = None if box is None else tuple(int(round(v / s)) for v in box)
-    return PairAlignment(status, m, s, motion, residual, brightness, share, largest, full_box, plain)
+    moved = person_change(ga, gb, m, people_a[0], people_b[0], s) if people_a and people_b else None
+    return PairAlignment(status, m, s, motion, residual, brightness, share, largest, full_box, plain, moved)
+
+
+def person_change(ga: np.ndarray, gb: np.ndarray, m: np.ndarray, subject_a: Pose17, subject_b: Pose17, scale: float):
+    """Image evidence that the pose changed: the share of the pixels in the subject's box (the union of
+    its box in both frames, after alignment) that changed. Keypoints of a still person jitter from
+    frame to frame; a limb that really moves changes the picture where it was and where it went."""
+    h, w = gb.shape
+    warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    valid = cv2.warpAffine(np.full_like(ga, 255), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) == 255
+    x1, y1, x2, y2 = subject_a.box
+    c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]], float) * scale @ m[:, :2].T + m[:, 2]
+    bx = np.asarray(subject_b.box, float) * scale
+    ux1, uy1 = max(0, int(min(c[:, 0].min(), bx[0]))), max(0, int(min(c[:, 1].min(), bx[1])))
+    ux2, uy2 = min(w, int(np.ceil(max(c[:, 0].max(), bx[2])))), min(h, int(np.ceil(max(c[:, 1].max(), bx[3]))))
+    if ux2 - ux1 < 4 or uy2 - uy1 < 4:
+        return None
+    d = np.abs(
+        cv2.GaussianBlur(warped, (5, 5), 0).astype(np.float32) - cv2.GaussianBlur(gb, (5, 5), 0).astype(np.float32)
+    )[uy1:uy2, ux1:ux2]
+    ok = valid[uy1:uy2, ux1:ux2]
+    return float((d[ok] > CHANGE_LEVEL).mean()) if ok.any() else None
 
 
 def stabilise(frame_b: np.ndarray, pose_b: Pose17, m_full: np.ndarray) -> tuple[np.ndarray, Pose17]:

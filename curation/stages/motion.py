@@ -430,6 +430,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     c.quality.brightness_change = al.brightness
     c.quality.background_change = al.changed_share
     c.quality.overlay_change = al.largest_change
+    c.quality.person_change = al.person_change
     if al.status == "unmeasurable":
         c.detail = f"camera motion unmeasurable in {_unmeasured(steps)} step(s)"
         return RejectReason.CAMERA_MOTION
@@ -461,6 +462,10 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         return RejectReason.SHOT_CUT
     if blurry:
         return RejectReason.BLURRY
+    if al.person_change is not None and al.person_change < q.min_person_change:
+        # the keypoints moved, the picture of the person did not: the detector's jitter on a still body
+        c.detail = f"only {al.person_change:.3f} of the person's box changed: a still pose"
+        return RejectReason.LOW_MOTION
     if mean < cfg.min_pose_change:
         return RejectReason.LOW_MOTION
     _margins(c, cfg, q, crop)
@@ -485,6 +490,7 @@ MARGIN_REASONS = {
     "background_match": RejectReason.SHOT_CUT,
     "sharpness": RejectReason.BLURRY,
     "pose_change": RejectReason.LOW_MOTION,
+    "person_change": RejectReason.LOW_MOTION,
 }
 
 
@@ -509,6 +515,7 @@ def _margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> No
         "background_match": (qf.background_match, q.min_background_match, "min"),
         "sharpness": (qf.sharpness, q.min_sharpness, "min"),
         "pose_change": (mf.pose_change, cfg.min_pose_change, "min"),
+        "person_change": (qf.person_change, q.min_person_change, "min"),
     }
     if crop == "frame":
         checks["person_height"] = (qf.person_height, q.min_person_height, "min")
