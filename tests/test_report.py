@@ -54,7 +54,9 @@ def test_report_in_a_browser(labelled_build, tmp_path):
     for reason in clip_reasons:
         assert f"<td>{reason}</td>" in dom
     assert dom.count('class="reject-example"') >= len(clip_reasons)
-    assert dom.count("data:image/png;base64") == 4
+    from curation.report.page import HISTOGRAMS
+
+    assert dom.count("data:image/png;base64") == len(HISTOGRAMS)  # one histogram per filter figure
     assert stats["versions"]["pose_model"] in dom and stats["fingerprint"] in dom
     # and it renders: the screenshot is not blank
     shot = tmp_path / "shot.png"

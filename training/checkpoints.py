@@ -5,9 +5,10 @@ resumed from or evaluated, and why the others cannot."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
+
+from curation.store.files import atomic_write
 
 TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
 PARTIAL = ".partial"  # the suffix of a checkpoint folder being written
@@ -53,19 +54,6 @@ def describe_skipped(skipped: list[tuple[Path, str]]) -> str:
     return "; ".join(f"{p.name} ({why})" for p, why in skipped)
 
 
-def fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durably(path: Path, text: str) -> None:
-    """Write a file whole or not at all: a temporary beside it, flushed to disk, renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a file whole or not at all (the store's atomic write: temp file, fsync, rename, folder fsync)."""
+    atomic_write(path, lambda f: f.write(text.encode()))

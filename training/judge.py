@@ -35,9 +35,9 @@ from curation.captions.llm import (
     CaptionSetupError,
     LLMCaptioner,
     Prompt,
+    chat_request,
     estimated_tokens,
     failure_reason,
-    image_url,
 )
 from curation.config import CaptionConfig
 
@@ -155,23 +155,8 @@ def cache_key(job: JudgeJob, cfg: CaptionConfig, prompt: Prompt) -> str:
 
 def build_request(job: JudgeJob, cfg: CaptionConfig, prompt: Prompt) -> dict[str, Any]:
     text = prompt.user.format(pair=job.pair, system=job.system, instruction=job.instruction)
-    images = [
-        {"type": "image_url", "image_url": {"url": image_url(jpg, cfg.image_max_side), "detail": cfg.image_detail}}
-        for jpg in (job.before_jpg, job.edit_jpg)
-    ]
-    return {
-        "model": cfg.model,
-        "messages": [
-            {"role": "system", "content": prompt.system},
-            {"role": "user", "content": [{"type": "text", "text": text}, *images]},
-        ],
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "edit_judgement", "strict": True, "schema": judgement_json_schema()},
-        },
-        "max_completion_tokens": cfg.max_tokens,
-        "temperature": 0,
-    }
+    jpgs = (job.before_jpg, job.edit_jpg)
+    return chat_request(cfg, prompt, text, jpgs, "edit_judgement", judgement_json_schema())
 
 
 def parse_judgement(body: dict[str, Any]) -> tuple[str, str | None, Judgement | None, str | None, int, int]:

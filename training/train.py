@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 
+from curation.store.files import fsync_dir, fsync_file
 from schemas.records import version_matches
 
 from .checkpoints import (
@@ -38,7 +39,6 @@ from .checkpoints import (
     TRAINER_STATE,
     complete_checkpoints,
     describe_skipped,
-    fsync,
     incomplete,
     step_of,
     write_durably,
@@ -328,12 +328,12 @@ class Trainer:
             state = {"step": self.step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
             for f in partial.rglob("*"):
                 if f.is_file():
-                    fsync(f)
+                    fsync_file(f)
             write_durably(partial / TRAINER_STATE, json.dumps(state))
             if final.exists():  # this step saved before (a run resumed from an earlier checkpoint)
                 shutil.rmtree(final)
             os.replace(partial, final)
-            fsync(self.out)
+            fsync_dir(self.out)
             limit = self.cfg.checkpoints_total_limit
             if limit:
                 for old in self.checkpoints()[:-limit]:

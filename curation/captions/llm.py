@@ -150,9 +150,17 @@ def cache_key(job: CaptionJob, cfg: CaptionConfig, prompt: Prompt) -> str:
 def build_request(job: CaptionJob, cfg: CaptionConfig, prompt: Prompt) -> dict[str, Any]:
     """The Chat Completions request body (the same for live calls and Batch API lines)."""
     text = prompt.user.format(grounding=grounding(job.pair))
+    return chat_request(cfg, prompt, text, (job.before_jpg, job.after_jpg), "caption_answer", answer_json_schema())
+
+
+def chat_request(
+    cfg: CaptionConfig, prompt: Prompt, text: str, jpgs: tuple[bytes, ...], name: str, schema: dict[str, Any]
+) -> dict[str, Any]:
+    """A Chat Completions body: the prompt's system text, the user text with the images as data URLs,
+    and a strict JSON-schema answer format (captions and the edit judge alike)."""
     images = [
         {"type": "image_url", "image_url": {"url": image_url(jpg, cfg.image_max_side), "detail": cfg.image_detail}}
-        for jpg in (job.before_jpg, job.after_jpg)
+        for jpg in jpgs
     ]
     return {
         "model": cfg.model,
@@ -162,7 +170,7 @@ def build_request(job: CaptionJob, cfg: CaptionConfig, prompt: Prompt) -> dict[s
         ],
         "response_format": {
             "type": "json_schema",
-            "json_schema": {"name": "caption_answer", "strict": True, "schema": answer_json_schema()},
+            "json_schema": {"name": name, "strict": True, "schema": schema},
         },
         "max_completion_tokens": cfg.max_tokens,
         "temperature": 0,

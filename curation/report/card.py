@@ -23,6 +23,8 @@ from pydantic import BaseModel
 from schemas.records import FramePair
 from schemas.shard import AFTER, BEFORE, META
 
+from .page import caption_table
+
 TASKS = ["image-to-image"]
 
 
@@ -143,23 +145,13 @@ def caption_lines(stats: dict[str, Any]) -> list[str]:
         "| too short / long | vocabulary | contradicted (side/direction/limb) | abstained / failed |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|",
     ]
-    for version, f in [*(q.get("versions") or {}).items(), ("published", q.get("published"))]:
-        if not f:
-            continue
-        a = f.get("agreement") or {}
-        by = a.get("contradicted_by") or {}
-        top = (f.get("top") or [{}])[0]
-        contradicted = (
-            f"{a.get('contradict', 0)} ({'/'.join(str(by.get(k, 0)) for k in ('side', 'direction', 'limb'))})"
-            if a
-            else "-"
-        )
-        gone = f.get("abstained", sum((f.get("failed") or {}).values()) if "failed" in f else "-")
+    for r in caption_table(stats):
+        contradicted = f"{r['contradicted']} ({r['contradicted_by']})" if r["contradicted"] != "" else "-"
+        gone = r["abstained"] if r["abstained"] != "" else (r["failed"] if r["failed"] != "" else "-")
         lines.append(
-            f"| `{md(version)}` | {f.get('pairs', 0)} | {f.get('empty', 0)} | {f.get('exact_duplicates', 0)} "
-            f"| {f.get('near_duplicates', 0)} | {f.get('distinct', 0)} | {md(str(top.get('text', ''))[:80])} "
-            f"({f.get('top_share', 0):.0%}) | {f.get('too_short', 0)} / {f.get('too_long', 0)} "
-            f"| {f.get('vocabulary', 0)} | {contradicted} | {gone} |"
+            f"| `{md(r['version'])}` | {r['pairs']} | {r['empty']} | {r['exact']} | {r['near']} | {r['distinct']} "
+            f"| {md(str(r['top'])[:80])} ({r['top_share']}) | {r['short']} / {r['long']} | {r['vocabulary']} "
+            f"| {contradicted} | {gone} |"
         )
     lines.append("")
     for w in q.get("warnings") or []:

@@ -40,18 +40,24 @@ class LabelResult:
         return [r for r in self.rows if not r["ok"]]
 
 
-def read_labels(path: Path | str) -> list[Label]:
+def _rows(path: Path | str, what: str, columns: str) -> tuple[Path, csv.DictReader]:
+    """A labels CSV opened for reading, with the required columns (the first ones in `columns`)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise LabelError(f"labels file {p} cannot be read: {e.strerror or e}") from e
+        raise LabelError(f"{what} file {p} cannot be read: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
-        raise LabelError(f"labels file {p} is not UTF-8 text") from e
+        raise LabelError(f"{what} file {p} is not UTF-8 text") from e
     reader = csv.DictReader(text.splitlines())
-    need = {"file", "expected"}
+    need = {c.strip() for c in columns.split("[")[0].split(",") if c.strip()}
     if not reader.fieldnames or not need <= set(reader.fieldnames):
-        raise LabelError(f"labels file {p} needs the columns file, expected[, reasons, note]")
+        raise LabelError(f"{what} file {p} needs the columns {columns}")
+    return p, reader
+
+
+def read_labels(path: Path | str) -> list[Label]:
+    p, reader = _rows(path, "labels", "file, expected[, reasons, note]")
     labels = []
     for n, row in enumerate(reader, start=2):
         expected = (row.get("expected") or "").strip()
@@ -114,16 +120,7 @@ class PairLabel:
 
 def read_pair_labels(path: Path | str) -> dict[str, PairLabel]:
     """Per-pair labels: CSV with pair_id, keep (yes | no: would a person keep this pair), why."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise LabelError(f"pair labels file {p} cannot be read: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise LabelError(f"pair labels file {p} is not UTF-8 text") from e
-    reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames or not {"pair_id", "keep"} <= set(reader.fieldnames):
-        raise LabelError(f"pair labels file {p} needs the columns pair_id, keep[, why]")
+    p, reader = _rows(path, "pair labels", "pair_id, keep[, why]")
     out = {}
     for n, row in enumerate(reader, start=2):
         keep = (row.get("keep") or "").strip().lower()

@@ -51,8 +51,10 @@ FUNNEL = [
 # figures plotted, with the config key of their threshold and its side ("min" keeps values above)
 HISTOGRAMS = [
     ("pose_change", "motion.min_pose_change", "min", "pose change (limb motion / torso length)"),
-    ("person_height", "quality.min_person_height", "min", "person height / frame height"),
+    ("person_px_source", "quality.min_person_px", "min", "person height in source pixels"),
     ("camera_motion", "motion.max_camera_motion", "max", "camera motion / frame diagonal"),
+    ("overlay_change", "quality.max_overlay_change", "max", "changed region apart from the person / frame"),
+    ("person_change", "quality.min_person_change", "min", "share of the person's box that changes"),
     ("sharpness", "quality.min_sharpness", "min", "sharpness / clip's sharpest"),
 ]
 

@@ -411,17 +411,18 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         m, cam = plain.matrix, 0.0
     mean, mx, trans, torso, n = pose_change(a, b, cfg)
     blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
+    figures = MotionFigures(
+        pose_change=mean,
+        max_joint_change=mx,
+        translation=trans,
+        body_size_px=torso,
+        camera_motion=cam,  # the chained estimate; the alignment's figure replaces it below
+        scene_similarity=sim,
+        keypoints_compared=n,
+    )
     if m is not None and not blurry and mean < cfg.min_pose_change:
         # too little motion: decided on the chained camera estimate, without the costlier alignment
-        c.motion = MotionFigures(
-            pose_change=mean,
-            max_joint_change=mx,
-            translation=trans,
-            body_size_px=torso,
-            camera_motion=cam,
-            scene_similarity=sim,
-            keypoints_compared=n,
-        )
+        c.motion = figures
         return RejectReason.CAMERA_MOTION if cam > cfg.max_camera_motion else RejectReason.LOW_MOTION
     al = track.align(c.i, c.j, m, steps)
     c.align = al
@@ -434,15 +435,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     if al.status == "unmeasurable":
         c.detail = f"camera motion unmeasurable in {_unmeasured(steps)} step(s)"
         return RejectReason.CAMERA_MOTION
-    c.motion = MotionFigures(
-        pose_change=mean,
-        max_joint_change=mx,
-        translation=trans,
-        body_size_px=torso,
-        camera_motion=al.motion,
-        scene_similarity=sim,
-        keypoints_compared=n,
-    )
+    c.motion = figures.model_copy(update={"camera_motion": al.motion})
     if al.status == "moving":
         if al.motion <= cfg.max_camera_motion:
             c.detail = f"background residual {al.residual:.1f} after alignment: the camera cannot be taken out"
