@@ -363,7 +363,7 @@ class BuildConfig(BaseSettings):
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
-RESULTS_VERSION = 7  # 7: body-relative offline captions, abstentions (issue 25); 6: background alignment, overlays,
+RESULTS_VERSION = 8  # 8: overlays judged off the drawn body (issue 22); 7: body-relative offline captions, abstentions (issue 25); 6: background alignment, overlays,
 # tracked people, shown legs, person crops (issue 22)
 
 

@@ -426,7 +426,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _fail(f"{out} holds no finished build ({e})")
     samples = pd.read_parquet(gen.file_url(SAMPLES_FILE), columns=["uri", "clip_id", "pair_id", "caption"])
     rejects = pd.read_parquet(gen.file_url(REJECTS_FILE))
-    result = check_labels(samples, rejects, labels)
+    result = check_labels(samples, rejects, labels, pair_labels)
     console = Console(width=None if sys.stdout.isatty() else 200)
     t = Table(title=f"decisions against {args.labels}")
     for c in ("expected", "got", "clips"):
@@ -563,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     el = sub.add_parser("eval", help="a build's accept/reject decisions against a labelled list of its input files")
     el.add_argument("output")
-    el.add_argument("--labels", required=True, help="CSV: file, expected (accept|reject|ignored), reasons (a|b), note")
+    el.add_argument("--labels", required=True, help="CSV: file, expected (accept|reject|ignored|avoid: pairs clear of a hazard, each labelled keep, or a reject), reasons (a|b), note")
     el.add_argument(
         "--pair-labels",
         action="append",

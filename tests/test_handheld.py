@@ -218,3 +218,37 @@ def test_a_frame_replaced_inside_a_frame_folder_changes_its_identity(tmp_path):
     assert os.stat(folder).st_mtime_ns == st.st_mtime_ns
     assert ids(str(folder)) != first
     assert ContentIds()(str(folder)) == ids(str(folder))  # the same answer without a cache
+
+
+def test_a_graphic_inside_the_person_box_but_off_the_body_is_an_overlay(detector, clips):  # noqa: F811
+    """The detector's box is not the body: a graphic drawn inside it, apart from the limbs (a cartoon
+    beside the legs, a caption under the feet), changes the picture where the person is not. It is
+    measured as an overlay change; the same frame pair without it measures none."""
+    import decord
+
+    path = make("plain_static", clips)
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    a = vr[16].asnumpy()  # his arms and legs spread: room inside his box off the body
+    (person,) = [p for p in detector([a])[0] if p.score >= 0.5][:1]
+    s = quality.small_gray(a)[1]
+    h, w = quality.small_gray(a)[0].shape
+    shapes, reach = camera.body_shapes((h, w), [person], [person], np.eye(2, 3), s)
+    pad = int(np.ceil(reach / s)) + 2  # beyond the body's reach
+    # a spot inside the box (a 24 px square) clear of the drawn body by its reach
+    x1, y1, x2, y2 = (int(v) for v in person.box)
+    spot = next(
+        (x, y)
+        for y in range(y1 + 2, y2 - 26, 2)
+        for x in range(x1 + 2, x2 - 26, 2)
+        if (shapes[max(0, int((y - pad) * s)) : int((y + 24 + pad) * s), max(0, int((x - pad) * s)) : int((x + 24 + pad) * s)] == 255).all()
+    )
+    b = a.copy()
+    cv2 = pytest.importorskip("cv2")
+    cv2.rectangle(b, spot, (spot[0] + 24, spot[1] + 24), (200, 30, 30), -1)  # the graphic
+    cv2.putText(b, "GO", (spot[0] + 1, spot[1] + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2)
+    args = (np.eye(2, 3), False, 0.006, 0.03, 6.0)
+    marked = camera.align_pair(a, b, [person], [person], *args)
+    assert marked.largest_change > QualityConfig().max_overlay_change, marked
+    bx0, by0, bx1, by1 = marked.change_box
+    assert bx0 <= spot[0] + 24 and bx1 >= spot[0] and by0 <= spot[1] + 24 and by1 >= spot[1]
+    assert camera.align_pair(a, a.copy(), [person], [person], *args).largest_change == 0.0

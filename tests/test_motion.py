@@ -5,6 +5,7 @@ from posekit import RIGHT_ARM_UP, make_pose
 from curation.config import MotionConfig, PairingConfig, QualityConfig
 from curation.stages.motion import ClipTrack, FrameKind, FrameObs, classify, pose_change, select_pairs
 from curation.stages.quality import background_step, motion_magnitude, small_gray
+from schemas.records import RejectReason
 
 CFG = MotionConfig()
 
@@ -130,3 +131,20 @@ def test_camera_motion_measures_background_shift():
     assert motion_magnitude(step.matrix, w, h) * np.hypot(h, w) == pytest.approx(12, abs=1.0)
     still = background_step(a, a.copy(), [])
     assert motion_magnitude(still.matrix, w, h) < 1e-3
+
+
+def test_a_clip_whose_moving_pairs_are_cut_is_partial_body_not_low_motion():
+    """The clip's reason comes from the candidates that show motion: here every pair across the arm
+    raise has the after frame's body at the picture's edge, and the still pairs on either side fail
+    for too little motion. The clip gave nothing because of the cut, and says so."""
+    poses = []
+    for i in range(12):
+        p = make_pose(RIGHT_ARM_UP if i >= 6 else None)
+        if i >= 6:  # the raised arm's frames: the box reaches the left border
+            p = p.model_copy(update={"box": [0.0, *p.box[1:]]})
+        poses.append([p])
+    sel = select_pairs(track(poses), CFG, PairingConfig())
+    assert sel.pairs == [] and sel.reason is RejectReason.PARTIAL_BODY, sel.detail
+    # the same clip without the cut: pairs, so the still candidates did not decide the reason above
+    clean = select_pairs(track(arm_raise()), CFG, PairingConfig())
+    assert clean.pairs

@@ -286,8 +286,8 @@ def test_a_body_cut_by_the_frame_edge_is_partial(detector, tmp_path):
 def test_a_half_hidden_second_person_is_multiple_people(detector, tmp_path):
     """The tai chi clip with a faint second figure half behind the person (the same man from another
     moment, blended in): the detector scores it 0.25-0.9 from frame to frame, often under
-    motion.second_person_conf (0.5). Pairs whose window holds it are rejected; without the overlap
-    rule they are accepted with the figure showing it."""
+    motion.second_person_conf (0.5). Candidates whose window holds it are rejected as multiple_people
+    by the overlap rule; without the rule they go on to the later checks."""
     frames = sampled(ACCEPTED["tai_chi_glass"])
     people = detector(frames)
     n = len(frames)
@@ -305,12 +305,14 @@ def test_a_half_hidden_second_person_is_multiple_people(detector, tmp_path):
         out[y1:y2, x1:x2] = f[y1:y2, x1:x2]  # the person in front
         ghosted.append(out.astype(np.uint8))
     path = save(tmp_path / "ghost.mp4", ghosted)
+    # without the overlap rule the ghost's windows are still candidates (the overlay rule, which sees
+    # the ghost change the picture off the man's body, may reject them later); with it, they are
+    # multiple_people, and no accepted pair holds a hidden figure
     off = run_clip(path, detector, quality={"other_person_conf": 1.0, "other_track_conf": 1.0})
-    hidden = [p.pair.quality.other_person_score for p in off.pairs]
-    assert off.accepted and any(0.25 <= s < 0.5 for s in hidden), hidden  # the fault: accepted with him inside
     on = run_clip(path, detector)
+    ruled_out = off.funnel["after_multiple_people"] - on.funnel["after_multiple_people"]
+    assert ruled_out > 0, (off.funnel, on.funnel)
     assert all(p.pair.quality.other_person_score == 0 for p in on.pairs)
-    assert {p.pair.pair_id for p in on.pairs} != {p.pair.pair_id for p in off.pairs}
     kept = run_clip(video(ACCEPTED["tai_chi_glass"]), detector)
     assert kept.accepted and all(p.pair.quality.other_person_score == 0 for p in kept.pairs)
 

@@ -1,5 +1,10 @@
 """A labelled check of the build's decisions: expected accept / reject (with the acceptable reasons) /
-ignored per input file, against what a finished build decided (read through the store's pointer)."""
+ignored / avoid per input file, against what a finished build decided (read through the store's pointer).
+
+`avoid` is a clip with a hazard in part of it (a caption that vanishes at 0.7 s, a cross-fade at 2.1 s,
+a pan between still stretches): the rule is per pair, so the right outcome is either pairs that keep
+clear of it, every one of them labelled keep in the pair labels, or a reject for one of the reasons.
+Without pair labels an accepted `avoid` clip cannot be checked and does not count as holding."""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-EXPECTED = ("accept", "reject", "ignored")
+EXPECTED = ("accept", "reject", "ignored", "avoid")
 
 
 class LabelError(ValueError):
@@ -38,6 +43,13 @@ class LabelResult:
     @property
     def wrong(self) -> list[dict[str, Any]]:
         return [r for r in self.rows if not r["ok"]]
+
+
+@dataclass
+class PairLabel:
+    pair_id: str
+    keep: bool
+    why: str = ""
 
 
 def _rows(path: Path | str, what: str, columns: str) -> tuple[Path, csv.DictReader]:
@@ -72,11 +84,22 @@ def _name(uri: str) -> str:
     return PurePosixPath(str(uri).rstrip("/")).name
 
 
-def check_labels(samples: pd.DataFrame, rejects: pd.DataFrame, labels: list[Label]) -> LabelResult:
+def check_labels(
+    samples: pd.DataFrame,
+    rejects: pd.DataFrame,
+    labels: list[Label],
+    pair_labels: dict[str, PairLabel] | None = None,
+) -> LabelResult:
     """Each labelled file against the build: accepted (it has pairs), rejected (its clip-level reject
     reason) or not an input at all (ignored). A file the build saw as several clips (segments) is
-    accepted when any of them is."""
-    pairs = Counter(_name(u) for u in samples.get("uri", pd.Series(dtype=str)))
+    accepted when any of them is. An `avoid` label holds for a reject with one of its reasons, or for
+    pairs that are all labelled keep in `pair_labels`."""
+    names = [_name(u) for u in samples.get("uri", pd.Series(dtype=str))]
+    pairs = Counter(names)
+    kept: dict[str, bool] = {}
+    for name, pid in zip(names, samples.get("pair_id", pd.Series([None] * len(names))), strict=True):
+        lab = (pair_labels or {}).get(pid)
+        kept[name] = kept.get(name, True) and lab is not None and lab.keep
     clip_rows = rejects[rejects["level"] == "clip"] if len(rejects) else rejects
     reasons: dict[str, list[str]] = {}
     for uri, reason in zip(clip_rows.get("uri", []), clip_rows.get("reason", []), strict=True):
@@ -91,7 +114,10 @@ def check_labels(samples: pd.DataFrame, rejects: pd.DataFrame, labels: list[Labe
             got, why = "reject", reasons[lab.file][0]
         else:
             got, why = "ignored", ""
-        ok = got == lab.expected and (got != "reject" or not lab.reasons or why in lab.reasons)
+        if lab.expected == "avoid":
+            ok = (got == "accept" and kept.get(lab.file, False)) or (got == "reject" and (not lab.reasons or why in lab.reasons))
+        else:
+            ok = got == lab.expected and (got != "reject" or not lab.reasons or why in lab.reasons)
         out.rows.append(
             {
                 "file": lab.file,
@@ -109,13 +135,6 @@ def check_labels(samples: pd.DataFrame, rejects: pd.DataFrame, labels: list[Labe
 
 def _cell(decision: str, reasons: tuple[str, ...]) -> str:
     return f"{decision}/{reasons[0]}" if decision == "reject" and reasons else decision
-
-
-@dataclass
-class PairLabel:
-    pair_id: str
-    keep: bool
-    why: str = ""
 
 
 def read_pair_labels(path: Path | str) -> dict[str, PairLabel]:

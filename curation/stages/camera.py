@@ -122,6 +122,64 @@ def _people_mask(
     return mask
 
 
+# limbs drawn as capsules (radius in torso lengths); hands and feet reach past the wrist and ankle
+_ARMS = ((5, 7), (7, 9), (6, 8), (8, 10))
+_LEGS = ((11, 13), (13, 15), (12, 14), (14, 16))
+
+
+def body_shapes(
+    shape: tuple[int, int], people_a: list[Pose17], people_b: list[Pose17], m: np.ndarray, scale: float
+) -> tuple[np.ndarray, float]:
+    """0 where a person's body is, 255 elsewhere, in b's small-frame pixels (a's people moved by m), and
+    the body's reach: 0.35 of the largest torso drawn, in the same pixels.
+
+    The body is drawn from its keypoints as a figure of capsules (limbs 0.22-0.28 torso lengths wide
+    each side, the hands past the wrist, heel and sole below the ankle, the torso, the head), with a
+    disk of 0.6 torso lengths around each hand for what it holds (a bar, a ball). A change within the
+    reach of the figure is the body's (a toe, long hair, a skirt, a shadow at the feet); beyond it, it
+    is not, even when the changed region touches the body (a caption whose line runs under the feet). The detector's box is not
+    the body: a caption under the feet or a graphic beside the legs lies inside it. A person without a
+    measurable torso is masked by its tight box."""
+    h, w = shape
+    drawn = np.zeros((h, w), np.uint8)
+    largest = 0.0
+    for people, move in ((people_b, None), (people_a, m)):
+        for p in people:
+            k = np.asarray(p.keypoints, np.float64).copy()
+            k[:, :2] *= scale
+            if move is not None:
+                k[:, :2] = k[:, :2] @ move[:, :2].T + move[:, 2]
+            torso = float(np.linalg.norm((k[5, :2] + k[6, :2]) / 2 - (k[11, :2] + k[12, :2]) / 2))
+            if not (np.isfinite(k[:, :2]).all() and torso > 2):
+                x1, y1, x2, y2 = (np.asarray(p.box) * scale).tolist()
+                if move is not None:
+                    c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]) @ move[:, :2].T + move[:, 2]
+                    (x1, y1), (x2, y2) = c.min(0), c.max(0)
+                cv2.rectangle(drawn, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), 255, -1)
+                continue
+            largest = max(largest, torso)
+
+            def seg(a: np.ndarray, b: np.ndarray, r: float) -> None:
+                cv2.line(drawn, tuple(int(v) for v in a), tuple(int(v) for v in b), 255, max(1, int(2 * r * torso)))
+
+            for i, j in _ARMS:
+                seg(k[i, :2], k[j, :2], 0.22)
+            for i, j in _LEGS:
+                seg(k[i, :2], k[j, :2], 0.28)
+            for elbow, wrist in ((7, 9), (8, 10)):
+                seg(k[wrist, :2], k[wrist, :2] + 0.45 * (k[wrist, :2] - k[elbow, :2]), 0.22)
+                cv2.circle(drawn, tuple(int(v) for v in k[wrist, :2]), int(0.6 * torso), 255, -1)
+            for knee, ankle in ((13, 15), (14, 16)):  # the heel and sole below the ankle (a shoe's
+                seg(k[ankle, :2], k[ankle, :2] + 0.15 * (k[ankle, :2] - k[knee, :2]), 0.18)  # toe touches it)
+            trunk = k[[5, 6, 12, 11], :2].astype(np.int32)
+            cv2.fillConvexPoly(drawn, trunk, 255)
+            cv2.polylines(drawn, [trunk], True, 255, max(1, int(0.5 * torso)))
+            head = k[:5, :2].mean(0)
+            cv2.circle(drawn, tuple(int(v) for v in head), int(0.5 * torso), 255, -1)
+            seg(head, (k[5, :2] + k[6, :2]) / 2, 0.3)
+    return 255 - drawn, 0.35 * largest
+
+
 def compare_background(
     ga: np.ndarray,
     gb: np.ndarray,
@@ -129,11 +187,13 @@ def compare_background(
     mask_b: np.ndarray,
     min_region: float,
     bodies: np.ndarray | None = None,
+    reach: float = 0.0,
 ) -> tuple[float | None, float | None, float | None, float | None, tuple[int, int, int, int] | None]:
     """(residual, brightness, changed share, largest changed region, its box) of b against a warped by
     m, over b's background where both frames have pixels. Regions smaller than `min_region` of the
-    frame (noise, a leaf) are left out of the largest-region figure, and so are regions touching
-    `bodies` (0 on the people's tight boxes): what moves with a person (a barbell, a ball) is no overlay."""
+    frame (noise, a leaf) are left out of the largest-region figure, and so are the changes within
+    `reach` pixels of `bodies` (0 on the people's bodies, see body_shapes): what moves with a person
+    (loose clothes, hair, a held bar or ball) is no overlay."""
     h, w = gb.shape
     warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
     valid = cv2.warpAffine(np.full_like(ga, 255), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
@@ -148,19 +208,18 @@ def compare_background(
     changed = ((ad > CHANGE_LEVEL) & use).astype(np.uint8)
     changed = cv2.morphologyEx(changed, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     share = float(changed[use].mean())
-    # regions: the changes everywhere but on the people themselves (their tight boxes). One that
-    # touches a person moves with them (a barbell, a ball, a shadow, loose clothes); an overlay or a
-    # scene change stands apart from every person, if only by a few pixels (a caption under the feet)
+    # regions: the changes beyond the reach of every body. Near a body they move with it (a held bar,
+    # a ball, loose clothes, hair); an overlay or a scene change lies beyond, even when it runs up to
+    # the body (a caption under the feet, a graphic beside the legs: both inside the detector's box)
     bodies = mask_b if bodies is None else bodies
-    around = ((ad > CHANGE_LEVEL) & (valid == 255) & (bodies == 255)).astype(np.uint8)
+    off = (bodies == 255) & (cv2.distanceTransform((bodies == 255).astype(np.uint8), cv2.DIST_L2, 3) > reach)
+    around = ((ad > CHANGE_LEVEL) & (valid == 255) & off).astype(np.uint8)
     around = cv2.morphologyEx(around, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(around, connectivity=8)
-    near = cv2.dilate((bodies == 0).astype(np.uint8), np.ones((3, 3), np.uint8)) & (bodies == 255)
-    attached = set(np.unique(labels[(near > 0) & (around > 0)]).tolist()) - {0}
+    # the letters of one line of text belong together: close horizontal gaps (not across a body)
+    around = cv2.morphologyEx(around, cv2.MORPH_CLOSE, np.ones((3, 9), np.uint8)) & off.astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(around, connectivity=8)
     largest, box = 0.0, None
     for k in range(1, n):
-        if k in attached:
-            continue
         x, y, bw, bh, area = stats[k]
         # a region's size is its box's: text is strokes, and the strokes of one caption belong together
         size = float(max(area, 0.5 * bw * bh)) / (h * w)
@@ -200,8 +259,8 @@ def align_pair(
     if not plain:
         m = _refine(ga, gb, m, mask_b)
         mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
-    bodies = _people_mask((h, w), people_a, people_b, m, s, 0.03, shadows=False)
-    residual, brightness, share, largest, box = compare_background(ga, gb, m, mask_b, min_region, bodies)
+    bodies, reach = body_shapes((h, w), people_a, people_b, m, s)
+    residual, brightness, share, largest, box = compare_background(ga, gb, m, mask_b, min_region, bodies, reach)
     motion = motion_magnitude(m, w, h)
     if plain and (residual is None or residual > max_residual):
         status = "unmeasurable"  # no texture to align, and the pixels differ: nothing says it is still

@@ -523,6 +523,12 @@ def _margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> No
     qf.borderline_checks = ",".join(k for _, k in close) or None
 
 
+def _moves(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> bool:
+    """The candidate's keypoints change enough to be a pair, whichever check stopped it first."""
+    change = c.motion.pose_change if c.motion is not None else pose_change(track.person(c.i, cfg), track.person(c.j, cfg), cfg)[0]
+    return math.isfinite(change) and change >= cfg.min_pose_change
+
+
 CHECK_ORDER = (
     RejectReason.MULTIPLE_PEOPLE,
     RejectReason.IDENTITY_SWITCH,
@@ -565,8 +571,10 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
 
     failed: Counter[RejectReason] = Counter()
     passed: list[Candidate] = []
+    reasons: list[RejectReason | None] = []
     for c in cands:
         why = _check(track, c, cfg, pcfg.crop)
+        reasons.append(why)
         if why is None:
             passed.append(c)
         else:
@@ -576,6 +584,16 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         remaining -= failed[reason]
         funnel[f"after_{reason.value}"] = remaining
     if not passed:
+        moving = Counter(
+            why for c, why in zip(cands, reasons, strict=True) if why is not RejectReason.LOW_MOTION and _moves(track, c, cfg)
+        )
+        if moving:
+            # the candidates that show motion name why the clip has no pair (a deadlift whose feet the
+            # plate hides is partial_body, not low_motion for its still moments): the check the
+            # furthest of them reached
+            reason = max(moving, key=CHECK_ORDER.index)
+            detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
+            return Selection([], reason, f"{detail} ({summary})", funnel)
         # the first check that brought the count to zero decides
         left = len(cands)
         for reason in CHECK_ORDER:
