@@ -88,6 +88,12 @@ class MotionConfig(_Section):
         0.2, ge=0, le=1, description="each funnel step must keep this share of the sampled frames"
     )
     min_pose_change: float = Field(0.25, ge=0, description="mean root-relative limb-joint motion / torso length")
+    min_limb_change: float = Field(
+        0.6,
+        ge=0,
+        description="or: the largest root-relative limb-joint motion / torso length (an arm-only edit: a curl, "
+        "a wave, moves one wrist far and the mean little); 0 turns it off",
+    )
     max_track_jump: float = Field(1.0, gt=0, description="body-centre jump between sampled frames / torso")
     max_size_ratio: float = Field(1.6, gt=1, description="torso length may change at most by this factor")
     max_camera_motion: float = Field(
@@ -363,7 +369,7 @@ class BuildConfig(BaseSettings):
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
-RESULTS_VERSION = 8  # 8: overlays judged off the drawn body (issue 22); 7: body-relative offline captions, abstentions (issue 25); 6: background alignment, overlays,
+RESULTS_VERSION = 8  # 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions, abstentions (issue 25); 6: background alignment, overlays,
 # tracked people, shown legs, person crops (issue 22)
 
 

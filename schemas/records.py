@@ -178,6 +178,7 @@ class MotionFigures(BaseModel):
 
     pose_change: float | None  # mean root-relative displacement of limb joints (elbows, wrists, knees, ankles)
     max_joint_change: float | None  # largest root-relative displacement of any keypoint visible in both
+    limb_change: float | None = None  # largest root-relative displacement of a limb joint
     translation: float | None  # displacement of the hip centre
     body_size_px: float | None  # torso length in the before frame
     camera_motion: float  # net camera motion (RANSAC similarity of background points) / frame diagonal

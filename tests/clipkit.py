@@ -106,6 +106,7 @@ def shake_matrix(dx: float, dy: float, angle: float, scale: float) -> np.ndarray
 _FADE_OUT, _BLACK, _FADE_IN, _FADE_END = 14, 20, 23, 29  # fade_black, frame indices
 _XFADE0, _XFADE1 = 18, 30  # crossfade
 _CHANGE = 20  # overlays
+_STILL = 18  # slow_zoom_still: the NTU frames before she starts to lift the cup
 XFADE_GRADE = (0.86, 0.98, 1.12)  # crossfade: the second shot's white balance
 _HIDE0, _HIDE1 = 10, 16  # hidden_partner: beside him until frame 10, behind him from frame 16
 
@@ -128,8 +129,9 @@ KINDS: dict[str, Spec] = {
         ),
         Spec(
             "slow_zoom_still",
-            "the near-still NTU woman with a slow zoom-in (the crop shrinks 12 % over 3.4 s, centred on "
-            "her), whole body in frame throughout",
+            "the NTU woman near-still (her first 0.6 s, before she lifts the cup, played forward and back) "
+            "with a slow zoom-in (the crop shrinks 12 % over 3.4 s, centred on her), whole body in frame "
+            "throughout",
             "reject",
             ("camera_motion", "low_motion"),
             size=(640, 360),
@@ -589,7 +591,11 @@ def _pan_follow() -> list[np.ndarray]:
 
 
 def _slow_zoom_still() -> list[np.ndarray]:
-    frames = _ntu()
+    # her first 0.6 s (the cup still at her waist; she lifts it to drink from about 0.7 s), played
+    # forward and back: a subject that stays near-still for the whole clip, with the footage's own noise
+    src = _ntu()
+    k = np.arange(len(src)) % (2 * _STILL - 2)
+    frames = src[np.where(k < _STILL, k, 2 * _STILL - 2 - k)]
     w0, h0 = 711.3, 400.0  # the first crop (720p pixels), centred on her
     z_end = 1 / KINDS["slow_zoom_still"].facts["zoom"]
     out = []

@@ -12,11 +12,12 @@ CFG = MotionConfig()
 
 def test_pose_change_is_normalised_by_body_size_and_ignores_translation():
     a, b = make_pose(), make_pose(RIGHT_ARM_UP)
-    mean, mx, trans, torso, n = pose_change(a, b, CFG)
+    mean, mx, trans, torso, n, limb = pose_change(a, b, CFG)
     assert torso == pytest.approx(100) and n == 17 and trans == pytest.approx(0)
     big_a, big_b = make_pose(scale=2.5), make_pose(RIGHT_ARM_UP, scale=2.5, shift=(300, 40))
-    mean2, mx2, trans2, _, _ = pose_change(big_a, big_b, CFG)
+    mean2, mx2, trans2, _, _, limb2 = pose_change(big_a, big_b, CFG)
     assert mean2 == pytest.approx(mean) and mx2 == pytest.approx(mx)  # same motion, bigger and moved
+    assert limb2 == pytest.approx(limb) and mean < limb <= mx
     assert trans2 > 1
     assert pose_change(a, make_pose(shift=(50, 0)), CFG)[0] == pytest.approx(0)  # walking sideways is no pose change
 
@@ -24,7 +25,7 @@ def test_pose_change_is_normalised_by_body_size_and_ignores_translation():
 def test_low_confidence_keypoints_are_not_compared():
     a = make_pose()
     b = make_pose(RIGHT_ARM_UP, low=("right_wrist", "right_elbow"))
-    mean, _, _, _, n = pose_change(a, b, CFG)
+    mean, _, _, _, n, _ = pose_change(a, b, CFG)
     assert n == 15 and mean == pytest.approx(0)
 
 
@@ -148,3 +149,20 @@ def test_a_clip_whose_moving_pairs_are_cut_is_partial_body_not_low_motion():
     # the same clip without the cut: pairs, so the still candidates did not decide the reason above
     clean = select_pairs(track(arm_raise()), CFG, PairingConfig())
     assert clean.pairs
+
+
+def test_an_arm_only_edit_moves_by_its_limb():
+    """A curl moves one wrist far and every other joint not at all: the limbs' mean stays under
+    min_pose_change, the wrist's own motion is over min_limb_change. Such a pair is motion (the
+    edit "bend your right arm"); with the limb figure switched off it is low_motion."""
+    from posekit import STANDING
+
+    ex, ey = STANDING["right_elbow"]
+    curl = {"right_wrist": (ex + 5, ey - 80)}  # the forearm folded up from hanging: 1.35 torso
+    poses = [[make_pose(curl if i >= 6 else None)] for i in range(12)]
+    mean, _, _, _, _, limb = pose_change(poses[0][0], poses[-1][0], CFG)
+    assert mean < CFG.min_pose_change <= CFG.min_limb_change <= limb
+    sel = select_pairs(track(poses), CFG, PairingConfig())
+    assert sel.pairs and all(c.motion.limb_change >= CFG.min_limb_change for c in sel.pairs)
+    off = CFG.model_copy(update={"min_limb_change": 0.0})
+    assert select_pairs(track(poses), off, PairingConfig()).reason is RejectReason.LOW_MOTION

@@ -149,25 +149,34 @@ LIMB_MASK = np.zeros(17, bool)
 LIMB_MASK[[KP[f"{s}_{j}"] for s in ("left", "right") for j in ("elbow", "wrist", "knee", "ankle")]] = True
 
 
-def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> tuple[float, float, float, float, int]:
+def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> tuple[float, float, float, float, int, float]:
     """Root-relative displacement (mean over visible limb joints, max over all visible joints), root
-    translation (all / torso length), torso length of `a` in pixels, the number of keypoints compared."""
+    translation (all / torso length), torso length of `a` in pixels, the number of keypoints compared,
+    and the largest limb joint's displacement."""
     hips = _hips_visible(cfg.keypoint_conf, a, b)
     ra, ta = root_and_torso(a, hips)
     rb, tb = root_and_torso(b, hips)
     torso = (ta + tb) / 2
     if not (torso > 1e-6 and math.isfinite(torso)):
-        return 0.0, 0.0, 0.0, ta, 0
+        return 0.0, 0.0, 0.0, ta, 0, 0.0
     ka = np.asarray(a.keypoints, dtype=np.float64)
     kb = np.asarray(b.keypoints, dtype=np.float64)
     both = (ka[:, 2] >= cfg.keypoint_conf) & (kb[:, 2] >= cfg.keypoint_conf)
     both &= np.isfinite(ka[:, :2]).all(1) & np.isfinite(kb[:, :2]).all(1)
     if not both.any():
-        return 0.0, 0.0, float(np.linalg.norm(rb - ra) / torso), ta, 0
+        return 0.0, 0.0, float(np.linalg.norm(rb - ra) / torso), ta, 0, 0.0
     d = np.linalg.norm((kb[:, :2] - rb) - (ka[:, :2] - ra), axis=1) / torso
     limbs = both & LIMB_MASK
     mean = float(d[limbs].mean()) if limbs.any() else 0.0
-    return mean, float(d[both].max()), float(np.linalg.norm(rb - ra) / torso), ta, int(both.sum())
+    limb = float(d[limbs].max()) if limbs.any() else 0.0
+    return mean, float(d[both].max()), float(np.linalg.norm(rb - ra) / torso), ta, int(both.sum()), limb
+
+
+def moves(mean: float, limb: float | None, cfg: MotionConfig) -> bool:
+    """Enough pose change for a pair: the limbs' mean motion, or one limb's (an arm-only edit)."""
+    return mean >= cfg.min_pose_change or (
+        cfg.min_limb_change > 0 and limb is not None and math.isfinite(limb) and limb >= cfg.min_limb_change
+    )
 
 
 def same_person(a: Pose17, b: Pose17, cfg: MotionConfig) -> bool:
@@ -409,18 +418,20 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
             c.detail = "background points do not follow one camera motion between sampled frames"
             return RejectReason.SHOT_CUT
         m, cam = plain.matrix, 0.0
-    mean, mx, trans, torso, n = pose_change(a, b, cfg)
+    mean, mx, trans, torso, n, limb = pose_change(a, b, cfg)
+    moving = moves(mean, limb, cfg)
     blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
     figures = MotionFigures(
         pose_change=mean,
         max_joint_change=mx,
+        limb_change=limb,
         translation=trans,
         body_size_px=torso,
         camera_motion=cam,  # the chained estimate; the alignment's figure replaces it below
         scene_similarity=sim,
         keypoints_compared=n,
     )
-    if m is not None and not blurry and mean < cfg.min_pose_change:
+    if m is not None and not blurry and not moving:
         # too little motion: decided on the chained camera estimate, without the costlier alignment
         c.motion = figures
         return RejectReason.CAMERA_MOTION if cam > cfg.max_camera_motion else RejectReason.LOW_MOTION
@@ -448,7 +459,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     if al.largest_change is not None and al.largest_change > q.max_overlay_change:
         c.detail = f"a region outside the person changed ({al.largest_change:.4f} of the frame at {al.change_box})"
         return RejectReason.OVERLAY_CHANGED
-    if not blurry and mean < cfg.min_pose_change:
+    if not blurry and not moving:
         return RejectReason.LOW_MOTION  # (a plain background: no chained estimate above)
     c.quality.background_match = track.background_match(c.i, c.j, al.matrix)
     if c.quality.background_match is not None and c.quality.background_match < q.min_background_match:
@@ -459,7 +470,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         # the keypoints moved, the picture of the person did not: the detector's jitter on a still body
         c.detail = f"only {al.person_change:.3f} of the person's box changed: a still pose"
         return RejectReason.LOW_MOTION
-    if mean < cfg.min_pose_change:
+    if not moving:
         return RejectReason.LOW_MOTION
     _margins(c, cfg, q, crop)
     if c.quality.borderline and q.borderline == "drop":
@@ -517,6 +528,9 @@ def _margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> No
         if fig is None or thr is None or thr <= 0 or not math.isfinite(fig):
             continue
         found[name] = (fig - thr) / thr if kind == "min" else (thr - fig) / thr
+    if "pose_change" in found and cfg.min_limb_change > 0 and mf.limb_change is not None:
+        # a pair moves by either motion figure: its margin is the better of the two
+        found["pose_change"] = max(found["pose_change"], (mf.limb_change - cfg.min_limb_change) / cfg.min_limb_change)
     close = sorted((v, k) for k, v in found.items() if v < q.borderline_margin)
     qf.min_margin = min(found.values()) if found else None
     qf.borderline = bool(close)
@@ -525,8 +539,12 @@ def _margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> No
 
 def _moves(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> bool:
     """The candidate's keypoints change enough to be a pair, whichever check stopped it first."""
-    change = c.motion.pose_change if c.motion is not None else pose_change(track.person(c.i, cfg), track.person(c.j, cfg), cfg)[0]
-    return math.isfinite(change) and change >= cfg.min_pose_change
+    if c.motion is not None:
+        mean, limb = c.motion.pose_change, c.motion.limb_change
+    else:
+        figures = pose_change(track.person(c.i, cfg), track.person(c.j, cfg), cfg)
+        mean, limb = figures[0], figures[5]
+    return mean is not None and math.isfinite(mean) and moves(mean, limb, cfg)
 
 
 CHECK_ORDER = (
