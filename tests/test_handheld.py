@@ -239,12 +239,13 @@ def test_a_graphic_inside_the_person_box_but_off_the_body_is_an_overlay(detector
     pad = int(np.ceil(reach / s)) + 2  # beyond the body's reach
     # a spot inside the box (a 24 px square) clear of the drawn body by its reach
     x1, y1, x2, y2 = (int(v) for v in person.box)
-    spot = next(
-        (x, y)
-        for y in range(y1 + 2, y2 - 26, 2)
-        for x in range(x1 + 2, x2 - 26, 2)
-        if (shapes[max(0, int((y - pad) * s)) : int((y + 24 + pad) * s), max(0, int((x - pad) * s)) : int((x + 24 + pad) * s)] == 255).all()
-    )
+
+    def clear(x: int, y: int) -> bool:
+        rows = slice(max(0, int((y - pad) * s)), int((y + 24 + pad) * s))
+        cols = slice(max(0, int((x - pad) * s)), int((x + 24 + pad) * s))
+        return bool((shapes[rows, cols] == 255).all())
+
+    spot = next((x, y) for y in range(y1 + 2, y2 - 26, 2) for x in range(x1 + 2, x2 - 26, 2) if clear(x, y))
     b = a.copy()
     cv2 = pytest.importorskip("cv2")
     cv2.rectangle(b, spot, (spot[0] + 24, spot[1] + 24), (200, 30, 30), -1)  # the graphic

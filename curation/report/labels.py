@@ -115,7 +115,9 @@ def check_labels(
         else:
             got, why = "ignored", ""
         if lab.expected == "avoid":
-            ok = (got == "accept" and kept.get(lab.file, False)) or (got == "reject" and (not lab.reasons or why in lab.reasons))
+            ok = (got == "accept" and kept.get(lab.file, False)) or (
+                got == "reject" and (not lab.reasons or why in lab.reasons)
+            )
         else:
             ok = got == lab.expected and (got != "reject" or not lab.reasons or why in lab.reasons)
         out.rows.append(

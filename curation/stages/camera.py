@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from schemas.records import Pose17
+from schemas.records import KP, Pose17
 
 from .quality import IDENTITY, background_mask, grid_corners, motion_magnitude, small_gray
 
@@ -122,9 +122,49 @@ def _people_mask(
     return mask
 
 
-# limbs drawn as capsules (radius in torso lengths); hands and feet reach past the wrist and ankle
-_ARMS = ((5, 7), (7, 9), (6, 8), (8, 10))
-_LEGS = ((11, 13), (13, 15), (12, 14), (14, 16))
+# the body figure: capsules around the limbs (radius in torso lengths) ...
+_LIMBS = tuple(
+    (KP[f"{side}_{a}"], KP[f"{side}_{b}"], r)
+    for side in ("left", "right")
+    for a, b, r in (
+        ("shoulder", "elbow", 0.22),
+        ("elbow", "wrist", 0.22),
+        ("hip", "knee", 0.28),
+        ("knee", "ankle", 0.28),
+    )
+)
+# ... and past the ends: (from, end, reach past the end as a share of from -> end, radius)
+_ENDS = tuple(
+    (KP[f"{side}_{a}"], KP[f"{side}_{b}"], f, r)
+    for side in ("left", "right")
+    for a, b, f, r in (("elbow", "wrist", 0.45, 0.22), ("knee", "ankle", 0.15, 0.18))  # hand; heel and sole
+)
+_TRUNK = [KP[n] for n in ("left_shoulder", "right_shoulder", "right_hip", "left_hip")]
+_HEAD = [KP[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
+
+
+def _torso(k: np.ndarray) -> float:
+    return float(np.linalg.norm((k[_TRUNK[0], :2] + k[_TRUNK[1], :2]) / 2 - (k[_TRUNK[2], :2] + k[_TRUNK[3], :2]) / 2))
+
+
+def _draw_figure(drawn: np.ndarray, k: np.ndarray, torso: float) -> None:
+    """One body's figure from its keypoints (x, y in drawn's pixels), 255 on `drawn`."""
+
+    def capsule(a: np.ndarray, b: np.ndarray, r: float) -> None:
+        cv2.line(drawn, tuple(int(v) for v in a), tuple(int(v) for v in b), 255, max(1, int(2 * r * torso)))
+
+    for i, j, r in _LIMBS:
+        capsule(k[i, :2], k[j, :2], r)
+    for i, j, f, r in _ENDS:
+        capsule(k[j, :2], k[j, :2] + f * (k[j, :2] - k[i, :2]), r)
+    for wrist in (KP["left_wrist"], KP["right_wrist"]):  # what the hands hold: a bar, a ball
+        cv2.circle(drawn, tuple(int(v) for v in k[wrist, :2]), int(0.6 * torso), 255, -1)
+    trunk = k[_TRUNK, :2].astype(np.int32)
+    cv2.fillConvexPoly(drawn, trunk, 255)
+    cv2.polylines(drawn, [trunk], True, 255, max(1, int(0.5 * torso)))
+    head = k[_HEAD, :2].mean(0)
+    cv2.circle(drawn, tuple(int(v) for v in head), int(0.5 * torso), 255, -1)
+    capsule(head, (k[_TRUNK[0], :2] + k[_TRUNK[1], :2]) / 2, 0.3)  # the neck
 
 
 def body_shapes(
@@ -137,9 +177,9 @@ def body_shapes(
     each side, the hands past the wrist, heel and sole below the ankle, the torso, the head), with a
     disk of 0.6 torso lengths around each hand for what it holds (a bar, a ball). A change within the
     reach of the figure is the body's (a toe, long hair, a skirt, a shadow at the feet); beyond it, it
-    is not, even when the changed region touches the body (a caption whose line runs under the feet). The detector's box is not
-    the body: a caption under the feet or a graphic beside the legs lies inside it. A person without a
-    measurable torso is masked by its tight box."""
+    is not, even when the changed region touches the body (a caption whose line runs under the feet).
+    The detector's box is not the body: a caption under the feet or a graphic beside the legs lies
+    inside it. A person without a measurable torso is masked by its tight box."""
     h, w = shape
     drawn = np.zeros((h, w), np.uint8)
     largest = 0.0
@@ -149,34 +189,16 @@ def body_shapes(
             k[:, :2] *= scale
             if move is not None:
                 k[:, :2] = k[:, :2] @ move[:, :2].T + move[:, 2]
-            torso = float(np.linalg.norm((k[5, :2] + k[6, :2]) / 2 - (k[11, :2] + k[12, :2]) / 2))
-            if not (np.isfinite(k[:, :2]).all() and torso > 2):
-                x1, y1, x2, y2 = (np.asarray(p.box) * scale).tolist()
-                if move is not None:
-                    c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]) @ move[:, :2].T + move[:, 2]
-                    (x1, y1), (x2, y2) = c.min(0), c.max(0)
-                cv2.rectangle(drawn, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), 255, -1)
+            torso = _torso(k)
+            if np.isfinite(k[:, :2]).all() and torso > 2:
+                largest = max(largest, torso)
+                _draw_figure(drawn, k, torso)
                 continue
-            largest = max(largest, torso)
-
-            def seg(a: np.ndarray, b: np.ndarray, r: float) -> None:
-                cv2.line(drawn, tuple(int(v) for v in a), tuple(int(v) for v in b), 255, max(1, int(2 * r * torso)))
-
-            for i, j in _ARMS:
-                seg(k[i, :2], k[j, :2], 0.22)
-            for i, j in _LEGS:
-                seg(k[i, :2], k[j, :2], 0.28)
-            for elbow, wrist in ((7, 9), (8, 10)):
-                seg(k[wrist, :2], k[wrist, :2] + 0.45 * (k[wrist, :2] - k[elbow, :2]), 0.22)
-                cv2.circle(drawn, tuple(int(v) for v in k[wrist, :2]), int(0.6 * torso), 255, -1)
-            for knee, ankle in ((13, 15), (14, 16)):  # the heel and sole below the ankle (a shoe's
-                seg(k[ankle, :2], k[ankle, :2] + 0.15 * (k[ankle, :2] - k[knee, :2]), 0.18)  # toe touches it)
-            trunk = k[[5, 6, 12, 11], :2].astype(np.int32)
-            cv2.fillConvexPoly(drawn, trunk, 255)
-            cv2.polylines(drawn, [trunk], True, 255, max(1, int(0.5 * torso)))
-            head = k[:5, :2].mean(0)
-            cv2.circle(drawn, tuple(int(v) for v in head), int(0.5 * torso), 255, -1)
-            seg(head, (k[5, :2] + k[6, :2]) / 2, 0.3)
+            x1, y1, x2, y2 = (np.asarray(p.box) * scale).tolist()
+            if move is not None:
+                c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]) @ move[:, :2].T + move[:, 2]
+                (x1, y1), (x2, y2) = c.min(0), c.max(0)
+            cv2.rectangle(drawn, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), 255, -1)
     return 255 - drawn, 0.35 * largest
 
 

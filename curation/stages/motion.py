@@ -602,12 +602,14 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         remaining -= failed[reason]
         funnel[f"after_{reason.value}"] = remaining
     if not passed:
-        moving = Counter(
-            why for c, why in zip(cands, reasons, strict=True) if why is not RejectReason.LOW_MOTION and _moves(track, c, cfg)
-        )
+        moving = {
+            why
+            for c, why in zip(cands, reasons, strict=True)
+            if why is not None and why is not RejectReason.LOW_MOTION and _moves(track, c, cfg)
+        }
         if moving:
-            # the candidates that show motion name why the clip has no pair (a deadlift whose feet the
-            # plate hides is partial_body, not low_motion for its still moments): the check the
+            # the candidates that show motion name why the clip has no pair (jumps whose head the top
+            # edge cuts are partial_body, not low_motion for their still moments): the check the
             # furthest of them reached
             reason = max(moving, key=CHECK_ORDER.index)
             detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
