@@ -14,10 +14,10 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,15 +25,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from schemas.captions import CAPTIONS_DIR
 from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 from schemas.records import Caption
-from schemas.shard import decode_sample
 
 from .captions.llm import CaptionJob, LLMCaptioner, RunSummary
-from .captions.quality import generation_caption_quality
 from .captions.rows import (
     AGREEMENT_POLICIES,
     choose_captions,
@@ -43,10 +40,10 @@ from .captions.rows import (
     write_caption_rows,
 )
 from .captions.select import FilterError, select_rows
-from .config import CaptionConfig
-from .store import Output, StoreError, require_local, write_json
+from .config import CaptionConfig, QualityConfig
+from .store import Output, StoreError, write_json
 from .store.faults import crash_point
-from .store.layout import PUBLISHED, SHARDS
+from .store.layout import PUBLISHED
 from .store.shards import describe_tar, rewrite_tar
 
 log = logging.getLogger(__name__)
@@ -56,15 +53,18 @@ class RecaptionError(ValueError):
     """A bad query or an output folder without a finished build: a clear one-line error."""
 
 
-def load_samples(out: Path | str) -> pd.DataFrame:
+def _output(out: Output | Path | str, staging_dir: str | None = None) -> Output:
+    return out if isinstance(out, Output) else Output.open(out, staging_dir)
+
+
+def load_samples(out: Output | Path | str) -> pd.DataFrame:
+    """The current generation's samples.parquet (a local folder or an fsspec URL)."""
+    out = _output(out)
     try:
-        require_local(str(out), "recaption and publish")
-    except StoreError as e:
-        raise RecaptionError(str(e)) from e
-    path = Path(out) / SAMPLES_FILE
-    if not path.is_file():
-        raise RecaptionError(f"{out} holds no finished build (no {SAMPLES_FILE})")
-    return pd.read_parquet(path)
+        data = out.read_generation_file(SAMPLES_FILE)
+    except (StoreError, FileNotFoundError) as e:
+        raise RecaptionError(f"{out.url} holds no finished build (no {SAMPLES_FILE})") from e
+    return pd.read_parquet(io.BytesIO(data))
 
 
 def select(samples: pd.DataFrame, where: str | None) -> pd.DataFrame:
@@ -75,42 +75,35 @@ def select(samples: pd.DataFrame, where: str | None) -> pd.DataFrame:
         raise RecaptionError(str(e)) from e
 
 
-def load_jobs(out: Path, subset: pd.DataFrame) -> list[CaptionJob]:
-    """Images and records of the chosen pairs, read back from their shards."""
-    wanted = defaultdict(set)
-    for pid, shard in zip(subset.pair_id, subset.shard, strict=True):
-        wanted[shard].add(pid)
-    jobs = []
-    for shard, ids in sorted(wanted.items()):
-        for raw in wds.WebDataset(str(Path(out) / SHARDS / shard), shardshuffle=False):
-            s = decode_sample(raw)
-            if s.pair.pair_id in ids:
-                jobs.append(CaptionJob(s.pair, s.before, s.after))
+def load_jobs(out: Output | Path | str, subset: pd.DataFrame) -> list[CaptionJob]:
+    """Images and records of the chosen pairs, read back through the store."""
+    shards = dict(zip(subset.pair_id, subset.shard, strict=True))
+    jobs = [CaptionJob(s.pair, s.before, s.after) for s in _output(out).samples(shards, shards=shards)]
     order = {p: i for i, p in enumerate(subset.pair_id)}
     return sorted(jobs, key=lambda j: order[j.pair.pair_id])
 
 
 def recaption(
-    out: Path | str,
+    out: Output | Path | str,
     cfg: CaptionConfig,
     where: str | None = None,
     api_key: str | None = None,
     wait: float | None = None,
+    staging_dir: str | None = None,
 ) -> tuple[RunSummary, str]:
+    out = _output(out, staging_dir)
     samples = load_samples(out)
-    out = Path(out)
     subset = select(samples, where)
-    with Output(out).lock("recaption", wait):
-        return _recaption(out, cfg, subset, samples, api_key)
-
-
-def _recaption(out: Path, cfg: CaptionConfig, subset: pd.DataFrame, samples: pd.DataFrame, api_key: str | None):
-    captioner = LLMCaptioner(cfg, out, api_key=api_key).setup()
-    jobs = load_jobs(out, subset)
-    log.info("recaptioning %d of %d samples with %s", len(jobs), len(samples), captioner.version)
-    rows = captioner.caption(jobs)
-    write_caption_rows(out, captioner.run_id, rows)
-    return captioner.summary, captioner.run_id
+    with out.lock("recaption", wait):
+        out.pull()
+        captioner = LLMCaptioner(cfg, out.root, api_key=api_key).setup()
+        jobs = load_jobs(out, subset)
+        log.info("recaptioning %d of %d samples with %s", len(jobs), len(samples), captioner.version)
+        rows = captioner.caption(jobs)
+        path = write_caption_rows(out.root, captioner.run_id, rows)
+        if path is not None:
+            out.push(f"{CAPTIONS_DIR}/{path.name}")
+        return captioner.summary, captioner.run_id
 
 
 def _caption_columns(table: pa.Table, chosen: dict[str, Caption]) -> pa.Table:
@@ -158,7 +151,6 @@ def apply_published(
     out: Output,
     samples: pa.Table,
     files: dict[str, dict[str, Any]],
-    fetch: Callable[[str], None] | None = None,
 ) -> tuple[pa.Table, dict[str, dict[str, Any]], dict[str, Any] | None]:
     """Apply the output's published caption choice to a generation being made: tars holding a pair
     whose caption changes are rewritten into the pool under a name derived from their content and the
@@ -184,8 +176,8 @@ def apply_published(
             for p in sorted(pids)
         ]
         dst = _published_name(name, files[name]["sha256"], changes)
-        if fetch is not None and not (out.tars / dst).is_file():
-            fetch(name)  # a remote output: the source tar into the staging pool
+        if not (out.tars / dst).is_file():
+            out.local_tar(name)  # a remote output: the source tar into the staging pool
         entry = _rewrite_tar(out, name, dst, chosen, versions) if not (out.tars / dst).is_file() else None
         if entry is None:
             entry = describe_tar(out.tars / dst, files[name]["samples"])
@@ -201,7 +193,7 @@ def apply_published(
 
 
 def publish(
-    out: Path | str,
+    out: Output | Path | str,
     caption_version: str | None = None,
     wait: float | None = None,
     staging_dir: str | None = None,
@@ -209,89 +201,59 @@ def publish(
 ) -> dict[str, Any]:
     """Apply a caption choice as a new generation of a finished build, local or at an fsspec URL.
     `agreement`: any; prefer (captions whose structured changes agree with the keypoints first); require
-    (only agreeing captions; the others keep the offline caption)."""
+    (only agreeing captions; the others keep the offline caption). The generation is made the way a
+    build makes one (curation.generation): near-duplicates, stats, card and report included."""
     if agreement not in AGREEMENT_POLICIES:
         raise RecaptionError(f"agreement must be one of {', '.join(AGREEMENT_POLICIES)}, not {agreement!r}")
-    from .store import RemoteMirror, default_staging, is_remote
-
-    mirror = None
-    if is_remote(str(out)):
-        mirror = RemoteMirror(str(out), Path(staging_dir) if staging_dir else default_staging(str(out)))
-        store = Output(mirror.staging)
-    else:
-        load_samples(out)
-        store = Output(out)
-    with store.lock("publish", wait):
-        if mirror is not None:
-            lease = mirror.lease("publish", wait).acquire()
-        try:
-            store.clean()
-            return _publish(store, mirror, caption_version, agreement)
-        finally:
-            if mirror is not None:
-                lease.release()
+    out = _output(out, staging_dir)
+    load_samples(out)  # a finished build, before the lock
+    with out.lock("publish", wait):
+        out.pull()
+        return _publish(out, caption_version, agreement)
 
 
-def _publish(store: Output, mirror, caption_version: str | None, agreement: str) -> dict[str, Any]:
-    import tempfile
+def _publish(out: Output, caption_version: str | None, agreement: str) -> dict[str, Any]:
+    from .generation import Basis, make_generation, without_near_duplicates
 
-    if mirror is not None:
-        mirror.pull_state()
-        mirror.pull_captions()
-        meta = mirror.meta()
-    else:
-        meta = store.meta()
+    meta = out.meta()
     if meta is None:
-        raise RecaptionError(f"{mirror.url if mirror else store.root} holds no finished build (no current generation)")
-    rows = read_caption_rows(store.root)
+        raise RecaptionError(f"{out.url} holds no finished build (no current generation)")
+    rows = read_caption_rows(out.root)
     if caption_version and resolve_version(rows, caption_version) is None:
         known = ", ".join(sorted(set(rows.caption_version))) or "none"
         raise RecaptionError(f"no captions of version {caption_version!r}; known versions: {known}")
     choice = {"caption_version": resolve_version(rows, caption_version), "agreement": agreement}
-    write_json(store.root / CAPTIONS_DIR / PUBLISHED, choice)
-    if mirror is not None:
-        mirror.push_published()
-    records = [r for r in store.records() if r["unit_id"] in meta["units"]]
+    records = [r for r in out.records() if r["unit_id"] in meta["units"]]
     if {r["unit_id"] for r in records} != set(meta["units"]):
         raise RecaptionError("the current generation's units are not all committed; run the build first")
-    with tempfile.TemporaryDirectory(dir=store.root, prefix=".publish-", suffix=".tmp") as tmp:  # clean() knows it
-        if mirror is not None:
-            for name in (SAMPLES_FILE, REJECTS_FILE, STATS_FILE):
-                mirror.fetch_generation_file(name, Path(tmp) / name)
-            current = Path(tmp)
-        else:
-            current = store.root
-        schema = pq.read_schema(current / SAMPLES_FILE)
-        rejects = pq.read_table(current / REJECTS_FILE)
-        stats = json.loads((current / STATS_FILE).read_text())
-    parts = [pq.read_table(store.part(r["unit_id"], "samples"), schema=schema) for r in records]
-    samples = pa.concat_tables(parts) if parts else schema.empty_table()
-    samples = samples.sort_by([("clip_id", "ascending"), ("before_index", "ascending"), ("after_index", "ascending")])
-    files: dict[str, dict[str, Any]] = {}
-    for r in records:
-        files.update(r["files"])
-    offline = samples
-    samples, files, applied = apply_published(store, samples, files, fetch=mirror.fetch_tar if mirror else None)
-    stats |= {"shards": len(files), "shard_bytes": sum(f["bytes"] for f in files.values()), "published": applied}
-    conf = ((stats.get("config") or {}).get("motion") or {}).get("keypoint_conf", 0.5)
-    stats["caption_quality"] = generation_caption_quality(store.root, offline, samples, rejects, conf)
-    new_meta = meta | {"published": published_choice(store)}
-    if mirror is not None:
-        mirror.push_tars(files)
-    gen = store.write_generation(
-        samples, rejects, stats, files, new_meta, link_tars=mirror is None, after=mirror.current() if mirror else None
+    write_json(out.root / CAPTIONS_DIR / PUBLISHED, choice)
+    out.push(f"{CAPTIONS_DIR}/{PUBLISHED}")
+    current = pq.read_table(io.BytesIO(out.read_generation_file(SAMPLES_FILE)), columns=["clip_id"])
+    rejects = pq.read_table(io.BytesIO(out.read_generation_file(REJECTS_FILE)))
+    stats = json.loads(out.read_generation_file(STATS_FILE))
+    config = stats.get("config") or {}
+    quality = config.get("quality") or {}
+    basis = Basis(
+        records=records,
+        rejects=without_near_duplicates(rejects),  # decided again, the way the build decides them
+        all_ids=sorted(set(current.column("clip_id").to_pylist()) | set(rejects.column("clip_id").to_pylist())),
+        clips=[],  # yield by class from the manifests' own rows
+        fingerprint=meta.get("fingerprint", stats.get("fingerprint", "")),
+        listing_digest=meta.get("listing_digest", stats.get("listing_digest", "")),
+        config=config,
+        max_duplicate_distance=quality.get("max_duplicate_distance", QualityConfig().max_duplicate_distance),
+        keypoint_conf=(config.get("motion") or {}).get("keypoint_conf", 0.5),
+        ignored_files=stats.get("ignored_files", 0),
+        unlisted_files=stats.get("unlisted_files", 0),
     )
-    if mirror is not None:
-        mirror.push_generation(gen)
-    from .runner import write_card
-
-    write_card(store, mirror, stats, samples, rejects, files)  # the card describes the new generation
+    new = make_generation(out, basis)
+    applied = new.get("published") or {}
     return {
         "published_at": datetime.now(timezone.utc).isoformat(),
         "caption_version": choice["caption_version"],
         "agreement": agreement,
-        "samples": samples.num_rows,
-        "captions_applied": applied["captions_applied"] if applied else 0,
-        "shards_rewritten": applied["shards_rewritten"] if applied else 0,
-        "generation": gen,
+        "samples": new["pairs"],
+        "captions_applied": applied.get("captions_applied", 0),
+        "shards_rewritten": applied.get("shards_rewritten", 0),
+        "generation": new["generation"],
     }

@@ -71,7 +71,12 @@ def plan_task(cfg_json: str) -> BuildPlan:
     retry_delay_seconds=5,
 )
 def unit_task(
-    cfg_json: str, unit: WorkUnit, n_clips: int, sources: str, upcoming: list[Clip] | None = None
+    cfg_json: str,
+    unit: WorkUnit,
+    n_clips: int,
+    sources: str,
+    upcoming: list[Clip] | None = None,
+    ticket: dict | None = None,
 ) -> dict[str, Any]:
     cfg = _config(cfg_json)
     logger = get_run_logger()
@@ -83,7 +88,7 @@ def unit_task(
         if hook is not None:
             hook(res)
 
-    record = process_unit(cfg, unit, on_clip=on_clip, upcoming=upcoming)
+    record = process_unit(cfg, unit, on_clip=on_clip, upcoming=upcoming, ticket=ticket)
     logger.info("unit %s committed: %d samples in %d shards", unit.unit_id, record["samples"], len(record["shards"]))
     return record
 
@@ -105,7 +110,8 @@ def build_dataset(
     """Build (or resume) a dataset: folder `input` (or the config's sources) -> shards under `output`.
     With `parallel` the work units are submitted to the flow's task runner (see `with_dask`); each
     worker process loads the pose model once. Otherwise they run one after another in this process.
-    The run holds the output's writer lock (`wait`: seconds to wait for another writer; default: fail)."""
+    The run holds the output's writer lock (`wait`: seconds to wait for another writer; default: fail);
+    a unit on a Dask worker commits only while the lock's holder (its ticket) still holds the output."""
     extra: dict[str, Any] = dict(overrides or {})
     if input is not None:
         extra["sources"] = [{"kind": "folder", "root": input}]
@@ -115,6 +121,7 @@ def build_dataset(
         plan = plan_task(cfg_json)
         if nothing_to_do(cfg, plan):
             get_run_logger().info("nothing new: %s is up to date", output)
+            out.repair()  # copies an interrupted upload left out of step
             return current_stats(cfg)
         if plan.units:
             get_processor(cfg)  # a model that cannot load stops the run before any clip is marked
@@ -123,14 +130,19 @@ def build_dataset(
         stage = start_caption_stage(cfg, out, plan, resolve_api_key(cfg.caption))  # LLM captions, beside the units
         try:
             if parallel:
+                ticket = out.ticket()
                 futures = []
-                for unit in plan.units:
-                    check_stop()
-                    futures.append(unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit)))
-                for f in futures:
-                    record = f.result()  # a unit that failed after its retries fails the run, visibly
-                    if stage is not None:
-                        stage.submit(record)
+                try:
+                    for unit in plan.units:
+                        check_stop()
+                        futures.append(unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit), ticket=ticket))
+                    for f in futures:
+                        record = f.result()  # a unit that failed after its retries fails the run, visibly
+                        if stage is not None:
+                            stage.submit(record)
+                finally:
+                    for f in futures:  # the lock is held until no unit of this run is still writing
+                        f.wait()
             else:
                 for k, unit in enumerate(plan.units):
                     check_stop()

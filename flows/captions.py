@@ -5,7 +5,6 @@ from a Prefect Secret block (it is passed to the client only, never logged or st
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -41,7 +40,7 @@ def recaption(
         k: v for k, v in {"model": model, "prompt_version": prompt_version}.items() if v
     }
     cfg = load_config(config_path, output=output, caption=caption)
-    summary, run_id = recaption_subset(Path(output), cfg.caption, where=where, api_key=resolve_api_key(cfg.caption))
+    summary, run_id = recaption_subset(output, cfg.caption, where=where, api_key=resolve_api_key(cfg.caption))
     get_run_logger().info("caption run %s: %s", run_id, summary)
     return {"run_id": run_id, **summary.__dict__}
 

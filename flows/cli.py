@@ -103,7 +103,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from curation.captions.llm import CaptionSetupError, LLMCaptioner
     from curation.config import ConfigError, load_config
     from curation.ingest import SourceError, check_root
-    from curation.runner import BuildStopped, SetupError, get_processor, local_view, plan_build, run_build, writer_lock
+    from curation.runner import BuildStopped, SetupError, get_processor, open_output, plan_build, run_build
     from curation.store import StoreError
 
     extra = _overrides(args)
@@ -126,13 +126,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         return _fail(str(e))
 
     console = Console(stderr=True)
-    local = Path(local_view(cfg)[0].output)
     _stop_on_signals()
     try:
-        with writer_lock(cfg, "motionpairs build", _wait(args)):
+        out = open_output(cfg)
+        with out.lock("motionpairs build", _wait(args)):  # the one lock of this run (the flow nests in it)
             plan = plan_build(cfg)  # fails fast on a missing input folder, before any model loads
             if cfg.caption.captioner == "openai":
-                LLMCaptioner(cfg.caption, Path(cfg.output)).setup()  # no key or model: say so before any work
+                LLMCaptioner(cfg.caption, out.root).setup()  # no key or model: say so before any work
             if plan.units:
                 get_processor(cfg)  # the model must load on the device before any clip is tried
             stats = _run_build(args, cfg, plan, console, run_build)
@@ -141,7 +141,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     except (BuildStopped, KeyboardInterrupt) as e:
         print(f"motionpairs: stopped: {e or 'interrupted'}", file=sys.stderr)
         return 130
-    print_summary(local, console)
+    print_summary(cfg.output, console)
     return 0 if not stats["unaccounted_clips"] else 1
 
 
@@ -343,11 +343,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from curation.store import StoreError, committed
+    from curation.store import Output, StoreError
 
     out = args.output.rstrip("/")
     try:
-        committed(out)
+        Output.open(out).committed()
     except StoreError as e:
         return _fail(f"{out} holds no finished build ({e})")
     print_summary(out)
@@ -355,9 +355,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from curation.store import verify
+    from curation.store import Output
 
-    faults = verify(args.output)
+    faults = Output.open(args.output).verify()
     for f in faults:
         print(f"FAULT {f}")
     if faults:
@@ -368,21 +368,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from curation.store import Output, StoreError, is_remote
-    from curation.store.remote import RemoteMirror, default_staging
+    from curation.store import Output, StoreError
 
     try:
-        if is_remote(args.output):
-            mirror = RemoteMirror(args.output, default_staging(args.output))
-            with mirror.lease("motionpairs gc", _wait(args)):
-                summary = mirror.gc(keep=args.keep)
-        else:
-            out = Output(args.output)
-            if out.current() is None:
-                return _fail(f"{args.output} holds no finished build")
-            with out.lock("motionpairs gc", _wait(args)):
-                out.clean()
-                summary = out.gc(keep=args.keep)
+        out = Output.open(args.output)
+        if out.current() is None:
+            return _fail(f"{args.output} holds no finished build")
+        with out.lock("motionpairs gc", _wait(args)):  # cleans what a dead writer left first
+            summary = out.gc(keep=args.keep)
     except StoreError as e:
         return _fail(str(e))
     print(json.dumps(summary, indent=2))

@@ -162,3 +162,49 @@ def labelled_build(tmp_root: Path):
     cfg = load_config(None, output=str(out), sources=[{"root": str(VIDEOS)}])
     stats = run_build(cfg)
     return out, stats
+
+
+_S3_ENV: dict[str, str] = {}
+
+
+@pytest.fixture()
+def s3(monkeypatch):
+    """A real S3-compatible server on loopback (moto in server mode) with an empty bucket
+    `motionpairs-test`; yields an s3fs filesystem on it. `s3_env` gives subprocesses its address."""
+    import socket
+    import urllib.request
+
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    # moto keeps its buckets per process, across servers: each test starts from an empty store
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    _S3_ENV.clear()
+    _S3_ENV.update(env | {"FSSPEC_S3_ENDPOINT_URL": endpoint})
+    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("motionpairs-test")
+    yield fs
+    fsspec.config.conf.pop("s3", None)
+    server.stop()
+
+
+@pytest.fixture()
+def s3_env(s3) -> dict[str, str]:
+    """Environment for a subprocess (the CLI) to reach the `s3` server."""
+    return dict(_S3_ENV)

@@ -1,12 +1,8 @@
-"""A full build written to a real S3-compatible server on loopback (moto in server mode), resumed from
-an empty staging folder, and read back by training.data."""
+"""A full build written to a real S3-compatible server on loopback (moto in server mode, the `s3`
+fixture of conftest.py), resumed from an empty staging folder, and read back by training.data."""
 
 from __future__ import annotations
 
-import socket
-import urllib.request
-
-import fsspec
 import pandas as pd
 import pytest
 from conftest import ACCEPTED, REJECTED, video
@@ -14,34 +10,6 @@ from conftest import ACCEPTED, REJECTED, video
 from curation.config import load_config
 from curation.runner import plan_build, run_build
 from training.data import dataset_size, open_shards, shard_urls
-
-
-@pytest.fixture()
-def s3(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    # moto keeps its buckets per process, across servers: each test starts from an empty store
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": endpoint,
-    }.items():
-        monkeypatch.setenv(k, v)
-    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}}
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("motionpairs-test")
-    yield fs
-    fsspec.config.conf.pop("s3", None)
-    server.stop()
 
 
 def test_build_to_s3_resume_from_scratch_and_read_back(s3, tmp_path, monkeypatch):
@@ -126,10 +94,18 @@ def test_llm_caption_rows_of_a_remote_build_reach_the_bucket_without_the_key(s3,
             caption={"captioner": "openai", "model": "m1", "base_url": server.base_url},
         )
         stats = run_build(cfg)
+        rows = s3.glob("motionpairs-test/builds/llm/captions/rows-*.parquet")
+        assert len(rows) == 1 and stats["pairs"] >= 1
+        # recaption on the bucket from another machine: the pairs read through the store, rows pushed
+        from curation.recaption import recaption
+
+        ccfg = cfg.caption.model_copy(update={"model": "m2"})
+        summary, run_id = recaption(url, ccfg, where="true", staging_dir=str(tmp_path / "staging-2"))
+        assert summary.ok == stats["pairs"]
+        s3.invalidate_cache()
+        assert s3.exists(f"motionpairs-test/builds/llm/captions/rows-{run_id}.parquet")
     finally:
         server.stop()
-    rows = s3.glob("motionpairs-test/builds/llm/captions/rows-*.parquet")
-    assert len(rows) == 1 and stats["pairs"] >= 1
     with s3.open(rows[0], "rb") as f:
         table = pd.read_parquet(f)
     assert len(table) == stats["pairs"] and (table.status == "ok").all()

@@ -67,18 +67,20 @@ def _register(url: str) -> None:
 
 
 def _remote_urls(text: str) -> list[str]:
+    """A glob or a single tar at an fsspec URL (an output is read through its listing instead)."""
     fs, root = fsspec.core.url_to_fs(text)
     protocol = fsspec.core.split_protocol(text)[0]
-    pattern = root if root.endswith(".tar") or any(c in root for c in "*?[") else f"{root.rstrip('/')}/shards/*.tar"
-    urls = sorted(f"{protocol}://{p}" for p in fs.glob(pattern))
+    if not (root.endswith(".tar") or any(c in root for c in "*?[")):
+        raise FileNotFoundError(f"{text} holds no committed build (and is not a tar or a glob)")
+    urls = sorted(f"{protocol}://{p}" for p in fs.glob(root))
     if not urls:
         raise FileNotFoundError(f"no shards match {text}")
     return urls
 
 
 def shard_urls(spec: str | os.PathLike | Iterable[str]) -> list[str]:
-    """An output folder (its shards/*.tar), a glob, a brace pattern ("a-{0000..0009}.tar") or a list;
-    local, or at any fsspec URL (s3://bucket/out)."""
+    """An output (its committed listing: the current generation's tars), a folder of tars, a glob, a
+    brace pattern ("a-{0000..0009}.tar") or a list; local, or at any fsspec URL (s3://bucket/out)."""
     if not isinstance(spec, (str, os.PathLike)):
         return [str(s) for s in spec]
     text = str(spec).rstrip("/")
@@ -90,10 +92,11 @@ def shard_urls(spec: str | os.PathLike | Iterable[str]) -> list[str]:
         return _remote_urls(text)
     p = Path(text)
     if p.is_dir():
-        shard_dir = p / "shards" if (p / "shards").is_dir() else p
-        urls = sorted(str(x) for x in shard_dir.glob("*.tar"))
+        if (p / "shards").exists():  # an output: only its committed listing is read
+            raise FileNotFoundError(f"{text} holds no committed build")
+        urls = sorted(str(x) for x in p.glob("*.tar"))  # a plain folder of tars
         if not urls:
-            raise FileNotFoundError(f"no .tar shards in {shard_dir}")
+            raise FileNotFoundError(f"no .tar shards in {p}")
         return urls
     if any(ch in text for ch in "*?["):
         urls = sorted(glob.glob(text))

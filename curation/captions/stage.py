@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from schemas.captions import CAPTIONS_DIR
-from schemas.shard import decode_sample
 
 from ..config import BuildConfig
 from ..store import Output, write_json
@@ -39,7 +37,7 @@ _DONE, _ABORT = object(), object()
 
 def unit_pairs(out: Output, record: dict[str, Any]) -> list[tuple[str, str]]:
     """(pair_id, tar name) of a committed unit's samples."""
-    t = pq.read_table(out.part(record["unit_id"], "samples"), columns=["pair_id", "shard"])
+    t = pq.read_table(out.local_part(record["unit_id"], "samples"), columns=["pair_id", "shard"])
     return list(zip(t.column("pair_id").to_pylist(), t.column("shard").to_pylist(), strict=True))
 
 
@@ -52,12 +50,11 @@ def lacking_captions(out: Output, cfg: BuildConfig, records: list[dict[str, Any]
 
 
 class CaptionStage:
-    def __init__(self, cfg: BuildConfig, out: Output, api_key: str | None = None, mirror=None):
+    def __init__(self, cfg: BuildConfig, out: Output, api_key: str | None = None):
         run_id = "build-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         self.captioner = LLMCaptioner(cfg.caption, out.root, api_key=api_key, run_id=run_id).setup()
         self.captioner.min_conf = cfg.motion.keypoint_conf
         self.out = out
-        self.mirror = mirror
         self.done = settled(read_caption_rows(out.root), self.captioner.version)
         self.rows: list[dict[str, Any]] = []
         self.error: BaseException | None = None
@@ -79,21 +76,14 @@ class CaptionStage:
 
     # ---- the stage's thread -----------------------------------------------------------------------
     def _jobs(self, record: dict[str, Any]) -> list[CaptionJob]:
-        wanted: dict[str, set[str]] = {}
+        """The unit's pairs still lacking this version, read through the store (wherever the unit was
+        built: this machine's pool or, for another machine's unit, the remote one)."""
+        wanted: dict[str, str] = {}
         for pid, shard in unit_pairs(self.out, record):
             if pid not in self.done and pid not in self._seen:
                 self._seen.add(pid)
-                wanted.setdefault(shard, set()).add(pid)
-        jobs = []
-        for shard, ids in sorted(wanted.items()):
-            path = self.out.tars / shard
-            if not path.exists() and self.mirror is not None:
-                self.mirror.fetch_tar(shard)  # a unit another machine built
-            for raw in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
-                s = decode_sample(raw)
-                if s.pair.pair_id in ids:
-                    jobs.append(CaptionJob(s.pair, s.before, s.after))
-        return jobs
+                wanted[pid] = shard
+        return [CaptionJob(s.pair, s.before, s.after) for s in self.out.samples(wanted, shards=wanted)]
 
     def _run(self) -> None:
         try:
@@ -127,8 +117,8 @@ class CaptionStage:
     # ---- the end ------------------------------------------------------------------------------------
     def _write(self) -> Path | None:
         path = write_caption_rows(self.out.root, self.captioner.run_id, self.rows)
-        if path is not None and self.mirror is not None:
-            self.mirror.fs.put_file(str(path), self.mirror._remote(f"{CAPTIONS_DIR}/{path.name}"))
+        if path is not None:
+            self.out.push(f"{CAPTIONS_DIR}/{path.name}")
         return path
 
     def finish(self) -> RunSummary:
@@ -146,8 +136,7 @@ class CaptionStage:
         agreement = "require" if self.captioner.cfg.require_agreement else "any"
         if (current.get("caption_version"), current.get("agreement", "any")) != (self.captioner.version, agreement):
             write_json(choice, {"caption_version": self.captioner.version, "agreement": agreement})
-            if self.mirror is not None:
-                self.mirror.push_published()
+            self.out.push(f"{CAPTIONS_DIR}/{PUBLISHED}")
         s = self.summary
         log.info(
             "caption stage: %d requests, %d cached, %d ok, %d failed, %d over budget, $%.4f",

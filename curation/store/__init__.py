@@ -1,21 +1,22 @@
-"""The single owner of an output (a local folder or an fsspec URL): the writer lock, durable unit
-commits, generations switched by one pointer, the committed listing every reader uses, the remote
-mirror, retention (gc) and integrity checks (verify). See layout.py for the files."""
+"""The single owner of an output (a local folder or an fsspec URL): `Output.open(url)` holds the writer
+lock or lease (with its fencing number), the staging copy of a remote output and its push and pull,
+durable unit commits, generations switched by one pointer, the committed listing and `samples()` every
+reader uses, retention (gc) and integrity checks (verify). See layout.py for the files."""
 
 from .files import StoreError, atomic_write, write_json, write_parquet
 from .layout import Committed, ShardEntry, committed, current_generation, is_remote
-from .lock import LockHeld, RemoteLease, WriterLock
-from .output import Output
-from .remote import RemoteMirror, default_staging, require_local
+from .lock import LeaseLost, LockHeld, RemoteLease, WriterLock
+from .output import Output, OutputLock, read_tar
 from .shards import ShardSet
 from .verify import verify
 
 __all__ = [
     "Committed",
+    "LeaseLost",
     "LockHeld",
     "Output",
+    "OutputLock",
     "RemoteLease",
-    "RemoteMirror",
     "ShardEntry",
     "ShardSet",
     "StoreError",
@@ -23,9 +24,8 @@ __all__ = [
     "atomic_write",
     "committed",
     "current_generation",
-    "default_staging",
     "is_remote",
-    "require_local",
+    "read_tar",
     "verify",
     "write_json",
     "write_parquet",

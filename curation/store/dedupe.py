@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -32,15 +31,23 @@ def _dedup_name(name: str, sha256: str, dropped: list[str]) -> str:
     return f"{name[: -len('.tar')]}-d{digest}.tar"
 
 
+def _clip_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """The clip's label, split, video and dataset ids, as its sample row carries them."""
+    extra = json.loads(row["extra"]) if isinstance(row.get("extra"), str) and row["extra"] else {}
+    return {"label": row.get("label"), "split": row.get("split"), "video_id": row.get("video_id"), "extra": extra}
+
+
 def drop_near_duplicates(
     out: Output,
     samples: pa.Table,
     files: dict[str, dict[str, Any]],
     max_distance: int,
-    fetch: Callable[[str], None] | None = None,
 ) -> tuple[pa.Table, dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(samples without near-duplicates, the generation's tars, reject rows, a summary)."""
-    cols = samples.select(["pair_id", "clip_id", "source", "uri", "before_phash", "after_phash", "shard"]).to_pylist()
+    cols = samples.select(
+        ["pair_id", "clip_id", "source", "uri", "label", "split", "video_id", "extra"]
+        + ["before_phash", "after_phash", "shard"]
+    ).to_pylist()
     keys = [(r["pair_id"], r["before_phash"], r["after_phash"]) for r in cols if r["before_phash"] and r["after_phash"]]
     dropped = near_duplicates(keys, max_distance)
     if not dropped:
@@ -61,6 +68,7 @@ def drop_near_duplicates(
                     level=Level.CANDIDATE,
                     detail=detail,
                     pair_id=pid,
+                    **_clip_meta(r),
                 )
             )
         )
@@ -81,6 +89,7 @@ def drop_near_duplicates(
                     stage=Stage.PAIRING,
                     reason=RejectReason.DUPLICATE,
                     detail=f"every pair is a near-duplicate of a pair of {', '.join(others)[:500]}",
+                    **_clip_meta(r),
                 )
             )
         )
@@ -96,8 +105,7 @@ def drop_near_duplicates(
         if (out.tars / dst).is_file():
             entry = describe_tar(out.tars / dst, files[name]["samples"] - len(drop))
         else:
-            if fetch is not None:
-                fetch(name)
+            out.local_tar(name)  # a tar another machine built: into this one's pool first
             entry = rewrite_tar(out.tars, name, dst, lambda p, drop=drop: None if p.pair_id in drop else p)
         if entry is not None:
             new_files[dst] = entry

@@ -55,8 +55,9 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
-    """Write through `write(fileobj)` into a temp file beside `path`, fsync, rename over it, fsync the folder."""
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any], point: str | None = None) -> None:
+    """Write through `write(fileobj)` into a temp file beside `path`, fsync, rename over it, fsync the
+    folder. `point`: a crash point between the rename and the folder's fsync (the kill tests)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -73,6 +74,10 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any]) -> None:
         except FileNotFoundError:
             pass
         raise
+    if point is not None:
+        from .faults import crash_point
+
+        crash_point(point)
     fsync_dir(path.parent)
 
 

@@ -73,11 +73,17 @@ class Committed:
 
 
 def _local_generation(root: Path) -> str | None:
+    """From the link `current`, or where it is a plain folder (a copy), from the listing it holds."""
     link = root / CURRENT_LINK
     try:
         target = os.readlink(link)
-    except (FileNotFoundError, OSError):
+    except FileNotFoundError:
         return None
+    except OSError:
+        try:
+            return check_name("generation", json.loads((link / LISTING).read_text())["generation"], GENERATION)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
     return check_name("generation", Path(target).name, GENERATION)
 
 
@@ -85,6 +91,7 @@ def current_generation(url: str) -> str | None:
     if not is_remote(url):
         return _local_generation(Path(url))
     fs, root = fsspec.core.url_to_fs(url)
+    fs.invalidate_cache()  # listings cached by this process are no guide to what writers did since
     try:
         name = fs.cat_file(f"{root.rstrip('/')}/{CURRENT_OBJECT}").decode().strip()
     except FileNotFoundError:

@@ -4,6 +4,13 @@ Local outputs: an flock on OUT/.lock (filelock). The kernel drops it when the ho
 dies, so a killed holder's lock is simply taken over; OUT/.lock.owner names the holder (host, pid,
 command, start time) for the message a second writer gets. Object stores: a lease object
 <url>/LOCK with an expiry, renewed by the holder while it runs; an expired lease is taken over.
+
+Fencing: each lease has a number that grows at every takeover, claimed as <url>/leases/<number> with
+a create-only write (S3's If-None-Match: *), so two takers never hold the same number. `check()` says
+whether this holder is still the newest (no higher number claimed): the store calls it before every
+unit commit and pointer switch, and a writer paused past its lease (SIGSTOP, a stall, a partition)
+learns there that it lost the output (LeaseLost) before it writes anything. A local flock cannot be
+taken over while its holder lives; its check compares the owner file's token.
 """
 
 from __future__ import annotations
@@ -30,8 +37,16 @@ OWNER_FILE = ".lock.owner"
 LEASE_OBJECT = "LOCK"
 
 
+LEASES = "leases"  # <url>/leases/<fence>: the fencing numbers claimed so far
+LEASE_TTL_ENV = "MOTIONPAIRS_LEASE_TTL"  # seconds a lease lasts without renewal (default 600)
+
+
 class LockHeld(StoreError):
     """Another writer holds the output."""
+
+
+class LeaseLost(StoreError):
+    """This writer no longer holds the output (another took the lease over): it must stop writing."""
 
 
 def owner_info(command: str) -> dict[str, Any]:
@@ -98,6 +113,13 @@ class WriterLock:
         _HELD[self._key] = self
         return self
 
+    def check(self, token: str | None = None) -> None:
+        """Raise LeaseLost unless the owner file still names this holder (or `token`)."""
+        want = token or (self.owner or {}).get("token")
+        cur = self.holder()
+        if not want or not cur or cur.get("token") != want:
+            raise LeaseLost(f"{self.root}: this writer no longer holds the output (now {describe(cur)}); stopped")
+
     def release(self) -> None:
         if self._nested:
             self._nested = False
@@ -130,19 +152,29 @@ def _dead_here(owner: dict[str, Any]) -> bool:
     return False
 
 
-class RemoteLease:
-    """A lease object on an object store: {owner, expires_at}. Taken when absent, expired, or held by a
-    dead process of this host; renewed by a background thread every ttl/3 while held, deleted on
-    release. Object stores have no compare-and-swap here, so the taker reads its lease back after a
-    short pause and backs off when another won."""
+def lease_ttl() -> float:
+    try:
+        return float(os.environ.get(LEASE_TTL_ENV, "") or 600)
+    except ValueError:
+        raise StoreError(f"{LEASE_TTL_ENV} must be a number of seconds") from None
 
-    def __init__(self, fs, root: str, command: str, wait: float | None = None, ttl_s: float = 600):
+
+class RemoteLease:
+    """A lease object on an object store: {owner, fence, expires_at}. Taken when absent, expired, or
+    held by a dead process of this host; the taker then claims the next fencing number (create-only:
+    one taker wins it); renewed by a background thread every ttl/3 while it is still the newest, deleted
+    on release."""
+
+    def __init__(self, fs, root: str, command: str, wait: float | None = None, ttl_s: float | None = None):
         self.fs = fs
-        self.path = f"{root.rstrip('/')}/{LEASE_OBJECT}"
+        self.root = root.rstrip("/")
+        self.path = f"{self.root}/{LEASE_OBJECT}"
         self.command = command
         self.wait = wait or 0
-        self.ttl = ttl_s
+        self.ttl = ttl_s if ttl_s is not None else lease_ttl()
         self.owner: dict[str, Any] | None = None
+        self.fence = 0
+        self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -154,33 +186,87 @@ class RemoteLease:
 
     def _write(self) -> None:
         assert self.owner is not None
-        lease = self.owner | {"expires_at": time.time() + self.ttl}
+        lease = self.owner | {"fence": self.fence, "expires_at": time.time() + self.ttl}
         self.fs.pipe_file(self.path, json.dumps(lease).encode())
+
+    def newest_fence(self) -> int:
+        """The highest fencing number claimed on this output (0: none)."""
+        d = f"{self.root}/{LEASES}"
+        self.fs.invalidate_cache(d)
+        try:
+            names = self.fs.ls(d, detail=False)
+        except FileNotFoundError:
+            return 0
+        nums = [int(n) for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in names) if n.isdigit()]
+        return max(nums, default=0)
+
+    def _claim(self, fence: int) -> bool:
+        data = json.dumps(self.owner | {"fence": fence}).encode()
+        try:
+            self.fs.pipe_file(f"{self.root}/{LEASES}/{fence:012d}", data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as e:  # S3's answer to a lost create-only write: 412 Precondition Failed
+            if "412" in str(e) or "Precondition" in str(e):
+                return False
+            raise
+        return True
 
     def acquire(self) -> RemoteLease:
         deadline = time.monotonic() + self.wait
+        told = False
         while True:
             self.fs.invalidate_cache()
             cur = self._read()
             if cur is None or cur.get("expires_at", 0) < time.time() or _dead_here(cur):
                 self.owner = owner_info(self.command)
+                self.fence = max(self.newest_fence(), int((cur or {}).get("fence", 0))) + 1
                 self._write()
-                time.sleep(0.2)
-                self.fs.invalidate_cache()
-                back = self._read()
-                if back and back.get("token") == self.owner["token"]:
+                if self._claim(self.fence):
+                    self._write()  # a loser of the claim may have written the object last: name the winner
                     break
-                cur = back
+                cur = self._read()
             if time.monotonic() >= deadline:
                 raise LockHeld(f"{self.path} is held by {describe(cur)}; retry later or pass --wait")
+            if not told:
+                log.warning("waiting for %s: held by %s", self.path, describe(cur))
+                told = True
             time.sleep(1.0)
+        self._prune()
         self._thread = threading.Thread(target=self._renew, daemon=True, name="lease-renew")
         self._thread.start()
         return self
 
+    def _prune(self) -> None:
+        """Claims well below this one are history; the newest few stay (the counter)."""
+        try:
+            for p in self.fs.ls(f"{self.root}/{LEASES}", detail=False):
+                n = p.rstrip("/").rsplit("/", 1)[-1]
+                if n.isdigit() and int(n) < self.fence - 8:
+                    self.fs.rm(p)
+        except (FileNotFoundError, OSError) as e:  # pragma: no cover - pruning is housekeeping only
+            log.debug("could not prune old lease claims: %s", e)
+
+    def check(self) -> None:
+        """Raise LeaseLost when another writer has taken the output over since this lease was taken."""
+        if self.owner is None:
+            raise LeaseLost(f"{self.path}: this writer holds no lease; stopped")
+        newest = self.newest_fence()
+        if self.lost or newest != self.fence:
+            self.lost = True
+            now = self._read()
+            raise LeaseLost(
+                f"{self.path}: the lease was taken over by {describe(now)} (fence {newest}, ours {self.fence});"
+                " this writer stopped without writing"
+            )
+
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
+                if self.newest_fence() != self.fence:  # taken over while this process was stalled
+                    self.lost = True
+                    log.warning("the lease %s was taken over by another writer", self.path)
+                    return
                 self._write()
             except Exception as e:  # pragma: no cover - network trouble: the next renewal tries again
                 log.warning("could not renew the lease %s: %s", self.path, e)
@@ -189,10 +275,12 @@ class RemoteLease:
         self._stop.set()
         if self.owner is None:
             return
-        cur = self._read()
-        if cur and cur.get("token") == self.owner["token"]:
-            self.fs.rm(self.path)
-        self.owner = None
+        try:
+            cur = self._read()
+            if cur and cur.get("token") == self.owner["token"] and not self.lost:
+                self.fs.rm(self.path)
+        finally:
+            self.owner = None
 
     def __enter__(self) -> RemoteLease:
         return self.acquire()

@@ -1,6 +1,7 @@
-"""Outputs at any fsspec URL (s3:// through s3fs, gs://, ...): a local staging copy, mirrored.
+"""Outputs at any fsspec URL (s3:// through s3fs, gs://, ...): the remote side of an `Output`.
 
-The build runs against a local staging folder (an `Output`); the remote is its published mirror. A
+`Output.open(url)` works in a local staging folder and uses this class to push and pull; nothing
+outside the store calls it. A
 committed unit is uploaded tars and parts first and its record last (one object PUT each, atomic on
 object stores), so a unit without its record on the remote never happened and is redone. A generation
 is uploaded file by file with its listing last, then the CURRENT object (the pointer readers follow),
@@ -23,6 +24,7 @@ from schemas.captions import CAPTIONS_DIR
 from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 from schemas.shard import SIZES_FILE
 
+from .faults import crash_point
 from .files import GENERATION, TAR_NAME, UNIT_ID, StoreError, check_name
 from .layout import (
     CURRENT_OBJECT,
@@ -38,6 +40,8 @@ from .layout import (
 from .lock import RemoteLease
 
 log = logging.getLogger(__name__)
+
+TOP_COPIES = (f"{SHARDS}/{SIZES_FILE}", SAMPLES_FILE, REJECTS_FILE, STATS_FILE)
 
 
 def default_staging(url: str) -> Path:
@@ -78,7 +82,12 @@ class RemoteMirror:
             if p.name not in remote_names:
                 p.unlink()
 
-    def push_unit(self, record: dict) -> None:
+    def pool_url(self, name: str) -> str:
+        protocol = fsspec.core.split_protocol(self.url)[0]
+        name = check_name("tar", name, TAR_NAME)
+        return f"{protocol}://{self._remote(f'{REMOTE_POOL}/{name}')}"
+
+    def push_unit(self, record: dict, before_record=None) -> None:
         for name in sorted(record["files"]):
             check_name("tar", name, TAR_NAME)
             self.fs.put_file(str(self.staging / TARS / name), self._remote(f"{REMOTE_POOL}/{name}"))
@@ -90,6 +99,8 @@ class RemoteMirror:
         rows = self.staging / CAPTIONS_DIR / f"rows-{uid}.parquet"  # the unit's LLM caption attempts
         if rows.exists():
             self.fs.put_file(str(rows), self._remote(f"{CAPTIONS_DIR}/{rows.name}"))
+        if before_record is not None:
+            before_record()  # the fencing check, just before the commit
         self.fs.put_file(str(self.staging / PARTS / f"{uid}.json"), self._remote(f"{PARTS}/{uid}.json"))  # commit
         log.info("unit %s published to %s", uid, self.url)
 
@@ -107,11 +118,16 @@ class RemoteMirror:
                     self.fs.get(path, str(local / name))
 
     def push_file(self, rel: str) -> None:
-        """A top-level file of the staging copy (the dataset card) to the bucket."""
+        """A file of the staging copy (the dataset card, caption rows, the published choice) to the bucket."""
         self.fs.put_file(str(self.staging / rel), self._remote(rel))
 
-    def push_published(self) -> None:
-        self.fs.put_file(str(self.staging / CAPTIONS_DIR / PUBLISHED), self._remote(f"{CAPTIONS_DIR}/{PUBLISHED}"))
+    def fetch_file(self, rel: str) -> None:
+        """One file of the bucket into the staging copy (temp name, then renamed)."""
+        local = self.staging / rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.tmp")
+        self.fs.get(self._remote(rel), str(tmp))
+        os.replace(tmp, local)
 
     def fetch_tar(self, name: str) -> None:
         """A pool tar into the staging pool (publish rewrites tars other machines built)."""
@@ -122,19 +138,17 @@ class RemoteMirror:
             self.fs.get(self._remote(f"{REMOTE_POOL}/{name}"), str(tmp))
             os.replace(tmp, local)
 
-    def push_tars(self, files: dict) -> None:
-        """Tars of a generation the bucket lacks (rewritten by publish), before the generation goes up."""
+    def push_tars(self, files: dict, tars: Path) -> None:
+        """Tars of a generation the bucket lacks (rewritten: near-duplicates dropped, captions
+        published), before the generation goes up."""
+        self.fs.invalidate_cache(self._remote(REMOTE_POOL))
         for name in sorted(files):
             check_name("tar", name, TAR_NAME)
             target = self._remote(f"{REMOTE_POOL}/{name}")
             if not self.fs.exists(target):
-                self.fs.put_file(str(self.staging / TARS / name), target)
-
-    def fetch_generation_file(self, rel: str, dest: Path) -> None:
-        gen = self.current()
-        if gen is None:
-            raise StoreError(f"{self.url} holds no committed build")
-        self.fs.get(self._remote(f"{GENERATIONS}/{gen}/{rel}"), str(dest))
+                if not (tars / name).is_file():
+                    raise StoreError(f"{self.url}: tar {name} of the new generation is neither here nor on the bucket")
+                self.fs.put_file(str(tars / name), target)
 
     def current(self) -> str | None:
         self.fs.invalidate_cache()
@@ -149,16 +163,50 @@ class RemoteMirror:
         except (FileNotFoundError, ValueError):
             return None
 
-    def push_generation(self, gen: str) -> None:
-        """The staging generation `gen` becomes the remote's current one: files, listing, then CURRENT."""
+    def push_generation(self, gen: str, before_switch=None) -> None:
+        """The staging generation `gen` becomes the remote's current one: files, listing, then CURRENT
+        (after `before_switch`: the fencing check), then the copies at the top."""
         check_name("generation", gen, GENERATION)
         local = self.staging / GENERATIONS / gen
         base = f"{GENERATIONS}/{gen}"
+        if before_switch is not None:
+            before_switch()  # nothing of a generation goes up from a writer that lost the output
         for rel in (SAMPLES_FILE, REJECTS_FILE, STATS_FILE, f"{SHARDS}/{SIZES_FILE}", LISTING):
             self.fs.put_file(str(local / rel), self._remote(f"{base}/{rel}"))
+        if before_switch is not None:
+            before_switch()
         self.fs.pipe_file(self._remote(CURRENT_OBJECT), gen.encode())  # the switch
-        for rel in (f"{SHARDS}/{SIZES_FILE}", SAMPLES_FILE, REJECTS_FILE, STATS_FILE):  # convenience copies
+        crash_point("after_pointer")
+        for rel in TOP_COPIES:  # convenience copies
             self.fs.put_file(str(local / rel), self._remote(rel))
+
+    def repair_copies(self, card: Path | None) -> list[str]:
+        """The top-level copies of the current generation's files (and the card) where one is missing
+        or differs (an upload that failed or was cut short)."""
+        gen = self.current()
+        if gen is None:
+            return []
+        redone = []
+        for rel in TOP_COPIES:
+            src, dst = self._remote(f"{GENERATIONS}/{gen}/{rel}"), self._remote(rel)
+            try:
+                same = self.fs.cat_file(src) == self.fs.cat_file(dst)
+            except FileNotFoundError:
+                same = False
+            if not same and self.fs.exists(src):
+                self.fs.copy(src, dst)
+                redone.append(rel)
+        if card is not None:
+            try:
+                same = self.fs.cat_file(self._remote(card.name)) == card.read_bytes()
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self.fs.put_file(str(card), self._remote(card.name))
+                redone.append(card.name)
+        if redone:
+            log.warning("%s: put back %s (an earlier upload was cut short)", self.url, ", ".join(redone))
+        return redone
 
     def uncommit(self, unit_ids: list[str]) -> None:
         for uid in unit_ids:
@@ -166,7 +214,7 @@ class RemoteMirror:
             if self.fs.exists(p):
                 self.fs.rm(p)
 
-    def gc(self, keep: int = 1) -> dict:
+    def gc(self, keep: int = 1, check=None) -> dict:
         """Remote retention: generations before the current one and `keep` older ones go, then tars that
         no remaining generation and no committed unit uses, then parts of uncommitted units."""
         self.fs.invalidate_cache()
@@ -184,7 +232,10 @@ class RemoteMirror:
         kept = names[-(keep + 1) :]
         for g in names:
             if g not in kept:
+                if check is not None:
+                    check()
                 self.fs.rm(self._remote(f"{GENERATIONS}/{g}"), recursive=True)
+                crash_point("gc")
         referenced: set[str] = set()
         for g in kept:
             referenced.update(json.loads(self.fs.cat_file(self._remote(f"{GENERATIONS}/{g}/{LISTING}")))["shards"])
@@ -198,6 +249,8 @@ class RemoteMirror:
                 if p.rsplit("/", 1)[-1].split(".", 1)[0] not in units:
                     self.fs.rm(p)
         removed = 0
+        if check is not None:
+            check()
         for p in self.fs.glob(self._remote(f"{REMOTE_POOL}/*.tar")):
             if p.rsplit("/", 1)[-1] not in referenced:
                 self.fs.rm(p)
@@ -207,10 +260,3 @@ class RemoteMirror:
             "generations_removed": [g for g in names if g not in kept],
             "tars_removed": removed,
         }
-
-
-def require_local(url: str, what: str) -> None:
-    from .layout import is_remote
-
-    if is_remote(url):
-        raise StoreError(f"{url}: {what} works on a local output (a remote build's staging folder holds one)")

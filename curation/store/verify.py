@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from collections import Counter
 
@@ -108,12 +109,13 @@ def verify(url: str) -> list[str]:
                 break
     except (FileNotFoundError, ValueError, OSError) as ex:
         faults.append(f"{SAMPLES_FILE}: unreadable ({ex})")
-    faults += _leftovers(fs, root, url)
+    faults += _leftovers(fs, root, url, c.generation)
     return faults
 
 
-def _leftovers(fs, root: str, url: str) -> list[str]:
-    """Files no record or generation accounts for."""
+def _leftovers(fs, root: str, url: str, current: str) -> list[str]:
+    """Files no record or generation accounts for; generations that never became current; a kept
+    generation of a local output whose tars are gone from the pool (a reader of it would fail)."""
     faults = []
     gens = []
     gdir = f"{root}/{GENERATIONS}"
@@ -121,10 +123,18 @@ def _leftovers(fs, root: str, url: str) -> list[str]:
         gens = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(gdir, detail=False))
     referenced: set[str] = set()
     for g in gens:
+        if g > current:
+            faults.append(f"{GENERATIONS}/{g}: a generation that never became current (current: {current})")
         try:
-            referenced.update(json.loads(fs.cat_file(f"{gdir}/{g}/{LISTING}"))["shards"])
+            shards = json.loads(fs.cat_file(f"{gdir}/{g}/{LISTING}"))["shards"]
         except (FileNotFoundError, ValueError, KeyError):
             faults.append(f"{GENERATIONS}/{g}: incomplete generation (no {LISTING})")
+            continue
+        referenced.update(shards)
+        if not is_remote(url) and g != current:
+            gone = [n for n in shards if not os.path.exists(os.path.join(root, GENERATIONS, g, SHARDS, n))]
+            if gone:
+                faults.append(f"{GENERATIONS}/{g}: {len(gone)} of its tars are missing, e.g. {gone[0]}")
     if fs.exists(f"{root}/{PARTS}"):
         for p in fs.glob(f"{root}/{PARTS}/*.json"):
             try:
