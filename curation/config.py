@@ -219,7 +219,17 @@ class CaptionConfig(_Section):
     max_cost_usd: float | None = Field(None, ge=0, description="budget: estimated dollars per run")
     usd_per_1m_input_tokens: float = Field(0.0, ge=0, description="price, for the cost estimate")
     usd_per_1m_output_tokens: float = Field(0.0, ge=0)
+    max_image_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="the most the server bills for one image, for the budget's worst case (default: the larger "
+        "of OpenAI's tiles and a 14-px-patch encoder at image_max_side)",
+    )
     batch: bool = Field(False, description="use the Batch API (files + batches endpoints) instead of live calls")
+    batch_max_requests: int = Field(50_000, ge=1, description="requests per Batch API input file (the API's limit)")
+    batch_max_bytes: int = Field(
+        200_000_000, ge=1024, description="bytes per Batch API input file (the API's limit: 200 MB)"
+    )
     require_agreement: bool = Field(
         False,
         description="publish only LLM captions the keypoints agree with (the rest keep the offline caption); "
@@ -369,8 +379,9 @@ class BuildConfig(BaseSettings):
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
-RESULTS_VERSION = 8  # 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions, abstentions (issue 25); 6: background alignment, overlays,
-# tracked people, shown legs, person crops (issue 22)
+# 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions,
+# abstentions (issue 25); 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
+RESULTS_VERSION = 8
 
 
 @functools.lru_cache(maxsize=8)

@@ -13,6 +13,7 @@ from fake_openai import FakeOpenAI
 from posekit import RIGHT_ARM_UP, make_pose
 
 from curation.captions import llm
+from curation.captions import prompts as prompt_files
 from curation.captions.agreement import check_caption
 from curation.config import CaptionConfig, load_config
 from curation.recaption import RecaptionError, load_samples, publish, read_caption_rows, recaption
@@ -119,7 +120,7 @@ def test_prompt_edits_and_longer_answers_recaption_and_nothing_else_does(server,
     shutil.copytree(llm.PROMPTS_DIR, prompts)
     (prompts / "v1.md").write_text((prompts / "v1.md").read_text().replace("at most 20 words", "at most 12 words"))
     old_version = read_caption_rows(built).caption_version.iloc[-1]
-    monkeypatch.setattr(llm, "PROMPTS_DIR", prompts)
+    monkeypatch.setattr(prompt_files, "PROMPTS_DIR", prompts)
     s3, _ = recaption(built, ccfg(server, max_tokens=500))
     assert s3.requests == n
     rows = read_caption_rows(built)

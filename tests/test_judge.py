@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from fake_openai import FakeOpenAI
 
+from curation.captions.limits import worst_case_cost
 from curation.config import CaptionConfig
 from training.judge import (
     CRITERIA,
     JUDGE_PROMPTS,
     EditJudge,
     JudgeJob,
+    build_request,
     jpeg,
     judgement_json_schema,
     parse_judgement,
@@ -179,12 +181,17 @@ def test_the_budget_stops_requests_and_a_rerun_goes_on(server, tmp_path):
         "cost_usd": pytest.approx(2 * (300 * 2.5 + 60 * 10.0) / 1e6),
     }  # fmt: skip
     assert row_columns(recs[2])["judge_instruction"] is None
-    # a dollar budget: each request costs 0.00135 $, so 0.002 $ allows two (the second crosses it)
-    judge = judge_for(server, tmp_path, max_cost_usd=0.002, max_concurrency=1)
+    # a dollar budget is never crossed: each request reserves its worst case before it is sent and
+    # settles at what the answer cost (0.00135 $), so room for one worst case and one answer allows two
+    probe = judge_for(server, tmp_path)
+    worst = worst_case_cost(probe.cfg, build_request(js[2], probe.cfg, probe.prompt))
+    answer = (300 * 2.5 + 60 * 10.0) / 1e6
+    judge = judge_for(server, tmp_path, max_cost_usd=worst + 1.5 * answer, max_concurrency=1)
     recs = judge.judge(js)
     assert [r["cached"] for r in recs[:2]] == [True, True]  # the first run's answers cost nothing now
     assert [r["status"] for r in recs[2:]] == ["ok", "ok", "skipped_budget"]
-    assert len(server.chat_requests()) == 4
+    assert len(server.chat_requests()) == 4 and judge.budget.cost == pytest.approx(2 * answer)
+    assert judge.budget.cost <= worst + 1.5 * answer
 
 
 def test_the_judge_needs_a_model_and_a_key(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ import numpy as np
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from curation.captions.client import server_url
 from curation.captions.llm import (
     DETERMINISTIC_FAILURES,
     CaptionCache,
@@ -38,6 +39,7 @@ from curation.captions.llm import (
     chat_request,
     estimated_tokens,
     failure_reason,
+    worst_case_cost,
 )
 from curation.config import CaptionConfig
 
@@ -139,6 +141,7 @@ def cache_key(job: JudgeJob, cfg: CaptionConfig, prompt: Prompt) -> str:
     h = hashlib.sha256()
     for part in (
         "judge",
+        server_url(cfg),
         job.pair,
         hashlib.sha256(job.before_jpg).hexdigest(),
         hashlib.sha256(job.edit_jpg).hexdigest(),
@@ -252,14 +255,15 @@ class EditJudge(LLMCaptioner):
                 summary.failed += hit["status"] != "ok"
                 return
             async with gate:
-                if budget.exhausted():
-                    summary.skipped_budget += 1
-                    out[i] = base | {"status": "skipped_budget", "reason": "budget", "cached": False}
-                    return
-                budget.requests += 1
                 t0 = time.perf_counter()
+                worst = 0.0
                 try:
                     body = build_request(job, self.cfg, self.prompt)
+                    worst = worst_case_cost(self.cfg, body)
+                    if not budget.reserve(worst):  # the run's budget cannot pay for this request's worst case
+                        summary.skipped_budget += 1
+                        out[i] = base | {"status": "skipped_budget", "reason": "budget", "cached": False}
+                        return
                     create = client.chat.completions.create
                     await tpm.acquire(tokens)
                     await rpm.acquire()
@@ -272,7 +276,7 @@ class EditJudge(LLMCaptioner):
                 except Exception as e:  # one edit's trouble is that edit's row, never the run's
                     rec = self._judge_record("failed", type(e).__name__, None, None, 0, 0, time.perf_counter() - t0)
                     log.warning("judging %s (%s) failed: %s", job.pair, job.system, self.scrub(str(e))[:300])
-                budget.cost += rec["cost_usd"]
+                budget.settle(worst, rec["cost_usd"])
             if rec["status"] == "ok" or rec["reason"] in DETERMINISTIC_FAILURES:
                 self.cache.put(key, rec)
             out[i] = base | rec | {"cached": False}

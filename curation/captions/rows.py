@@ -14,6 +14,7 @@ from schemas.captions import CAPTION_ROWS_SCHEMA, CAPTIONS_DIR, Agreement, Capti
 from schemas.records import Caption, version_matches
 
 from ..store import write_parquet
+from .client import DETERMINISTIC_FAILURES
 
 AGREEMENT_POLICIES = ("any", "prefer", "require")
 
@@ -96,8 +97,6 @@ def known_versions(rows: pd.DataFrame) -> dict[str, list[Caption]]:
 def settled(rows: pd.DataFrame, version: str) -> set[str]:
     """Pairs that need no new request for `version`: a usable answer, or a failure that asking again
     would repeat (refusal, invalid answer, ...). Transient failures are not settled."""
-    from .llm import DETERMINISTIC_FAILURES
-
     mine = rows[rows.caption_version == version]
     done = mine.status.isin([CaptionStatus.OK, CaptionStatus.NOT_VISIBLE]) | mine.reason.isin(DETERMINISTIC_FAILURES)
     return set(mine[done].pair_id)
