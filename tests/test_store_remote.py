@@ -460,7 +460,8 @@ def test_units_from_machines_with_their_own_staging_commit_to_one_output(s3, tmp
 # ---- publish and generations ---------------------------------------------------------------------
 
 
-def test_publish_keeps_the_near_duplicates_the_build_dropped(tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_publish_keeps_the_near_duplicates_the_build_dropped(where, request, tmp_path):
     """A build whose second clip is a re-encode of the first drops its pairs as near-duplicates; a
     publish makes its generation the same way: the duplicates stay out, and samples.parquet, stats.json
     and the shards agree."""
@@ -483,16 +484,28 @@ def test_publish_keeps_the_near_duplicates_the_build_dropped(tmp_path):
     for f in frames:
         wr.write(np.ascontiguousarray(f))
     wr.release()
-    out = tmp_path / "out"
-    built = run_build(load_config(None, output=str(out), sources=[{"root": str(src)}], decode={"max_frames": 16}))
+    if where == "s3":
+        request.getfixturevalue("s3")
+        out = f"{BUCKET}/dups/out"
+    else:
+        out = str(tmp_path / "out")
+    cfg = load_config(
+        None,
+        output=out,
+        staging_dir=str(tmp_path / "staging-a"),
+        sources=[{"root": str(src)}],
+        decode={"max_frames": 16},
+    )
+    built = run_build(cfg)
     assert built["near_duplicates"] >= 1
-    before = snapshot(str(out))
-    _add_caption_rows(str(out), before["pairs"], tmp_path)
-    summary = publish(out)
-    after = snapshot(str(out))
-    samples = pd.read_parquet(out / "samples.parquet")
-    rejects = pd.read_parquet(out / "rejects.parquet")
-    stats = json.loads((out / "stats.json").read_text())
+    before = snapshot(out)
+    _add_caption_rows(out, before["pairs"], tmp_path)
+    summary = publish(out, staging_dir=str(tmp_path / "staging-b"))  # on S3: from another machine
+    after = snapshot(out)
+    store = Output.open(out)
+    samples = pd.read_parquet(io.BytesIO(store.read_generation_file("samples.parquet")))
+    rejects = pd.read_parquet(io.BytesIO(store.read_generation_file("rejects.parquet")))
+    stats = json.loads(store.read_generation_file("stats.json"))
     dups = set(rejects[(rejects.reason == "duplicate") & (rejects.level == "candidate")].pair_id)
     assert dups and not dups & set(samples.pair_id)  # the duplicates stay out
     assert after["pairs"] == before["pairs"] and after["rejects"] == before["rejects"]
@@ -503,7 +516,7 @@ def test_publish_keeps_the_near_duplicates_the_build_dropped(tmp_path):
         assert stats[k] == built[k], k
     assert stats["near_duplicates"] == built["near_duplicates"]
     assert stats["yield"] == built["yield"]
-    assert Output(out).verify() == []
+    assert store.verify() == []
 
 
 def test_clean_and_gc_keep_the_generations_of_an_output_whose_current_is_a_folder(tmp_path, small_input):
