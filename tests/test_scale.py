@@ -64,7 +64,10 @@ def test_a_threshold_change_redoes_the_affected_work(tmp_path):
     cfg = load_config(None, output=str(tmp_path / "o"), sources=[{"root": str(folder)}])
     run_build(cfg)
     stricter = load_config(
-        None, output=str(tmp_path / "o"), sources=[{"root": str(folder)}], motion={"min_pose_change": 5.0}
+        None,
+        output=str(tmp_path / "o"),
+        sources=[{"root": str(folder)}],
+        motion={"min_pose_change": 5.0, "min_limb_change": 5.0},
     )
     assert [c.clip_id for u in plan_build(stricter).units for c in u.clips] == ["tai_chi_glass"]
     stats = run_build(stricter)
