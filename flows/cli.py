@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -556,7 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     el = sub.add_parser("eval", help="a build's accept/reject decisions against a labelled list of its input files")
     el.add_argument("output")
-    el.add_argument("--labels", required=True, help="CSV: file, expected (accept|reject|ignored|avoid: pairs clear of a hazard, each labelled keep, or a reject), reasons (a|b), note")
+    el.add_argument(
+        "--labels",
+        required=True,
+        help="CSV: file, expected (accept|reject|ignored|avoid: pairs clear of a hazard, each labelled keep, or a "
+        "reject), reasons (a|b), note",
+    )
     el.add_argument(
         "--pair-labels",
         action="append",
@@ -596,6 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C in any command (publish, gc, recaption, ...): what is committed stands
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit (lock release) short
+        print("motionpairs: stopped: interrupted", file=sys.stderr)
+        return 130
     except OSError as e:  # disk full, read-only or vanished output: a problem of the run, one line
         if args.verbose:
             raise

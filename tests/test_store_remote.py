@@ -198,6 +198,7 @@ BUILD_CASES = [
     ("local", "finalize", "kill"),
     ("local", "before_pointer", "kill"),
     ("local", "after_pointer", "kill"),
+    ("local", "after_tar", "sigint2"),
     ("local", "after_record", "sigint2"),
     ("local", "record_fsync", "sigint2"),
     ("local", "before_pointer", "sigint2"),
@@ -208,7 +209,9 @@ BUILD_CASES = [
     ("s3", "finalize", "kill"),
     ("s3", "before_pointer", "kill"),
     ("s3", "after_pointer", "kill"),
+    ("s3", "after_tar", "sigint2"),
     ("s3", "after_record", "sigint2"),
+    ("s3", "record_fsync", "sigint2"),
     ("s3", "push_unit", "sigint2"),
     ("s3", "before_pointer", "sigint2"),
 ]
@@ -295,10 +298,11 @@ def published_reference(tmp_path, small_input, fast_cfg, reference):
     return snapshot(str(out))
 
 
+@pytest.mark.parametrize("how", ["kill", "sigint2"])
 @pytest.mark.parametrize("where", ["local", "s3"])
 @pytest.mark.parametrize("step", ["publish", "gc"])
 def test_crash_in_publish_or_gc_then_rerun_keeps_a_whole_output(
-    where, step, request, tmp_path, small_input, fast_cfg, reference, published_reference
+    how, where, step, request, tmp_path, small_input, fast_cfg, reference, published_reference
 ):
     env = {"MOTIONPAIRS_STAGING": str(tmp_path / "staging")}
     if where == "s3":
@@ -309,15 +313,13 @@ def test_crash_in_publish_or_gc_then_rerun_keeps_a_whole_output(
     assert cli(build_args(small_input, url, fast_cfg), env=env).returncode == 0
     _add_caption_rows(url, reference["pairs"], tmp_path)
     if step == "publish":
-        r = cli(["publish", url], env=env | {"MOTIONPAIRS_CRASH_AT": "publish"})
-        assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+        _interrupt(["publish", url], env, "publish", tmp_path / "paused", how)
         assert same(snapshot(url), reference) and committed_tars_present(url) == []  # the old generation, whole
         r = cli(["publish", url], env=env)
         assert r.returncode == 0, r.stderr[-2000:]
     else:
         assert cli(["publish", url], env=env).returncode == 0
-        r = cli(["gc", url, "--keep", "0"], env=env | {"MOTIONPAIRS_CRASH_AT": "gc"})
-        assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+        _interrupt(["gc", url, "--keep", "0"], env, "gc", tmp_path / "paused", how)
         assert same(snapshot(url), published_reference) and committed_tars_present(url) == []
         r = cli(["gc", url, "--keep", "0"], env=env)
         assert r.returncode == 0, r.stderr[-2000:]
