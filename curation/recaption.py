@@ -39,7 +39,7 @@ from .captions.rows import (
     resolve_version,
     write_caption_rows,
 )
-from .captions.select import FilterError, select_rows
+from .captions.where import FilterError, select_rows
 from .config import CaptionConfig, QualityConfig
 from .store import Output, StoreError, write_json
 from .store.faults import crash_point
