@@ -13,6 +13,9 @@ left and right swapped). `ok` answers name the changes the grounding's pose-base
 ("raise your right arm" -> right arm up), as a model that reads the images right would;
 `server.default` sets the behaviour of unscripted requests; `server.instruction`, when set, is the
 instruction of every answer (a model that says the same sentence for every pair, or says markup).
+Local servers: `api_key=None` takes any key (a server started without one); `server.image_limit`
+refuses a request with more images than that (400), as a server with a per-prompt image limit does.
+Each chat request's body is kept in `server.requests[i]["body"]`.
 """
 
 from __future__ import annotations
@@ -63,12 +66,13 @@ def guessed_changes(body: dict[str, Any]) -> list[dict[str, str]]:
 
 
 class FakeOpenAI:
-    def __init__(self, api_key: str, slow_s: float = 3.0):
+    def __init__(self, api_key: str | None, slow_s: float = 3.0):
         self.api_key = api_key
         self.slow_s = slow_s
         self.script: dict[str, list[str]] = defaultdict(list)
         self.default = "ok"
         self.instruction: str | None = None  # every answer's instruction (None: names model and pair)
+        self.image_limit: int | None = None  # images one request may hold (None: no limit)
         self.requests: list[dict[str, Any]] = []  # every chat request that reached the handler
         self.invalid: list[str] = []  # why requests were refused as malformed
         self.files: dict[str, dict[str, Any]] = {}
@@ -94,6 +98,8 @@ class FakeOpenAI:
                 return "schema lacks the required keys"
             user = next(m for m in body["messages"] if m["role"] == "user")["content"]
             images = [c for c in user if c.get("type") == "image_url"]
+            if self.image_limit is not None and len(images) > self.image_limit:
+                return f"at most {self.image_limit} image(s) may be provided in one request"
             if len(images) != 2:
                 return f"{len(images)} images instead of 2"
             for img in images:
@@ -172,6 +178,8 @@ class FakeOpenAI:
         app = FastAPI()
 
         def authorised(request: Request) -> bool:
+            if self.api_key is None:  # a local server started without a key takes any
+                return bool(request.headers.get("authorization"))
             return request.headers.get("authorization") == f"Bearer {self.api_key}"
 
         @app.post("/v1/chat/completions")
@@ -181,7 +189,9 @@ class FakeOpenAI:
             body = await request.json()
             why = self.check(body)
             pair_id, behaviour = self._next(body)
-            self.requests.append({"t": time.monotonic(), "pair_id": pair_id, "behaviour": behaviour, "invalid": why})
+            self.requests.append(
+                {"t": time.monotonic(), "pair_id": pair_id, "behaviour": behaviour, "invalid": why, "body": body}
+            )
             if why:
                 self.invalid.append(why)
                 return JSONResponse({"error": {"message": why, "type": "invalid_request_error"}}, status_code=400)
