@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from schemas.records import KP
+from curation import geometry
 
 # COCO's per-keypoint OKS constants (sigmas), in COCO17 order
 COCO_SIGMAS = (
@@ -27,14 +27,9 @@ def visible(kp: np.ndarray, min_conf: float = 0.5) -> np.ndarray:
 
 
 def torso_length(kp: np.ndarray, min_conf: float = 0.5) -> float | None:
-    v = visible(kp, min_conf)
-    need = [KP[n] for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")]
-    if not v[need].all():
-        return None
-    s = (kp[KP["left_shoulder"], :2] + kp[KP["right_shoulder"], :2]) / 2
-    h = (kp[KP["left_hip"], :2] + kp[KP["right_hip"], :2]) / 2
-    t = float(np.linalg.norm(s - h))
-    return t if t > 1e-6 else None
+    """Shoulder centre to hip centre (curation/geometry.py); None unless all four joints are visible
+    and the length is above 1e-6."""
+    return geometry.torso_length(kp, min_conf=min_conf, min_length=1e-6)
 
 
 def moved_joints(before: np.ndarray, after: np.ndarray, torso: float, min_conf: float = 0.5) -> np.ndarray:

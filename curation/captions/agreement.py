@@ -102,10 +102,10 @@ def _sided(a: Body, b: Body, side: str, part: str, direction: str) -> Moved | No
 
 def _fold(a: Body, b: Body) -> float | None:
     """How far the hips came down towards the feet (torso lengths; < 0: away from them)."""
-    fa, fb = a.mid("left_ankle", "right_ankle"), b.mid("left_ankle", "right_ankle")
-    if fa is None or fb is None or a.hips is None or b.hips is None:
+    fa, fb = a.hips_over_feet(), b.hips_over_feet()
+    if fa is None or fb is None:
         return None
-    return float(np.linalg.norm(a.hips - fa) / a.torso - np.linalg.norm(b.hips - fb) / b.torso)
+    return fa - fb
 
 
 def _towards_left(a: Body, b: Body, what: str) -> float | None:

@@ -19,7 +19,9 @@ import math
 
 import numpy as np
 
-from schemas.records import KP, Pose17
+from schemas.records import Pose17
+
+from .. import geometry
 
 UPRIGHT_DEG = 45.0  # a torso within this angle of the image's vertical stands, sits or kneels upright
 FACING_LATERAL = 0.15  # shoulders this far apart across the torso (torso lengths): facing is known
@@ -40,36 +42,30 @@ class Body:
     def __init__(self, pose: Pose17, min_conf: float = 0.5):
         self.k = np.asarray(pose.keypoints, dtype=np.float64)
         self.min_conf = min_conf
-        self.hips = self.mid("left_hip", "right_hip")
-        self.shoulders = self.mid("left_shoulder", "right_shoulder")
+        self.hips = geometry.hip_centre(self.k, min_conf)
+        self.shoulders = geometry.shoulder_centre(self.k, min_conf)
         self.up: np.ndarray | None = None
-        self.root: np.ndarray | None = None
-        self.torso = math.nan
+        # hip centre and torso length, or (upper-body footage) shoulder centre and shoulder width
+        self.root, self.torso = geometry.root_and_torso(self.k, use_hips=None, min_conf=min_conf)
         if self.hips is not None and self.shoulders is not None:
-            self.torso = float(np.linalg.norm(self.shoulders - self.hips))
             self.up = _unit(self.shoulders - self.hips)
-            self.root = self.hips
         elif self.shoulders is not None:  # upper-body footage: the shoulder line and the head
             ls, rs = self.p("left_shoulder"), self.p("right_shoulder")
-            self.torso = float(np.linalg.norm(ls - rs))
             head = self.head()
             line = _unit(ls - rs)
             if head is not None and line is not None:
                 normal = np.array([-line[1], line[0]])
                 self.up = normal if np.dot(head - self.shoulders, normal) > 0 else -normal
-            self.root = self.shoulders
         if not self.torso > 1:
             self.up = None
         self.across = np.array([-self.up[1], self.up[0]]) if self.up is not None else None
 
     # ---- points
     def p(self, name: str) -> np.ndarray | None:
-        x, y, c = self.k[KP[name]]
-        return np.array([x, y]) if c >= self.min_conf and math.isfinite(x) and math.isfinite(y) else None
+        return geometry.joint(self.k, name, self.min_conf)
 
     def mid(self, a: str, b: str) -> np.ndarray | None:
-        pa, pb = self.p(a), self.p(b)
-        return (pa + pb) / 2 if pa is not None and pb is not None else None
+        return geometry.centre(self.k, a, b, self.min_conf)
 
     def head(self) -> np.ndarray | None:
         pts = [q for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear") if (q := self.p(n)) is not None]
@@ -168,6 +164,13 @@ class Body:
             return None
         v = knee - hip
         return math.degrees(math.atan2(front * self.lateral_of(v), -self.along(v)))
+
+    def hips_over_feet(self) -> float | None:
+        """The hips' distance from the ankles' centre, in torso lengths (None without hips or ankles)."""
+        feet = self.mid("left_ankle", "right_ankle")
+        if feet is None or self.hips is None:
+            return None
+        return float(np.linalg.norm(self.hips - feet) / self.torso)
 
     def height(self, joint: str, ref: str) -> float | None:
         """How far `joint` lies beyond `ref` towards the head, in torso lengths."""

@@ -190,9 +190,9 @@ def _body_changes(a: Body, b: Body) -> list[Change]:
         else:
             out.append(Change(abs(d) / 45, "straighten up"))
     # crouch / stand up: the hips come down towards the feet (or the image's floor, feet unseen)
-    fa, fb = a.mid("left_ankle", "right_ankle"), b.mid("left_ankle", "right_ankle")
+    fa, fb = a.hips_over_feet(), b.hips_over_feet()
     if fa is not None and fb is not None:
-        fold = float(np.linalg.norm(a.hips - fa) / a.torso - np.linalg.norm(b.hips - fb) / b.torso)
+        fold = fa - fb
     else:
         fold = float((b.hips[1] - a.hips[1]) / a.torso)
     if abs(fold) > 0.35:

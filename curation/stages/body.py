@@ -21,6 +21,8 @@ import numpy as np
 
 from schemas.records import KP, Pose17
 
+from .. import geometry
+
 Box = tuple[int, int, int, int]
 
 LEGS = (("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle"))
@@ -71,17 +73,11 @@ def shown(pose: Pose17, content: Box, kp_conf: float, edge: float = 0.01, box_pa
     return ok
 
 
-def torso_length(k: np.ndarray) -> float:
-    s = (k[KP["left_shoulder"], :2] + k[KP["right_shoulder"], :2]) / 2
-    h = (k[KP["left_hip"], :2] + k[KP["right_hip"], :2]) / 2
-    return float(np.linalg.norm(s - h))
-
-
 def leg_extent(pose: Pose17, seen: np.ndarray) -> float:
     """The shorter leg's hip -> knee -> ankle length over the torso length; 0 when a joint of either
     leg is not shown (NaN without a torso)."""
     k = np.asarray(pose.keypoints, float)
-    torso = torso_length(k)
+    torso = geometry.torso_length(k)
     if not (torso > 1e-6 and math.isfinite(torso)):
         return math.nan
     worst = math.inf
@@ -100,7 +96,7 @@ def extremity_margin(pose: Pose17, content: Box, kp_conf: float) -> float | None
     means a foot or the head is most likely cut by the border even when the joint itself is inside.
     None without a torso or without any of these joints seen."""
     k = np.asarray(pose.keypoints, float)
-    torso = torso_length(k)
+    torso = geometry.torso_length(k)
     if not (torso > 1e-6 and math.isfinite(torso)):
         return None
     cx1, cy1, cx2, cy2 = content

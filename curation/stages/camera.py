@@ -29,6 +29,7 @@ import numpy as np
 
 from schemas.records import KP, Pose17
 
+from .. import geometry
 from .quality import IDENTITY, background_mask, grid_corners, motion_magnitude, small_gray
 
 # a gray-level difference above this (after a 5x5 blur, on frames at most 320 px) is a change, not noise
@@ -143,10 +144,6 @@ _TRUNK = [KP[n] for n in ("left_shoulder", "right_shoulder", "right_hip", "left_
 _HEAD = [KP[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
 
 
-def _torso(k: np.ndarray) -> float:
-    return float(np.linalg.norm((k[_TRUNK[0], :2] + k[_TRUNK[1], :2]) / 2 - (k[_TRUNK[2], :2] + k[_TRUNK[3], :2]) / 2))
-
-
 def _draw_figure(drawn: np.ndarray, k: np.ndarray, torso: float) -> None:
     """One body's figure from its keypoints (x, y in drawn's pixels), 255 on `drawn`."""
 
@@ -189,7 +186,7 @@ def body_shapes(
             k[:, :2] *= scale
             if move is not None:
                 k[:, :2] = k[:, :2] @ move[:, :2].T + move[:, 2]
-            torso = _torso(k)
+            torso = geometry.torso_length(k)
             if np.isfinite(k[:, :2]).all() and torso > 2:
                 largest = max(largest, torso)
                 _draw_figure(drawn, k, torso)

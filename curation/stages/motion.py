@@ -21,6 +21,7 @@ import numpy as np
 
 from schemas.records import KP, MotionFigures, PairStrategy, Pose17, QualityFigures, RejectReason
 
+from .. import geometry
 from ..config import EgocentricConfig, MotionConfig, PairingConfig, QualityConfig
 from . import body, camera, people, quality
 
@@ -121,23 +122,14 @@ def classify(
     return FrameKind.BODY
 
 
-def _xy(pose: Pose17, name: str) -> np.ndarray:
-    x, y, _ = pose.keypoints[KP[name]]
-    return np.array([x, y], dtype=np.float64)
-
-
 def _hips_visible(min_conf: float, *poses: Pose17) -> bool:
     return all(p.visible("left_hip", min_conf) and p.visible("right_hip", min_conf) for p in poses)
 
 
 def root_and_torso(pose: Pose17, use_hips: bool = True) -> tuple[np.ndarray, float]:
-    """Body root and size in pixels: hip centre and torso length (shoulder centre to hip centre);
-    without hips (upper-body footage), shoulder centre and shoulder width."""
-    shoulders = (_xy(pose, "left_shoulder") + _xy(pose, "right_shoulder")) / 2
-    if use_hips:
-        hips = (_xy(pose, "left_hip") + _xy(pose, "right_hip")) / 2
-        return hips, float(np.linalg.norm(shoulders - hips))
-    return shoulders, float(np.linalg.norm(_xy(pose, "left_shoulder") - _xy(pose, "right_shoulder")))
+    """Body root and size in pixels (curation/geometry.py, every joint as placed): hip centre and torso
+    length; without hips (upper-body footage), shoulder centre and shoulder width."""
+    return geometry.root_and_torso(geometry.keypoints(pose), use_hips)
 
 
 # ---------------------------------------------------------------- pair measures
