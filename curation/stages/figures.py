@@ -1,0 +1,91 @@
+"""The motion figures of two poses of one person: how far the limbs moved against the body's root and
+size, whether the motion is enough for a pair, whether two detections are the same person; and how alike
+two frames' scenes are. Pure functions; the body's root and torso are curation/geometry.py's."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from schemas.records import KP, Pose17
+
+from .. import geometry
+from ..config import MotionConfig
+
+
+def _hips_visible(min_conf: float, *poses: Pose17) -> bool:
+    return all(p.visible("left_hip", min_conf) and p.visible("right_hip", min_conf) for p in poses)
+
+
+def root_and_torso(pose: Pose17, use_hips: bool = True) -> tuple[np.ndarray, float]:
+    """Body root and size in pixels (curation/geometry.py, every joint as placed): hip centre and torso
+    length; without hips (upper-body footage), shoulder centre and shoulder width."""
+    return geometry.root_and_torso(geometry.keypoints(pose), use_hips)
+
+
+# the joints whose motion makes an edit; face and torso points barely move relative to the hips and
+# would only dilute the mean
+LIMB_MASK = np.zeros(17, bool)
+LIMB_MASK[[KP[f"{s}_{j}"] for s in ("left", "right") for j in ("elbow", "wrist", "knee", "ankle")]] = True
+
+
+def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> tuple[float, float, float, float, int, float]:
+    """Root-relative displacement (mean over visible limb joints, max over all visible joints), root
+    translation (all / torso length), torso length of `a` in pixels, the number of keypoints compared,
+    and the largest limb joint's displacement."""
+    hips = _hips_visible(cfg.keypoint_conf, a, b)
+    ra, ta = root_and_torso(a, hips)
+    rb, tb = root_and_torso(b, hips)
+    torso = (ta + tb) / 2
+    if not (torso > 1e-6 and math.isfinite(torso)):
+        return 0.0, 0.0, 0.0, ta, 0, 0.0
+    ka = np.asarray(a.keypoints, dtype=np.float64)
+    kb = np.asarray(b.keypoints, dtype=np.float64)
+    both = (ka[:, 2] >= cfg.keypoint_conf) & (kb[:, 2] >= cfg.keypoint_conf)
+    both &= np.isfinite(ka[:, :2]).all(1) & np.isfinite(kb[:, :2]).all(1)
+    if not both.any():
+        return 0.0, 0.0, float(np.linalg.norm(rb - ra) / torso), ta, 0, 0.0
+    d = np.linalg.norm((kb[:, :2] - rb) - (ka[:, :2] - ra), axis=1) / torso
+    limbs = both & LIMB_MASK
+    mean = float(d[limbs].mean()) if limbs.any() else 0.0
+    limb = float(d[limbs].max()) if limbs.any() else 0.0
+    return mean, float(d[both].max()), float(np.linalg.norm(rb - ra) / torso), ta, int(both.sum()), limb
+
+
+def moves(mean: float, limb: float | None, cfg: MotionConfig) -> bool:
+    """Enough pose change for a pair: the limbs' mean motion, or one limb's (an arm-only edit)."""
+    return mean >= cfg.min_pose_change or (
+        cfg.min_limb_change > 0 and limb is not None and math.isfinite(limb) and limb >= cfg.min_limb_change
+    )
+
+
+def same_person(a: Pose17, b: Pose17, cfg: MotionConfig) -> bool:
+    """The body centre stays within max_track_jump torsos and the size within max_size_ratio; frames
+    without both hips (a partial body) compare shoulder centres and widths."""
+    hips = _hips_visible(cfg.keypoint_conf, a, b)
+    if not hips and not all(
+        p.visible(s, cfg.keypoint_conf) for p in (a, b) for s in ("left_shoulder", "right_shoulder")
+    ):
+        return True  # nothing to compare by: no evidence of a switch
+    ra, ta = root_and_torso(a, hips)
+    rb, tb = root_and_torso(b, hips)
+    if not hips:  # shoulder widths vary with turning: allow for it
+        ta, tb = max(ta, tb), max(ta, tb)
+    if min(ta, tb) <= 1e-6:
+        return False
+    if max(ta, tb) / min(ta, tb) > cfg.max_size_ratio:
+        return False
+    return float(np.linalg.norm(rb - ra)) / ((ta + tb) / 2) <= cfg.max_track_jump
+
+
+def scene_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of hue-saturation histograms: near 1 within a shot, low across a cut."""
+
+    def hist(img: np.ndarray) -> np.ndarray:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        h = cv2.calcHist([hsv], [0, 1], None, [32, 32], [0, 180, 0, 256])
+        return cv2.normalize(h, h).flatten()
+
+    return float(cv2.compareHist(hist(a), hist(b), cv2.HISTCMP_CORREL))

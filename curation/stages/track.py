@@ -1,0 +1,246 @@
+"""A clip's frames, classified once: who each sampled frame shows (no person, several, a partial body,
+left/right swapped, one whole body), and the per-frame facts every candidate pair reads (ClipTrack:
+sharpness, hidden people, other people's tracks, the camera between frames, measured when a pair
+needs it). Candidate and Selection are what pair selection (stages/motion.py, stages/egocentric.py)
+makes of them."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from schemas.records import MotionFigures, PairStrategy, Pose17, QualityFigures, RejectReason
+
+from ..config import MotionConfig, QualityConfig
+from . import body, camera, people, quality
+from .figures import scene_similarity
+
+
+class FrameKind(str, Enum):
+    NONE = "none"
+    MULTI = "multi"
+    PARTIAL = "partial"
+    SWAPPED = "swapped"  # a body whose left/right labels contradict its facing: not paired
+    BODY = "body"
+
+
+@dataclass
+class FrameObs:
+    """One sampled frame: where it is and who is in it."""
+
+    index: int
+    time: float
+    poses: list[Pose17]  # every detection, highest score first
+
+
+@dataclass
+class Candidate:
+    strategy: PairStrategy
+    i: int  # positions in the list of sampled frames
+    j: int
+    motion: MotionFigures | None = None
+    quality: QualityFigures | None = None
+    detail: str = ""
+    align: camera.PairAlignment | None = None
+
+
+@dataclass
+class Selection:
+    pairs: list[Candidate]
+    reason: RejectReason | None  # set when pairs is empty
+    detail: str
+    funnel: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- per frame
+
+
+def confident(poses: list[Pose17], cfg: MotionConfig) -> list[Pose17]:
+    return [p for p in poses if p.score >= cfg.person_conf]
+
+
+def has_body(pose: Pose17, cfg: MotionConfig, content: body.Box | None = None) -> bool:
+    """The required keypoints visible; with motion.whole_body, the legs shown by evidence beyond their
+    confidence (stages/body.py) and long enough against the torso."""
+    if not all(pose.visible(k, cfg.keypoint_conf) for k in cfg.required_keypoints):
+        return False
+    visible = sum(1 for x, y, c in pose.keypoints if c >= cfg.keypoint_conf and math.isfinite(x) and math.isfinite(y))
+    if visible < cfg.min_visible_keypoints:
+        return False
+    if cfg.whole_body:
+        content = content or (0, 0, pose.frame_width, pose.frame_height)
+        extent = body.leg_extent(pose, body.shown(pose, content, cfg.keypoint_conf))
+        return extent >= cfg.min_leg_extent
+    return True
+
+
+def hidden_person_score(
+    obs: FrameObs, cfg: MotionConfig, q: QualityConfig, excluded: frozenset[int] = frozenset()
+) -> float:
+    """Best score of another detection overlapping the frame's person (0: none, or no person).
+    `excluded`: ids of detections known not to be people (reflections)."""
+    people = confident(obs.poses, cfg)
+    if not people:
+        return 0.0
+    dets = [d for d in obs.poses if id(d) not in excluded]
+    return quality.other_person_score(people[0], dets, q.other_person_overlap, q.same_person_oks, cfg.keypoint_conf)
+
+
+def classify(
+    obs: FrameObs,
+    cfg: MotionConfig,
+    q: QualityConfig | None = None,
+    content: body.Box | None = None,
+    excluded: frozenset[int] = frozenset(),
+) -> FrameKind:
+    q = q or QualityConfig()
+    people = confident(obs.poses, cfg)
+    if not people:
+        return FrameKind.NONE
+    others = [
+        p
+        for p in obs.poses
+        if p is not people[0] and id(p) not in excluded and p.score >= min(cfg.second_person_conf, cfg.person_conf)
+    ]
+    if others or hidden_person_score(obs, cfg, q, excluded) >= max(q.other_person_conf, 1e-9):
+        return FrameKind.MULTI
+    if not has_body(people[0], cfg, content):
+        return FrameKind.PARTIAL
+    margin = quality.lr_margin(people[0], cfg.keypoint_conf, q.lr_min_separation)
+    if margin is not None and margin < -q.lr_tolerance:
+        return FrameKind.SWAPPED
+    return FrameKind.BODY
+
+
+# ---------------------------------------------------------------- per clip
+
+
+@dataclass
+class ClipTrack:
+    """Per-frame facts of one clip, computed once, used by every candidate."""
+
+    obs: list[FrameObs]
+    kinds: list[FrameKind]
+    similarity: list[float | None]  # between sampled frame k and k+1 (measured when a candidate needs it)
+    steps: list[quality.BackgroundStep | None]  # the camera between sampled frame k and k+1 (likewise)
+    frames: list[np.ndarray]
+    sharpness: list[float | None]  # per frame, relative to the clip's three sharpest body frames
+    hidden: list[float]  # best score of another detection overlapping the person, per frame
+    quality_cfg: QualityConfig = field(default_factory=QualityConfig)
+    content: body.Box | None = None  # the picture inside letterbox/pillarbox bars
+    others: list[people.Track] = field(default_factory=list)  # other people through the clip (not reflections)
+    source_scale: float = 1.0  # source video pixels per decoded pixel
+    motion_cfg: MotionConfig = field(default_factory=MotionConfig)
+    _grays: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
+    _plain: dict[int, bool] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        obs: list[FrameObs],
+        frames: list[np.ndarray],
+        cfg: MotionConfig,
+        q: QualityConfig | None = None,
+        source_scale: float = 1.0,
+    ) -> ClipTrack:
+        q = q or QualityConfig()
+        content = body.content_box(frames) if frames else None
+        subjects = people.steady_subjects([o.poses for o in obs], cfg.person_conf)
+        for o, subj in zip(obs, subjects, strict=True):  # the subject first: confident(...)[0] is it
+            if subj is not None and o.poses and o.poses[0] is not subj:
+                o.poses = [subj] + [p for p in o.poses if p is not subj]
+        tracks = people.people_tracks(
+            subjects,
+            [o.poses for o in obs],
+            person_conf=q.other_track_conf,
+            single_conf=q.other_person_conf,
+            same_oks=q.same_person_oks,
+            kp_conf=cfg.keypoint_conf,
+            frames=frames,
+        )
+        excluded = frozenset(id(p) for t in tracks if t.reflection for p in t.poses)
+        kinds = [classify(o, cfg, q, content, excluded) for o in obs]
+        # the cheap frame-type funnel first: scene similarity and background tracking (optical flow) are
+        # measured only between the frames a candidate pair spans (scene()), not for clips it rejects
+        sim: list[float | None] = [None] * max(0, len(obs) - 1)
+        steps: list[quality.BackgroundStep | None] = [None] * max(0, len(obs) - 1)
+        raw = [
+            quality.sharpness(frames[k], confident(obs[k].poses, cfg)[0]) if kinds[k] is FrameKind.BODY else None
+            for k in range(len(obs))
+        ]
+        known = sorted(v for v in raw if v is not None)
+        top = float(np.mean(known[-3:])) if known else 1.0  # the clip's sharpest frames
+        sharp = [None if v is None else v / max(top, 1e-9) for v in raw]
+        hidden = [hidden_person_score(o, cfg, q, excluded) for o in obs]
+        others = [t for t in tracks if not t.reflection]
+        return cls(obs, kinds, sim, steps, list(frames), sharp, hidden, q, content, others, source_scale, cfg)
+
+    def person(self, k: int, cfg: MotionConfig) -> Pose17:
+        return confident(self.obs[k].poses, cfg)[0]
+
+    def scene(self, i: int, j: int) -> tuple[float, float, np.ndarray | None, list[quality.BackgroundStep]]:
+        """Between sampled frames i and j: the lowest scene similarity of consecutive frames, the
+        camera's net motion (frame diagonals; a pan adds up, shake cancels out; NaN where a step could
+        not be measured), the composed transform (None then) and the steps."""
+        q = self.quality_cfg
+        for k in range(i, j):
+            if self.steps[k] is None:
+                a, b = self.frames[k], self.frames[k + 1]
+                people = self.obs[k].poses + self.obs[k + 1].poses
+                self.similarity[k] = scene_similarity(a, b)
+                self.steps[k] = quality.background_step(
+                    a, b, people, q.min_background_features, q.min_background_inliers
+                )
+        steps = self.steps[i:j]
+        sim = min(self.similarity[i:j])
+        if any(s.matrix is None for s in steps):
+            return sim, math.nan, None, steps
+        m = quality.compose([s.matrix for s in steps])
+        g, _ = self.gray(i)
+        return sim, quality.motion_magnitude(m, g.shape[1], g.shape[0]), m, steps
+
+    def gray(self, k: int) -> tuple[np.ndarray, float]:
+        if k not in self._grays:
+            self._grays[k] = quality.small_gray(self.frames[k])
+        return self._grays[k]
+
+    def align(self, i: int, j: int, m: np.ndarray | None, steps: list[quality.BackgroundStep]) -> camera.PairAlignment:
+        """The camera between sampled frames i and j, with what else changed (stages/camera.py)."""
+        cfg = self.motion_cfg
+        textureless = m is None and all(s.status in ("ok", "textureless") for s in steps)
+        return camera.align_pair(
+            self.frames[i],
+            self.frames[j],
+            self.obs[i].poses,
+            self.obs[j].poses,
+            m,
+            textureless,
+            cfg.static_camera_motion,
+            cfg.max_camera_motion,
+            cfg.max_background_residual,
+            grays=(self.gray(i), self.gray(j)),
+        )
+
+    def plain_still(self, k: int) -> bool:
+        """Sampled frames k and k+1 show the same background pixel for pixel (a plain wall whose
+        corners are noise), so a step that could not be tracked is no evidence of a cut; inside a
+        cross-fade the other shot's ghost changes it."""
+        if k not in self._plain:
+            none = [quality.BackgroundStep(None, 0, 0, 0.0, 0, "textureless")]
+            self._plain[k] = self.align(k, k + 1, None, none).status == "static"
+        return self._plain[k]
+
+    def background_match(self, i: int, j: int, m: np.ndarray) -> float | None:
+        people = self.obs[i].poses + self.obs[j].poses
+        return quality.background_match(self.frames[i], self.frames[j], m, people, grays=(self.gray(i), self.gray(j)))
+
+
+def unmeasured(steps: list[quality.BackgroundStep]) -> str:
+    """The steps whose camera motion could not be measured, counted by why ("2 textureless, 1 few_points")."""
+    bad = [s for s in steps if s.matrix is None]
+    kinds = Counter(s.status for s in bad)
+    return ", ".join(f"{n} {k}" for k, n in kinds.items())
