@@ -12,7 +12,9 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import RunError
+from .faults import crash_point
+
 TMP_SUFFIX = ".tmp"
 
 
-class StoreError(RuntimeError):
+class StoreError(RunError, RuntimeError):
     """A problem of the output itself (not writable, locked, corrupt): one line for the user."""
 
 
@@ -75,14 +80,18 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], Any], point: s
             pass
         raise
     if point is not None:
-        from .faults import crash_point
-
         crash_point(point)
     fsync_dir(path.parent)
 
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True, default=str).encode()))
+
+
+def record_bytes(record: dict[str, Any]) -> bytes:
+    """A unit record as its file holds it (the same bytes wherever it is written: their MD5 is the
+    record object's ETag on S3)."""
+    return json.dumps(record, indent=2, sort_keys=True, default=str).encode()
 
 
 def write_parquet(path: Path, table: pa.Table) -> None:
@@ -119,3 +128,20 @@ def check_name(kind: str, name: str, pattern: re.Pattern[str]) -> str:
     if not isinstance(name, str) or not pattern.match(name):
         raise StoreError(f"refusing {kind} name {name!r} from a record: not a plain name")
     return name
+
+
+def replace_folder(src: Path, dst: Path) -> None:
+    """Put the finished folder `src` at `dst` (a report): copied beside it under a temp name, then
+    swapped in with two renames (a reader sees the old folder, the new one, or for an instant none,
+    never a half-written one); leftovers of a crash end
+    in TMP_SUFFIX and the next writer's clean() removes them."""
+    tag = uuid.uuid4().hex[:8]
+    staged = dst.parent / f".{dst.name}-{tag}{TMP_SUFFIX}"
+    old = dst.parent / f".{dst.name}-old-{tag}{TMP_SUFFIX}"
+    shutil.copytree(src, staged)
+    os.chmod(staged, 0o755)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(staged, dst)
+    fsync_dir(dst.parent)
+    shutil.rmtree(old, ignore_errors=True)

@@ -6,8 +6,9 @@
       rejects.parquet -> current/rejects.parquet
       stats.json      -> current/stats.json
       shards          -> current/shards   exactly the generation's tars (links) + sizes.json
-      generations/g000007/{samples.parquet, rejects.parquet, stats.json, shards/, listing.json}
-                          listing.json is written last: a generation without it never happened
+      generations/g000007/{samples.parquet, rejects.parquet, stats.json, shards/, units.json, listing.json}
+                          listing.json is written last: a generation without it never happened;
+                          units.json holds its units' records (a new machine reads them at once)
       tars/<unit>-<k>.tar                 the tar pool (immutable files; gc removes unreferenced ones)
       parts/<unit>.json                   a unit's commit record (tars with size and sha256), written
       parts/<unit>.{samples,rejects}.parquet   after its tars and parts
@@ -21,8 +22,10 @@ after the pointer moves. Readers follow CURRENT.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +34,7 @@ import fsspec
 from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 from schemas.shard import SIZES_FILE
 
-from .files import GENERATION, TAR_NAME, StoreError, check_name
+from .files import GENERATION, TAR_NAME, StoreError, check_name, record_bytes
 
 PARTS = "parts"
 TARS = "tars"
@@ -40,10 +43,13 @@ GENERATIONS = "generations"
 CURRENT_LINK = "current"
 CURRENT_OBJECT = "CURRENT"
 LISTING = "listing.json"
+UNITS_FILE = "units.json"  # generations/<g>/units.json: the records of every unit the generation holds
 GENERATION_FILES = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE)
 REMOTE_POOL = SHARDS  # on object stores the tar pool is <url>/shards/
 CARD_FILE = "README.md"  # the Hugging Face dataset card, rewritten with each generation
 PUBLISHED = "published.json"  # captions/published.json: the caption choice of the last publish
+TOP_LINKS = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE, SHARDS)  # OUT/<name> -> current/<name> (local)
+LEGACY_SETS = "shardsets"  # layout of earlier versions (OUT/shards -> shardsets/<set>)
 
 
 def is_remote(url: str | os.PathLike) -> bool:
@@ -97,6 +103,51 @@ def current_generation(url: str) -> str | None:
     except FileNotFoundError:
         return None
     return check_name("generation", name, GENERATION)
+
+
+def unit_records(fs, root: str, generations: Iterable[str] = ()) -> tuple[dict[str, dict], list[str]]:
+    """Every unit record under <root>/parts/ as {file name: record}, and the names that do not parse.
+    One listing; a record the listing's ETag (the MD5 of its bytes, on S3) shows to be the copy in one of
+    `generations`' units.json is taken from there, the rest are read in one batch (`fs.cat` of the list),
+    not one request each."""
+    parts = f"{root}/{PARTS}"
+    try:
+        infos = fs.ls(parts, detail=True)
+    except FileNotFoundError:
+        return {}, []
+    listed: dict[str, str] = {}
+    for info in infos:
+        name = info["name"].rstrip("/").rsplit("/", 1)[-1]
+        if name.endswith(".json"):
+            listed[name] = str(info.get("ETag") or "").strip('"')
+    known: dict[str, dict] = {}
+    for g in generations:
+        try:
+            units = json.loads(fs.cat_file(f"{root}/{GENERATIONS}/{g}/{UNITS_FILE}"))
+            known |= {f"{u}.json": r for u, r in units.items()}
+        except (FileNotFoundError, ValueError, AttributeError):
+            continue
+    records: dict[str, dict] = {}
+    rest = []
+    for name, etag in listed.items():
+        rec = known.get(name)
+        if rec is not None and etag and hashlib.md5(record_bytes(rec)).hexdigest() == etag:
+            records[name] = rec
+        else:
+            rest.append(name)
+    bad = []
+    if rest:
+        got = fs.cat([f"{parts}/{n}" for n in rest], on_error="return")
+        by_name = {k.rstrip("/").rsplit("/", 1)[-1]: v for k, v in got.items()}
+        for n in rest:
+            try:
+                data = by_name[n]
+                if isinstance(data, BaseException):
+                    raise data
+                records[n] = json.loads(data)
+            except (KeyError, ValueError, FileNotFoundError):
+                bad.append(n)
+    return records, bad
 
 
 def committed(url: str | os.PathLike, generation: str | None = None) -> Committed:

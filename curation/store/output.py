@@ -1,7 +1,9 @@
 """`Output`: the one owner of an output, a local folder or any fsspec URL (`Output.open(url)`).
 
 Everything that writes into an output or reads its shards goes through it, and none of its callers
-says whether the output is local or remote:
+says whether the output is local or remote. This file holds the output as a whole, its units and its
+tars; generations.py the generations and the pointer, upkeep.py clean/gc/verify (both mixins of
+`Output`), holder.py the lock taken once per process:
 
 - the lock: `with out.lock(command):` once, at the entry point (CLI command or flow); re-entrant in
   one process. An flock on the working folder, and on a remote output a lease with a fencing number;
@@ -25,8 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tarfile
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,15 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import pandas as pd
 import pyarrow as pa
 
-from schemas.captions import CAPTIONS_DIR
-from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
-from schemas.shard import SIZES_FILE, ShardSample, decode_sample
+from schemas.manifest import SAMPLES_FILE
+from schemas.shard import ShardSample
 
 from .faults import crash_point
 from .files import (
-    GENERATION,
     TAR_NAME,
     TMP_SUFFIX,
     UNIT_ID,
@@ -50,35 +49,22 @@ from .files import (
     atomic_write,
     check_name,
     fsync_dir,
-    replace_link,
-    write_json,
+    record_bytes,
+    replace_folder,
     write_parquet,
 )
-from .layout import (
-    CARD_FILE,
-    CURRENT_LINK,
-    GENERATIONS,
-    LISTING,
-    PARTS,
-    PUBLISHED,
-    SHARDS,
-    TARS,
-    Committed,
-    committed,
-    is_remote,
-)
-from .lock import LeaseLost, RemoteLease, WriterLock
-from .shards import ShardSet
+from .generations import Generations
+from .holder import HELD, OutputLock
+from .layout import GENERATIONS, PARTS, PUBLISHED, TARS, is_remote
+from .lock import LeaseLost, WriterLock
+from .remote import RemoteMirror, default_staging
+from .shards import ShardSet, read_tar
+from .upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
-TOP_LINKS = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE, SHARDS)
-LEGACY_SETS = "shardsets"  # layout of earlier versions (OUT/shards -> shardsets/<set>)
 
-_HELD: dict[str, OutputLock] = {}  # this process's output locks, by output: taking one again nests
-
-
-class Output:
+class Output(Generations, Upkeep):
     def __init__(self, root: Path | str, url: str | None = None, remote=None, ticket: dict | None = None):
         self.root = Path(root)
         self.url = (url or str(root)).rstrip("/") or "/"
@@ -94,8 +80,6 @@ class Output:
         url = str(url)
         if not is_remote(url):
             return cls(Path(url), ticket=ticket)
-        from .remote import RemoteMirror, default_staging
-
         stage = Path(staging) if staging else default_staging(url)
         remote = RemoteMirror(url, stage)
         return cls(stage, url=remote.url, remote=remote, ticket=ticket)
@@ -127,13 +111,13 @@ class Output:
 
     def ticket(self) -> dict[str, Any] | None:
         """What another process (a Dask worker) needs to check it writes for the current holder."""
-        held = _HELD.get(self.key)
+        held = HELD.get(self.key)
         return held.ticket() if held is not None else self._ticket
 
     def check_fence(self) -> None:
         """Raise LeaseLost when this writer no longer holds the output (another took it over). A caller
         that took no lock (a library user, a test) is not checked."""
-        held = _HELD.get(self.key)
+        held = HELD.get(self.key)
         if held is not None:
             held.check()
         elif self._ticket:
@@ -173,6 +157,14 @@ class Output:
             self._remote.fetch_file(f"{PARTS}/{path.name}")
         return path
 
+    def local_parts(self, unit_ids: Iterable[str], kind: str) -> list[Path]:
+        """Committed units' parts in the working folder; those another machine committed are fetched,
+        all at once."""
+        paths = [self.part(u, kind) for u in unit_ids]
+        if self._remote is not None:
+            self._remote.fetch_parts([p.name for p in paths if not p.is_file()])
+        return paths
+
     def record_path(self, unit_id: str) -> Path:
         return self.parts / f"{check_name('unit', unit_id, UNIT_ID)}.json"
 
@@ -204,11 +196,8 @@ class Output:
         write_parquet(self.part(uid, "rejects"), rejects)
         crash_point("before_record")
         self.check_fence()
-        atomic_write(
-            self.record_path(uid),
-            lambda f: f.write(json.dumps(record, indent=2, sort_keys=True, default=str).encode()),
-            point="record_fsync",
-        )  # the commit
+        data = record_bytes(record)
+        atomic_write(self.record_path(uid), lambda f: f.write(data), point="record_fsync")  # the commit
         crash_point("after_record")
         if self._remote is not None:
             self.check_fence()
@@ -256,8 +245,6 @@ class Output:
         In tar order; pairs that are not found are left out."""
         wanted = set(pair_ids)
         if shards is None:
-            import pandas as pd
-
             c = self.committed()
             with fsspec.open(c.file_url(SAMPLES_FILE), "rb") as f:
                 table = pd.read_parquet(f, columns=["pair_id", "shard"])
@@ -270,346 +257,6 @@ class Output:
             for sample in read_tar(self.tar_url(name)):
                 if sample.pair.pair_id in ids:
                     yield sample
-
-    # ---- generations -----------------------------------------------------------------------------
-    def current(self) -> str | None:
-        """The current generation's name (the remote pointer for a remote output)."""
-        if self._remote is not None:
-            return self._remote.current()
-        return self._local_current()
-
-    def _local_current(self) -> str | None:
-        """From the link `current`; where `current` is a plain folder, from the listing it holds."""
-        link = self.root / CURRENT_LINK
-        try:
-            return check_name("generation", Path(os.readlink(link)).name, GENERATION)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            pass
-        try:
-            name = json.loads((link / LISTING).read_text())["generation"]
-            return check_name("generation", name, GENERATION)
-        except (OSError, ValueError, KeyError, TypeError, StoreError) as e:
-            raise StoreError(f"{self.root}: cannot tell the current generation ({CURRENT_LINK}: {e})") from e
-
-    def committed(self, generation: str | None = None) -> Committed:
-        """The committed listing (what readers read); a StoreError when the output has none."""
-        return committed(self.url, generation)
-
-    def generation_names(self) -> list[str]:
-        if not self.generations.is_dir():
-            return []
-        return sorted(p.name for p in self.generations.iterdir() if GENERATION.match(p.name))
-
-    def meta(self, generation: str | None = None) -> dict[str, Any] | None:
-        """A generation's listing (the current one unless named; a named one from the working folder)."""
-        if generation is None and self._remote is not None:
-            return self._remote.meta()
-        gen = generation or self._local_current()
-        if gen is None:
-            return None
-        try:
-            return json.loads((self.generations / gen / LISTING).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def read_generation_file(self, rel: str) -> bytes:
-        """A file of the current generation (samples.parquet, rejects.parquet, stats.json)."""
-        with fsspec.open(self.committed().file_url(rel), "rb") as f:
-            return f.read()
-
-    def write_generation(
-        self,
-        samples: pa.Table,
-        rejects: pa.Table,
-        stats: dict[str, Any],
-        files: dict[str, dict[str, Any]],
-        meta: dict[str, Any],
-    ) -> str:
-        """A complete new generation, then the pointer. `files`: tar name -> samples, bytes, sha256 (all
-        in the pool; on a remote output the tars the bucket lacks go up first)."""
-        remote = self._remote
-        if remote is not None:
-            self.check_fence()
-            remote.push_tars(files, self.tars)
-        names = self.generation_names() + ([remote.current()] if remote is not None and remote.current() else [])
-        gen = f"g{(max(int(n[1:]) for n in names) + 1 if names else 1):06d}"
-        d = self.generations / gen
-        if d.exists():  # a leftover that never became current (clean() runs under the lock first)
-            shutil.rmtree(d)
-        shard_dir = d / SHARDS
-        shard_dir.mkdir(parents=True)
-        if remote is None:
-            for name in sorted(files):
-                src = self.tars / check_name("tar", name, TAR_NAME)
-                if not src.is_file():
-                    raise StoreError(f"{self.root}: tar {name} of the new generation is missing from the pool")
-                try:
-                    os.link(src, shard_dir / name)
-                except OSError:  # no hard links on this filesystem
-                    os.symlink(os.path.relpath(src, shard_dir), shard_dir / name)
-        write_json(shard_dir / SIZES_FILE, {n: f["samples"] for n, f in sorted(files.items())})
-        write_parquet(d / SAMPLES_FILE, samples)
-        write_parquet(d / REJECTS_FILE, rejects)
-        write_json(d / STATS_FILE, stats | {"generation": gen})
-        fsync_dir(shard_dir)
-        crash_point("finalize")
-        write_json(d / LISTING, meta | {"generation": gen, "shards": dict(sorted(files.items()))})
-        fsync_dir(d)
-        fsync_dir(self.generations)
-        if remote is not None:
-            remote.push_generation(gen, before_switch=self._before_switch)
-        else:
-            self._before_switch()
-            link = self.root / CURRENT_LINK
-            if link.is_dir() and not link.is_symlink():  # a plain folder (a copy made with cp -rL): set aside
-                os.replace(link, self.root / f".{CURRENT_LINK}-{os.getpid()}{TMP_SUFFIX}")
-            replace_link(link, f"{GENERATIONS}/{gen}")
-            crash_point("after_pointer")
-            self.ensure_links()
-        log.info("generation %s is current in %s", gen, self.url)
-        return gen
-
-    def _before_switch(self) -> None:
-        crash_point("before_pointer")
-        self.check_fence()
-
-    def ensure_links(self) -> None:
-        """OUT/samples.parquet etc. point through OUT/current (replacing the files of earlier versions)."""
-        if self._remote is not None:
-            return
-        for name in TOP_LINKS:
-            link = self.root / name
-            want = f"{CURRENT_LINK}/{name}"
-            if link.is_symlink() and os.readlink(link) == want:
-                continue
-            if link.is_dir() and not link.is_symlink():  # a real folder of tars from an early version
-                legacy = self.root / LEGACY_SETS / "legacy"
-                legacy.parent.mkdir(exist_ok=True)
-                os.replace(link, legacy)
-            replace_link(link, want)
-
-    def repair(self) -> list[str]:
-        """Put back what an interrupted writer left out of step: a remote output's top-level copies of
-        the current generation's files (and the dataset card); local links. Returns what was redone."""
-        if self._remote is None:
-            if self._local_current() is not None:
-                self.ensure_links()
-            return []
-        self.check_fence()
-        card = self.root / CARD_FILE
-        return self._remote.repair_copies(card if card.is_file() else None)
-
-    # ---- maintenance (under the lock) ------------------------------------------------------------
-    def referenced_tars(self, generations: list[str] | None = None) -> set[str]:
-        names: set[str] = set()
-        for rec in self.records():
-            names.update(rec.get("files", {}))
-        for gen in self.generation_names() if generations is None else generations:
-            m = self.meta(gen)
-            if m:
-                names.update(m.get("shards", {}))
-        return names
-
-    def clean(self) -> list[str]:
-        """Remove what a dead writer left. Only the lock holder may call this. Generations are judged by
-        their records (listing.json) and the current one's name; when that name cannot be read, no
-        generation is touched (one warning)."""
-        removed: list[str] = []
-
-        def rm(p: Path) -> None:
-            removed.append(str(p.relative_to(self.root)))
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
-
-        try:
-            cur = self._local_current()
-            readable = True
-        except StoreError as e:
-            log.warning("leaving every generation alone: %s", e)
-            cur, readable = None, False
-        if readable:
-            for gen in self.generation_names():
-                incomplete = not (self.generations / gen / LISTING).is_file()
-                never_current = cur is None or gen > cur
-                if gen != cur and (incomplete or never_current):
-                    rm(self.generations / gen)
-        folders = [self.root, self.parts, self.tars, self.root / CAPTIONS_DIR, self.generations]
-        folders += [self.generations / g for g in self.generation_names()]
-        folders += [self.generations / g / SHARDS for g in self.generation_names()]
-        for folder in folders:
-            if folder.is_dir():
-                for p in folder.iterdir():
-                    if p.name.endswith(TMP_SUFFIX):
-                        rm(p)
-        if self.tars.is_dir() and readable:
-            keep = self.referenced_tars()
-            for p in self.tars.iterdir():
-                if p.suffix == ".tar" and p.name not in keep:
-                    rm(p)
-        for uid in {p.name.split(".")[0] for p in self.parts.glob("*.parquet")} if self.parts.is_dir() else ():
-            if not (self.parts / f"{uid}.json").exists():  # parts of a unit that never committed
-                for kind in ("samples", "rejects"):
-                    p = self.parts / f"{uid}.{kind}.parquet"
-                    if p.exists():
-                        rm(p)
-        if removed:
-            log.info("removed %d leftovers of an earlier run: %s", len(removed), ", ".join(removed[:5]))
-        return removed
-
-    def gc(self, keep: int = 1) -> dict[str, Any]:
-        """Delete generations older than the current one and the `keep` before it, and tars that no
-        remaining generation and no committed unit uses. Only the lock holder may call this. An output
-        whose current generation cannot be told is left alone (StoreError, one line)."""
-        if self._remote is not None:
-            self.check_fence()
-            summary = self._remote.gc(keep=keep, check=self.check_fence)
-            self._gc_local(keep)  # the staging copy follows
-            return summary
-        return self._gc_local(keep)
-
-    def _gc_local(self, keep: int) -> dict[str, Any]:
-        cur = self._local_current()
-        names = [g for g in self.generation_names() if cur is None or g <= cur]
-        kept = names[-(keep + 1) :] if names else []
-        if cur is not None and cur not in kept:  # pragma: no cover - a current generation without its folder
-            kept.append(cur)
-        dropped = [g for g in names if g not in kept]
-        for g in dropped:
-            shutil.rmtree(self.generations / g)
-            crash_point("gc")
-        legacy = self.root / LEGACY_SETS
-        if legacy.is_dir():
-            shutil.rmtree(legacy)
-            dropped.append(LEGACY_SETS)
-        referenced = self.referenced_tars(kept)
-        tars = []
-        if self.tars.is_dir():
-            for p in sorted(self.tars.glob("*.tar")):
-                if p.name not in referenced:
-                    tars.append(p.name)
-                    p.unlink()
-        if dropped or tars:
-            fsync_dir(self.root)
-        return {"generations_kept": kept, "generations_removed": dropped, "tars_removed": len(tars)}
-
-    def verify(self) -> list[str]:
-        from .verify import verify
-
-        return verify(self.url)
-
-
-class OutputLock:
-    """The writer lock of an output: the working folder's flock and, for a remote output, its lease.
-    Nested use in one process (the CLI around a flow around run_build) reuses the outer one. On first
-    entry it cleans what a dead writer left and repairs what an interrupted one left out of step."""
-
-    def __init__(self, out: Output, command: str, wait: float | None = None):
-        self.out = out
-        self.command = command
-        self.wait = wait
-        self.owner: dict[str, Any] | None = None
-        self._local: WriterLock | None = None
-        self._lease: RemoteLease | None = None
-        self._outer: OutputLock | None = None
-        self._depth = 0
-
-    def acquire(self) -> OutputLock:
-        held = _HELD.get(self.out.key)
-        if held is not None:
-            held._depth += 1
-            self._outer = held
-            self.owner = held.owner
-            return self
-        self.out.prepare()
-        self._local = WriterLock(self.out.root, self.command, self.wait).acquire()
-        try:
-            if self.out._remote is not None:
-                self._lease = self.out._remote.lease(self.command, self.wait).acquire()
-            self.owner = (self._lease or self._local).owner
-            _HELD[self.out.key] = self
-            self._depth = 1
-            self.out.clean()
-        except BaseException:
-            self._release()
-            raise
-        return self
-
-    def ticket(self) -> dict[str, Any]:
-        if self._lease is not None:
-            return {"token": self._lease.owner["token"], "fence": self._lease.fence}
-        return {"token": self._local.owner["token"]}
-
-    def check(self) -> None:
-        if self._lease is not None:
-            self._lease.check()
-        elif self._local is not None:
-            self._local.check()
-
-    def _release(self) -> None:
-        _HELD.pop(self.out.key, None)
-        try:
-            if self._lease is not None:
-                self._lease.release()
-        finally:
-            self._lease = None
-            if self._local is not None:
-                self._local.release()
-                self._local = None
-
-    def release(self) -> None:
-        if self._outer is not None:
-            self._outer._depth -= 1
-            self._outer = None
-            return
-        self._depth -= 1
-        if self._depth <= 0:
-            self._release()
-
-    def __enter__(self) -> OutputLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-def read_tar(url: str) -> Iterator[ShardSample]:
-    """The samples of one tar (a path or any fsspec URL), decoded by schemas' codec."""
-    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
-        current: dict[str, Any] = {}
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            if current and current["__key__"] != key:
-                yield decode_sample(current)
-                current = {}
-            current["__key__"] = key
-            current[ext] = tf.extractfile(m).read()
-        if current:
-            yield decode_sample(current)
-
-
-def replace_folder(src: Path, dst: Path) -> None:
-    """Put the finished folder `src` at `dst` (a report): copied beside it under a temp name, then
-    swapped in with two renames (a reader sees the old folder, the new one, or for an instant none,
-    never a half-written one); leftovers of a crash end
-    in TMP_SUFFIX and the next writer's clean() removes them."""
-    import uuid
-
-    tag = uuid.uuid4().hex[:8]
-    staged = dst.parent / f".{dst.name}-{tag}{TMP_SUFFIX}"
-    old = dst.parent / f".{dst.name}-old-{tag}{TMP_SUFFIX}"
-    shutil.copytree(src, staged)
-    os.chmod(staged, 0o755)
-    if dst.exists():
-        os.replace(dst, old)
-    os.replace(staged, dst)
-    fsync_dir(dst.parent)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["LeaseLost", "Output", "OutputLock", "PUBLISHED", "read_tar", "replace_folder"]

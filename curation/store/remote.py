@@ -25,7 +25,17 @@ from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 from schemas.shard import SIZES_FILE
 
 from .faults import crash_point
-from .files import GENERATION, TAR_NAME, UNIT_ID, StoreError, check_name
+from .files import (
+    GENERATION,
+    TAR_NAME,
+    TMP_SUFFIX,
+    UNIT_ID,
+    StoreError,
+    atomic_write,
+    check_name,
+    fsync_dir,
+    record_bytes,
+)
 from .layout import (
     CURRENT_OBJECT,
     GENERATIONS,
@@ -35,7 +45,9 @@ from .layout import (
     REMOTE_POOL,
     SHARDS,
     TARS,
+    UNITS_FILE,
     current_generation,
+    unit_records,
 )
 from .lock import RemoteLease
 
@@ -63,24 +75,63 @@ class RemoteMirror:
         return RemoteLease(self.fs, self.root, command, wait)
 
     def pull_state(self) -> None:
-        """Unit records and their parts: what a plan needs to know what is done."""
+        """Unit records: what a plan needs to know what is done. One listing of parts/; a record this
+        folder lacks is taken from the current generation's units.json (one object for every unit it
+        holds) when the bucket's copy is the same bytes (its ETag is their MD5), else fetched, all
+        missing ones at once. Parts are fetched when they are read (`Output.local_part`)."""
         parts = self.staging / PARTS
         parts.mkdir(parents=True, exist_ok=True)
         remote_parts = self._remote(PARTS)
         self.fs.invalidate_cache()
         remote_names: set[str] = set()
+        missing: dict[str, str] = {}  # record name -> its ETag on the bucket
         if self.fs.exists(remote_parts):
             local = {p.name for p in parts.iterdir()}
-            for path in self.fs.ls(remote_parts, detail=False):
-                name = path.rsplit("/", 1)[-1]
+            for info in self.fs.ls(remote_parts, detail=True):
+                name = info["name"].rstrip("/").rsplit("/", 1)[-1]
                 uid = name.split(".", 1)[0]
                 check_name("unit", uid, UNIT_ID)  # names from the bucket become local paths
                 remote_names.add(name)
-                if name not in local:
-                    self.fs.get(path, str(parts / name))
+                if name.endswith(".json") and name not in local:
+                    missing[name] = str(info.get("ETag") or info.get("etag") or "").strip('"')
         for p in parts.glob("*.json"):  # a local record the remote lacks: not published
             if p.name not in remote_names:
                 p.unlink()
+        if not missing:
+            return
+        for uid, rec in self.generation_units().items():
+            name = f"{uid}.json"
+            if name in missing:
+                data = record_bytes(rec)
+                if missing[name] and hashlib.md5(data).hexdigest() == missing[name]:
+                    atomic_write(parts / name, lambda f, data=data: f.write(data))
+                    del missing[name]
+        if missing:
+            names = sorted(missing)
+            self.fs.get([f"{remote_parts}/{n}" for n in names], [str(parts / f".{n}{TMP_SUFFIX}") for n in names])
+            for n in names:
+                os.replace(parts / f".{n}{TMP_SUFFIX}", parts / n)
+        fsync_dir(parts)
+
+    def generation_units(self) -> dict[str, dict]:
+        """The current generation's unit records (units.json), {} when it has none (older versions)."""
+        gen = self.current()
+        if gen is None:
+            return {}
+        try:
+            return json.loads(self.fs.cat_file(self._remote(f"{GENERATIONS}/{gen}/{UNITS_FILE}")))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def fetch_parts(self, names: list[str]) -> None:
+        """Parts (file names under parts/) into the staging copy, all at once."""
+        if not names:
+            return
+        local = self.staging / PARTS
+        local.mkdir(parents=True, exist_ok=True)
+        self.fs.get([self._remote(f"{PARTS}/{n}") for n in names], [str(local / f".{n}{TMP_SUFFIX}") for n in names])
+        for n in names:
+            os.replace(local / f".{n}{TMP_SUFFIX}", local / n)
 
     def pool_url(self, name: str) -> str:
         protocol = fsspec.core.split_protocol(self.url)[0]
@@ -142,10 +193,14 @@ class RemoteMirror:
         """Tars of a generation the bucket lacks (rewritten: near-duplicates dropped, captions
         published), before the generation goes up."""
         self.fs.invalidate_cache(self._remote(REMOTE_POOL))
+        try:  # one listing of the pool, not a request per tar
+            there = {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self._remote(REMOTE_POOL), detail=False)}
+        except FileNotFoundError:
+            there = set()
         for name in sorted(files):
             check_name("tar", name, TAR_NAME)
             target = self._remote(f"{REMOTE_POOL}/{name}")
-            if not self.fs.exists(target):
+            if name not in there:
                 if not (tars / name).is_file():
                     raise StoreError(f"{self.url}: tar {name} of the new generation is neither here nor on the bucket")
                 self.fs.put_file(str(tars / name), target)
@@ -171,8 +226,10 @@ class RemoteMirror:
         base = f"{GENERATIONS}/{gen}"
         if before_switch is not None:
             before_switch()  # nothing of a generation goes up from a writer that lost the output
-        for rel in (SAMPLES_FILE, REJECTS_FILE, STATS_FILE, f"{SHARDS}/{SIZES_FILE}", LISTING):
-            self.fs.put_file(str(local / rel), self._remote(f"{base}/{rel}"))
+        files = (SAMPLES_FILE, REJECTS_FILE, STATS_FILE, f"{SHARDS}/{SIZES_FILE}", UNITS_FILE, LISTING)
+        for rel in files:
+            if rel != UNITS_FILE or (local / rel).is_file():
+                self.fs.put_file(str(local / rel), self._remote(f"{base}/{rel}"))
         if before_switch is not None:
             before_switch()
         self.fs.pipe_file(self._remote(CURRENT_OBJECT), gen.encode())  # the switch
@@ -190,23 +247,37 @@ class RemoteMirror:
         for rel in TOP_COPIES:
             src, dst = self._remote(f"{GENERATIONS}/{gen}/{rel}"), self._remote(rel)
             try:
-                same = self.fs.cat_file(src) == self.fs.cat_file(dst)
+                src_info = self.fs.info(src)
             except FileNotFoundError:
-                same = False
-            if not same and self.fs.exists(src):
+                continue
+            if not self._same(src_info, dst, lambda src=src: self.fs.cat_file(src)):
                 self.fs.copy(src, dst)
                 redone.append(rel)
         if card is not None:
-            try:
-                same = self.fs.cat_file(self._remote(card.name)) == card.read_bytes()
-            except FileNotFoundError:
-                same = False
-            if not same:
+            data = card.read_bytes()
+            info = {"size": len(data), "ETag": hashlib.md5(data).hexdigest()}
+            if not self._same(info, self._remote(card.name), lambda: data):
                 self.fs.put_file(str(card), self._remote(card.name))
                 redone.append(card.name)
         if redone:
             log.warning("%s: put back %s (an earlier upload was cut short)", self.url, ", ".join(redone))
         return redone
+
+    def _same(self, want: dict, path: str, content) -> bool:
+        """Whether the object at `path` holds what `want` (an info: size, ETag) describes: by size and
+        ETag where both have one (no download), else by content."""
+        try:
+            have = self.fs.info(path)
+        except FileNotFoundError:
+            return False
+        if have.get("size") != want.get("size"):
+            return False
+        a, b = (str(i.get("ETag") or "").strip('"') for i in (want, have))
+        if a and a == b:
+            return True
+        if a and b and "-" not in a + b:  # both MD5s of the content (not multipart uploads)
+            return False
+        return self.fs.cat_file(path) == content()
 
     def uncommit(self, unit_ids: list[str]) -> None:
         for uid in unit_ids:
@@ -241,8 +312,8 @@ class RemoteMirror:
             referenced.update(json.loads(self.fs.cat_file(self._remote(f"{GENERATIONS}/{g}/{LISTING}")))["shards"])
         units: set[str] = set()
         if self.fs.exists(self._remote(PARTS)):
-            for p in self.fs.glob(self._remote(f"{PARTS}/*.json")):
-                rec = json.loads(self.fs.cat_file(p))
+            records, _ = unit_records(self.fs, self.root, kept[-1:])
+            for rec in records.values():
                 units.add(rec["unit_id"])
                 referenced.update(rec.get("files", {}))
             for p in self.fs.glob(self._remote(f"{PARTS}/*.parquet")):

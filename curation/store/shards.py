@@ -8,19 +8,24 @@ tar is described by its sample count, byte size and sha256: what the unit record
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import webdataset as wds
 
 from schemas.records import FramePair
-from schemas.shard import META, decode_sample, encode_sample
+from schemas.shard import META, ShardSample, decode_sample, encode_sample
 
 from .faults import crash_point
 from .files import FILE_MODE, TMP_SUFFIX, fsync_dir, sha256_file
 
 TAR_BLOCK = 512
+
+# Every member's mtime: a tar holds the same bytes whenever and on whichever engine it is written.
+TAR_MTIME = 0.0
 
 
 def _padded(n: int) -> int:
@@ -55,7 +60,7 @@ class ShardSet:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._name = f"{self.prefix}-{self._k:04d}.tar"
         self._tmp = self.dir / f".{self._name}{TMP_SUFFIX}"
-        self._writer = wds.TarWriter(str(self._tmp))
+        self._writer = wds.TarWriter(str(self._tmp), mtime=TAR_MTIME)
         self._count = self._bytes = 0
 
     def _close(self) -> None:
@@ -125,7 +130,7 @@ def rewrite_tar(
     tmp = tars / f".{dst_name}{TMP_SUFFIX}"
     n = 0
     try:
-        with wds.TarWriter(str(tmp)) as w:
+        with wds.TarWriter(str(tmp), mtime=TAR_MTIME) as w:
             for raw in wds.WebDataset(str(tars / src_name), shardshuffle=False, empty_check=False):
                 sample = {k: v for k, v in raw.items() if not k.startswith("__") or k == "__key__"}
                 pair = decode_sample(raw).pair
@@ -150,3 +155,20 @@ def rewrite_tar(
         raise
     fsync_dir(tars)
     return describe_tar(tars / dst_name, n)
+
+
+def read_tar(url: str) -> Iterator[ShardSample]:
+    """The samples of one tar (a path or any fsspec URL), decoded by schemas' codec."""
+    with fsspec.open(url, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
+        current: dict[str, Any] = {}
+        for m in tf:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            if current and current["__key__"] != key:
+                yield decode_sample(current)
+                current = {}
+            current["__key__"] = key
+            current[ext] = tf.extractfile(m).read()
+        if current:
+            yield decode_sample(current)

@@ -22,7 +22,7 @@ from schemas.manifest import SAMPLES_FILE
 from schemas.shard import MEMBERS, SIZES_FILE
 
 from .files import TMP_SUFFIX, StoreError
-from .layout import GENERATIONS, LISTING, PARTS, REMOTE_POOL, SHARDS, TARS, committed, is_remote
+from .layout import GENERATIONS, LISTING, PARTS, REMOTE_POOL, SHARDS, TARS, committed, is_remote, unit_records
 
 
 def tar_contents(f) -> tuple[Counter[str], str]:
@@ -135,12 +135,10 @@ def _leftovers(fs, root: str, url: str, current: str) -> list[str]:
             gone = [n for n in shards if not os.path.exists(os.path.join(root, GENERATIONS, g, SHARDS, n))]
             if gone:
                 faults.append(f"{GENERATIONS}/{g}: {len(gone)} of its tars are missing, e.g. {gone[0]}")
-    if fs.exists(f"{root}/{PARTS}"):
-        for p in fs.glob(f"{root}/{PARTS}/*.json"):
-            try:
-                referenced.update(json.loads(fs.cat_file(p)).get("files", {}))
-            except ValueError:
-                faults.append(f"{p.rsplit('/', 1)[-1]}: unreadable unit record")
+    records, unreadable = unit_records(fs, root, [current])
+    for rec in records.values():
+        referenced.update(rec.get("files", {}) if isinstance(rec, dict) else {})
+    faults += [f"{name}: unreadable unit record" for name in unreadable]
     pool = f"{root}/{REMOTE_POOL if is_remote(url) else TARS}"
     if fs.exists(pool):
         for p in fs.ls(pool, detail=False):
