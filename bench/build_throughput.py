@@ -34,9 +34,8 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from curation.build import build, get_processor  # noqa: E402
 from curation.config import load_config  # noqa: E402
-from curation.ingest import list_source  # noqa: E402
-from curation.runner import get_processor, run_build  # noqa: E402
 from curation.stages.decode import DecodeFailure, VideoSource  # noqa: E402
 from curation.stages.pose import ENGINES, PoseDetector, engine_installed, resolve_device, resolve_engine  # noqa: E402
 
@@ -128,7 +127,7 @@ class RssSampler(threading.Thread):
 def rss_probe(folder: str) -> None:
     """A build of `folder` in this fresh process; prints the peak RSS (MB) of this process and its workers."""
     with tempfile.TemporaryDirectory() as out, RssSampler() as rss:
-        run_build(load_config(None, output=out, sources=[{"root": folder}]))
+        build(load_config(None, output=out, sources=[{"root": folder}]))
     print(json.dumps({"peak_rss_mb": round(rss.main_mb), "peak_rss_workers_mb": round(rss.workers_mb)}))
 
 
@@ -193,7 +192,7 @@ def main() -> None:
             pose={"device": args.device},
             decode={"batch_frames": args.batch_frames},
         )
-        clips = [c for src in cfg.sources for c in list_source(src).clips]
+        clips = [c for src in cfg.sources for c in src.listing().clips]
         frames, decode_s = decode_all(cfg, clips)
         device = resolve_device(cfg.pose.device)
         engines = [e for e in ENGINES if engine_installed(e) and (e != "tensorrt" or device.startswith("cuda"))]
@@ -208,7 +207,7 @@ def main() -> None:
             sampler.start()
         t0 = time.perf_counter()
         with RssSampler() as rss:
-            stats = run_build(cfg)
+            stats = build(cfg)
         wall = time.perf_counter() - t0
         sampler.stop.set()
     import torch

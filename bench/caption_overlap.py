@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the loopback OpenAI-compatible server
 
+from curation.build import build  # noqa: E402
 from curation.config import load_config  # noqa: E402
-from curation.runner import run_build  # noqa: E402
 
 CLIPS = [
     "mmskeleton__resource_data_example_ta_chi.mp4",
@@ -33,12 +33,12 @@ CLIPS = [
 ]
 
 
-def build(folder: Path, out: Path, max_frames: int, caption: dict) -> tuple[dict, float]:
+def build_folder(folder: Path, out: Path, max_frames: int, caption: dict) -> tuple[dict, float]:
     cfg = load_config(
         None, output=str(out), sources=[{"root": str(folder)}], decode={"max_frames": max_frames}, caption=caption
     )
     t0 = time.perf_counter()
-    stats = run_build(cfg)
+    stats = build(cfg)
     return stats, time.perf_counter() - t0
 
 
@@ -60,10 +60,10 @@ def main() -> None:
             folder.mkdir()
             for name in CLIPS:
                 (folder / name).symlink_to(Path(args.input) / name)
-            build(folder, Path(tmp) / "warm-up", args.max_frames, {"captioner": "offline"})  # model load, caches
-            offline, wall_off = build(folder, Path(tmp) / "offline", args.max_frames, {"captioner": "offline"})
+            build_folder(folder, Path(tmp) / "warm-up", args.max_frames, {"captioner": "offline"})  # model load, caches
+            offline, wall_off = build_folder(folder, Path(tmp) / "offline", args.max_frames, {"captioner": "offline"})
             llm = {"captioner": "openai", "model": "bench-vlm", "base_url": server.base_url, "max_concurrency": 4}
-            online, wall_on = build(folder, Path(tmp) / "openai", args.max_frames, llm)
+            online, wall_on = build_folder(folder, Path(tmp) / "openai", args.max_frames, llm)
     finally:
         server.stop()
     print(

@@ -7,23 +7,18 @@ Unknown keys are an error with a near-match suggestion, never silently ignored.
 
 from __future__ import annotations
 
-import difflib
-import functools
-import hashlib
-import json
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from schemas.records import COCO17, Clip, PairingMode, PairStrategy
+from schemas.records import COCO17, PairingMode, PairStrategy
 
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line for the user."""
+from .configcheck import check_keys
+from .errors import ConfigError
+from .sources import SourceConfig
 
 
 class _Section(BaseModel):
@@ -267,64 +262,6 @@ class ShardConfig(_Section):
     )
 
 
-VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov", ".gif"]
-
-
-class _SourceBase(_Section):
-    root: str = Field(..., description="where the dataset's videos are")
-    licence: str | None = Field(None, description="licence note carried into every sample of this source")
-    val_fraction: float = Field(
-        0.0, ge=0, le=1, description="share of source videos hashed into split 'val' when the dataset has none"
-    )
-
-
-class FolderSource(_SourceBase):
-    kind: Literal["folder"] = "folder"
-    extensions: list[str] = Field(
-        default_factory=lambda: list(VIDEO_EXTENSIONS), description="file endings that are videos"
-    )
-
-
-class KineticsSource(_SourceBase):
-    kind: Literal["kinetics"]
-    annotations: list[str] = Field(..., min_length=1, description="official CSVs (train/val/test)")
-    licence: str | None = "Kinetics: annotations CC BY 4.0 (DeepMind); videos are YouTube content of their owners"
-
-
-NTUProtocol = Literal["cross_subject", "cross_setup", "cross_view"]
-
-
-class NTUSource(_SourceBase):
-    kind: Literal["ntu"]
-    annotations: list[str] = Field(
-        default_factory=list,
-        description="ntu120_action_classes.tsv (names, mutual flags) and the official missing-skeleton lists",
-    )
-    protocol: NTUProtocol = "cross_subject"
-    include_mutual: bool = Field(False, description="two-person actions (A050-A060, A106-A120) are skipped unless set")
-    licence: str | None = "NTU RGB+D: ROSE Lab release agreement, research and non-commercial use"
-
-
-class EpicSource(_SourceBase):
-    kind: Literal["epic"]
-    annotations: list[str] = Field(..., min_length=1, description="EPIC_100_{train,validation}.csv narration files")
-    mode: PairingMode = "egocentric"
-    licence: str | None = "EPIC-KITCHENS-100: CC BY-NC 4.0"
-
-
-def _source_kind(v: Any) -> str:
-    return v.get("kind", "folder") if isinstance(v, dict) else getattr(v, "kind", "folder")
-
-
-SourceConfig = Annotated[
-    Annotated[FolderSource, Tag("folder")]
-    | Annotated[KineticsSource, Tag("kinetics")]
-    | Annotated[NTUSource, Tag("ntu")]
-    | Annotated[EpicSource, Tag("epic")],
-    Discriminator(_source_kind),
-]
-
-
 class EgocentricConfig(_Section):
     """Head-camera clips (EPIC): hands, not a body. Pairs are a segment's first and last frames."""
 
@@ -367,109 +304,6 @@ class BuildConfig(BaseSettings):
         modes = {getattr(s, "mode", "body") for s in self.sources if s.kind == source_kind}
         return modes.pop() if len(modes) == 1 else "body"
 
-    def fingerprint(self) -> str:
-        """Hash of what changes what any clip produces: the result settings and the versions of the
-        pose model, its engine and the code's results (RESULTS_VERSION). Not where it is written, not
-        the device, not tuning (decode.batch_frames, shards.*), not the sources (see clip_keys)."""
-        relevant = self.model_dump(mode="json", exclude={"output", "staging_dir", "sources"})
-        for tuning in ("device", "batch_size", "path"):  # path and device are in versions, resolved
-            relevant["pose"].pop(tuning, None)
-        for tuning in ("batch_frames", "workers", "prefetch_clips"):
-            relevant["decode"].pop(tuning, None)
-        relevant["shards"] = {"jpeg_quality": self.shards.jpeg_quality}
-        relevant["caption"] = self.caption.result_settings()
-        relevant["versions"] = result_versions(self.pose.weights, self.pose.engine, self.pose.device, self.pose.path)
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-    def clip_keys(self, clips: Iterable[Clip], identity: Callable[[str], str | None] | None = None) -> dict[str, str]:
-        """clip_id -> a hash of everything that decides the clip's result: the settings fingerprint, the
-        clip as its source listed it (segment, label, split, ids; not where the file is mounted) and the
-        video's content identity, and its pairing mode. A committed clip whose key is unchanged is not
-        redone: moving the input root changes nothing, a video replaced under the same name is redone."""
-        from .ingest import ContentIds
-
-        identity = identity or ContentIds()
-        fp = self.fingerprint()
-        modes: dict[str, str] = {}
-        keys = {}
-        for c in clips:
-            mode = modes.setdefault(c.source, self.mode_for(c.source))
-            listed = c.model_dump_json(exclude={"uri"})
-            ident = identity(c.uri) or "missing"
-            keys[c.clip_id] = hashlib.sha1(f"{fp}\n{mode}\n{listed}\n{ident}".encode()).hexdigest()[:16]
-        return keys
-
-
-# Bump when a code change alters what the build decides or writes for the same input and settings:
-# every unit is redone on the next run (a code change that does not alter results leaves data be).
-# 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions,
-# abstentions (issue 25); 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
-RESULTS_VERSION = 8
-
-
-@functools.lru_cache(maxsize=8)
-def _weights_version(weights: str | None) -> str:
-    from .stages.pose import default_weights, weights_version
-
-    try:
-        return weights_version(Path(weights).expanduser().resolve() if weights else default_weights())
-    except OSError:
-        return "unavailable"
-
-
-def result_versions(
-    weights: str | None = None, engine: str = "auto", device: str = "auto", path: str = "auto"
-) -> dict[str, str]:
-    """What produced the results besides the settings: pose model (name and content hash), engine (the
-    one `auto` resolves to here, with its version), code results version. Recorded on every unit and
-    in stats.json; part of the fingerprint, so a build that changes engine redoes its clips."""
-    from .stages.pose import engine_version, resolve_device, resolve_engine, resolve_path
-
-    device = resolve_device(device)
-    on_device = resolve_path(path, device) == "device"  # its letterbox differs a little: other results
-    return {
-        "pose_model": _weights_version(weights),
-        "pose_engine": engine_version(resolve_engine(engine, device)) + ("+device-path" if on_device else ""),
-        "results": str(RESULTS_VERSION),
-    }
-
-
-def _check_keys(data: Any, model: type[BaseModel], where: str = "") -> None:
-    if not isinstance(data, dict):
-        return
-    fields = model.model_fields
-    for key, value in data.items():
-        if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean '{where}{near[0]}'?" if near else f"; known keys: {', '.join(fields)}"
-            raise ConfigError(f"unknown config key '{where}{key}'{hint}")
-        models = _models_in(fields[key].annotation)
-        items = value if isinstance(value, list) else [value]
-        for n, item in enumerate(items):
-            if not isinstance(item, dict) or not models:
-                continue
-            model = _pick_model(models, item)
-            label = f"{where}{key}[{n}]." if isinstance(value, list) else f"{where}{key}."
-            _check_keys(item, model, label)
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for a in get_args(annotation) for m in _models_in(a)]
-
-
-def _pick_model(models: list[type[BaseModel]], item: dict) -> type[BaseModel]:
-    """For a union of sections (sources), the one whose `kind` matches the item."""
-    if len(models) == 1:
-        return models[0]
-    kind = item.get("kind", "folder")
-    for m in models:
-        if "kind" in m.model_fields and kind in get_args(m.model_fields["kind"].annotation):
-            return m
-    kinds = [get_args(m.model_fields["kind"].annotation)[0] for m in models if "kind" in m.model_fields]
-    raise ConfigError(f"unknown source kind {kind!r}; use one of {', '.join(kinds)}")
-
 
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
@@ -497,8 +331,8 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> BuildConfig
             raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(loaded).__name__}")
         data = loaded
     clean = {k: v for k, v in overrides.items() if v is not None}
-    _check_keys(data, BuildConfig)
-    _check_keys(clean, BuildConfig)
+    check_keys(data, BuildConfig)
+    check_keys(clean, BuildConfig)
     try:
         with_env = _with_env(data)
     except SettingsError as e:  # a MOTIONPAIRS_* value that does not parse (a list that is not JSON)

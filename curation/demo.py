@@ -13,6 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .config import PoseConfig
+from .stages.pose import PoseDetector
+
 DEMO_NAME = "astronaut_raises_arm.mp4"
 UPPER_BODY_CONFIG = Path(__file__).parent / "configs" / "upper_body.yaml"
 
@@ -26,9 +29,6 @@ def _rotate(points: np.ndarray, center: np.ndarray, degrees: float) -> np.ndarra
 def demo_frames(n_still: int = 6, n_move: int = 14, max_degrees: float = 100.0) -> list[np.ndarray]:
     from skimage import data
     from skimage.transform import PiecewiseAffineTransform, warp
-
-    from .config import PoseConfig
-    from .stages.pose import PoseDetector
 
     photo = data.astronaut()
     pad = 260

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from schemas.manifest import rejects_table, samples_table
 from schemas.records import Level, RejectReason, Stage
 
-from .store import Output
+from .store import Output, StoreError
 from .store.layout import CARD_FILE
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ def make_generation(
     keep: int | None = None,
     run_seconds: float | None = None,
 ) -> dict[str, Any]:
+    from .captions.published import apply_published, published_choice
     from .captions.quality import generation_caption_quality
-    from .recaption import apply_published, published_choice
     from .store.dedupe import drop_near_duplicates
 
     records = basis.records
@@ -192,7 +192,7 @@ def generation_stats(basis: Basis, samples: pa.Table, rejects: pa.Table, files: 
     for r in records:
         seconds.update(r.get("seconds", {}))
         funnel.update(r.get("funnel", {}))
-    from .config import result_versions
+    from .plan import result_versions
 
     versions = records[-1]["versions"] if records else {}
     return {
@@ -218,3 +218,14 @@ def generation_stats(basis: Basis, samples: pa.Table, rejects: pa.Table, files: 
         "seconds": {k: round(v, 2) for k, v in sorted(seconds.items())},
         "finalized_at": datetime.now(timezone.utc).isoformat(),
     }
+
+
+def collect_garbage(url: str, keep: int = 1, wait: float | None = None) -> dict[str, Any]:
+    """Apply retention to a finished output: keep the current generation and `keep` older ones, delete
+    the rest and the tars only they used (readers of them are done), under the writer lock (what a
+    dead writer left is cleaned first)."""
+    out = Output.open(url)
+    if out.current() is None:
+        raise StoreError(f"{url} holds no finished build")
+    with out.lock("motionpairs gc", wait):
+        return out.gc(keep=keep)

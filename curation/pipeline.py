@@ -23,6 +23,8 @@ from schemas.records import Clip, FramePair, Level, Pose17, Reject, RejectReason
 
 from .captions import OfflineCaptioner
 from .config import BuildConfig
+from .plan import result_versions
+from .sources.ntu import read_skeleton, reference_pose
 from .stages import camera, crop
 from .stages.decode import DecodeFailure
 from .stages.decode_pool import Decoded, DecodePool, decode_clip
@@ -113,8 +115,6 @@ class ClipProcessor:
 
     @property
     def versions(self) -> dict[str, str]:
-        from .config import result_versions
-
         pose = self.cfg.pose
         return result_versions(pose.weights, pose.engine, pose.device, pose.path) | {
             "captioner": self.captioner.name,
@@ -291,8 +291,6 @@ class ClipProcessor:
         path = clip.extra.get("skeleton")
         if not path:
             return lambda index: None
-        from .sources.ntu import read_skeleton, reference_pose
-
         try:
             frames = read_skeleton(path)
         except (OSError, ValueError) as e:

@@ -1,34 +1,32 @@
-"""Prefect flow `build_dataset`: wraps curation.runner's plan / process_unit / finalize as tasks.
+"""Prefect flow `build_dataset`: curation.build's one loop with its units run as Prefect tasks.
 
-All the work is plain Python in `curation/`; tasks receive small things (config JSON, a work unit)
-and no task input is hashed for caching (cache_policy=NONE: configs and clips are not cache keys).
+All the work is plain Python in `curation/`; this file only says where the steps run (`PrefectTasks`,
+an executor for curation.build.build). Tasks receive small things (config JSON, a work unit) and no
+task input is hashed for caching (cache_policy=NONE: configs and clips are not cache keys).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import dask
+import distributed
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
+from prefect.exceptions import TerminationSignal
+from prefect_dask import DaskTaskRunner
 
+from curation.build import BuildStopped, Watcher, build, check_stop, finalize, process_unit
 from curation.config import BuildConfig, load_config
 from curation.pipeline import ClipResult
-from curation.runner import (
-    BuildPlan,
-    WorkUnit,
-    check_stop,
-    current_stats,
-    finalize,
-    get_processor,
-    nothing_to_do,
-    plan_build,
-    process_unit,
-    start_caption_stage,
-    writer_lock,
-)
+from curation.plan import BuildPlan, WorkUnit, plan_build
 from schemas.records import Clip
+
+from .captions import resolve_api_key
+from .server import ephemeral_api
 
 # curation's INFO logs (model loaded, unit committed, ...) reach the run logs when Prefect attaches its
 # handlers to the "curation" logger (PREFECT_LOGGING_EXTRA_LOGGERS=curation); the root logger's WARNING
@@ -36,9 +34,9 @@ from schemas.records import Clip
 if logging.getLogger("curation").level == logging.NOTSET:
     logging.getLogger("curation").setLevel(logging.INFO)
 
-# In-process progress hooks, keyed by output folder: the CLI registers one to draw its progress bar.
-# A flow run started elsewhere (a deployment) has none and reports through its logs only.
-PROGRESS_HOOKS: dict[str, Callable[[ClipResult], None]] = {}
+# In-process progress hooks, keyed by output folder: the CLI registers its progress bar's ("plan": the
+# plan made, "clip": a clip done). A flow run started elsewhere (a deployment) reports through its logs.
+PROGRESS_HOOKS: dict[str, dict[str, Callable[[Any], None]]] = {}
 
 
 def _sources(unit: WorkUnit) -> str:
@@ -80,7 +78,7 @@ def unit_task(
 ) -> dict[str, Any]:
     cfg = _config(cfg_json)
     logger = get_run_logger()
-    hook = PROGRESS_HOOKS.get(cfg.output)
+    hook = PROGRESS_HOOKS.get(cfg.output, {}).get("clip")
 
     def on_clip(res: ClipResult) -> None:
         outcome = f"{len(res.pairs)} pairs" if res.accepted else ", ".join(r.reason.value for r in res.rejects)
@@ -94,8 +92,43 @@ def unit_task(
 
 
 @task(name="finalize", cache_policy=NONE)
-def finalize_task(cfg_json: str, plan: BuildPlan) -> dict[str, Any]:
-    return finalize(_config(cfg_json), plan)
+def finalize_task(cfg_json: str, plan: BuildPlan, run_seconds: float | None = None) -> dict[str, Any]:
+    return finalize(_config(cfg_json), plan, run_seconds)
+
+
+class PrefectTasks:
+    """curation.build's executor as Prefect tasks: plan and finalize as a task each, each unit a task
+    (retried once). `parallel`: units submitted to the flow's task runner (Dask: `with_dask`), their
+    records taken in order; otherwise one after another in this process, the next unit's clips
+    decoded ahead."""
+
+    def __init__(self, parallel: bool = False):
+        self.parallel = parallel
+
+    def plan(self, cfg: BuildConfig) -> BuildPlan:
+        return plan_task(cfg.model_dump_json())
+
+    def run_units(self, cfg: BuildConfig, plan: BuildPlan, ticket: dict | None) -> Iterator[dict[str, Any]]:
+        cfg_json = cfg.model_dump_json()
+        if not self.parallel:
+            for k, unit in enumerate(plan.units):
+                check_stop()
+                upcoming = list(plan.units[k + 1].clips) if k + 1 < len(plan.units) else None
+                yield unit_task(cfg_json, unit, len(unit.clips), _sources(unit), upcoming)
+            return
+        futures = []
+        try:
+            for unit in plan.units:
+                check_stop()
+                futures.append(unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit), ticket=ticket))
+            for f in futures:
+                yield f.result()  # a unit that failed after its retries fails the run, visibly
+        finally:
+            for f in futures:  # the lock is held until no unit of this run is still writing
+                f.wait()
+
+    def finalize(self, cfg: BuildConfig, plan: BuildPlan, run_seconds: float) -> dict[str, Any]:
+        return finalize_task(cfg.model_dump_json(), plan, run_seconds)
 
 
 @flow(name="build_dataset", flow_run_name="build {output}")
@@ -116,57 +149,35 @@ def build_dataset(
     if input is not None:
         extra["sources"] = [{"kind": "folder", "root": input}]
     cfg = load_config(config_path, output=output, **extra)
-    cfg_json = cfg.model_dump_json()
-    with writer_lock(cfg, "build (prefect flow)", wait) as out:  # one writer per output, also for scheduled runs
-        plan = plan_task(cfg_json)
-        if nothing_to_do(cfg, plan):
-            get_run_logger().info("nothing new: %s is up to date", output)
-            out.repair()  # copies an interrupted upload left out of step
-            return current_stats(cfg)
-        if plan.units:
-            get_processor(cfg)  # a model that cannot load stops the run before any clip is marked
-        from flows.captions import resolve_api_key
-
-        stage = start_caption_stage(cfg, out, plan, resolve_api_key(cfg.caption))  # LLM captions, beside the units
-        try:
-            if parallel:
-                ticket = out.ticket()
-                futures = []
-                try:
-                    for unit in plan.units:
-                        check_stop()
-                        futures.append(unit_task.submit(cfg_json, unit, len(unit.clips), _sources(unit), ticket=ticket))
-                    for f in futures:
-                        record = f.result()  # a unit that failed after its retries fails the run, visibly
-                        if stage is not None:
-                            stage.submit(record)
-                finally:
-                    for f in futures:  # the lock is held until no unit of this run is still writing
-                        f.wait()
-            else:
-                for k, unit in enumerate(plan.units):
-                    check_stop()
-                    upcoming = list(plan.units[k + 1].clips) if k + 1 < len(plan.units) else None
-                    record = unit_task(cfg_json, unit, len(unit.clips), _sources(unit), upcoming)
-                    if stage is not None:
-                        stage.submit(record)
-            if stage is not None:
-                summary = stage.finish()
-                get_run_logger().info("captions: %s", summary)
-        except BaseException:
-            if stage is not None:
-                stage.abort()
-            raise
-        stats = finalize_task(cfg_json, plan)
+    stats = build(  # one writer per output, also for scheduled runs
+        cfg,
+        PrefectTasks(parallel),
+        api_key=resolve_api_key(cfg.caption),  # LLM captions, beside the units
+        wait=wait,
+        command="build (prefect flow)",
+        on_plan=PROGRESS_HOOKS.get(output, {}).get("plan"),
+    )
     report_artifact(output, stats)
     logging.getLogger(__name__).info("build finished: %s pairs from %s clips", stats["pairs"], stats["clips_in"])
     return stats
 
 
+def build_on_prefect(cfg: BuildConfig, watcher: Watcher, wait: float | None = None) -> dict[str, Any]:
+    """The CLI's default engine: the flow `build_dataset` for `cfg` on a Prefect API that dies with
+    this process (or PREFECT_API_URL's), its progress told to `watcher`."""
+    PROGRESS_HOOKS[cfg.output] = {"plan": watcher.plan, "clip": watcher.clip}
+    overrides = cfg.model_dump(mode="json", exclude={"output"})
+    try:
+        with ephemeral_api():  # a Prefect API that dies with this process, however it dies
+            return build_dataset(output=cfg.output, config_path=None, overrides=overrides, wait=wait)
+    except TerminationSignal as e:  # Prefect owns SIGTERM during a flow run: the unit in progress is dropped
+        raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
+    finally:
+        PROGRESS_HOOKS.pop(cfg.output, None)
+
+
 def report_artifact(output: str, stats: dict[str, Any]) -> None:
     """The build's summary and the path of its QA report as a markdown artifact on the flow run."""
-    from prefect.artifacts import create_markdown_artifact
-
     report = stats.get("report", {})
     reasons = "\n".join(f"| {k} | {v} |" for k, v in stats.get("rejects_by_reason", {}).items())
     markdown = (
@@ -183,7 +194,6 @@ def report_artifact(output: str, stats: dict[str, Any]) -> None:
 def with_dask(workers: int = 2, address: str | None = None):
     """build_dataset on Dask: a LocalCluster of `workers` processes (one thread each), or the
     scheduler at `address` (e.g. tcp://10.0.0.5:8786). Output is identical to the sequential run."""
-    from prefect_dask import DaskTaskRunner
 
     runner = (
         DaskTaskRunner(address=address)
@@ -201,8 +211,5 @@ def local_cluster(**kwargs):
     workers (the streaming build's decode stage). A cluster of your own needs the same setting:
     `distributed.worker.daemon: false` (e.g. DASK_DISTRIBUTED__WORKER__DAEMON=False for `dask worker`);
     otherwise its workers decode in-process, and say so in their log."""
-    import dask
-    import distributed
-
     dask.config.set({"distributed.worker.daemon": False})  # read by the nannies whenever a worker (re)starts
     return distributed.LocalCluster(**kwargs)

@@ -1,5 +1,5 @@
 """Prefect flows `recaption` and `publish`, for manual runs from the Prefect UI. They wrap
-curation.recaption; the API key comes from the environment or, when caption.api_key_secret names one,
+curation.captions.recaption; the API key comes from the environment or, when caption.api_key_secret names one,
 from a Prefect Secret block (it is passed to the client only, never logged or stored)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from curation.captions.recaption import publish as publish_captions
+from curation.captions.recaption import recaption as recaption_subset
 from curation.config import CaptionConfig, load_config
-from curation.recaption import publish as publish_captions
-from curation.recaption import recaption as recaption_subset
 
 
 def resolve_api_key(cfg: CaptionConfig) -> str | None:

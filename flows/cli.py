@@ -1,6 +1,13 @@
 """motionpairs: before/after motion pairs for instruction-based image editors, from videos of people.
-Commands: build, inspect, report, eval, verify, gc, recaption, publish, train, evaluate, edit, demo-clip
-(each has --help)."""
+Commands: build, inspect, report, eval, verify, gc, recaption, publish, train, evaluate, edit, demo-clip,
+config-reference (each has --help).
+
+Argument parsing and printing only: each command calls one function of curation/ or training/. A
+problem of the run (curation.errors.RunError) is one line on stderr and exit 2. The light modules
+(settings, sources, argument definitions) are imported at the top; each command imports its heavy
+module itself (the store loads torch through webdataset, the build ultralytics, `--engine prefect`
+Prefect and Dask, train/edit/evaluate diffusers: seconds each), so `--help` and a bad flag answer at
+once and a command pays only for what it runs."""
 
 from __future__ import annotations
 
@@ -12,6 +19,24 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from curation import configref
+from curation.config import ConfigError, load_config
+from curation.errors import RunError
+from curation.sources import SOURCES, check_root, source_flags
+from training.config import add_arguments as add_train_arguments
+from training.config import add_edit_arguments, add_evaluate_arguments
 
 # Offline-safe defaults, set before prefect or ultralytics are imported (user settings win).
 for _k, _v in {
@@ -70,23 +95,6 @@ def _wait(args: argparse.Namespace) -> float | None:
     return None if w is None else (float("inf") if w == 0 else w)
 
 
-def _stop_on_signals() -> None:
-    """SIGTERM/SIGINT: finish nothing new, stop at the next unit boundary (committed units stand). A
-    second signal stops at once."""
-    import signal
-
-    from curation.runner import STOP
-
-    def handler(signum, frame) -> None:
-        if STOP.is_set():
-            raise KeyboardInterrupt
-        STOP.set()
-        print("motionpairs: stopping after the current unit (again to stop now)", file=sys.stderr)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, handler)
-
-
 def _add_wait_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--wait",
@@ -98,229 +106,150 @@ def _add_wait_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _stop_on_signals(stop) -> None:
+    """SIGTERM/SIGINT: set `stop` (the build's: finish nothing new, stop at the next unit boundary;
+    committed units stand). A second signal stops at once."""
+
+    def handler(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("motionpairs: stopping after the current unit (again to stop now)", file=sys.stderr)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from curation.build import STOP, BuildStopped, build_with_progress, writer_lock
 
-    from curation.captions.llm import CaptionSetupError, LLMCaptioner
-    from curation.config import ConfigError, load_config
-    from curation.ingest import SourceError, check_root
-    from curation.runner import BuildStopped, SetupError, get_processor, open_output, plan_build, run_build
-    from curation.store import StoreError
-
-    extra = _overrides(args)
-    try:
-        if args.input is not None and args.root is not None:
-            raise ConfigError("give --input DIR (a folder of videos) or --source KIND --root DIR, not both")
-        if args.input is not None or args.root is not None:
-            src: dict[str, Any] = {"kind": args.source, "root": args.input or args.root}
-            if args.annotations:
-                src["annotations"] = args.annotations
-            extra["sources"] = [src]
-        elif args.annotations:
-            raise ConfigError("--annotations needs --source KIND --root DIR")
-        cfg = load_config(args.config, output=args.output, **extra)
-        if not cfg.sources:
-            raise ConfigError("no input: pass --input DIR or list sources in --config")
-        for s in cfg.sources:
-            check_root(s.root)  # a missing input is an error before the output is touched
-    except (ConfigError, SourceError) as e:
-        return _fail(str(e))
-
+    sources = source_flags(args.input, args.source, args.root, args.annotations)
+    cfg = load_config(args.config, output=args.output, **_overrides(args), **({"sources": sources} if sources else {}))
+    if not cfg.sources:
+        raise ConfigError("no input: pass --input DIR or list sources in --config")
+    for s in cfg.sources:
+        check_root(s.root)  # a missing input is an error before the output is touched
     console = Console(stderr=True)
-    _stop_on_signals()
+    _stop_on_signals(STOP)
     try:
-        out = open_output(cfg)
-        with out.lock("motionpairs build", _wait(args)):  # the one lock of this run (the flow nests in it)
-            plan = plan_build(cfg)  # fails fast on a missing input folder, before any model loads
-            if cfg.caption.captioner == "openai":
-                LLMCaptioner(cfg.caption, out.root).setup()  # no key or model: say so before any work
-            if plan.units:
-                get_processor(cfg)  # the model must load on the device before any clip is tried
-            stats = _run_build(args, cfg, plan, console, run_build)
-    except (ConfigError, SourceError, CaptionSetupError, StoreError, SetupError) as e:
-        return _fail(str(e))
-    except (BuildStopped, KeyboardInterrupt) as e:
-        print(f"motionpairs: stopped: {e or 'interrupted'}", file=sys.stderr)
+        with writer_lock(cfg, "motionpairs build", _wait(args)), _progress(console) as progress:  # the run's one lock
+            if args.engine == "local":
+                stats = build_with_progress(cfg, progress)
+            else:
+                from flows.build import build_on_prefect
+
+                stats = build_on_prefect(cfg, progress)
+    except BuildStopped as e:
+        print(f"motionpairs: stopped: {e}", file=sys.stderr)
         return 130
     print_summary(cfg.output, console)
     return 0 if not stats["unaccounted_clips"] else 1
 
 
-def _run_build(args, cfg, plan, console, run_build) -> dict[str, Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+class _progress:
+    """The build's progress bar (clips done, elapsed, ETA), shown from `plan(plan)` (the work about to
+    run, once every check that can stop the run has passed); `clip(result)` advances it."""
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[last]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-    with progress:
-        bar = progress.add_task("clips", total=plan.pending_clips, last="")
+    def __init__(self, console: Console):
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[last]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
 
-        def on_clip(res) -> None:
-            note = f"{len(res.pairs)} pairs" if res.accepted else res.rejects[-1].reason.value
-            progress.update(bar, advance=1, last=f"{res.clip.clip_id[:40]}: {note}")
+        self.started = False
 
-        if args.engine == "local":
-            return run_build(cfg, on_clip=on_clip)
-        from prefect.exceptions import TerminationSignal
+    def __enter__(self) -> _progress:
+        return self
 
-        from curation.runner import BuildStopped
-        from flows.build import PROGRESS_HOOKS, build_dataset
-        from flows.server import ephemeral_api
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            self.bar.__exit__(*exc)
 
-        PROGRESS_HOOKS[cfg.output] = on_clip
-        try:
-            with ephemeral_api():  # a Prefect API that dies with this process, however it dies
-                return build_dataset(output=cfg.output, config_path=None, overrides=_as_overrides(cfg))
-        except TerminationSignal as e:  # Prefect owns SIGTERM during a flow run: the unit in progress is dropped
-            raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
-        finally:
-            PROGRESS_HOOKS.pop(cfg.output, None)
+    def plan(self, plan) -> None:
+        self.bar.__enter__()
+        self.started = True
+        self.task = self.bar.add_task("clips", total=plan.pending_clips, last="")
+
+    def clip(self, res) -> None:
+        note = f"{len(res.pairs)} pairs" if res.accepted else res.rejects[-1].reason.value
+        self.bar.update(self.task, advance=1, last=f"{res.clip.clip_id[:40]}: {note}")
 
 
-def _as_overrides(cfg) -> dict[str, Any]:
-    data = cfg.model_dump(mode="json")
-    data.pop("output")
-    return data
-
-
-def print_summary(out: Path | str, console=None) -> None:
-    """Counts, rejects by stage and reason, and timings of a build (a folder or an fsspec URL)."""
-    import fsspec
-    import pandas as pd
-    from rich.console import Console
-    from rich.table import Table
-
-    from curation.store import committed, is_remote
-    from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
+def print_summary(out: Path | str, console: Console | None = None) -> None:
+    """Counts, rejects by stage and reason, pairs by source, caption versions and timings of a build."""
+    from curation.report.summary import COUNTS, build_summary
 
     console = console or Console(width=None if sys.stdout.isatty() else 200)  # a pipe: no wrapped cells
-    base = str(out).rstrip("/")
-    gen = committed(base)  # read through the pointer: one generation, whatever a writer does meanwhile
-    with fsspec.open(gen.file_url(STATS_FILE), "rb") as f:
-        stats = json.loads(f.read())
-    t = Table(title=f"motionpairs build: {out}")
+    s = build_summary(out)
+    t = Table(title=f"motionpairs build: {out}", caption=f"generation {s.generation}, {s.tars} tars")
     t.add_column("what")
     t.add_column("count", justify="right")
-    for k in ("clips_in", "clips_accepted", "clips_rejected", "pairs", "shards", "candidate_rejects", "ignored_files"):
-        t.add_row(k.replace("_", " "), str(stats[k]))
-    t.add_row("shard MB", f"{stats['shard_bytes'] / 1e6:.1f}")
-    if stats.get("unaccounted_clips"):
-        t.add_row("[red]unaccounted clips", str(len(stats["unaccounted_clips"])))
+    for k in COUNTS:
+        t.add_row(k.replace("_", " "), str(s.stats[k]))
+    t.add_row("shard MB", f"{s.stats['shard_bytes'] / 1e6:.1f}")
+    if s.stats.get("unaccounted_clips"):
+        t.add_row("[red]unaccounted clips", str(len(s.stats["unaccounted_clips"])))
     console.print(t)
-
-    rejects = pd.read_parquet(gen.file_url(REJECTS_FILE))
-    clip_level = rejects[rejects["level"] == "clip"]
-    if len(clip_level):
-        r = Table(title="rejected clips by stage and reason")
-        for c in ("stage", "reason", "clips", "examples"):
-            r.add_column(c, justify="right" if c == "clips" else "left")
-        for (stage, reason), g in clip_level.groupby(["stage", "reason"], sort=True):
-            r.add_row(stage, reason, str(len(g)), ", ".join(g["clip_id"].head(3)))
-        console.print(r)
-    samples = pd.read_parquet(gen.file_url(SAMPLES_FILE), columns=["source", "clip_id", "caption"])
-    if len(samples):
-        s = Table(title="pairs by source (first captions)")
-        for c in ("source", "clips", "pairs", "example caption"):
-            s.add_column(c)
-        for source, g in samples.groupby("source", sort=True):
-            s.add_row(source, str(g["clip_id"].nunique()), str(len(g)), str(g["caption"].iloc[0]))
-        console.print(s)
-    if not is_remote(base):  # caption rows are read from a local output
-        _print_caption_versions(Path(base), console)
-    t.caption = f"generation {gen.generation}, {len(gen.shards)} tars"
-    secs = stats.get("seconds", {})
+    _table(console, "rejected clips by stage and reason", ("stage", "reason", "clips", "examples"),
+           [(st, r, str(n), ", ".join(ex)) for st, r, n, ex in s.rejected], right=("clips",))  # fmt: skip
+    _table(console, "pairs by source (first captions)", ("source", "clips", "pairs", "example caption"),
+           [(src, str(c), str(n), cap) for src, c, n, cap in s.by_source])  # fmt: skip
+    if s.caption_versions:
+        _table(
+            console,
+            "caption versions (agreement: the LLM's named changes against the keypoints)",
+            ("version", "pairs with it", "failed / not visible", "published", "agree", "contradict", "unchecked"),
+            s.caption_versions,
+            left=("version",),
+        )
+    _table(
+        console,
+        "caption runs: requests, tokens and estimated cost",
+        ("run", "version", "requests", "cached", "tokens in", "tokens out", "cost USD", "failures"),
+        s.caption_runs,
+        left=("run", "version", "failures"),
+    )
+    secs = s.stats.get("seconds", {})
     if secs:
         timings = ", ".join(f"{k} {v}" for k, v in secs.items())
-        console.print(f"time (s): {timings}; frames decoded {stats['frames_decoded']}")
+        console.print(f"time (s): {timings}; frames decoded {s.stats['frames_decoded']}")
 
 
-def _print_caption_versions(out: Path, console) -> None:
-    """The caption versions a build holds (what `publish --caption-version` and `train --caption-version`
-    choose from): pairs with a usable caption of each, pairs whose attempts failed, pairs publishing it."""
-    import pandas as pd
-    from rich.table import Table
-
-    from curation.recaption import read_caption_rows
-    from schemas.captions import CaptionStatus
-    from schemas.manifest import SAMPLES_FILE
-    from schemas.records import OFFLINE_VERSION, caption_version
-
-    cols = ["caption_captioner", "caption_model", "caption_prompt_version"]
-    samples = pd.read_parquet(out / SAMPLES_FILE, columns=cols)
-    published = [
-        OFFLINE_VERSION if c == OFFLINE_VERSION else caption_version(m, p)
-        for c, m, p in samples.itertuples(index=False)
-    ]
-    rows = read_caption_rows(out)
-    v = Table(title="caption versions (agreement: the LLM's named changes against the keypoints)")
-    for c in ("version", "pairs with it", "failed / not visible", "published", "agree", "contradict", "unchecked"):
-        v.add_column(c, justify="left" if c == "version" else "right")
-    v.add_row(OFFLINE_VERSION, str(len(samples)), "0", str(published.count(OFFLINE_VERSION)), "", "", "")
-    for version, g in rows.groupby("caption_version", sort=True):
-        ok_rows = g[g.status == CaptionStatus.OK].drop_duplicates("pair_id", keep="last")
-        ok = set(ok_rows.pair_id)
-        bad = set(g[g.status != CaptionStatus.OK].pair_id) - ok
-        agreement = ok_rows.pose_agreement.fillna("not_checkable").value_counts()
-        v.add_row(
-            version,
-            str(len(ok)),
-            str(len(bad)),
-            str(published.count(version)),
-            *(str(int(agreement.get(k, 0))) for k in ("agree", "contradict", "not_checkable")),
-        )
-    console.print(v)
-    if len(rows):
-        r = Table(title="caption runs: requests, tokens and estimated cost")
-        for c in ("run", "version", "requests", "cached", "tokens in", "tokens out", "cost USD", "failures"):
-            r.add_column(c, justify="left" if c in ("run", "version", "failures") else "right")
-        for (run, version), g in rows.groupby(["run_id", "caption_version"], sort=True):
-            paid = g[~g.cached.fillna(False).astype(bool)]
-            fails = g[g.status == CaptionStatus.FAILED].reason.value_counts()
-            r.add_row(
-                run,
-                version,
-                str(len(paid)),
-                str(len(g) - len(paid)),
-                str(int(paid.tokens_in.fillna(0).sum())),
-                str(int(paid.tokens_out.fillna(0).sum())),
-                f"{paid.cost_usd.fillna(0).sum():.4f}",
-                ", ".join(f"{k} {n}" for k, n in fails.items()) or "-",
-            )
-        console.print(r)
+def _table(console, title, columns, rows, right=(), left=None) -> None:
+    """A rich table of `rows` (nothing when there are none); `left`: the only left-aligned columns."""
+    if not rows:
+        return
+    t = Table(title=title)
+    for c in columns:
+        align = ("left" if c in left else "right") if left is not None else ("right" if c in right else "left")
+        t.add_column(c, justify=align)
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
 
 
 def cmd_recaption(args: argparse.Namespace) -> int:
-    from curation.captions.llm import CaptionSetupError
-    from curation.config import ConfigError, load_config
-    from curation.recaption import RecaptionError, recaption
-    from curation.store import StoreError
+    from curation.captions.recaption import recaption
 
     extra = _overrides(args)
     extra.setdefault("caption", {})["captioner"] = "openai"
-    try:
-        cfg = load_config(args.config, output=args.output, **extra)
-        summary, run_id = recaption(args.output, cfg.caption, where=args.where, wait=_wait(args))
-    except (ConfigError, CaptionSetupError, RecaptionError, StoreError) as e:
-        return _fail(str(e))
+    cfg = load_config(args.config, output=args.output, **extra)
+    summary, run_id = recaption(args.output, cfg.caption, where=args.where, wait=_wait(args))
     print(json.dumps({"run_id": run_id, **summary.__dict__}, indent=2))
     return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from curation.recaption import RecaptionError, publish
-    from curation.store import StoreError
+    from curation.captions.recaption import publish
 
-    try:
-        agreement = "require" if args.require_agreement else "prefer" if args.prefer_agreement else "any"
-        summary = publish(args.output, caption_version=args.caption_version, wait=_wait(args), agreement=agreement)
-    except (RecaptionError, StoreError) as e:
-        return _fail(str(e))
+    agreement = "require" if args.require_agreement else "prefer" if args.prefer_agreement else "any"
+    summary = publish(args.output, caption_version=args.caption_version, wait=_wait(args), agreement=agreement)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -344,14 +273,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from curation.store import Output, StoreError
-
-    out = args.output.rstrip("/")
-    try:
-        Output.open(out).committed()
-    except StoreError as e:
-        return _fail(f"{out} holds no finished build ({e})")
-    print_summary(out)
+    print_summary(args.output.rstrip("/"))
     return 0
 
 
@@ -369,28 +291,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from curation.store import Output, StoreError
+    from curation.generation import collect_garbage
 
-    try:
-        out = Output.open(args.output)
-        if out.current() is None:
-            return _fail(f"{args.output} holds no finished build")
-        with out.lock("motionpairs gc", _wait(args)):  # cleans what a dead writer left first
-            summary = out.gc(keep=args.keep)
-    except StoreError as e:
-        return _fail(str(e))
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(collect_garbage(args.output, keep=args.keep, wait=_wait(args)), indent=2))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from curation.report.page import ReportError, write_report
-    from curation.store import StoreError
+    from curation.report.page import write_report
 
-    try:
-        summary = write_report(args.output.rstrip("/"), max_pairs=args.max_pairs)
-    except (ReportError, StoreError) as e:
-        return _fail(str(e))
+    summary = write_report(args.output.rstrip("/"), max_pairs=args.max_pairs)
     note = " (no finished build: the page says so)" if summary["empty"] else ""
     print(f"{summary['path']}: {summary['pairs_shown']} of {summary['pairs']} pairs, {summary['pages']} pages{note}")
     return 0
@@ -399,45 +309,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """The build's decisions against a labelled list of its inputs: confusion table, accuracy, and the
     accepted pairs of clips labelled as rejects. Exit 0 (the figures are the result)."""
-    import pandas as pd
-    from rich.console import Console
-    from rich.table import Table
+    from curation.report.summary import evaluate_labels
 
-    from curation.report.labels import LabelError, check_labels, pair_precision, read_labels, read_pair_labels
-    from curation.store import StoreError, committed
-    from schemas.manifest import REJECTS_FILE, SAMPLES_FILE
-
-    out = args.output.rstrip("/")
-    try:
-        labels = read_labels(args.labels)
-        pair_labels = None
-        for f in reversed(args.pair_labels or []):  # the first file named wins where two label a pair
-            pair_labels = (pair_labels or {}) | read_pair_labels(f)
-        gen = committed(out)
-    except LabelError as e:
-        return _fail(str(e))
-    except StoreError as e:
-        return _fail(f"{out} holds no finished build ({e})")
-    samples = pd.read_parquet(gen.file_url(SAMPLES_FILE), columns=["uri", "clip_id", "pair_id", "caption"])
-    rejects = pd.read_parquet(gen.file_url(REJECTS_FILE))
-    result = check_labels(samples, rejects, labels, pair_labels)
+    ev = evaluate_labels(args.output.rstrip("/"), args.labels, args.pair_labels)
+    result = ev.result
     console = Console(width=None if sys.stdout.isatty() else 200)
-    t = Table(title=f"decisions against {args.labels}")
-    for c in ("expected", "got", "clips"):
-        t.add_column(c, justify="right" if c == "clips" else "left")
-    for (exp, got), n in sorted(result.confusion.items()):
-        t.add_row(exp, got if exp == got else f"[red]{got}", str(n))
-    console.print(t)
+    rows = [(exp, got if exp == got else f"[red]{got}", str(n)) for (exp, got), n in sorted(result.confusion.items())]
+    _table(console, f"decisions against {args.labels}", ("expected", "got", "clips"), rows, right=("clips",))
     for r in result.wrong:
         console.print(f"[red]WRONG[/red] {r['file']}: expected {r['expected']}, got {r['got']}  ({r['note']})")
         if r["got"].startswith("accept"):
-            names = samples[samples.uri.map(lambda u: u.rstrip("/").rsplit("/", 1)[-1]) == r["file"]]
-            for row in names.itertuples():
-                console.print(f"    accepted pair {row.clip_id}/{row.pair_id}: {row.caption}")
+            for clip_id, pair_id, caption in ev.accepted.get(r["file"], []):
+                console.print(f"    accepted pair {clip_id}/{pair_id}: {caption}")
     print(f"accuracy {result.accuracy:.3f} ({len(result.rows) - len(result.wrong)} of {len(result.rows)} labels hold)")
-    doc: dict = {"accuracy": result.accuracy, "rows": result.rows}
-    if pair_labels is not None:
-        pp = pair_precision(samples, pair_labels)
+    if ev.pairs is not None:
+        pp = ev.pairs
         for d in pp["dropped"]:
             console.print(f"[red]DROP[/red] pair {d['clip_id']}/{d['pair_id']}: {d['why']}")
         precision = "n/a" if pp["precision"] is None else f"{pp['precision']:.3f}"
@@ -445,18 +331,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"pair precision {precision} ({pp['keep']} of {pp['labelled']} labelled accepted pairs kept; "
             f"{len(pp['unlabelled'])} of {pp['accepted']} accepted pairs unlabelled)"
         )
-        doc["pairs"] = pp
     if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=2))
+        Path(args.json).write_text(json.dumps(ev.as_json(), indent=2))
     return 0
 
 
 def cmd_demo_clip(args: argparse.Namespace) -> int:
     from curation.demo import write_demo_clip
 
-    path = write_demo_clip(Path(args.folder))
-    print(path)
+    print(write_demo_clip(Path(args.folder)))
     return 0
+
+
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    return configref.main((["--check"] if args.check else []) + ([f"--write={args.write}"] if args.write else []))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input", help="folder of videos (searched recursively); same as --source folder --root DIR")
     b.add_argument(
         "--source",
-        choices=("folder", "kinetics", "ntu", "epic"),
+        choices=tuple(SOURCES),
         default="folder",
         help="dataset kind of --root (several sources: list them under `sources:` in --config)",
     )
@@ -571,9 +459,6 @@ def build_parser() -> argparse.ArgumentParser:
     el.add_argument("--json", metavar="FILE", help="also write the per-file results as JSON")
     el.set_defaults(func=cmd_eval)
 
-    from training.config import add_arguments as add_train_arguments
-    from training.config import add_edit_arguments
-
     t = sub.add_parser("train", help="finetune an InstructPix2Pix editor on the shards (see training/train.py)")
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
@@ -582,8 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_edit_arguments(e)
     e.set_defaults(func=cmd_edit)
 
-    from training.evaluate import add_arguments as add_evaluate_arguments
-
     ev = sub.add_parser("evaluate", help="score a checkpoint's edits of held-out pairs against the real after-frames")
     add_evaluate_arguments(ev)
     ev.set_defaults(func=cmd_evaluate)
@@ -591,6 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo-clip", help="write the self-made demo clip (a moving astronaut) into FOLDER")
     d.add_argument("folder")
     d.set_defaults(func=cmd_demo_clip)
+
+    cr = sub.add_parser("config-reference", help="print docs/configuration.md, made from the settings' descriptions")
+    cr.add_argument("--write", metavar="PATH", help="write it to PATH instead")
+    cr.add_argument("--check", action="store_true", help="exit 1 when docs/configuration.md is not current")
+    cr.set_defaults(func=cmd_config_reference)
     return p
 
 
@@ -602,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
+    except RunError as e:  # a problem of the run itself (bad config, unreadable source, locked output, ...)
+        if args.verbose:
+            raise
+        return _fail(str(e))
     except KeyboardInterrupt:  # Ctrl-C in any command (publish, gc, recaption, ...): what is committed stands
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit (lock release) short
         print("motionpairs: stopped: interrupted", file=sys.stderr)

@@ -7,7 +7,7 @@
 
 The process registers the deployment and keeps running: it starts the scheduled runs (and the ones
 triggered from the UI or `prefect deployment run build_dataset/nightly`). Each run builds only what is
-new (see curation.runner); a clip that fails is a reject row, a unit that fails is retried, and a run
+new (see curation.build); a clip that fails is a reject row, a unit that fails is retried, and a run
 that fails shows as Failed in the UI.
 """
 

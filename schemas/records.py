@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import datetime, timezone
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -225,7 +225,9 @@ class Caption(BaseModel):
     captioner: str  # "offline", "openai", ...
     model: str | None = None
     prompt_version: str | None = None
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    # when a model answered (an LLM caption); none for the offline captioner, a pure function of the
+    # poses: a rebuild, on any engine, writes the same bytes
+    created_at: datetime | None = None
 
     @field_validator("text")
     @classmethod

@@ -134,12 +134,12 @@ def real_input(tmp_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def real_build(tmp_root: Path, real_input: Path):
     """One full local build over real_input, shared by the tests that inspect its output."""
+    from curation.build import build
     from curation.config import load_config
-    from curation.runner import run_build
 
     out = tmp_root / "build"
     cfg = load_config(None, output=str(out), sources=[{"root": str(real_input)}], shards={"max_samples": 4})
-    stats = run_build(cfg)
+    stats = build(cfg)
     return cfg, out, stats
 
 
@@ -155,12 +155,12 @@ def built(real_build, tmp_path):
 @pytest.fixture(scope="session")
 def labelled_build(tmp_root: Path):
     """One local build of every clip in ../shared/data/videos (the labelled list's inputs)."""
+    from curation.build import build
     from curation.config import load_config
-    from curation.runner import run_build
 
     out = tmp_root / "labelled"
     cfg = load_config(None, output=str(out), sources=[{"root": str(VIDEOS)}])
-    stats = run_build(cfg)
+    stats = build(cfg)
     return out, stats
 
 

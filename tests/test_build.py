@@ -10,7 +10,7 @@ import webdataset as wds
 from conftest import ACCEPTED, BAD, REJECTED
 from PIL import Image
 
-from curation.runner import plan_build, run_build
+from curation.build import build, plan_build
 from schemas.shard import decode_sample
 
 
@@ -83,7 +83,7 @@ def test_rerun_skips_finished_work_and_changes_nothing(real_build):
     before = pd.read_parquet(out / "samples.parquet")
     tars = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
     assert plan_build(cfg).units == []
-    stats2 = run_build(cfg)
+    stats2 = build(cfg)
     assert stats2["units"] == stats["units"] and stats2["pairs"] == stats["pairs"]
     pd.testing.assert_frame_equal(before, pd.read_parquet(out / "samples.parquet"))
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == tars
@@ -101,13 +101,13 @@ def test_resume_after_a_stop_mid_build(real_build, tmp_path):
     (copy / "tars" / ".leftover.tar.tmp").write_bytes(b"partial")
     plan = plan_build(rcfg)
     assert {c.clip_id for u in plan.units for c in u.clips} == set(record["clip_keys"])
-    from curation.runner import writer_lock
+    from curation.build import writer_lock
 
     with writer_lock(rcfg):  # the next writer cleans up what the dead one left
         assert not (copy / "tars" / ".leftover.tar.tmp").exists()
         # the unit's tars are claimed only by the current generation now, for its readers
         assert all((copy / "tars" / n).exists() for n in record["files"])
-    stats = run_build(rcfg)
+    stats = build(rcfg)
     cols = ["pair_id", "clip_id", "before_index", "after_index", "caption", "pose_change"]
     a = pd.read_parquet(out / "samples.parquet")[cols]
     b = pd.read_parquet(copy / "samples.parquet")[cols]
@@ -125,7 +125,7 @@ def test_segment_endpoint_pairs_on_a_real_clip(tmp_path, real_input, strategy):
     cfg = load_config(
         None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}], pairing={"strategies": [strategy]}
     )
-    run_build(cfg)
+    build(cfg)
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert len(s) == 1 and s.strategy.iloc[0] == strategy
     assert s.before_time_s.iloc[0] < 0.5 and s.after_time_s.iloc[0] > 9.0  # the clip's first and last frames

@@ -99,7 +99,7 @@ def test_text_figures_of_nothing_and_of_long_captions():
 def test_a_model_that_says_one_sentence_for_every_pair_shows_in_stats_report_and_card(built, monkeypatch):
     """Against the loopback server answering the same instruction for every pair: the build's figures,
     its report and its card say so (and the pairs it contradicts are counted as the rows say)."""
-    from curation.recaption import publish, read_caption_rows, recaption
+    from curation.captions.recaption import publish, read_caption_rows, recaption
     from curation.report.page import write_report
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -140,8 +140,8 @@ def test_caption_require_agreement_keeps_the_offline_caption_where_the_keypoints
 ):
     """caption.require_agreement: a build's LLM captions are published only where the keypoints agree
     (a model that mixes up left and right keeps the offline caption there); the figures count the rest."""
-    from curation.recaption import read_caption_rows
-    from curation.runner import run_build
+    from curation.build import build
+    from curation.captions.recaption import read_caption_rows
 
     cfg0, _, _ = real_build
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -152,7 +152,7 @@ def test_caption_require_agreement_keeps_the_offline_caption_where_the_keypoints
             captioner="openai", model="mirror-vlm", base_url=server.base_url, max_retries=0,
             requests_per_minute=6000, require_agreement=True,
         )  # fmt: skip
-        stats = run_build(cfg0.model_copy(update={"output": str(built), "caption": caption}))
+        stats = build(cfg0.model_copy(update={"output": str(built), "caption": caption}))
     finally:
         server.stop()
     assert json.loads((built / "captions" / "published.json").read_text())["agreement"] == "require"

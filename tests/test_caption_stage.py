@@ -12,12 +12,12 @@ import pytest
 from fake_openai import FakeOpenAI
 from posekit import RIGHT_ARM_UP, make_pose
 
+from curation.build import build
 from curation.captions import llm
 from curation.captions import prompts as prompt_files
 from curation.captions.agreement import check_caption
+from curation.captions.recaption import RecaptionError, load_samples, publish, read_caption_rows, recaption
 from curation.config import CaptionConfig, load_config
-from curation.recaption import RecaptionError, load_samples, publish, read_caption_rows, recaption
-from curation.runner import run_build
 from schemas.captions import MotionChange
 
 KEY = "sk-test-STAGE-0123456789"
@@ -60,7 +60,7 @@ def test_one_budget_and_one_rate_for_the_whole_run(engine, server, tmp_path, rea
     }  # fmt: skip
     out = tmp_path / "out"
     if engine == "local":
-        stats = run_build(load_config(None, output=str(out), sources=[{"root": str(folder)}], **over))
+        stats = build(load_config(None, output=str(out), sources=[{"root": str(folder)}], **over))
     else:
         from flows.build import with_dask
 
@@ -78,7 +78,7 @@ def test_one_budget_and_one_rate_for_the_whole_run(engine, server, tmp_path, rea
     assert (s.caption_captioner == "openai").sum() == 3 and (s.caption_captioner == "offline").sum() == len(s) - 3
     # the next run goes on with the rest, again within its budget; a run with nothing left is a no-op
     cfg = load_config(None, output=str(out), sources=[{"root": str(folder)}], **over)
-    run_build(cfg)
+    build(cfg)
     assert len(server.requests) == 3 + min(3, stats["pairs"] - 3)  # the rest, within the budget again
 
 
@@ -93,14 +93,14 @@ def test_the_pose_work_never_waits_on_a_slow_server_and_the_captions_land(server
         "caption": {"captioner": "openai", "model": "m1", "base_url": server.base_url},
     }
     cfg = load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}], **over)
-    stats = run_build(cfg)
+    stats = build(cfg)
     rec = json.loads(next((tmp_path / "out" / "parts").glob("*.json")).read_text())
     assert "llm_caption" not in rec["seconds"] and rec["seconds"]["wall"] < 2.0 * stats["pairs"]
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert (s.caption_captioner == "openai").all() and s.caption.str.startswith("[m1]").all()
     # the captions are published: the next run with nothing new is a no-op (no new generation, no request)
     asked = len(server.requests)
-    assert run_build(cfg)["generation"] == stats["generation"] and len(server.requests) == asked
+    assert build(cfg)["generation"] == stats["generation"] and len(server.requests) == asked
 
 
 def test_prompt_edits_and_longer_answers_recaption_and_nothing_else_does(server, built, tmp_path, monkeypatch):

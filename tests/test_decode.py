@@ -146,8 +146,8 @@ def test_a_frame_folder_decodes_at_its_frame_numbers(tmp_path):
 
 
 def test_gifs_and_frame_folders_are_listed_as_clips(tmp_path):
-    from curation.config import FolderSource
-    from curation.ingest import list_folder
+    from curation.sources import FolderSource
+    from curation.sources.folder import list_folder
 
     (tmp_path / "a.gif").symlink_to(VIDEOS / "lavila__assets_cf7c12db-1a9e-46d3-96d6-38174bbe373c.gif")
     (tmp_path / "P28_101").mkdir()

@@ -14,9 +14,9 @@ import pytest
 import webdataset as wds
 from conftest import ACCEPTED, REJECTED, REPO, make_bad_inputs, video
 
+from curation.build import _processor_for, build
 from curation.config import load_config
 from curation.pipeline import ClipProcessor
-from curation.runner import _processor_for, run_build
 from curation.stages.decode import VideoSource
 from curation.stages.pose import PoseDetector, detect_across
 from schemas.records import Clip
@@ -35,7 +35,7 @@ def folder(tmp_path):
     return f
 
 
-def build(folder, out, workers: int, batch: int = 16):
+def build_folder(folder, out, workers: int, batch: int = 16):
     _processor_for.cache_clear()  # a fresh processor: its worker pool starts with this test's environment
     cfg = load_config(
         None,
@@ -45,7 +45,7 @@ def build(folder, out, workers: int, batch: int = 16):
         pose={"batch_size": batch},
         shards={"clips_per_unit": 4},
     )
-    return run_build(cfg)
+    return build(cfg)
 
 
 def serial_reference(self, clips, upcoming=None):
@@ -72,8 +72,8 @@ def test_the_streaming_build_gives_the_serial_output(folder, tmp_path, monkeypat
     OpenVINO, gives a frame the same poses in any batch) against the serial reference."""
     with monkeypatch.context() as m:
         m.setattr(ClipProcessor, "run_all", serial_reference)
-        serial = build(folder, tmp_path / "serial", workers=0)
-    streamed = build(folder, tmp_path / "workers", workers=2, batch=5)
+        serial = build_folder(folder, tmp_path / "serial", workers=0)
+    streamed = build_folder(folder, tmp_path / "workers", workers=2, batch=5)
     assert serial["pairs"] == streamed["pairs"] > 0 and serial["clips_in"] == streamed["clips_in"] == 7
     a, b = contents(tmp_path / "serial"), contents(tmp_path / "workers")
     assert a[0] == b[0]  # the same keys, JPEG bytes and records
@@ -84,9 +84,9 @@ def test_the_streaming_build_gives_the_serial_output(folder, tmp_path, monkeypat
 def test_a_killed_decode_worker_costs_nothing(folder, tmp_path, monkeypatch):
     """Every decode worker is SIGKILLed at its second clip: the clip is retried in a fresh worker and
     the build ends as the serial one does."""
-    serial = build(folder, tmp_path / "serial", workers=0)
+    serial = build_folder(folder, tmp_path / "serial", workers=0)
     monkeypatch.setenv("MOTIONPAIRS_CRASH_AT", "decode_worker:2")
-    killed = build(folder, tmp_path / "killed", workers=1)
+    killed = build_folder(folder, tmp_path / "killed", workers=1)
     assert killed["pairs"] == serial["pairs"] and killed["retried_next_run"] == []
     a, b = contents(tmp_path / "serial"), contents(tmp_path / "killed")
     assert a[0] == b[0]
@@ -95,7 +95,7 @@ def test_a_killed_decode_worker_costs_nothing(folder, tmp_path, monkeypatch):
 
 def test_a_clip_that_kills_its_worker_twice_is_its_reject(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("MOTIONPAIRS_CRASH_AT", "decode_worker:1")  # every worker dies on its first clip
-    stats = build(folder, tmp_path / "out", workers=1)
+    stats = build_folder(folder, tmp_path / "out", workers=1)
     rejects = pd.read_parquet(tmp_path / "out" / "rejects.parquet")
     died = rejects[rejects.detail.str.contains("decode worker process died")]
     assert len(died) == 7 and set(died.reason) == {"internal_error"}  # each clip once, as its own row
@@ -142,9 +142,9 @@ def test_a_script_without_a_main_guard_still_builds(folder, tmp_path):
         "import json, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         "from curation.config import load_config\n"
-        "from curation.runner import run_build\n"
+        "from curation.build import build\n"
         "cfg = load_config(None, output=sys.argv[2], sources=[{'root': sys.argv[1]}], decode={'workers': 1})\n"
-        "stats = run_build(cfg)\n"
+        "stats = build(cfg)\n"
         "print(json.dumps({'pairs': stats['pairs'], 'clips': stats['clips_in']}))\n"
     )
     run = subprocess.run(

@@ -129,7 +129,7 @@ def test_a_scheduled_build_whose_api_key_lives_only_in_a_prefect_secret(prefect_
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from curation.recaption import read_caption_rows
+    from curation.captions.recaption import read_caption_rows
 
     url, env = prefect_server
     key = "sk-test-ONLY-IN-A-SECRET-77"

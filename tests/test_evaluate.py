@@ -34,8 +34,8 @@ def run(args, env=None, **kw):
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory) -> Path:
     """Two real clips built with every video in the val split."""
+    from curation.build import build
     from curation.config import load_config
-    from curation.runner import run_build
 
     root = tmp_path_factory.mktemp("heldout")
     folder = root / "in"
@@ -43,7 +43,7 @@ def held_out(tmp_path_factory) -> Path:
     for name in ("tai_chi_glass", "dribbler"):
         (folder / f"{name}.mp4").symlink_to(video(ACCEPTED[name]))
     out = root / "out"
-    stats = run_build(load_config(None, output=str(out), sources=[{"root": str(folder), "val_fraction": 1.0}]))
+    stats = build(load_config(None, output=str(out), sources=[{"root": str(folder), "val_fraction": 1.0}]))
     assert stats["pairs"] >= 2
     return out
 

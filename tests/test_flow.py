@@ -4,8 +4,8 @@ import pandas as pd
 from conftest import ACCEPTED, make_bad_inputs, video
 from prefect.client.orchestration import get_client
 
+from curation.build import build
 from curation.config import load_config
-from curation.runner import run_build
 from flows.build import build_dataset
 
 
@@ -22,7 +22,7 @@ def test_build_dataset_flow_matches_the_plain_runner(tmp_path):
     assert stats["clips_in"] == 5 and stats["clips_accepted"] == 1 and stats["units"] == 3
 
     cfg = load_config(None, output=str(tmp_path / "plain"), sources=[{"root": str(folder)}])
-    run_build(cfg)
+    build(cfg)
     cols = ["pair_id", "clip_id", "before_index", "after_index", "caption"]
     a = pd.read_parquet(tmp_path / "flow" / "samples.parquet")[cols]
     b = pd.read_parquet(tmp_path / "plain" / "samples.parquet")[cols]

@@ -206,7 +206,7 @@ def test_a_frame_replaced_inside_a_frame_folder_changes_its_identity(tmp_path):
     own stats: a frame rewritten in place (same name, same size, the folder's stat unchanged) is seen."""
     import os
 
-    from curation.ingest import ContentIds
+    from curation.sources import ContentIds
 
     folder = tmp_path / "P01_01"
     folder.mkdir()

@@ -1,7 +1,7 @@
 import pytest
 
-from curation.config import FolderSource
-from curation.ingest import SourceError, list_folder
+from curation.sources import FolderSource, SourceError
+from curation.sources.folder import list_folder
 
 
 def test_folder_listing_ids_and_ignored(tmp_path):

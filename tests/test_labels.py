@@ -74,13 +74,13 @@ def test_real_clips_decisions_and_pair_precision(tmp_path, capsys):
     build of the same clips into another output decides every clip and pair alike, figures included."""
     import pandas as pd
 
+    from curation.build import build
     from curation.config import load_config
-    from curation.runner import run_build
     from schemas.records import MotionFigures, QualityFigures
 
     out, again = tmp_path / "real", tmp_path / "again"
     for o in (out, again):
-        stats = run_build(load_config(None, output=str(o), sources=[{"root": str(REAL)}]))
+        stats = build(load_config(None, output=str(o), sources=[{"root": str(REAL)}]))
         assert not stats["unaccounted_clips"] and not stats["double_counted_clips"]
     figures = ["pair_id", "clip_id", "before_time_s", "after_time_s", "caption"]
     figures += [c for c in (*MotionFigures.model_fields, *QualityFigures.model_fields)]

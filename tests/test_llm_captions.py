@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from fake_openai import FakeOpenAI
 
+from curation.build import build
 from curation.captions.llm import CaptionJob, LLMCaptioner, Prompt
+from curation.captions.recaption import load_jobs, load_samples, publish, read_caption_rows, recaption
 from curation.config import CaptionConfig, load_config
-from curation.recaption import load_jobs, load_samples, publish, read_caption_rows, recaption
-from curation.runner import run_build
 from training.data import open_shards
 from training.transforms import PairTransform
 
@@ -196,7 +196,7 @@ def test_build_with_the_openai_captioner_and_no_key_leaks(server, tmp_path, real
         caption={"captioner": "openai", "model": "m1"},
     )
     with caplog.at_level(logging.DEBUG):
-        stats = run_build(c)
+        stats = build(c)
     s = load_samples(tmp_path / "o")
     assert stats["pairs"] == len(s) >= 1 and s.caption.str.startswith("[m1]").all()
     assert (s.caption_captioner == "openai").all() and (s.caption_model == "m1").all()

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import ACCEPTED, REJECTED, video
 
+from curation.build import build, plan_build
 from curation.config import load_config
-from curation.runner import plan_build, run_build
 from training.data import dataset_size, open_shards, shard_urls
 
 
@@ -25,7 +25,7 @@ def test_build_to_s3_resume_from_scratch_and_read_back(s3, tmp_path, monkeypatch
         sources=[{"root": str(folder)}],
         shards={"clips_per_unit": 1},
     )
-    stats = run_build(cfg)
+    stats = build(cfg)
     assert stats["clips_in"] == 2 and stats["pairs"] >= 1
     names = {p.rsplit("/", 1)[-1] for p in s3.find("motionpairs-test/builds/v1")}
     assert {"samples.parquet", "rejects.parquet", "stats.json", "sizes.json"} <= names
@@ -38,7 +38,7 @@ def test_build_to_s3_resume_from_scratch_and_read_back(s3, tmp_path, monkeypatch
     cfg_b = cfg.model_copy(update={"staging_dir": str(tmp_path / "staging-b")})
     plan = plan_build(cfg_b)
     assert [c.clip_id for u in plan.units for c in u.clips] == ["dribbler"]
-    stats_b = run_build(cfg_b)
+    stats_b = build(cfg_b)
     assert stats_b["clips_in"] == 3 and stats_b["units"] == 3
     # byte counts cover every unit's tars, also those this machine never had in its staging folder
     s3.invalidate_cache()
@@ -48,7 +48,7 @@ def test_build_to_s3_resume_from_scratch_and_read_back(s3, tmp_path, monkeypatch
     # inspect reads the manifests from the bucket through its CURRENT pointer; verify checks every tar
     from rich.console import Console
 
-    from curation.recaption import publish
+    from curation.captions.recaption import publish
     from curation.store import committed, verify
     from flows.cli import print_summary
 
@@ -93,11 +93,11 @@ def test_llm_caption_rows_of_a_remote_build_reach_the_bucket_without_the_key(s3,
             sources=[{"root": str(folder)}],
             caption={"captioner": "openai", "model": "m1", "base_url": server.base_url},
         )
-        stats = run_build(cfg)
+        stats = build(cfg)
         rows = s3.glob("motionpairs-test/builds/llm/captions/rows-*.parquet")
         assert len(rows) == 1 and stats["pairs"] >= 1
         # recaption on the bucket from another machine: the pairs read through the store, rows pushed
-        from curation.recaption import recaption
+        from curation.captions.recaption import recaption
 
         ccfg = cfg.caption.model_copy(update={"model": "m2"})
         summary, run_id = recaption(url, ccfg, where="true", staging_dir=str(tmp_path / "staging-2"))
@@ -150,7 +150,7 @@ def test_report_and_dataset_card_on_s3(s3, tmp_path):
     (folder / "bunny.mp4").symlink_to(video(REJECTED["big_buck_bunny"][0]))
     url = "s3://motionpairs-test/builds/report"
     cfg = load_config(None, output=url, staging_dir=str(tmp_path / "staging"), sources=[{"root": str(folder)}])
-    stats = run_build(cfg)
+    stats = build(cfg)
     assert stats["report"]["path"] == f"{url}/report/index.html"
     s3.rm("motionpairs-test/builds/report/report", recursive=True)
     assert main(["report", url]) == 0

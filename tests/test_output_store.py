@@ -21,8 +21,9 @@ import pytest
 import webdataset as wds
 from conftest import ACCEPTED, REJECTED, video
 
+from curation.build import build, plan_build
 from curation.config import load_config
-from curation.runner import plan_build, run_build
+from curation.plan import fingerprint
 from curation.store import Output, verify
 from training.data import ShardIntegrityError, open_shards
 
@@ -133,7 +134,7 @@ def test_sigkill_inside_publish_then_rerun(tmp_path, reference, small_input):
     out = tmp_path / "out"
     shutil.copytree(reference, out, symlinks=True)
     # a caption version to publish: rows as a recaption run writes them
-    from curation.recaption import write_caption_rows
+    from curation.captions.recaption import write_caption_rows
     from schemas.records import caption_version
 
     samples = pd.read_parquet(out / "samples.parquet")
@@ -167,7 +168,7 @@ def test_sigkill_inside_publish_then_rerun(tmp_path, reference, small_input):
     # a build after a publish keeps the choice and, with nothing new, is a no-op
     gen = Output(out).current()
     cfg_out = load_config(None, output=str(out), sources=[{"root": str(small_input)}], **_fast_overrides())
-    assert run_build(cfg_out)["generation"] == gen and Output(out).current() == gen
+    assert build(cfg_out)["generation"] == gen and Output(out).current() == gen
 
 
 def _complete_rows(rows):
@@ -300,24 +301,24 @@ def test_moving_the_input_root_is_a_no_op_and_a_replaced_video_is_redone(tmp_pat
     cfg = load_config(
         None, output=str(out), sources=[{"root": str(a)}], decode={"max_frames": 16}, shards={"clips_per_unit": 1}
     )
-    stats = run_build(cfg)
+    stats = build(cfg)
     gen = Output(out).current()
     b = tmp_path / "b"
     a.rename(b)  # the videos moved (a remount, another machine)
     moved = cfg.model_copy(update={"sources": load_config(None, output=str(out), sources=[{"root": str(b)}]).sources})
     plan = plan_build(moved)
     assert plan.units == [] and plan.stale_units == []
-    assert run_build(moved)["pairs"] == stats["pairs"] and Output(out).current() == gen  # nothing rewritten
+    assert build(moved)["pairs"] == stats["pairs"] and Output(out).current() == gen  # nothing rewritten
     # a different video under the same name: that clip's unit (only) is redone
     (b / "bunny.mp4").write_bytes(video(ACCEPTED["dribbler"]).read_bytes())
     plan = plan_build(moved)
     assert [c.clip_id for u in plan.units for c in u.clips] == ["bunny"]
-    stats2 = run_build(moved)
+    stats2 = build(moved)
     assert stats2["clips_accepted"] == 2 and verify(str(out)) == []
 
 
 def test_copies_and_symlinks_of_one_video_are_one_clip(tmp_path):
-    from curation.ingest import list_sources
+    from curation.sources import list_sources
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -411,7 +412,7 @@ def test_bad_kinetics_rows_are_one_reject_each_and_the_build_completes(tmp_path)
         None, output=str(out), decode={"max_frames": 16},
         sources=[{"kind": "kinetics", "root": str(root), "annotations": [str(ann)]}],
     )  # fmt: skip
-    stats = run_build(cfg)
+    stats = build(cfg)
     rj = pd.read_parquet(out / "rejects.parquet")
     bad = rj[rj.reason == "bad_annotation"].sort_values("clip_id")
     assert bad.clip_id.tolist() == ["val_line3", "val_line4", "val_line5"]
@@ -474,22 +475,22 @@ def test_files_are_readable_by_other_users(reference):
 
 
 def test_tuning_settings_leave_the_fingerprint_and_a_results_version_change_redoes_units(tmp_path, monkeypatch):
-    import curation.config as config
+    import curation.plan as config
 
     base = load_config(None, output=str(tmp_path / "o"))
-    fp = base.fingerprint()
+    fp = fingerprint(base)
     for tuning in ({"decode": {"batch_frames": 4}}, {"shards": {"max_samples": 7, "clips_per_unit": 2}},
                    {"pose": {"device": "cpu"}}, {"output": str(tmp_path / "elsewhere")}):  # fmt: skip
-        assert load_config(None, **({"output": str(tmp_path / "o")} | tuning)).fingerprint() == fp, tuning
-    assert load_config(None, output=str(tmp_path / "o"), shards={"jpeg_quality": 80}).fingerprint() != fp
+        assert fingerprint(load_config(None, **({"output": str(tmp_path / "o")} | tuning))) == fp, tuning
+    assert fingerprint(load_config(None, output=str(tmp_path / "o"), shards={"jpeg_quality": 80})) != fp
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "tai_chi.mp4").symlink_to(video(ACCEPTED["tai_chi_glass"]))
     cfg = load_config(None, output=str(tmp_path / "o"), sources=[{"root": str(folder)}], decode={"max_frames": 16})
-    run_build(cfg)
+    build(cfg)
     monkeypatch.setattr(config, "RESULTS_VERSION", config.RESULTS_VERSION + 1)  # a code change that alters results
     plan = plan_build(cfg)
     assert plan.stale_units and [c.clip_id for u in plan.units for c in u.clips] == ["tai_chi"]
-    stats = run_build(cfg)
+    stats = build(cfg)
     old, new = str(config.RESULTS_VERSION - 1), str(config.RESULTS_VERSION)
     assert stats["changed_versions"] == {"results": [old, new]} and verify(str(tmp_path / "o")) == []

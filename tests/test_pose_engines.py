@@ -13,6 +13,7 @@ import pytest
 from conftest import ACCEPTED, REJECTED, REPO, VIDEOS, video
 
 from curation.config import load_config
+from curation.plan import fingerprint
 from curation.stages.decode import VideoSource
 from curation.stages.pose import ENGINES, PoseDetector, engine_cache, engine_installed
 from schemas.records import Clip
@@ -97,19 +98,19 @@ def test_the_device_path_batches_frames_of_any_size_together(real_frames):
 
 
 def test_the_device_path_is_recorded_as_another_result(tmp_path):
-    from curation.config import result_versions
+    from curation.plan import result_versions
 
     predictor = result_versions(engine="torch", device="cpu", path="predictor")
     device = result_versions(engine="torch", device="cpu", path="device")
     assert device["pose_engine"] == predictor["pose_engine"] + "+device-path"
-    a = load_config(None, output=str(tmp_path), pose={"path": "predictor", "device": "cpu"}).fingerprint()
-    b = load_config(None, output=str(tmp_path), pose={"path": "device", "device": "cpu"}).fingerprint()
+    a = fingerprint(load_config(None, output=str(tmp_path), pose={"path": "predictor", "device": "cpu"}))
+    b = fingerprint(load_config(None, output=str(tmp_path), pose={"path": "device", "device": "cpu"}))
     c = load_config(None, output=str(tmp_path), pose={"path": "predictor", "device": "cpu", "batch_size": 64})
-    assert a != b and c.fingerprint() == a  # the batch size is tuning, not a result
+    assert a != b and fingerprint(c) == a  # the batch size is tuning, not a result
 
 
 def test_the_same_decisions_on_the_shared_clips_whatever_the_engine(labelled_build, tmp_path):
-    from curation.runner import run_build
+    from curation.build import build
 
     out_auto, stats_auto = labelled_build
     assert (
@@ -117,7 +118,7 @@ def test_the_same_decisions_on_the_shared_clips_whatever_the_engine(labelled_bui
         and "openvino-" in stats_auto["versions"]["pose_engine"]
     )
     cfg = load_config(None, output=str(tmp_path / "torch"), sources=[{"root": str(VIDEOS)}], pose={"engine": "torch"})
-    stats_torch = run_build(cfg)
+    stats_torch = build(cfg)
     assert stats_torch["versions"]["pose_engine"].endswith("/torch")
     assert stats_torch["fingerprint"] != stats_auto["fingerprint"]  # another engine: another result version
 

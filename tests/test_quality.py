@@ -400,7 +400,7 @@ def test_a_re_encoded_copy_is_a_duplicate_whichever_run_sees_it_first(tmp_path):
     """The dribbler clip and a re-encoded copy (other bytes, so not the same file): the copy's pairs
     are near-duplicates. Built together or the copy first and the original added later, the same pair
     (first by clip id) is kept, the shards hold no duplicate and every clip lands once."""
-    from curation.runner import run_build
+    from curation.build import build
 
     frames = sampled(ACCEPTED["dribbler"], fps=12.0)
     src = tmp_path / "src"
@@ -413,18 +413,18 @@ def test_a_re_encoded_copy_is_a_duplicate_whichever_run_sees_it_first(tmp_path):
         wr.write(np.ascontiguousarray(f[..., ::-1]))
     wr.release()
 
-    def build(out, files):
+    def build_from(out, files):
         folder = tmp_path / f"in_{out}"
         folder.mkdir(exist_ok=True)
         for f in files:
             if not (folder / f).exists():
                 (folder / f).symlink_to(src / f)
         cfg = load_config(None, output=str(tmp_path / out), sources=[{"root": str(folder)}])
-        return run_build(cfg), tmp_path / out
+        return build(cfg), tmp_path / out
 
-    both, out1 = build("together", ["a_dribbler.mp4", "b_copy.avi"])
-    build("later", ["b_copy.avi"])
-    later, out2 = build("later", ["a_dribbler.mp4", "b_copy.avi"])
+    both, out1 = build_from("together", ["a_dribbler.mp4", "b_copy.avi"])
+    build_from("later", ["b_copy.avi"])
+    later, out2 = build_from("later", ["a_dribbler.mp4", "b_copy.avi"])
     for stats, out in ((both, out1), (later, out2)):
         samples = pq.read_table(out / "samples.parquet").to_pandas()
         rejects = pq.read_table(out / "rejects.parquet").to_pandas()

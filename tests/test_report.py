@@ -83,8 +83,8 @@ def test_dataset_card_loads_a_build_mixing_labelled_and_unlabelled_sources(tmp_p
     `label: null` from a first shard of folder clips and fails on the Kinetics one; with the card's
     declared features `load_dataset(OUT)` reads the output as it is."""
     datasets = pytest.importorskip("datasets")
+    from curation.build import build
     from curation.config import load_config
-    from curation.runner import run_build
 
     k400 = SHARED / "data" / "annotations" / "kinetics" / "activitynet_kinetics-400_val.csv"
     kin = tmp_path / "kinetics" / "val" / "tai chi"
@@ -103,7 +103,7 @@ def test_dataset_card_loads_a_build_mixing_labelled_and_unlabelled_sources(tmp_p
         ],
         shards={"clips_per_unit": 1},
     )
-    stats = run_build(cfg)
+    stats = build(cfg)
     samples = pd.read_parquet(out / "samples.parquet")
     assert set(samples.source) == {"kinetics", "folder"} and stats["pairs"] == len(samples)
     card = (out / "README.md").read_text()

@@ -63,8 +63,8 @@ def hostile_build(tmp_path_factory):
     """A Kinetics-layout build with two labels (one hostile, whose clip gives pairs; one whose clips give
     none: a file missing and a clip with nobody in it) beside a folder whose file name is hostile, LLM
     captions from a loopback server answering markup."""
+    from curation.build import build
     from curation.config import load_config
-    from curation.runner import run_build
 
     tmp = tmp_path_factory.mktemp("trust")
     root = tmp / "kinetics"
@@ -99,7 +99,7 @@ def hostile_build(tmp_path_factory):
             caption={"captioner": "openai", "model": "fake-vlm", "base_url": server.base_url, "max_retries": 0,
                      "requests_per_minute": 6000},
         )  # fmt: skip
-        stats = run_build(cfg)
+        stats = build(cfg)
     finally:
         mp.undo()
         server.stop()

@@ -1,5 +1,5 @@
-"""Incremental builds and scale-out: only new clips are processed; a 2-worker Dask cluster builds the
-same dataset as one process."""
+"""Incremental builds: only new clips are processed (a 2-worker Dask cluster building the same dataset
+as one process: tests/test_engines.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import json
 import pandas as pd
 from conftest import ACCEPTED, REJECTED, video
 
+from curation.build import build, finalize, nothing_to_do
 from curation.config import load_config
-from curation.runner import finalize, listing_digest, nothing_to_do, plan_build, run_build
+from curation.plan import fingerprint, listing_digest, plan_build
 from schemas.records import Reject
 
 COLS = ["pair_id", "clip_id", "before_index", "after_index", "caption", "pose_change", "shard"]
@@ -25,23 +26,23 @@ def test_incremental_build_processes_only_new_clips(tmp_path):
     folder = tmp_path / "in"
     link(folder, {"tai_chi_glass": ACCEPTED["tai_chi_glass"], "bunny": REJECTED["big_buck_bunny"][0]})
     cfg = load_config(None, output=str(tmp_path / "inc"), sources=[{"root": str(folder)}])
-    first = run_build(cfg)
+    first = build(cfg)
     first_tars = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "inc" / "shards").glob("*.tar")}
     link(folder, {"dribbler": ACCEPTED["dribbler"], "helmet": "mmskeleton__resource_media_zZ9Zb41KNR4.mp4"})
     plan = plan_build(cfg)
     assert sorted(c.clip_id for u in plan.units for c in u.clips) == ["dribbler", "helmet"]
-    second = run_build(cfg)
+    second = build(cfg)
     assert second["units"] == first["units"] + 1 and second["clips_in"] == 4
     tars = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "inc" / "shards").glob("*.tar")}
     assert {k: tars[k] for k in first_tars} == first_tars and len(tars) > len(first_tars)  # old ones untouched
     # a run with nothing new processes nothing and changes nothing
     stats_before = (tmp_path / "inc" / "stats.json").read_text()
     assert plan_build(cfg).units == []
-    third = run_build(cfg)
+    third = build(cfg)
     assert third["units"] == second["units"] and (tmp_path / "inc" / "stats.json").read_text() == stats_before
     # the union equals a fresh full build over all clips
     fresh = load_config(None, output=str(tmp_path / "fresh"), sources=[{"root": str(folder)}])
-    run_build(fresh)
+    build(fresh)
     a = pd.read_parquet(tmp_path / "inc" / "samples.parquet")[COLS[:-1]]
     b = pd.read_parquet(tmp_path / "fresh" / "samples.parquet")[COLS[:-1]]
     pd.testing.assert_frame_equal(a, b)
@@ -55,14 +56,14 @@ def test_incremental_build_processes_only_new_clips(tmp_path):
     }
     for uid in pd.read_parquet(tmp_path / "inc" / "samples.parquet").unit_id:
         rec = units[uid]
-        assert rec["fingerprint"] == cfg.fingerprint() and rec["versions"]["code"] and rec["versions"]["pose_model"]
+        assert rec["fingerprint"] == fingerprint(cfg) and rec["versions"]["code"] and rec["versions"]["pose_model"]
 
 
 def test_a_threshold_change_redoes_the_affected_work(tmp_path):
     folder = tmp_path / "in"
     link(folder, {"tai_chi_glass": ACCEPTED["tai_chi_glass"]})
     cfg = load_config(None, output=str(tmp_path / "o"), sources=[{"root": str(folder)}])
-    run_build(cfg)
+    build(cfg)
     stricter = load_config(
         None,
         output=str(tmp_path / "o"),
@@ -70,7 +71,7 @@ def test_a_threshold_change_redoes_the_affected_work(tmp_path):
         motion={"min_pose_change": 5.0, "min_limb_change": 5.0},
     )
     assert [c.clip_id for u in plan_build(stricter).units for c in u.clips] == ["tai_chi_glass"]
-    stats = run_build(stricter)
+    stats = build(stricter)
     assert stats["pairs"] == 0 and stats["rejects_by_reason"] == {"motion/low_motion": 1}
     assert len(list((tmp_path / "o" / "parts").glob("*.json"))) == 1  # the superseded unit is gone
     assert not list((tmp_path / "o" / "shards").glob("*.tar"))
@@ -84,23 +85,23 @@ def test_a_new_source_adds_to_the_build_and_a_removed_clip_leaves_it(tmp_path):
     link(second, {"bunny": REJECTED["big_buck_bunny"][0]})
     out = tmp_path / "o"
     one = load_config(None, output=str(out), sources=[{"root": str(first)}])
-    assert run_build(one)["clips_accepted"] == 1
+    assert build(one)["clips_accepted"] == 1
     tars = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
     both = load_config(None, output=str(out), sources=[{"root": str(first)}, {"root": str(second)}])
-    assert both.fingerprint() == one.fingerprint()
+    assert fingerprint(both) == fingerprint(one)
     assert [c.clip_id for u in plan_build(both).units for c in u.clips] == ["bunny"]
-    stats = run_build(both)
+    stats = build(both)
     assert (
         stats["clips_in"] == 2 and stats["clips_accepted"] == 1 and stats["rejects_by_reason"] == {"pose/no_person": 1}
     )
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == tars
-    noop = run_build(both)  # up to date: nothing rewritten (the report is made by a build, not stored in stats)
+    noop = build(both)  # up to date: nothing rewritten (the report is made by a build, not stored in stats)
     assert plan_build(both).units == [] and noop == {k: v for k, v in stats.items() if k != "report"}
     # the clip is taken down at its source: the rebuilt dataset no longer has it, in manifest or tars
     (first / "tai_chi_glass.mp4").unlink()
     plan = plan_build(both)
     assert plan.units == [] and len(plan.stale_units) == 1
-    stats = run_build(both)
+    stats = build(both)
     assert stats["clips_in"] == 1 and stats["pairs"] == 0 and stats["unaccounted_clips"] == []
     assert pd.read_parquet(out / "samples.parquet").empty and not list((out / "shards").glob("*.tar"))
     assert set(pd.read_parquet(out / "rejects.parquet").clip_id) == {"bunny"}
@@ -113,30 +114,3 @@ def test_a_new_source_adds_to_the_build_and_a_removed_clip_leaves_it(tmp_path):
     plan.listing_digest = listing_digest(plan.listing)
     assert not nothing_to_do(both, plan)
     assert finalize(both, plan)["rejects_by_reason"]["ingest/missing_file"] == 1
-
-
-def test_two_worker_dask_cluster_equals_the_single_process_build(tmp_path):
-    from flows.build import with_dask
-
-    folder = tmp_path / "in"
-    link(
-        folder,
-        {
-            "tai_chi_forest": ACCEPTED["tai_chi_forest"],
-            "dribbler": ACCEPTED["dribbler"],
-            "bunny": REJECTED["big_buck_bunny"][0],
-        },
-    )
-    over = {"shards": {"clips_per_unit": 1}}
-    state = with_dask(workers=2)(
-        output=str(tmp_path / "dask"), input=str(folder), overrides=over, parallel=True, return_state=True
-    )
-    assert state.is_completed()
-    cfg = load_config(None, output=str(tmp_path / "one"), sources=[{"root": str(folder)}], **over)
-    run_build(cfg)
-    a = pd.read_parquet(tmp_path / "dask" / "samples.parquet")[COLS]
-    b = pd.read_parquet(tmp_path / "one" / "samples.parquet")[COLS]
-    pd.testing.assert_frame_equal(a, b)  # same samples, same keys, same shard names
-    keys_a = sorted(p.name for p in (tmp_path / "dask" / "shards").glob("*.tar"))
-    keys_b = sorted(p.name for p in (tmp_path / "one" / "shards").glob("*.tar"))
-    assert keys_a == keys_b

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from conftest import ACCEPTED, REJECTED, SHARED, VIDEOS, video, write_video
 
-from curation.config import EpicSource, KineticsSource, NTUSource, load_config
-from curation.ingest import SourceError
-from curation.runner import run_build
+from curation.build import build
+from curation.config import load_config
+from curation.sources import EpicSource, KineticsSource, NTUSource, SourceError
 from curation.sources.epic import list_epic, narration_instruction, parse_timestamp
 from curation.sources.kinetics import list_kinetics
 from curation.sources.ntu import list_ntu, parse_name, read_annotations, read_skeleton, split_for
@@ -84,7 +84,7 @@ def test_kinetics_build_carries_labels_and_ids(kinetics_root, tmp_path):
         output=str(tmp_path / "out"),
         sources=[{"kind": "kinetics", "root": str(kinetics_root), "annotations": [str(K400_VAL)]}],
     )
-    stats = run_build(cfg)
+    stats = build(cfg)
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert set(s.clip_id) == {"Kop0sDqOn-c_000253_000263"}
     assert (s.label == "tai chi").all() and (s.youtube_id == "Kop0sDqOn-c").all() and (s.split == "val").all()
@@ -179,7 +179,7 @@ def test_ntu_build_stores_the_kinect_reference_pose(ntu_root, tmp_path):
         sources=[{"kind": "ntu", "root": str(ntu_root), "annotations": [str(NTU_CLASSES)], "include_mutual": True}],
         motion={"min_pose_change": 0.15},  # NTU's daily actions are small motions
     )
-    stats = run_build(cfg)
+    stats = build(cfg)
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert set(s.clip_id) == {"S001C001P001R001A001"}
     row = s.iloc[0]
@@ -252,7 +252,7 @@ def test_epic_build_pairs_segment_ends_with_narration_instructions(epic_root, tm
     cfg = load_config(
         None, output=str(tmp_path / "out"), sources=[{"kind": "epic", "root": str(root), "annotations": [str(ann)]}]
     )
-    stats = run_build(cfg)
+    stats = build(cfg)
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet").set_index("clip_id")
     assert set(s.index) == {"P28_101_0", "P28_101_1"}
     first = s.loc["P28_101_0"]
@@ -270,8 +270,8 @@ def test_epic_build_pairs_segment_ends_with_narration_instructions(epic_root, tm
 def test_epic_segments_of_one_video_share_one_reader(epic_root, tmp_path, monkeypatch):
     """Three narrations of P28_101 (one out of the video's range): the file is opened once for all of
     them, and the output is that of each segment decoded alone."""
+    from curation.build import _processor_for
     from curation.pipeline import ClipProcessor
-    from curation.runner import _processor_for
     from curation.stages.decode import VideoSource
 
     root, ann, _ = epic_root
@@ -282,18 +282,18 @@ def test_epic_segments_of_one_video_share_one_reader(epic_root, tmp_path, monkey
         opened.append(self.clip.clip_id)
         return real_open(self)
 
-    def build(out):
+    def build_epic(out):
         _processor_for.cache_clear()
         src = [{"kind": "epic", "root": str(root), "annotations": [str(ann)]}]
-        return run_build(load_config(None, output=str(out), sources=src, decode={"workers": 0}))
+        return build(load_config(None, output=str(out), sources=src, decode={"workers": 0}))
 
     monkeypatch.setattr(VideoSource, "open", counting_open)
-    build(tmp_path / "shared")
+    build_epic(tmp_path / "shared")
     assert opened == ["P28_101_0"]  # P28_101_0, _1 and _3 through one reader
     opened.clear()
     with monkeypatch.context() as m:
         m.setattr(ClipProcessor, "run_all", lambda self, clips, upcoming=None: (self(c) for c in clips))
-        build(tmp_path / "alone")
+        build_epic(tmp_path / "alone")
     assert opened == ["P28_101_0", "P28_101_1", "P28_101_3"]
 
     def read(out):
@@ -329,7 +329,7 @@ def test_mixed_build_keeps_each_sources_ids_and_no_split_leaks(kinetics_root, ep
         )
     )
     cfg = load_config(cfg_file, output=str(tmp_path / "out"))
-    run_build(cfg)
+    build(cfg)
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert set(s.source) == {"folder", "kinetics", "epic"}
     assert s.groupby("video_id").split.nunique().max() == 1  # one source video, one split
@@ -368,7 +368,7 @@ def test_epic_from_released_rgb_frames(tmp_path):
         sources=[{"kind": "epic", "root": str(tmp_path / "root"), "annotations": [str(ann)]}],
         egocentric={"max_camera_motion": 0.6},  # these real frames are a fast head turn (0.41 of the diagonal)
     )
-    stats = run_build(cfg)
+    stats = build(cfg)
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert stats["clips_accepted"] == 1 and len(s) == 1
     assert s.before_time_s[0] == pytest.approx(1.6) and s.after_time_s[0] == pytest.approx(2.1)

@@ -333,7 +333,7 @@ def test_an_error_after_the_record_keeps_the_units_tars(tmp_path, small_input, m
     """An OSError from the folder's fsync after a unit's record is written: the abort path must not
     delete the committed unit's tars (the next generation would link to nothing)."""
     import curation.store.files as files
-    from curation.runner import run_build
+    from curation.build import build
 
     cfg = load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(small_input)}], **_fast())
     real = files.fsync_dir
@@ -345,12 +345,12 @@ def test_an_error_after_the_record_keeps_the_units_tars(tmp_path, small_input, m
 
     monkeypatch.setattr(files, "fsync_dir", failing)
     with pytest.raises(OSError):
-        run_build(cfg)
+        build(cfg)
     monkeypatch.setattr(files, "fsync_dir", real)
     assert committed_tars_present(str(tmp_path / "out")) == []
     recs = Output(tmp_path / "out").records()
     assert recs and all((tmp_path / "out" / "tars" / n).is_file() for r in recs for n in r["files"])
-    run_build(cfg)
+    build(cfg)
     assert Output(tmp_path / "out").verify() == []
 
 
@@ -432,7 +432,7 @@ def test_two_processes_with_their_own_staging_share_one_bucket_output(
 def test_units_from_machines_with_their_own_staging_commit_to_one_output(s3, tmp_path, small_input, reference):
     """Dask workers on other machines: each unit is built in its own staging folder with the lock
     holder's ticket; the holder's finalize and the caption stage read what the store lists."""
-    from curation.runner import finalize, open_output, plan_build, process_unit
+    from curation.build import finalize, open_output, plan_build, process_unit
 
     url = f"{BUCKET}/multi/out"
     cfg = load_config(
@@ -467,8 +467,8 @@ def test_publish_keeps_the_near_duplicates_the_build_dropped(where, request, tmp
     """A build whose second clip is a re-encode of the first drops its pairs as near-duplicates; a
     publish makes its generation the same way: the duplicates stay out, and samples.parquet, stats.json
     and the shards agree."""
-    from curation.recaption import publish
-    from curation.runner import run_build
+    from curation.build import build
+    from curation.captions.recaption import publish
 
     src = tmp_path / "in"
     src.mkdir()
@@ -498,7 +498,7 @@ def test_publish_keeps_the_near_duplicates_the_build_dropped(where, request, tmp
         sources=[{"root": str(src)}],
         decode={"max_frames": 16},
     )
-    built = run_build(cfg)
+    built = build(cfg)
     assert built["near_duplicates"] >= 1
     before = snapshot(out)
     _add_caption_rows(out, before["pairs"], tmp_path)
@@ -522,13 +522,13 @@ def test_publish_keeps_the_near_duplicates_the_build_dropped(where, request, tmp
 
 
 def test_clean_and_gc_keep_the_generations_of_an_output_whose_current_is_a_folder(tmp_path, small_input):
-    from curation.recaption import publish
-    from curation.runner import run_build
+    from curation.build import build
+    from curation.captions.recaption import publish
     from training.data import open_shards
 
     out = tmp_path / "out"
     cfg = load_config(None, output=str(out), sources=[{"root": str(small_input)}], **_fast())
-    run_build(cfg)
+    build(cfg)
     _add_caption_rows(str(out), snapshot(str(out))["pairs"], tmp_path)
     publish(out)  # a second generation
     copy = tmp_path / "copy"
@@ -552,5 +552,5 @@ def test_clean_and_gc_keep_the_generations_of_an_output_whose_current_is_a_folde
 
 
 def test_remote_is_the_stores_concern_only():
-    for name in ("curation/runner.py", "curation/recaption.py"):
+    for name in ("curation/build.py", "curation/captions/recaption.py"):
         assert "mirror" not in (REPO / name).read_text(), name

@@ -13,10 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.captions.select import FilterError as OldFilterError
-from curation.captions.select import select_rows as old_select_rows
+from curation.captions.recaption import RecaptionError, load_samples, select
 from curation.captions.where import FilterError, select_rows
-from curation.recaption import RecaptionError, load_samples, select
 from curation.store import Output
 from schemas.manifest import rejects_table, samples_table
 
@@ -64,8 +62,6 @@ def ids(df: pd.DataFrame) -> list[str]:
 )
 def test_a_legit_filter_selects_the_right_rows(samples, where, expected):
     assert ids(select_rows(samples, where)) == expected
-    assert ids(old_select_rows(samples, where)) == expected  # the old import path still works
-    assert OldFilterError is FilterError
 
 
 @pytest.mark.parametrize(

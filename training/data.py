@@ -24,6 +24,7 @@ import torch
 import webdataset as wds
 from webdataset.gopen import gopen_schemes
 
+from curation.store import StoreError, committed, current_generation
 from curation.store.layout import is_remote
 from schemas.shard import SIZES_FILE, ShardFormatError, ShardSample, decode_sample
 
@@ -40,8 +41,6 @@ _RECORDED: dict[str, tuple[int, int]] = {}
 
 def _committed_urls(text: str) -> list[str] | None:
     """The tars of an output's current generation, or None when `text` is not an output."""
-    from curation.store import StoreError, committed, current_generation
-
     try:
         if current_generation(text) is None:
             return None

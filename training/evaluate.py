@@ -38,10 +38,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curation.captions.llm import CaptionSetupError
+from curation.config import CaptionConfig, PoseConfig
+from curation.stages.pose import PoseDetector
 from schemas.shard import ShardSample, keypoints_array
 
+from .checkpoints import incomplete
+from .data import open_shards, shard_urls
+from .edit import load_editor
 from .flow import FlowScorer
+from .judge import EditJudge, JudgeJob, jpeg, row_columns
 from .metrics import PCK_THRESHOLDS, box_mask, direction, moved_joints, oks, pck, preservation, torso_length, visible
+from .page import ORDER, PageError, write_page
 from .transforms import center_crop_geometry, mask_to_view
 
 HELD_OUT = ("val", "test")
@@ -66,9 +74,6 @@ class Case:
 
 
 def load_checkpoint(checkpoint: Path):
-    from .checkpoints import incomplete
-    from .edit import load_editor
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir() or not (checkpoint.parent / "train_config.json").is_file():
         raise EvalError(f"{checkpoint} is not a training checkpoint (a RUN/checkpoint-N folder of motionpairs train)")
@@ -97,8 +102,6 @@ def crop_case(s: ShardSample, r: int) -> Case:
 
 
 def held_out_cases(shards: list[str], r: int, limit: int | None) -> list[Case]:
-    from .data import open_shards, shard_urls
-
     urls = [u for spec in shards for u in shard_urls(spec)]
     if not urls:
         raise EvalError("no shards given")
@@ -119,9 +122,6 @@ class Scorer:
     """The project's detector on crops, and every metric of one image against a case."""
 
     def __init__(self, device: str = "auto"):
-        from curation.config import PoseConfig
-        from curation.stages.pose import PoseDetector
-
         self.detector = PoseDetector(PoseConfig(device=device)).setup()
 
     def detect(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
@@ -244,8 +244,6 @@ def judge_rows(judge, cases: list[Case], rows: list[dict[str, Any]], images: dic
     """Ask the judge about every row's image against its case's input, and add its columns to the rows.
     The rows go pair by pair: a budget that runs out leaves the last pairs unjudged, not one system of
     every pair."""
-    from .judge import JudgeJob, jpeg, row_columns
-
     before = {c.key: jpeg(c.before) for c in cases}
     jobs = [
         JudgeJob(r["key"], r["system"] + (f":{r['caption_version']}" if r["caption_version"] else ""),
@@ -305,10 +303,6 @@ def make_judge(args: argparse.Namespace, output: Path):
         return None
     from pydantic import ValidationError
 
-    from curation.config import CaptionConfig
-
-    from .judge import EditJudge
-
     fields = ("model", "base_url", "api_key_env", "image_detail", "image_max_side", "max_concurrency",
               "requests_per_minute", "tokens_per_minute", "timeout_s", "max_retries", "max_tokens",
               "max_requests", "max_cost_usd", "usd_per_1m_input_tokens", "usd_per_1m_output_tokens")  # fmt: skip
@@ -325,10 +319,6 @@ def make_judge(args: argparse.Namespace, output: Path):
 
 
 def main(args: argparse.Namespace) -> int:
-    from curation.captions.llm import CaptionSetupError
-
-    from .page import ORDER, PageError, write_page
-
     output = Path(args.output)
     try:
         if (args.html or args.compare) and args.sort_by not in ORDER:
@@ -346,38 +336,3 @@ def main(args: argparse.Namespace) -> int:
     shown = {s: metrics[s] for s in SYSTEMS} | {k: metrics[k] for k in ("judge",) if k in metrics}
     print(json.dumps(shown | ({"page": str(page)} if page else {})))
     return 0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="a RUN/checkpoint-N folder of motionpairs train")
-    p.add_argument("--shards", required=True, action="append", help="output folder(s), globs or tars (repeatable)")
-    p.add_argument(
-        "--output", required=True, help="folder for metrics.json, samples.parquet, images/, grid.png (and index.html)"
-    )
-    p.add_argument("--limit", type=int, help="held-out pairs to score at most")
-    p.add_argument("--steps", type=int, default=10, help="inference steps per edit")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    page = p.add_argument_group("page")
-    page.add_argument("--html", action="store_true", help="write OUTPUT/index.html: input | edit | target | scores")
-    page.add_argument("--compare", metavar="EVAL", help="an earlier evaluate OUTPUT: its edits beside these (--html)")
-    page.add_argument("--sort-by", default="pck@0.1", help="the score the page's rows are sorted by, worst first")
-    j = p.add_argument_group("judge", "a multimodal LLM scores every edit (see training/judge.py)")
-    j.add_argument("--judge", choices=["openai"], help="judge with an OpenAI-compatible server")
-    j.add_argument("--model", help="the judge model's name on the server")
-    j.add_argument("--base-url", help="server URL (default: $OPENAI_BASE_URL, else OpenAI)")
-    j.add_argument("--api-key-env", help="environment variable holding the API key (default OPENAI_API_KEY)")
-    j.add_argument("--judge-prompt-version", default="v1", help="the judge prompt (training/judge.py)")
-    j.add_argument("--judge-cache", help="answer cache folder (default OUTPUT/judge-cache; share it between runs)")
-    j.add_argument("--max-requests", type=int, help="budget: requests this run may pay for")
-    j.add_argument("--max-cost-usd", type=float, help="budget: estimated dollars this run may spend")
-    j.add_argument("--usd-per-1m-input-tokens", type=float, help="price, for the cost estimate")
-    j.add_argument("--usd-per-1m-output-tokens", type=float, help="price, for the cost estimate")
-    j.add_argument("--requests-per-minute", type=float, help="rate limit (default 60)")
-    j.add_argument("--tokens-per-minute", type=float, help="rate limit (default 200000)")
-    j.add_argument("--max-concurrency", type=int, help="requests in flight at most (default 4)")
-    j.add_argument("--timeout-s", type=float, help="per request (default 60)")
-    j.add_argument("--max-retries", type=int, help="client retries on 429/5xx/timeouts (default 4)")
-    j.add_argument("--max-tokens", type=int, help="answer length cap (default 300)")
-    j.add_argument("--image-detail", choices=["low", "high", "auto"], help="image detail sent (default low)")
-    j.add_argument("--image-max-side", type=int, help="images are sent at most this large (default 512)")

@@ -45,6 +45,7 @@ from .checkpoints import (
 )
 from .config import TrainConfig, config_from_args
 from .data import SkipCounter, dataset_size, open_shards, shard_urls
+from .evaluate import HELD_OUT, Scorer, held_out_cases, score_cases
 from .model import EditorParts, add_pose_branch, build_editor, freeze_cross_attention, render_pose
 from .transforms import PairTransform
 
@@ -102,7 +103,6 @@ class EpochStream(torch.utils.data.IterableDataset):
         self.decode_device = decode_device
 
     def __iter__(self):
-        from .evaluate import HELD_OUT
 
         self.epoch += 1
         skip, self.skip = self.skip, 0
@@ -183,8 +183,6 @@ class Trainer:
         self.eval_cases = None  # a fixed held-out subset for --eval-steps (the split the build assigned)
         self.scorer = None
         if cfg.eval_steps:
-            from .evaluate import held_out_cases
-
             self.eval_cases = held_out_cases(self.urls, cfg.resolution, cfg.eval_samples)
         self.skipped = SkipCounter()
         self.step = 0
@@ -413,8 +411,6 @@ class Trainer:
         (with the no-edit floor and oracle ceiling) for metrics.jsonl."""
         out: dict[str, float | None] = {}
         if self.main and self.eval_cases:
-            from .evaluate import Scorer, score_cases
-
             self.scorer = self.scorer or Scorer(str(self.accelerator.device))
             pipe = self.parts.pipeline()
             pipe.unet = self.accelerator.unwrap_model(self.unet)

@@ -33,7 +33,7 @@ from typing import Any
 import openai
 from aiolimiter import AsyncLimiter
 
-from schemas.captions import CAPTIONS_DIR, CaptionAnswer, CaptionStatus
+from schemas.captions import CAPTIONS_DIR, CaptionAnswer, CaptionStatus, MotionChange
 from schemas.records import caption_version
 
 from ..config import CaptionConfig
@@ -150,8 +150,6 @@ class LLMCaptioner:
 
     def _agreement(self, job: CaptionJob, rec: dict[str, Any]) -> dict[str, Any]:
         """Check the answer's structured changes against the pair's keypoints."""
-        from schemas.captions import MotionChange
-
         if rec.get("status") != CaptionStatus.OK:
             return {"pose_agreement": None, "agreement_detail": None}
         try:

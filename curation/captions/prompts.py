@@ -11,12 +11,13 @@ from pathlib import Path
 from schemas.records import FramePair, caption_version
 
 from ..config import CaptionConfig
+from ..errors import RunError
 from .offline import describe
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
 
-class CaptionSetupError(RuntimeError):
+class CaptionSetupError(RunError, RuntimeError):
     """The caption run cannot start (no key, no model, unknown prompt): one line for the user."""
 
 

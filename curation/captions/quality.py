@@ -21,6 +21,7 @@ card show them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections import Counter
@@ -34,6 +35,7 @@ from schemas.records import OFFLINE_VERSION, Pose17
 
 from .agreement import KINDS, check_caption, check_text
 from .offline import ABSTAINED, CAPTIONER
+from .rows import read_caption_rows
 
 MIN_WORDS = 2
 MAX_WORDS = 40
@@ -226,9 +228,6 @@ def generation_caption_quality(root, offline, published, rejects, min_conf: floa
     """The figures of a generation being made (pyarrow tables): `offline` the units' samples as they were
     committed (their captions the offline ones), `published` the same after the published caption choice,
     the LLM caption rows read from the output at `root`. Warnings are logged."""
-    import logging
-
-    from .rows import read_caption_rows
 
     def pick(table, columns):
         return table.select([c for c in columns if c in table.column_names]).to_pandas()

@@ -17,8 +17,10 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from ..errors import RunError
 
-class FilterError(ValueError):
+
+class FilterError(RunError, ValueError):
     """A filter that is not a valid, safe boolean expression: one line naming the column or token."""
 
 

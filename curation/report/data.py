@@ -20,6 +20,7 @@ from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 
 from ..captions.rows import read_caption_rows
 from ..config import MotionConfig, QualityConfig
+from ..errors import RunError
 from ..store import StoreError, committed, is_remote
 
 # the clip-level funnel, in the order decisions are taken (stage, reason)
@@ -37,7 +38,7 @@ FUNNEL = [
 ]
 
 
-class ReportError(ValueError):
+class ReportError(RunError, ValueError):
     """No report can be made (one line for the user)."""
 
 

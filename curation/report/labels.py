@@ -16,10 +16,12 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import RunError
+
 EXPECTED = ("accept", "reject", "ignored", "avoid")
 
 
-class LabelError(ValueError):
+class LabelError(RunError, ValueError):
     """A labels file that cannot be used (one line for the user)."""
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import ast
 import re
 from pathlib import Path
+from typing import Literal
 
-from schemas.records import Clip, RejectReason
+from pydantic import Field
 
-from ..config import EpicSource
-from ..ingest import Listing, check_root, hashed_split, index_videos, ingest_reject, read_csv_lines
+from schemas.records import Clip, PairingMode, RejectReason
+
+from .base import Listing, SourceSettings, check_root, hashed_split, index_videos, ingest_reject, read_csv_lines
 
 TIMESTAMP = re.compile(r"^(\d+):([0-5]\d):(\d+(?:\.\d+)?)$")
 SPLIT_BY_FILE = {"validation": "val", "train": "train", "test": "test"}
@@ -28,6 +30,16 @@ _DETERMINED = {
     "those", "in", "into", "on", "onto", "from", "to", "with", "off", "out", "up", "down", "away", "back",
     "around", "over", "under", "through", "for", "of", "and", "it", "them", "each", "every", "both", "more",
 }  # fmt: skip
+
+
+class EpicSource(SourceSettings):
+    kind: Literal["epic"]
+    annotations: list[str] = Field(..., min_length=1, description="EPIC_100_{train,validation}.csv narration files")
+    mode: PairingMode = "egocentric"
+    licence: str | None = "EPIC-KITCHENS-100: CC BY-NC 4.0"
+
+    def listing(self) -> Listing:
+        return list_epic(self)
 
 
 def parse_timestamp(text: str) -> float:

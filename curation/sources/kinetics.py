@@ -10,16 +10,27 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from schemas.records import Clip, RejectReason
 
-from ..config import VIDEO_EXTENSIONS, KineticsSource
-from ..ingest import Listing, check_root, index_videos, ingest_reject, read_csv_lines
+from .base import VIDEO_EXTENSIONS, Listing, SourceSettings, check_root, index_videos, ingest_reject, read_csv_lines
 
 log = logging.getLogger(__name__)
 
 YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SPLITS = {"val": "val", "validate": "val", "validation": "val", "train": "train", "test": "test"}
+
+
+class KineticsSource(SourceSettings):
+    kind: Literal["kinetics"]
+    annotations: list[str] = Field(..., min_length=1, description="official CSVs (train/val/test)")
+    licence: str | None = "Kinetics: annotations CC BY 4.0 (DeepMind); videos are YouTube content of their owners"
+
+    def listing(self) -> Listing:
+        return list_kinetics(self)
 
 
 def cvdf_name(youtube_id: str, start: int, end: int) -> str:

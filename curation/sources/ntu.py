@@ -12,13 +12,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from schemas.records import KP, Clip, Pose17, RejectReason
 
-from ..config import VIDEO_EXTENSIONS, NTUSource
-from ..ingest import Listing, SourceError, check_root, index_videos, ingest_reject
+from .base import VIDEO_EXTENSIONS, Listing, SourceError, SourceSettings, check_root, index_videos, ingest_reject
 
 NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 MUTUAL_DEFAULT = set(range(50, 61)) | set(range(106, 121))  # from the official README
@@ -28,6 +29,23 @@ XSUB120_TRAIN = XSUB60_TRAIN | {
     45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86, 89,
     91, 92, 93, 94, 95, 97, 98, 100, 103,
 }  # fmt: skip
+
+
+NTUProtocol = Literal["cross_subject", "cross_setup", "cross_view"]
+
+
+class NTUSource(SourceSettings):
+    kind: Literal["ntu"]
+    annotations: list[str] = Field(
+        default_factory=list,
+        description="ntu120_action_classes.tsv (names, mutual flags) and the official missing-skeleton lists",
+    )
+    protocol: NTUProtocol = "cross_subject"
+    include_mutual: bool = Field(False, description="two-person actions (A050-A060, A106-A120) are skipped unless set")
+    licence: str | None = "NTU RGB+D: ROSE Lab release agreement, research and non-commercial use"
+
+    def listing(self) -> Listing:
+        return list_ntu(self)
 
 
 @dataclass(frozen=True)

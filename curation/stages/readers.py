@@ -6,25 +6,13 @@ and batching the frames of a clip is stages/decode.py's."""
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..config import DecodeConfig
-
-FRAME_NAME = re.compile(r"^frame_(\d+)\.(jpe?g|png)$", re.IGNORECASE)
-
-
-def frame_files(folder: Path) -> list[Path]:
-    """The frames of a folder of extracted frames (frame_0000000001.jpg, ...: EPIC-KITCHENS' rgb_frames
-    layout), in frame-number order; [] for any other folder."""
-    try:
-        names = [p for p in folder.iterdir() if FRAME_NAME.match(p.name)]
-    except OSError:
-        return []
-    return sorted(names, key=lambda p: int(FRAME_NAME.match(p.name).group(1)))
+from ..sources.base import FRAME_NAME, frame_files  # a frame folder is a source layout: its names live there
 
 
 class _Frames:

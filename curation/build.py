@@ -1,6 +1,8 @@
-"""The build: plan (what is new), process work units (clips -> tars + parts), finalize (a generation).
+"""The build, one driver loop: plan (once; curation.plan), execute work units (clips -> tars + parts),
+finalize (a generation; curation.generation).
 
-Plain Python: the CLI runs it directly and the Prefect flow wraps the same three functions. Everything
+Plain Python and engine-agnostic: `build(cfg, executor)` is the loop; the CLI runs it in-process
+(`InProcess`), the Prefect flow passes its tasks, and on Dask its task runner. Everything
 it writes goes through the output's store (curation.store): one writer at a time (the lock), units
 committed durably (tars, parts, then the record), the manifests switched as one generation; local
 folder or object store alike (`Output.open`: the store alone knows which).
@@ -12,7 +14,6 @@ redoes the rest; a unit whose clips failed for a transient reason (internal or I
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import threading
@@ -20,24 +21,25 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from schemas.manifest import STATS_FILE, reject_row, rejects_table, sample_row, samples_table, with_clip_metadata
 from schemas.records import TRANSIENT_REASONS, Clip, Level
 
+from .captions.llm import LLMCaptioner
+from .captions.published import published_choice
+from .captions.stage import CaptionStage, lacking_captions
 from .config import BuildConfig
-from .generation import Basis, make_generation, units_digest
-from .ingest import ContentIds, Listing, list_sources
+from .errors import RunError
+from .generation import Basis, make_generation, read_parts, units_digest
 from .pipeline import ClipProcessor, ClipResult
+from .plan import BuildPlan, WorkUnit, clip_keys, fingerprint, plan_build
 from .store import Output
 
 log = logging.getLogger(__name__)
-
-CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in the (staging) output
 
 # Set by the CLI's SIGTERM/SIGINT handler: the build stops at the next unit boundary.
 STOP = threading.Event()
@@ -47,29 +49,8 @@ class BuildStopped(RuntimeError):
     """The build was asked to stop (SIGTERM/SIGINT); committed units stand, the rest is redone next run."""
 
 
-class SetupError(RuntimeError):
+class SetupError(RunError, RuntimeError):
     """The run cannot start (the model does not load on the device, ...): nothing is recorded."""
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    unit_id: str
-    clips: tuple[Clip, ...]
-
-
-@dataclass
-class BuildPlan:
-    listing: Listing
-    units: list[WorkUnit]  # pending work
-    done: set[str]  # clip_ids already committed with these settings
-    fingerprint: str  # the settings fingerprint
-    stale_units: list[str] = field(default_factory=list)  # other settings, or a clip no longer listed
-    kept_units: list[str] = field(default_factory=list)  # committed units that stand
-    listing_digest: str = ""
-
-    @property
-    def pending_clips(self) -> int:
-        return sum(len(u.clips) for u in self.units)
 
 
 def open_output(cfg: BuildConfig, ticket: dict | None = None) -> Output:
@@ -84,60 +65,6 @@ def writer_lock(cfg: BuildConfig, command: str = "build", wait: float | None = N
     out = open_output(cfg)
     with out.lock(command, wait):
         yield out
-
-
-def plan_build(cfg: BuildConfig) -> BuildPlan:
-    out = open_output(cfg)
-    out.pull()  # a remote output: what other machines committed
-    identity = ContentIds(out.root / CONTENT_IDS if out.root.is_dir() else None)
-    listing = list_sources(cfg.sources, identity)
-    fp = cfg.fingerprint()
-    keys = cfg.clip_keys(listing.clips, identity)
-    identity.save()
-    done: set[str] = set()
-    stale: list[str] = []
-    kept: list[str] = []
-    for rec in out.records():
-        rec_keys = rec.get("clip_keys")  # records of older versions have none (or no tar checksums): redone
-        standing = (
-            rec.get("fingerprint") == fp
-            and rec_keys
-            and "files" in rec
-            and not rec.get("retry")
-            and all(keys.get(c) == k for c, k in rec_keys.items())
-        )
-        if standing:
-            done.update(rec_keys)
-            kept.append(rec["unit_id"])
-        else:
-            stale.append(rec["unit_id"])
-    pending = [c for c in listing.clips if c.clip_id not in done]
-    n = cfg.shards.clips_per_unit
-    units = []
-    for i in range(0, len(pending), n):
-        chunk = tuple(pending[i : i + n])
-        digest = hashlib.sha1("\n".join(f"{c.clip_id} {keys[c.clip_id]}" for c in chunk).encode()).hexdigest()[:12]
-        units.append(WorkUnit(unit_id=f"u{digest}", clips=chunk))
-    return BuildPlan(
-        listing=listing,
-        units=units,
-        done=done,
-        fingerprint=fp,
-        stale_units=stale,
-        kept_units=kept,
-        listing_digest=listing_digest(listing),
-    )
-
-
-def listing_digest(listing: Listing) -> str:
-    """What the sources list (clips and ingest-level rejects): a manifest made from another listing is
-    out of date even when no unit changed. Where the files are mounted does not count."""
-    h = hashlib.sha1()
-    for c in sorted(listing.clips, key=lambda c: c.clip_id):
-        h.update(c.model_dump_json(exclude={"uri"}).encode())
-    for r in sorted(listing.rejects, key=lambda r: r.clip_id):
-        h.update(r.model_dump_json(exclude={"uri"}).encode())
-    return h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=4)
@@ -199,9 +126,9 @@ def process_unit(
         files = shards.close()
         record = {
             "unit_id": unit.unit_id,
-            "fingerprint": cfg.fingerprint(),
+            "fingerprint": fingerprint(cfg),
             "versions": processor.versions,
-            "clip_keys": cfg.clip_keys(unit.clips),
+            "clip_keys": clip_keys(cfg, unit.clips),
             "retry": retry,  # clips that failed for a transient reason: the unit is redone next run
             "files": files,  # tar name -> samples, bytes, sha256
             "shards": {n: f["samples"] for n, f in files.items()},
@@ -237,8 +164,6 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     out.pull()  # units may have been committed by other machines (Dask workers)
     records = standing_records(out, plan)
     unit_ids = [r["unit_id"] for r in records]
-    from .generation import read_parts
-
     rejects = read_parts(out, unit_ids, "rejects", rejects_table([]).schema)
     listing_rejects = rejects_table([reject_row(r) for r in plan.listing.rejects])
     rejects = pa.concat_tables([rejects, listing_rejects])
@@ -263,19 +188,58 @@ def finalize(cfg: BuildConfig, plan: BuildPlan, run_seconds: float | None = None
     )
 
 
-def run_build(
+class InProcess:
+    """Units one after another in this process, the next unit's clips decoded while this one is
+    detected (the executor `build` uses unless given another: the Prefect flow passes its tasks)."""
+
+    def __init__(self, on_clip: Callable[[ClipResult], None] | None = None):
+        self.on_clip = on_clip
+
+    def plan(self, cfg: BuildConfig) -> BuildPlan:
+        return plan_build(cfg)
+
+    def run_units(self, cfg: BuildConfig, plan: BuildPlan, ticket: dict | None) -> Iterator[dict[str, Any]]:
+        for k, unit in enumerate(plan.units):
+            check_stop()
+            upcoming = list(plan.units[k + 1].clips) if k + 1 < len(plan.units) else None
+            yield process_unit(cfg, unit, on_clip=self.on_clip, upcoming=upcoming)
+
+    def finalize(self, cfg: BuildConfig, plan: BuildPlan, run_seconds: float) -> dict[str, Any]:
+        return finalize(cfg, plan, run_seconds)
+
+
+class Executor(Protocol):
+    """Where the three steps run: plan once, each pending unit (its committed record back, in any
+    order), finalize once. In-process (`InProcess`), Prefect tasks or Dask (flows.build)."""
+
+    def plan(self, cfg: BuildConfig) -> BuildPlan: ...
+
+    def run_units(self, cfg: BuildConfig, plan: BuildPlan, ticket: dict | None) -> Iterator[dict[str, Any]]: ...
+
+    def finalize(self, cfg: BuildConfig, plan: BuildPlan, run_seconds: float) -> dict[str, Any]: ...
+
+
+def build(
     cfg: BuildConfig,
-    on_clip: Callable[[ClipResult], None] | None = None,
+    executor: Executor | None = None,
+    *,
     api_key: str | None = None,
     wait: float | None = None,
+    command: str = "build",
+    on_plan: Callable[[BuildPlan], None] | None = None,
 ) -> dict[str, Any]:
-    """The whole build in this process: the same steps the Prefect flow runs as tasks."""
+    """The build, the one driver loop: hold the output, plan once, run the pending units through the
+    executor (LLM captions, when asked for, beside them), finalize a generation. Returns stats.json's
+    content. A problem of the run (the pose model or the caption server cannot be set up, the output
+    is held by another writer) raises before any clip is marked."""
+    executor = executor or InProcess()
     t0 = time.perf_counter()
-    with writer_lock(cfg, "build", wait) as out:  # already held when the CLI took it: nested
-        plan = plan_build(cfg)
+    with writer_lock(cfg, command, wait) as out:  # already held when the CLI took it: nested
+        plan = executor.plan(cfg)
         log.info(
-            "%d clips listed, %d already done, %d to process in %d units",
+            "%d clips listed (%d ignored files), %d already done, %d to process in %d units",
             len(plan.listing.clips),
+            len(plan.listing.ignored),
             len(plan.done),
             plan.pending_clips,
             len(plan.units),
@@ -284,23 +248,37 @@ def run_build(
             log.info("nothing new: %s is up to date", cfg.output)
             out.repair()  # copies an interrupted upload left out of step
             return current_stats(cfg)
+        if cfg.caption.captioner == "openai":
+            LLMCaptioner(cfg.caption, out.root, api_key=api_key).setup()  # no key or model: say so before any work
         if plan.units:
             get_processor(cfg)  # a model that cannot load stops the run before any clip is marked
+        if on_plan is not None:
+            on_plan(plan)  # the work about to run (after every check that can stop the run)
         stage = start_caption_stage(cfg, out, plan, api_key)
         try:
-            for k, unit in enumerate(plan.units):
-                check_stop()
-                upcoming = list(plan.units[k + 1].clips) if k + 1 < len(plan.units) else None
-                record = process_unit(cfg, unit, on_clip=on_clip, upcoming=upcoming)
+            for record in executor.run_units(cfg, plan, out.ticket()):
                 if stage is not None:
                     stage.submit(record)
             if stage is not None:
-                stage.finish()
+                log.info("captions: %s", stage.finish())
         except BaseException:
             if stage is not None:
                 stage.abort()
             raise
-        return finalize(cfg, plan, time.perf_counter() - t0)
+        return executor.finalize(cfg, plan, time.perf_counter() - t0)
+
+
+class Watcher(Protocol):
+    """What follows a build (a progress bar): the plan once made, then each clip done."""
+
+    def plan(self, plan: BuildPlan) -> None: ...
+
+    def clip(self, result: ClipResult) -> None: ...
+
+
+def build_with_progress(cfg: BuildConfig, watcher: Watcher, wait: float | None = None) -> dict[str, Any]:
+    """`build` in this process, told to `watcher` (the CLI's `--engine local`)."""
+    return build(cfg, InProcess(watcher.clip), wait=wait, command="motionpairs build", on_plan=watcher.plan)
 
 
 def start_caption_stage(cfg: BuildConfig, out: Output, plan: BuildPlan, api_key: str | None = None):
@@ -308,8 +286,6 @@ def start_caption_stage(cfg: BuildConfig, out: Output, plan: BuildPlan, api_key:
     that still lack captions of the requested version."""
     if cfg.caption.captioner != "openai":
         return None
-    from .captions.stage import CaptionStage
-
     stage = CaptionStage(cfg, out, api_key=api_key).start()
     for rec in out.records():
         if rec["unit_id"] in plan.kept_units:
@@ -332,11 +308,7 @@ def nothing_to_do(cfg: BuildConfig, plan: BuildPlan) -> bool:
     meta = out.meta()
     if not meta:
         return False
-    from .recaption import published_choice
-
     out.pull()
-    from .captions.stage import lacking_captions
-
     records = standing_records(out, plan)
     return (
         meta.get("listing_digest") == plan.listing_digest
@@ -358,7 +330,10 @@ __all__ = [
     "plan_build",
     "process_unit",
     "finalize",
-    "run_build",
+    "build",
+    "build_with_progress",
+    "Executor",
+    "InProcess",
     "get_processor",
     "open_output",
     "writer_lock",

@@ -1,0 +1,164 @@
+"""Planning a build: what the sources list, what is already committed with the same settings, and the
+work units still to do.
+
+A clip's key is everything that decides its result (the settings fingerprint, the code's and the pose
+model's versions, the clip as listed and its content identity); a committed unit stands when every
+clip in it still has the key it was committed with. Planning reads the store's records and the
+sources only; it decodes nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.records import Clip
+
+from .config import BuildConfig
+from .sources import ContentIds, Listing, list_sources
+from .stages.pose import default_weights, engine_version, resolve_device, resolve_engine, resolve_path, weights_version
+from .store import Output, write_json
+
+CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in the (staging) output
+
+# Bump when a code change alters what the build decides or writes for the same input and settings:
+# every unit is redone on the next run (a code change that does not alter results leaves data be).
+# 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions,
+# abstentions (issue 25); 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
+RESULTS_VERSION = 8
+
+
+@functools.lru_cache(maxsize=8)
+def _weights_version(weights: str | None) -> str:
+    try:
+        return weights_version(Path(weights).expanduser().resolve() if weights else default_weights())
+    except OSError:
+        return "unavailable"
+
+
+def result_versions(
+    weights: str | None = None, engine: str = "auto", device: str = "auto", path: str = "auto"
+) -> dict[str, str]:
+    """What produced the results besides the settings: pose model (name and content hash), engine (the
+    one `auto` resolves to here, with its version), code results version. Recorded on every unit and
+    in stats.json; part of the fingerprint, so a build that changes engine redoes its clips."""
+    device = resolve_device(device)
+    on_device = resolve_path(path, device) == "device"  # its letterbox differs a little: other results
+    return {
+        "pose_model": _weights_version(weights),
+        "pose_engine": engine_version(resolve_engine(engine, device)) + ("+device-path" if on_device else ""),
+        "results": str(RESULTS_VERSION),
+    }
+
+
+def fingerprint(cfg: BuildConfig) -> str:
+    """Hash of what changes what any clip produces: the result settings and the versions of the pose
+    model, its engine and the code's results (RESULTS_VERSION). Not where it is written, not the
+    device, not tuning (decode.batch_frames, shards.*), not the sources (see clip_keys)."""
+    relevant = cfg.model_dump(mode="json", exclude={"output", "staging_dir", "sources"})
+    for tuning in ("device", "batch_size", "path"):  # path and device are in versions, resolved
+        relevant["pose"].pop(tuning, None)
+    for tuning in ("batch_frames", "workers", "prefetch_clips"):
+        relevant["decode"].pop(tuning, None)
+    relevant["shards"] = {"jpeg_quality": cfg.shards.jpeg_quality}
+    relevant["caption"] = cfg.caption.result_settings()
+    relevant["versions"] = result_versions(cfg.pose.weights, cfg.pose.engine, cfg.pose.device, cfg.pose.path)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def clip_keys(
+    cfg: BuildConfig, clips: Iterable[Clip], identity: Callable[[str], str | None] | None = None
+) -> dict[str, str]:
+    """clip_id -> a hash of everything that decides the clip's result: the settings fingerprint, the
+    clip as its source listed it (segment, label, split, ids; not where the file is mounted) and the
+    video's content identity, and its pairing mode. A committed clip whose key is unchanged is not
+    redone: moving the input root changes nothing, a video replaced under the same name is redone."""
+    identity = identity or ContentIds()
+    fp = fingerprint(cfg)
+    modes: dict[str, str] = {}
+    keys = {}
+    for c in clips:
+        mode = modes.setdefault(c.source, cfg.mode_for(c.source))
+        listed = c.model_dump_json(exclude={"uri"})
+        ident = identity(c.uri) or "missing"
+        keys[c.clip_id] = hashlib.sha1(f"{fp}\n{mode}\n{listed}\n{ident}".encode()).hexdigest()[:16]
+    return keys
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    unit_id: str
+    clips: tuple[Clip, ...]
+
+
+@dataclass
+class BuildPlan:
+    listing: Listing
+    units: list[WorkUnit]  # pending work
+    done: set[str]  # clip_ids already committed with these settings
+    fingerprint: str  # the settings fingerprint
+    stale_units: list[str] = field(default_factory=list)  # other settings, or a clip no longer listed
+    kept_units: list[str] = field(default_factory=list)  # committed units that stand
+    listing_digest: str = ""
+
+    @property
+    def pending_clips(self) -> int:
+        return sum(len(u.clips) for u in self.units)
+
+
+def plan_build(cfg: BuildConfig, out: Output | None = None) -> BuildPlan:
+    out = out or Output.open(cfg.output, cfg.staging_dir)
+    out.pull()  # a remote output: what other machines committed
+    identity = ContentIds(out.root / CONTENT_IDS if out.root.is_dir() else None)
+    listing = list_sources(cfg.sources, identity)
+    fp = fingerprint(cfg)
+    keys = clip_keys(cfg, listing.clips, identity)
+    identity.save(write_json)
+    done: set[str] = set()
+    stale: list[str] = []
+    kept: list[str] = []
+    for rec in out.records():
+        rec_keys = rec.get("clip_keys")  # records of older versions have none (or no tar checksums): redone
+        standing = (
+            rec.get("fingerprint") == fp
+            and rec_keys
+            and "files" in rec
+            and not rec.get("retry")
+            and all(keys.get(c) == k for c, k in rec_keys.items())
+        )
+        if standing:
+            done.update(rec_keys)
+            kept.append(rec["unit_id"])
+        else:
+            stale.append(rec["unit_id"])
+    pending = [c for c in listing.clips if c.clip_id not in done]
+    n = cfg.shards.clips_per_unit
+    units = []
+    for i in range(0, len(pending), n):
+        chunk = tuple(pending[i : i + n])
+        digest = hashlib.sha1("\n".join(f"{c.clip_id} {keys[c.clip_id]}" for c in chunk).encode()).hexdigest()[:12]
+        units.append(WorkUnit(unit_id=f"u{digest}", clips=chunk))
+    return BuildPlan(
+        listing=listing,
+        units=units,
+        done=done,
+        fingerprint=fp,
+        stale_units=stale,
+        kept_units=kept,
+        listing_digest=listing_digest(listing),
+    )
+
+
+def listing_digest(listing: Listing) -> str:
+    """What the sources list (clips and ingest-level rejects): a manifest made from another listing is
+    out of date even when no unit changed. Where the files are mounted does not count."""
+    h = hashlib.sha1()
+    for c in sorted(listing.clips, key=lambda c: c.clip_id):
+        h.update(c.model_dump_json(exclude={"uri"}).encode())
+    for r in sorted(listing.rejects, key=lambda r: r.clip_id):
+        h.update(r.model_dump_json(exclude={"uri"}).encode())
+    return h.hexdigest()[:16]
