@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .records import SCHEMA_VERSION, Caption, FramePair
@@ -27,6 +28,23 @@ SIZES_FILE = "sizes.json"  # {shard name: sample count}, beside the shards (open
 
 class ShardFormatError(ValueError):
     """A sample that does not follow this format."""
+
+
+def encode_jpeg(image_rgb: np.ndarray, quality: int = 90) -> bytes:
+    """H x W x 3 uint8 RGB -> JPEG bytes: the one JPEG encoder (shard frames, report pictures, the
+    images sent to a captioning or judging model)."""
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image_rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> H x W x 3 uint8 RGB (ValueError when they are not an image)."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("not a JPEG image")
+    return img[..., ::-1]
 
 
 def encode_sample(pair: FramePair, before_jpg: bytes, after_jpg: bytes) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import openai
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -42,6 +41,7 @@ from curation.captions.llm import (
     worst_case_cost,
 )
 from curation.config import CaptionConfig
+from schemas.shard import encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,8 @@ class JudgeJob:
 
 
 def jpeg(img: np.ndarray, quality: int = 95) -> bytes:
-    """H x W x 3 uint8 RGB -> JPEG bytes."""
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(img[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("image does not encode")
-    return buf.tobytes()
+    """H x W x 3 uint8 RGB -> JPEG bytes at the judge's quality."""
+    return encode_jpeg(img, quality)
 
 
 def judge_prompt(version: str) -> Prompt:

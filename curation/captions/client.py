@@ -15,6 +15,7 @@ import openai
 from pydantic import ValidationError
 
 from schemas.captions import CaptionAnswer, CaptionStatus, answer_json_schema
+from schemas.shard import decode_jpeg, encode_jpeg
 
 from ..config import CaptionConfig
 from .prompts import CaptionJob, Prompt, grounding
@@ -37,15 +38,12 @@ def client_args(cfg: CaptionConfig, api_key: str) -> dict[str, Any]:
 
 
 def image_url(jpg: bytes, max_side: int) -> str:
-    img = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("image does not decode")
+    img = decode_jpeg(jpg)
     h, w = img.shape[:2]
     if max(h, w) > max_side:
         s = max_side / max(h, w)
         img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        jpg = buf.tobytes()
+        jpg = encode_jpeg(np.ascontiguousarray(img), 90)
     return "data:image/jpeg;base64," + base64.b64encode(jpg).decode()
 
 

@@ -83,17 +83,3 @@ def side_by_side(
         tiles.append(draw_pose(small, pose, min_conf, s))
     gap = np.full((height, 4, 3), 255, np.uint8)
     return np.concatenate([tiles[0], gap, tiles[1]], axis=1)
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("not a JPEG image")
-    return img[..., ::-1]
-
-
-def encode_jpeg(image_rgb: np.ndarray, quality: int = 85) -> bytes:
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image_rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 
 from schemas.records import Pose17
+from schemas.shard import decode_jpeg, encode_jpeg
 
 from ..config import DecodeConfig
 from ..stages.readers import open_fitted
 from .data import Build, tar_samples
-from .draw import decode_jpeg, encode_jpeg, side_by_side
+from .draw import side_by_side
 
 log = logging.getLogger(__name__)
 
