@@ -24,7 +24,14 @@ import pyarrow.parquet as pq
 from schemas.manifest import rejects_table, samples_table
 from schemas.records import Level, RejectReason, Stage
 
+from .captions.published import apply_published, published_choice
+from .captions.quality import generation_caption_quality
+from .plan import result_versions
+from .report.card import card
+from .report.page import write_report
+from .report.yields import yield_by_class
 from .store import Output, StoreError
+from .store.dedupe import drop_near_duplicates
 from .store.layout import CARD_FILE
 
 log = logging.getLogger(__name__)
@@ -59,7 +66,7 @@ def units_digest(records: list[dict]) -> dict[str, str]:
 
 
 def read_parts(out: Output, unit_ids: list[str], kind: str, schema: pa.Schema) -> pa.Table:
-    tables = [pq.read_table(out.part(u, kind), schema=schema) for u in unit_ids]
+    tables = [pq.read_table(p, schema=schema) for p in out.local_parts(unit_ids, kind)]
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
@@ -80,10 +87,6 @@ def make_generation(
     keep: int | None = None,
     run_seconds: float | None = None,
 ) -> dict[str, Any]:
-    from .captions.published import apply_published, published_choice
-    from .captions.quality import generation_caption_quality
-    from .store.dedupe import drop_near_duplicates
-
     records = basis.records
     unit_ids = [r["unit_id"] for r in records]
     samples = read_parts(out, unit_ids, "samples", samples_table([]).schema).sort_by(SAMPLE_ORDER)
@@ -122,11 +125,12 @@ def make_generation(
         "published": published_choice(out),  # compared by the next run's no-op check
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
-    gen = out.write_generation(samples, rejects, stats, files, meta)
+    gen = out.write_generation(samples, rejects, stats, files, meta, records)
     write_card(out, stats, samples, rejects, files)
     out.uncommit([u for u in stale or [] if u not in set(unit_ids)])  # after the switch
     if keep is not None:
         out.gc(keep=keep)
+    del samples, offline, rejects  # the report reads the generation back: not both in memory at its peak
     stats["report"] = _report(out.url)
     if stats["unaccounted_clips"] or stats["double_counted_clips"]:
         log.error(
@@ -140,8 +144,6 @@ def make_generation(
 def _report(url: str) -> dict[str, Any]:
     """The QA report of the generation just made (OUT/report/index.html). The data is committed by
     now: a report that cannot be written is a warning, and `motionpairs report OUT` makes it again."""
-    from .report.page import write_report
-
     try:
         return write_report(url)
     except Exception as e:
@@ -151,16 +153,21 @@ def _report(url: str) -> dict[str, Any]:
 
 def write_card(out: Output, stats: dict, samples: pa.Table, rejects: pa.Table, files: dict) -> None:
     """OUT/README.md, the Hugging Face dataset card, for the generation just made."""
-    from .report.card import card
-
-    text = card(stats, samples.to_pandas(), rejects.to_pandas(), sorted(files))
+    text = card(stats, _columns(samples, CARD_SAMPLE_COLUMNS), _columns(rejects, CARD_REJECT_COLUMNS), sorted(files))
     out.write_file(CARD_FILE, text.encode())
+
+
+CARD_SAMPLE_COLUMNS = ["schema_version", "source", "licence", "split", "clip_id", "pair_id", "extra"]
+CARD_REJECT_COLUMNS = ["stage", "reason", "level"]
+
+
+def _columns(table: pa.Table, names: list[str]):
+    """The columns the card reads, as a DataFrame (not the whole manifest: keypoints are most of it)."""
+    return table.select([n for n in names if n in table.column_names]).to_pandas()
 
 
 def _yield(basis: Basis, samples: pa.Table, rejects: pa.Table) -> dict[str, Any]:
     """Clips in, pairs out and top reject reasons per source and per action label."""
-    from .report.yields import yield_by_class
-
     cols = ["source", "clip_id", "label", "extra", "stage", "reason", "level"]
     return yield_by_class(
         basis.clips,
@@ -192,8 +199,6 @@ def generation_stats(basis: Basis, samples: pa.Table, rejects: pa.Table, files: 
     for r in records:
         seconds.update(r.get("seconds", {}))
         funnel.update(r.get("funnel", {}))
-    from .plan import result_versions
-
     versions = records[-1]["versions"] if records else {}
     return {
         "fingerprint": basis.fingerprint,
