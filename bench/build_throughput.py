@@ -14,6 +14,11 @@ peak_gpu_mb and gpu_util_pct (sampled while the build runs). --rss-check adds rs
 rss_growth: the peak RSS of a build of one 10 s clip and of one 10 min clip (a real clip of the input looped
 back and forth, at most 640 px; each build in a fresh process), which the frame cap per clip and the
 bounded decode window keep flat.
+--coarse-compare instead builds the input with the coarse pass off (decode.coarse_frames 0) and on (the
+default), alternately --repeat times each in this one process (model loaded first), and prints for each
+video_hours_per_core_hour (video seconds in MANIFEST.csv, else the header's / (wall x cores)),
+video_hours_per_cpu_hour (CPU time of this process and its decode workers), frames_decoded and the
+decisions (reason per clip, pair ids), and whether the two agree.
 Default input: ../shared/data/videos (the real test clips).
 """
 
@@ -173,6 +178,110 @@ class GpuSampler(threading.Thread):
             self.samples.append(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
 
 
+def video_seconds(folder: str, clips) -> float:
+    """The input's duration: MANIFEST.csv's duration_s where it has one, else each file's frames / fps."""
+    import csv
+
+    known: dict[str, float] = {}
+    manifest = Path(folder) / "MANIFEST.csv"
+    if manifest.is_file():
+        with open(manifest, newline="") as f:
+            known = {r["file"]: float(r["duration_s"] or 0) for r in csv.DictReader(f)}
+    total = 0.0
+    for uri in {c.uri for c in clips}:
+        name = Path(uri).name
+        if name in known:
+            total += known[name]
+            continue
+        import cv2
+
+        cap = cv2.VideoCapture(uri)
+        fps = cap.get(cv2.CAP_PROP_FPS) or 0
+        total += cap.get(cv2.CAP_PROP_FRAME_COUNT) / fps if fps > 0 else 0.0
+        cap.release()
+    return total
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its children, live (decode workers) and reaped."""
+    import psutil
+
+    me = psutil.Process()
+    t = me.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for p in me.children(recursive=True):
+        try:
+            c = p.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def coarse_compare(args) -> dict:
+    """The same input built with the coarse pass off and on, alternately, in one process."""
+    import pandas as pd
+
+    from curation.config import DecodeConfig
+
+    on = DecodeConfig().coarse_frames or 8
+    runs: dict[int, list[dict]] = {0: [], on: []}
+    decisions: dict[int, tuple] = {}
+    cores = os.cpu_count() or 1
+    video_s = None
+    for _ in range(args.repeat):
+        for k in (0, on):
+            with tempfile.TemporaryDirectory() as out:
+                cfg = load_config(
+                    None,
+                    output=out,
+                    sources=[{"root": args.input}],
+                    pose={"device": args.device},
+                    decode={"batch_frames": args.batch_frames, "coarse_frames": k},
+                )
+                if video_s is None:
+                    video_s = video_seconds(args.input, [c for src in cfg.sources for c in src.listing().clips])
+                get_processor(cfg)  # loaded before the clock starts
+                c0, t0 = cpu_seconds(), time.perf_counter()
+                stats = build(cfg)
+                wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+                rejects = pd.read_parquet(Path(out) / "rejects.parquet")
+                samples = pd.read_parquet(Path(out) / "samples.parquet")
+                decisions[k] = (
+                    dict(zip(rejects.clip_id, rejects.reason, strict=True)),
+                    sorted(samples.pair_id),
+                )
+                runs[k].append(
+                    {
+                        "wall_s": round(wall, 1),
+                        "cpu_s": round(cpu, 1),
+                        "frames_decoded": stats["frames_decoded"],
+                        "video_hours_per_core_hour": round(video_s / (wall * cores), 3),
+                        "video_hours_per_cpu_hour": round(video_s / cpu, 3),
+                    }
+                )
+    best = {k: max(r["video_hours_per_core_hour"] for r in v) for k, v in runs.items()}
+    best_cpu = {k: max(r["video_hours_per_cpu_hour"] for r in v) for k, v in runs.items()}
+    changed = {
+        c: (decisions[0][0].get(c), decisions[on][0].get(c))
+        for c in set(decisions[0][0]) | set(decisions[on][0])
+        if decisions[0][0].get(c) != decisions[on][0].get(c)
+    }
+    return {
+        "input": args.input,
+        "cores": cores,
+        "video_seconds": round(video_s, 1),
+        "coarse_frames": on,
+        "off": runs[0],
+        "on": runs[on],
+        "speedup_core_hour": round(best[on] / best[0], 2),
+        "speedup_cpu_hour": round(best_cpu[on] / best_cpu[0], 2),
+        "pairs_equal": decisions[0][1] == decisions[on][1],
+        "pairs": len(decisions[on][1]),
+        "changed_rejects": changed,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--input", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"))
@@ -181,9 +290,14 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print only the JSON object")
     ap.add_argument("--rss-check", action="store_true", help="also compare peak RSS on a 10 s and a 10 min clip")
     ap.add_argument("--rss-probe", help=argparse.SUPPRESS)
+    ap.add_argument("--coarse-compare", action="store_true", help="only: builds with the coarse pass off and on")
+    ap.add_argument("--repeat", type=int, default=2, help="builds of each kind for --coarse-compare")
     args = ap.parse_args()
     if args.rss_probe:
         return rss_probe(args.rss_probe)
+    if args.coarse_compare:
+        print(json.dumps(coarse_compare(args), indent=None if args.json else 2))
+        return None
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(
             None,

@@ -30,23 +30,17 @@ class DecodeConfig(_Section):
     max_frames: int = Field(48, ge=2, description="cap on sampled frames per clip (spread evenly)")
     max_side: int = Field(640, ge=64, description="frames are decoded at most this large (longest side)")
     batch_frames: int = Field(16, ge=1, description="frames decoded and detected per batch")
-    max_failed_fraction: float = Field(
-        0.0, ge=0, le=1, description="share of sampled frames that may fail to decode before the clip is rejected"
-    )
+    max_failed_fraction: float = Field(0.0, ge=0, le=1, description="share of sampled frames that may fail to decode")
     workers: int | None = Field(
-        None,
-        ge=0,
-        description="decode processes ahead of the pose model (0: in this process; "
-        "default: cores / 2, at most 8; 1 in a Dask worker)",
+        None, ge=0, description="decode processes (0: none, decode here; default cores / 2, at most 8; 1 in Dask)"
     )
     prefetch_clips: int = Field(
-        8,
-        ge=1,
-        description="clips decoded ahead at most: frames in flight <= (prefetch_clips + 1) x max_frames + a pose batch",
+        8, ge=1, description="clips decoded ahead at most (frames in flight <= (this + 1) x max_frames + a batch)"
     )
-    frames_fps: float = Field(
-        50.0, gt=0, description="frame folders (frame_%010d.jpg): frame N is at N / frames_fps seconds (EPIC: 50 or 60)"
+    coarse_frames: int = Field(
+        0, ge=0, description="frames (evenly spread) detected first: clips they reject skip the rest (8); 0: off"
     )
+    frames_fps: float = Field(50.0, gt=0, description="frame folders: frame N is at N / frames_fps s (EPIC: 50, 60)")
 
 
 class PoseConfig(_Section):
@@ -59,17 +53,16 @@ class PoseConfig(_Section):
     half: bool = Field(False, description="fp16 inference on GPU")
     engine: Literal["auto", "torch", "openvino", "onnx", "tensorrt"] = Field(
         "auto",
-        description="inference engine: auto picks OpenVINO on CPU when installed, torch on CUDA; others are "
-        "exported once from the same weights with ultralytics' exporter and cached beside their hash",
+        description="auto: OpenVINO on CPU when installed, torch on CUDA; others are exported once from the "
+        "same weights with ultralytics' exporter and cached beside their hash",
     )
     path: Literal["auto", "predictor", "device"] = Field(
         "auto",
-        description="predictor: ultralytics' predict() (letterbox with OpenCV on the host); device: letterbox, "
-        "normalisation and NMS as tensor ops on the model's device, frames of any size in one batch (the GPU "
-        "path; also runs on CPU); auto: device on CUDA, predictor otherwise",
+        description="predictor: ultralytics' predict(); device: letterbox, normalisation and NMS as tensor ops on "
+        "the model's device, frames of any size in one batch (GPU path); auto: device on CUDA, predictor otherwise",
     )
     batch_size: int | None = Field(
-        None, ge=1, description="frames per pose-model call, gathered across clips (default: 16 on CPU, 256 on GPU)"
+        None, ge=1, description="frames per model call, across clips (16 on CPU, 256 on GPU)"
     )
 
 

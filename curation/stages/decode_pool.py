@@ -16,10 +16,12 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from schemas.records import Clip, RejectReason
 
@@ -40,6 +42,7 @@ class Decoded:
     seconds: float = 0.0
     failure: tuple[RejectReason, str] | None = None  # a DecodeFailure: the clip's reject
     error: tuple[str, str, bool] | None = None  # (type, message, an OSError) of anything else
+    part: str | None = None  # "coarse" / "rest": that share of the plan's frames only (coarse_frames)
 
     def raise_for_problem(self) -> None:
         if self.failure is not None:
@@ -55,10 +58,44 @@ def _problem(e: Exception) -> Decoded:
     return Decoded(error=(type(e).__name__, str(e)[:500], isinstance(e, (OSError, MemoryError))))
 
 
-def decode_clips(clips: list[Clip], cfg: DecodeConfig) -> list[Decoded]:
-    """Every sampled frame of each clip, batch by batch, for clips of one file (consecutive segments
-    of one video: EPIC's narrations) through one reader: the file is opened once. Never raises (a
-    worker's result must pickle); a file that cannot be opened is each of its clips' problem."""
+def coarse_indices(plan: list[int], k: int) -> list[int]:
+    """`k` frames of the plan spread evenly, first and last included (the whole plan when k covers it)."""
+    if k <= 0 or k >= len(plan):
+        return list(plan)
+    return [plan[p] for p in np.unique(np.round(np.linspace(0, len(plan) - 1, k)).astype(int))]
+
+
+def part_of(plan: list[int], k: int, part: str | None) -> list[int]:
+    """The frames of `plan` that `part` decodes: all (None), the coarse pass's or the rest."""
+    if part is None:
+        return plan
+    coarse = coarse_indices(plan, k)
+    if part == "coarse":
+        return coarse
+    taken = set(coarse)
+    return [i for i in plan if i not in taken]
+
+
+def merged(coarse: Decoded, rest: Decoded, batch_frames: int) -> Decoded:
+    """A clip's coarse and rest frames as one decoding of its whole plan, in the batches of that."""
+    if rest.failure is not None or rest.error is not None:
+        return Decoded(failure=rest.failure, error=rest.error, seconds=coarse.seconds + rest.seconds)
+    frames = sorted(
+        (x for d in (coarse, rest) for b in d.batches for x in zip(b.indices, b.times, b.frames, strict=True)),
+        key=lambda x: x[0],
+    )
+    batches = [
+        FrameBatch([i for i, _, _ in chunk], [t for _, t, _ in chunk], np.stack([f for _, _, f in chunk]))
+        for chunk in (frames[k : k + batch_frames] for k in range(0, len(frames), batch_frames))
+    ]
+    return Decoded(plan=coarse.plan, batches=batches, info=coarse.info, seconds=coarse.seconds + rest.seconds)
+
+
+def decode_clips(clips: list[Clip], cfg: DecodeConfig, part: str | None = None) -> list[Decoded]:
+    """Every sampled frame of each clip (or `part` of them: part_of), batch by batch, for clips of one
+    file (consecutive segments of one video: EPIC's narrations) through one reader: the file is opened
+    once. Never raises (a worker's result must pickle); a file that cannot be opened is each of its
+    clips' problem."""
     t0 = time.perf_counter()
     video = VideoSource(clips[0], cfg)
     try:
@@ -70,12 +107,12 @@ def decode_clips(clips: list[Clip], cfg: DecodeConfig) -> list[Decoded]:
     out = []
     try:
         for clip in clips:
-            d = Decoded()
+            d = Decoded(part=part)
             try:
                 video.retarget(clip)
                 d.plan = video.plan()
                 d.info = video.info
-                d.batches = list(video.batches(d.plan))
+                d.batches = list(video.batches(part_of(d.plan, cfg.coarse_frames, part)))
             except Exception as e:  # noqa: BLE001 - this segment's reject; the others go on
                 d = _problem(e)
             d.seconds = time.perf_counter() - t0
@@ -86,13 +123,13 @@ def decode_clips(clips: list[Clip], cfg: DecodeConfig) -> list[Decoded]:
     return out
 
 
-def decode_clip(clip: Clip, cfg: DecodeConfig) -> Decoded:
-    return decode_clips([clip], cfg)[0]
+def decode_clip(clip: Clip, cfg: DecodeConfig, part: str | None = None) -> Decoded:
+    return decode_clips([clip], cfg, part)[0]
 
 
-def _worker_decode(clips: list[Clip], cfg: DecodeConfig) -> list[Decoded]:
+def _worker_decode(clips: list[Clip], cfg: DecodeConfig, part: str | None = None) -> list[Decoded]:
     crash_point("decode_worker")  # the kill test
-    return decode_clips(clips, cfg)
+    return decode_clips(clips, cfg, part)
 
 
 def _ready() -> bool:
@@ -179,24 +216,24 @@ class DecodePool:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def _submit(self, clips: list[Clip]) -> Future:
+    def _submit(self, clips: list[Clip], part: str | None = None) -> Future:
         pool = self._executor()
         if pool is None:
             f: Future = Future()
-            f.set_result(decode_clips(clips, self.cfg))
+            f.set_result(decode_clips(clips, self.cfg, part))
             return f
         try:
-            return pool.submit(_worker_decode, clips, self.cfg)
+            return pool.submit(_worker_decode, clips, self.cfg, part)
         except BrokenProcessPool as e:  # another clip's worker died meanwhile: handled where results are read
             f = Future()
             f.set_exception(e)
             return f
 
-    def _retry(self, clip: Clip) -> Decoded:
+    def _retry(self, clip: Clip, part: str | None = None) -> Decoded:
         """The clip once more, alone, in a fresh pool; a second death is the clip's reject."""
         self.close()
         try:
-            return self._submit([clip]).result()[0]
+            return self._submit([clip], part).result()[0]
         except BrokenProcessPool:
             self.close()
             log.error("clip %s: the decode worker died twice on it", clip.clip_id)
@@ -210,11 +247,28 @@ class DecodePool:
             group.append(todo.popleft())
         return group
 
-    def map(self, clips: Iterable[Clip], upcoming: Iterable[Clip] = ()) -> Iterator[tuple[Clip, Decoded]]:
+    def rest(self, clip: Clip) -> Callable[[], Decoded]:
+        """The frames of the clip its coarse pass left out, decoding now in a worker; call for them."""
+        fut = self._submit([clip], "rest")
+
+        def result() -> Decoded:
+            try:
+                return fut.result()[0]
+            except (BrokenProcessPool, CancelledError):
+                log.warning("clip %s: a decode worker died; trying it again", clip.clip_id)
+                return self._retry(clip, "rest")
+
+        return result
+
+    def map(
+        self, clips: Iterable[Clip], upcoming: Iterable[Clip] = (), part: Callable[[Clip], str | None] | None = None
+    ) -> Iterator[tuple[Clip, Decoded]]:
         """Each clip with its decoded frames, in order. Consecutive clips of one file are decoded
         together through one reader. `upcoming` (the next call's clips, e.g. the next work unit) fills
         the window once these are all submitted, so the pose model does not wait for the first clip of
-        the next call; at most `prefetch_clips` clips are in flight either way."""
+        the next call; at most `prefetch_clips` clips are in flight either way. `part(clip)`: which of
+        its frames to decode (part_of; None: all)."""
+        part = part or (lambda clip: None)
         todo = deque(clips)
         window: deque[tuple[list[Clip], Future]] = deque()
         while self._early and len(todo) >= len(self._early[0][0]):
@@ -236,17 +290,17 @@ class DecodePool:
         while todo or window:
             while todo and in_flight() < ahead:
                 group = self._take(todo, ahead - in_flight())
-                window.append((group, self._submit(group)))
+                window.append((group, self._submit(group, part(group[0]))))
             while not todo and nxt and in_flight() < ahead:
                 group = self._take(nxt, ahead - in_flight())
-                self._early.append((group, self._submit(group)))
+                self._early.append((group, self._submit(group, part(group[0]))))
             group, fut = window.popleft()
             try:
                 results = fut.result()
-            except BrokenProcessPool:
+            except (BrokenProcessPool, CancelledError):
                 log.warning("clips %s: a decode worker died; trying each again", ", ".join(c.clip_id for c in group))
                 waiting = [c for g, _ in window for c in g]
                 window.clear()
-                results = [self._retry(clip) for clip in group]
+                results = [self._retry(clip, part(clip)) for clip in group]
                 todo.extendleft(reversed(waiting))  # the others go again, in order
             yield from zip(group, results, strict=True)
