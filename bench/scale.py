@@ -98,35 +98,23 @@ def config(work: Path, n: int, backend: str, staging: str = "staging"):
 
 
 def build_api():
-    """plan/finalize from curation.build when it exists (the runner is being moved there), else the runner."""
-    try:
-        from curation import build as b
-    except ImportError:
-        from curation import runner
+    """The build's plan / finalize / no-op check (curation.build)."""
+    from curation import build as b
 
-        return runner
     return b
 
 
 def publish_api():
-    """publish(): curation.captions.recaption's (where the recaption module is moving), else curation.recaption's."""
-    try:
-        from curation.captions.recaption import publish
-    except ImportError:
-        from curation.recaption import publish
+    from curation.captions.recaption import publish
+
     return publish
 
 
 def settings_api():
-    """(fingerprint(cfg), clip_keys(cfg, clips), result_versions(...)): curation.plan's, else the config's."""
-    try:
-        from curation import plan
+    """(fingerprint(cfg), clip_keys(cfg, clips), result_versions(...)) of curation.plan."""
+    from curation import plan
 
-        return plan.fingerprint, plan.clip_keys, plan.result_versions
-    except ImportError:
-        from curation.config import result_versions
-
-        return (lambda cfg: cfg.fingerprint()), (lambda cfg, clips: cfg.clip_keys(clips)), result_versions
+    return plan.fingerprint, plan.clip_keys, plan.result_versions
 
 
 def tiny_jpeg(seed: int) -> bytes:
