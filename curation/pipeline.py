@@ -6,11 +6,8 @@ raises for a bad clip: every failure becomes a Reject naming the stage and the r
 
 from __future__ import annotations
 
-import collections
 import functools
-import itertools
 import logging
-import math
 import subprocess
 import time
 from collections import deque
@@ -19,20 +16,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from schemas.records import Clip, FramePair, Level, Pose17, Reject, RejectReason, Stage, make_pair_id
+from schemas.shard import encode_jpeg
 
 from .captions import OfflineCaptioner
-from .config import BuildConfig, MotionConfig, QualityConfig
+from .coarse import after_coarse, serial_coarse
+from .config import BuildConfig
 from .plan import result_versions
 from .sources.ntu import read_skeleton, reference_pose
-from .stages import body, camera, crop
+from .stages import camera, crop
 from .stages.decode import DecodeFailure
-from .stages.decode_pool import Decoded, DecodePool, decode_clip, merged
-from .stages.figures import moves, pose_change, same_person
-from .stages.motion import ClipTrack, FrameKind, FrameObs, Selection, select_egocentric, select_pairs
+from .stages.decode_pool import Decoded, DecodePool, decode_clip
+from .stages.motion import ClipTrack, FrameObs, Selection, select_egocentric, select_pairs
 from .stages.pose import PoseDetector, detect_across
 from .stages.quality import phash
 
@@ -83,13 +80,6 @@ def code_version() -> str:
     return f"{v}+g{commit}" if commit else v
 
 
-def encode_jpeg(frame_rgb: np.ndarray, quality: int) -> bytes:
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame_rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
-
-
 def _shifted(pose: Pose17 | None, box) -> Pose17 | None:
     return pose if pose is None or box is None else crop.shift_pose(pose, box)
 
@@ -98,53 +88,6 @@ def _reject(clip: Clip, stage: Stage, reason: RejectReason, detail: str, **kw) -
     return Reject(
         clip_id=clip.clip_id, source=clip.source, uri=clip.uri, stage=stage, reason=reason, detail=detail[:2000], **kw
     )
-
-
-def coarse_verdict(track: ClipTrack, cfg: MotionConfig, q: QualityConfig, planned: int) -> Selection | None:
-    """The reject a clip's coarse frames (a few of its `planned` sampled frames, spread evenly) already
-    decide with the full pass's reason, or None (decode and detect the rest). Only unanimous evidence
-    decides, so that the frames between cannot change the verdict: no coarse frame shows a person
-    (no_person); every one with a person shows several and they are most (multiple_people); half or
-    more show one person and none a whole body (partial_body); one whole body in every frame, too small
-    for min_person_px in all, away from the edges (too_small); or one still whole body in every frame,
-    before a measured, still camera, moving under half of min_pose_change / min_limb_change between
-    any two of them (low_motion)."""
-    n = len(track.kinds)
-    kinds = collections.Counter(track.kinds)
-    person = n - kinds[FrameKind.NONE]
-    single = kinds[FrameKind.BODY] + kinds[FrameKind.PARTIAL] + kinds[FrameKind.SWAPPED]
-    whole = kinds[FrameKind.BODY] + kinds[FrameKind.SWAPPED]
-    counts = {"frames": n, "frames_with_person": person, "frames_single_person": single, "frames_whole_body": whole}
-    funnel = {f"coarse_{k}": v for k, v in counts.items()}  # the full pass's keys count its frames only
-    said = f"coarse pass, {n} of {planned} sampled frames: " + ", ".join(f"{k}={v}" for k, v in counts.items())
-    if person == 0:
-        return Selection([], RejectReason.NO_PERSON, f"no confident person ({said})", funnel)
-    if single == 0 and kinds[FrameKind.MULTI] >= max(2, math.ceil(n / 2)):
-        return Selection([], RejectReason.MULTIPLE_PEOPLE, f"several people in every frame ({said})", funnel)
-    if whole == 0 and single >= max(2, math.ceil(n / 2)):
-        return Selection([], RejectReason.PARTIAL_BODY, f"no whole body (shoulders and hips) ({said})", funnel)
-    if kinds[FrameKind.BODY] < n or track.others or any(h > 0 for h in track.hidden):
-        return None
-    people = [track.person(k, cfg) for k in range(n)]
-    if not all(same_person(a, b, cfg) for a, b in itertools.pairwise(people)):
-        return None
-    content = track.content or (0, 0, people[0].frame_width, people[0].frame_height)
-    if any(body.edge_margin(p, content) < 1.5 * q.min_edge_margin for p in people):
-        return None
-    px = max(p.box[3] - p.box[1] for p in people)
-    if px * track.source_scale < 0.8 * q.min_person_px or px < 0.8 * q.min_person_px_output:
-        return Selection([], RejectReason.TOO_SMALL, f"largest person {px:.0f} px ({said})", funnel)
-    half = cfg.model_copy(
-        update={"min_pose_change": cfg.min_pose_change / 2, "min_limb_change": cfg.min_limb_change / 2}
-    )
-    for a, b in itertools.combinations(people, 2):
-        mean, *_, limb = pose_change(a, b, half)
-        if not math.isfinite(mean) or moves(mean, limb, half):
-            return None
-    sim, cam, m, _ = track.scene(0, n - 1)
-    if m is None or not cam <= cfg.max_camera_motion / 2 or sim < cfg.min_scene_similarity:
-        return None
-    return Selection([], RejectReason.LOW_MOTION, f"no pose change, still camera {cam:.3f} ({said})", funnel)
 
 
 class ClipProcessor:
@@ -192,7 +135,10 @@ class ClipProcessor:
         # motion, quality, captions and encoding of one clip run in a thread beside the pose model's next
         # batches (OpenCV and the engines release the GIL); results leave in input order
         stream = detect_across(self.detector, frames_of(self._decoder.map(clips, upcoming or (), part=part)))
-        stream = self._after_coarse(stream) if coarse else (((c, d, None), p, s) for (c, d), p, s in stream)
+        if coarse:
+            stream = after_coarse(stream, self.cfg, self.detector, self._decoder)
+        else:
+            stream = (((c, d, None), p, s) for (c, d), p, s in stream)
         with ThreadPoolExecutor(1, thread_name_prefix="clip-post") as post:
             pending: deque[Future[ClipResult]] = deque()
             for (clip, decoded, verdict), poses, seconds in stream:
@@ -201,72 +147,6 @@ class ClipProcessor:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
-
-    def _verdict(self, decoded: Decoded, poses: list | None) -> Selection | None:
-        """The coarse pass's reject of a clip (coarse_verdict), or None: its other frames decide."""
-        got = [x for b in decoded.batches for x in zip(b.indices, b.times, b.frames, strict=True)]
-        k = self.cfg.decode.coarse_frames
-        if poses is None or len(got) < min(k, len(decoded.plan)) or len(got) >= len(decoded.plan):
-            return None  # a coarse frame failed (the full pass says how), or the coarse frames are all
-        obs = [FrameObs(index=i, time=t, poses=p) for (i, t, _), p in zip(got, poses, strict=True)]
-        info = decoded.info
-        scale = max(info.source_width, info.source_height) / max(1, info.width, info.height) if info else 1.0
-        m, q = self.cfg.motion, self.cfg.quality
-        track = ClipTrack.build(obs, [f for _, _, f in got], m, q, source_scale=scale)
-        return coarse_verdict(track, m, q, len(decoded.plan))
-
-    def _after_coarse(self, stream: Iterator) -> Iterator:
-        """The coarse pass's detected clips, the ones it does not reject completed: their other frames
-        decode in the workers (up to decode.prefetch_clips clips ahead, while the model detects the next
-        clips' coarse frames) and are detected, then joined with the coarse frames into the full pass's
-        decoding and poses."""
-        ahead = max(1, self.cfg.decode.prefetch_clips)
-        window: deque = deque()
-
-        def settle(item):
-            (clip, decoded), poses, seconds = item
-            verdict = rest = None
-            if decoded.part == "coarse" and decoded.failure is None and decoded.error is None:
-                verdict = self._verdict(decoded, poses)
-                n = sum(len(b.indices) for b in decoded.batches)
-                if verdict is None and n < len(decoded.plan):
-                    rest = self._decoder.rest(clip)
-            return clip, decoded, poses, seconds, verdict, rest
-
-        def with_rest(entry):
-            clip, decoded, poses, seconds, verdict, rest = entry
-            more = rest() if rest is not None else None
-            ok = more is not None and more.failure is None and more.error is None
-            return (clip, decoded, poses, seconds, verdict, more), [
-                f for b in more.batches for f in b.frames
-            ] if ok else []
-
-        def entries():
-            for item in stream:
-                window.append(settle(item))
-                while len(window) > ahead:
-                    yield with_rest(window.popleft())
-            while window:
-                yield with_rest(window.popleft())
-
-        for (clip, decoded, poses, seconds, verdict, more), rest_poses, rest_seconds in detect_across(
-            self.detector, entries()
-        ):
-            if more is None:
-                yield (clip, decoded, verdict), poses, seconds
-                continue
-            whole = merged(decoded, more, self.cfg.decode.batch_frames)
-            found = None
-            if poses is not None and rest_poses is not None:
-                by_index = dict(
-                    zip(
-                        (i for d in (decoded, more) for b in d.batches for i in b.indices),
-                        poses + rest_poses,
-                        strict=True,
-                    )
-                )
-                found = [by_index[i] for b in whole.batches for i in b.indices]
-            yield (clip, whole, None), found, seconds + rest_seconds
 
     def __call__(
         self,
@@ -308,15 +188,8 @@ class ClipProcessor:
         cfg = self.cfg
         egocentric = cfg.mode_for(clip.source) == "egocentric"
         if decoded is None and cfg.decode.coarse_frames and not egocentric:  # the serial coarse pass
-            decoded = decode_clip(clip, cfg.decode, "coarse")
-            if decoded.failure is None and decoded.error is None:
-                t1 = time.perf_counter()
-                poses = self.detector([f for b in decoded.batches for f in b.frames])
-                pose_seconds += time.perf_counter() - t1
-                verdict = self._verdict(decoded, poses)
-                if verdict is None and sum(len(b.indices) for b in decoded.batches) < len(decoded.plan):
-                    rest = decode_clip(clip, cfg.decode, "rest")
-                    decoded, poses = merged(decoded, rest, cfg.decode.batch_frames), None
+            decoded, poses, seconds, verdict = serial_coarse(clip, cfg, self.detector)
+            pose_seconds += seconds
         decoded = decoded if decoded is not None else decode_clip(clip, cfg.decode)
         decoded.raise_for_problem()
         plan = decoded.plan
