@@ -218,6 +218,18 @@ def cpu_seconds() -> float:
     return total
 
 
+def bench_config(args, out: str, **decode):
+    """The build settings of a benchmark run: --input into `out`, on --device, --batch-frames a batch
+    (and the `decode` settings given)."""
+    return load_config(
+        None,
+        output=out,
+        sources=[{"root": args.input}],
+        pose={"device": args.device},
+        decode={"batch_frames": args.batch_frames, **decode},
+    )
+
+
 def coarse_compare(args) -> dict:
     """The same input built with the coarse pass off and on, alternately, in one process."""
     import pandas as pd
@@ -232,13 +244,7 @@ def coarse_compare(args) -> dict:
     for _ in range(args.repeat):
         for k in (0, on):
             with tempfile.TemporaryDirectory() as out:
-                cfg = load_config(
-                    None,
-                    output=out,
-                    sources=[{"root": args.input}],
-                    pose={"device": args.device},
-                    decode={"batch_frames": args.batch_frames, "coarse_frames": k},
-                )
+                cfg = bench_config(args, out, coarse_frames=k)
                 if video_s is None:
                     video_s = video_seconds(args.input, [c for src in cfg.sources for c in src.listing().clips])
                 get_processor(cfg)  # loaded before the clock starts
@@ -299,13 +305,7 @@ def main() -> None:
         print(json.dumps(coarse_compare(args), indent=None if args.json else 2))
         return None
     with tempfile.TemporaryDirectory() as out:
-        cfg = load_config(
-            None,
-            output=out,
-            sources=[{"root": args.input}],
-            pose={"device": args.device},
-            decode={"batch_frames": args.batch_frames},
-        )
+        cfg = bench_config(args, out)
         clips = [c for src in cfg.sources for c in src.listing().clips]
         frames, decode_s = decode_all(cfg, clips)
         device = resolve_device(cfg.pose.device)

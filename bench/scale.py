@@ -146,23 +146,26 @@ def synthetic_unit(cfg, unit, versions: dict, jpegs: list[bytes]):
         def __init__(self, pair, b, a):
             self.pair, self.before_jpg, self.after_jpg = pair, b, a
 
+    def low_motion(c, **kw) -> Reject:
+        """A low_motion reject of clip `c` (clip level, or as `kw` say)."""
+        return Reject(
+            clip_id=c.clip_id,
+            source=c.source,
+            uri=c.uri,
+            stage=Stage.MOTION,
+            reason=RejectReason.LOW_MOTION,
+            label=c.label,
+            split=c.split,
+            video_id=c.video_id,
+            extra=c.extra,
+            **kw,
+        )
+
     items, rejects = [], []
     for c in unit.clips:
         k = int(hashlib.sha1(c.clip_id.encode()).hexdigest()[:8], 16)
         if k % 4 == 0:
-            rejects.append(
-                Reject(
-                    clip_id=c.clip_id,
-                    source=c.source,
-                    uri=c.uri,
-                    stage=Stage.MOTION,
-                    reason=RejectReason.LOW_MOTION,
-                    label=c.label,
-                    split=c.split,
-                    video_id=c.video_id,
-                    extra=c.extra,
-                )
-            )
+            rejects.append(low_motion(c))
             continue
         for j in range(PAIRS_PER_CLIP):
             bi, ai = 5 * j, 5 * j + 12
@@ -207,21 +210,7 @@ def synthetic_unit(cfg, unit, versions: dict, jpegs: list[bytes]):
                 caption=Caption(text="raise your right arm", captioner="offline"),
             )
             items.append(Item(pair, jpegs[(k + j) % len(jpegs)], jpegs[(k + j + 1) % len(jpegs)]))
-        rejects.append(
-            Reject(
-                clip_id=c.clip_id,
-                source=c.source,
-                uri=c.uri,
-                stage=Stage.MOTION,
-                reason=RejectReason.LOW_MOTION,
-                level=Level.CANDIDATE,
-                pair_id="0" * 16,
-                label=c.label,
-                split=c.split,
-                video_id=c.video_id,
-                extra=c.extra,
-            )
-        )
+        rejects.append(low_motion(c, level=Level.CANDIDATE, pair_id="0" * 16))
     return items, rejects
 
 
