@@ -1,7 +1,7 @@
 """Bookkeeping at Kinetics scale: what plan, no-op re-run, finalize, verify, report, publish, gc and the
 training reader cost at 1k, 10k and 100k clips, locally and on an S3 server (moto on loopback).
 
-    python bench/scale.py [--small] [--json] [--sizes 1000,10000,100000] [--backends local,s3]
+    python bench/scale.py [--small] [--fork] [--json] [--sizes 1000,10000,100000] [--backends local,s3]
                           [--plan-rows 650000] [--no-build] [--work DIR]
 
 Prints one JSON object (asserts nothing). Nothing is decoded: each size gets a synthetic Kinetics CSV
@@ -20,7 +20,13 @@ user + system CPU of that process over the step (the moto server's work is not i
 the process's ru_maxrss at the end (imports included); `step_rss_mb`: ru_maxrss at the end less
 ru_maxrss just before the step (what the step itself added to the peak). `growth` gives, per 10x clips,
 the factor of seconds and of step_rss_mb (a step that does not grow has step_rss_mb near 0: the
-factor is then noise) and of peak_rss_mb.
+factor is then noise) and of peak_rss_mb. With --fork (the default of --small, whose steps take
+less than the imports) a size and backend's steps run in one fresh process that imports what they use
+and forks a process a step: each step's process again starts from those imports alone (its peak
+includes them) without paying for them again. A forked process maps only the pages it touches, so its
+peak_rss_mb leaves out the imported libraries' pages it does not use (about 280 MB less than a fresh
+process's on this machine) and its step_rss_mb counts those it touches again (some 10-25 MB more); each
+step's `forked_from_rss_mb` is the RSS of the process it was forked from, which a fresh one starts at.
 
 planning: plan_build alone over --plan-rows annotation rows (650k: Kinetics-700's train, val and test),
 first with an empty output (every file's content identity read) and again (identities from the cache).
@@ -47,6 +53,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -402,6 +410,44 @@ def run_step(step: str, work: Path, n: int, backend: str, seed_from: str | None 
     } | info
 
 
+def run_forked(steps: list[str], work: Path, n: int, backend: str) -> dict:
+    """The steps of one size and backend, in order, each in a process forked from this one once it has
+    imported what the steps use (as run_step does before its baseline), so that each starts as a fresh
+    process would after its imports. Stops at the first step that fails."""
+    import curation.report.page  # noqa: F401
+    import training.data  # noqa: F401
+
+    build_api()
+    publish_api()
+    status = Path("/proc/self/status").read_text().splitlines()
+    rss = next((round(int(x.split()[1]) / 1024, 1) for x in status if x.startswith("VmRSS:")), None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    got = {}
+    for step in steps:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the step's process: its figures (or why it failed) down the pipe
+            os.close(read)
+            code = 0
+            try:
+                data = json.dumps(run_step(step, work, n, backend) | {"forked_from_rss_mb": rss}).encode()
+            except BaseException:
+                data, code = traceback.format_exc().encode(), 1
+            with os.fdopen(write, "wb") as f:
+                f.write(data)
+            sys.stderr.flush()
+            os._exit(code)
+        os.close(write)
+        with os.fdopen(read, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"step {step} failed: {data.decode(errors='replace')[-3000:]}")
+        got[step] = json.loads(data)
+    return got
+
+
 def plan_rows_step(work: Path, rows: int, again: bool) -> dict:
     from curation.config import load_config
 
@@ -487,6 +533,18 @@ def child(args: list[str], env: dict | None = None, timeout: float | None = None
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def measure(steps: list[str], work: Path, n: int, backend: str, env: dict, fork: bool) -> Iterator[tuple[str, dict]]:
+    """(step, its figures) for each step in order: each in a fresh process, or with `fork` each forked
+    from one fresh process for them all (run_forked)."""
+    where = ["--work", str(work), "--n", str(n), "--backend", backend]
+    if fork:
+        if steps:
+            yield from child(["--forked-steps", ",".join(steps), *where], env).items()
+        return
+    for step in steps:
+        yield step, child(["--step", step, *where], env)
+
+
 def growth(per_size: dict[str, dict]) -> dict:
     """Per step, for each pair of consecutive sizes: the factor per 10x clips of seconds and RSS."""
     sizes = sorted(int(s) for s in per_size)
@@ -521,12 +579,18 @@ def bookkeeping(
     only: list[str] = STEPS,
     resume: bool = False,
     seed_from: str | None = None,
+    fork: bool = False,
 ) -> dict:
+    where = (
+        "each step in a process forked from a fresh one (one a size and backend) that imported what the steps use"
+        if fork
+        else "each step in a fresh process"
+    )
     result: dict = {
         "sizes": sizes,
         "clips_per_unit": CLIPS_PER_UNIT,
         "pairs_per_clip": PAIRS_PER_CLIP,
-        "method": "each step in a fresh process: seconds = the step's wall time, cpu_seconds = its CPU time, "
+        "method": f"{where}: seconds = the step's wall time, cpu_seconds = its CPU time, "
         "peak_rss_mb = ru_maxrss of the process, step_rss_mb = ru_maxrss after less before the step",
     }
     moto = Moto() if "s3" in backends else None
@@ -557,24 +621,25 @@ def bookkeeping(
                         env,
                     )
                     log(f"{backend} {n} seed: {figures['seed']}")
+                todo = []
                 for step in STEPS:
                     if step == "noop_new_machine" and backend != "s3":
                         continue
                     saved = work / "figures" / f"{backend}-{n}-{step}.json"
                     if saved.is_file() and (step == "commit" or resume):  # done by an earlier run on this --work
                         figures[step] = json.loads(saved.read_text())
+                        log(f"{backend} {n} {step}: {figures[step]}")
                     elif step == "commit" and seed_from and backend == "s3":
                         figures[step] = figures["seed"]
-                        continue
                     elif step in only or step == "commit":
-                        figures[step] = child(
-                            ["--step", step, "--work", str(work), "--n", str(n), "--backend", backend], env
-                        )
-                        saved.parent.mkdir(exist_ok=True)
-                        saved.write_text(json.dumps(figures[step]))
-                    else:
-                        continue
-                    log(f"{backend} {n} {step}: {figures[step]}")
+                        figures[step] = {}  # measured below, in this order
+                        todo.append(step)
+                for step, got in measure(todo, work, n, backend, env, fork):
+                    figures[step] = got
+                    saved = work / "figures" / f"{backend}-{n}-{step}.json"
+                    saved.parent.mkdir(exist_ok=True)
+                    saved.write_text(json.dumps(got))
+                    log(f"{backend} {n} {step}: {got}")
                 figures["units"] = figures["commit"].get("units")
                 if moto is not None and backend == "s3":
                     figures["moto_server_peak_rss_mb"] = moto.rss_mb()
@@ -637,8 +702,11 @@ def real_build(work: Path, log) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="50 and 500 clips, 2,000 planning rows, no real build")
+    ap.add_argument("--small", action="store_true", help="20 and 200 clips, 2,000 planning rows, no real build, --fork")
     ap.add_argument("--json", action="store_true", help="print only the JSON object (no progress lines)")
+    ap.add_argument(
+        "--fork", action="store_true", help="a size and backend's steps forked from one process (default in --small)"
+    )
     ap.add_argument("--sizes", help="clip counts, comma-separated (default 1000,10000,100000)")
     ap.add_argument("--backends", default="local,s3", help="local, s3 or both (default both; '' for none)")
     ap.add_argument("--plan-rows", type=int, help="annotation rows planned alone (default 650000; 0: skip)")
@@ -648,6 +716,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep the figures of steps an earlier run on --work measured")
     ap.add_argument("--work", help="working folder (default: a temp folder, removed at the end)")
     ap.add_argument("--step", choices=[*STEPS, "seed"], help=argparse.SUPPRESS)
+    ap.add_argument("--forked-steps", help=argparse.SUPPRESS)
     ap.add_argument("--plan-step", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--again", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -655,6 +724,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.step:
         print(json.dumps(run_step(args.step, Path(args.work), args.n, args.backend, args.seed_from)))
+        return
+    if args.forked_steps:
+        print(json.dumps(run_forked(args.forked_steps.split(","), Path(args.work), args.n, args.backend)))
         return
     if args.plan_step:
         print(json.dumps(plan_rows_step(Path(args.work), args.plan_step, args.again)))
@@ -665,7 +737,7 @@ def main() -> None:
             print(msg, file=sys.stderr, flush=True)
 
     sizes = (
-        [int(s) for s in args.sizes.split(",")] if args.sizes else ([50, 500] if args.small else [1000, 10000, 100000])
+        [int(s) for s in args.sizes.split(",")] if args.sizes else ([20, 200] if args.small else [1000, 10000, 100000])
     )
     plan_rows = args.plan_rows if args.plan_rows is not None else (2000 if args.small else 650000)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -685,7 +757,9 @@ def main() -> None:
             result["build"] = build
         only = args.steps.split(",") if args.steps else STEPS
         result["bookkeeping"] = (
-            bookkeeping(work, sizes, backends, log, only, args.resume, args.seed_from) if backends else {}
+            bookkeeping(work, sizes, backends, log, only, args.resume, args.seed_from, args.fork or args.small)
+            if backends
+            else {}
         )
         if plan_rows:
             result["bookkeeping"]["planning"] = planning(work, plan_rows, log)
