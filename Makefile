@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export YOLO_CONFIG_DIR ?= $(CURDIR)/.cache/ultralytics
 
-.PHONY: setup browser test demo bench clean docs
+.PHONY: setup browser test demo bench bench-gpu clean docs
 
 $(BIN)/motionpairs: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ docs: $(BIN)/motionpairs
 
 bench: setup
 	$(BIN)/python bench/build_throughput.py --json --rss-check
+
+# the GPU path, measured as it is (no edits needed on a GPU machine): stage throughput, GPU memory and
+# utilisation, then video hours and pairs per GPU hour of a real build of ../shared/data/videos
+bench-gpu: setup
+	@$(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 2)" || \
+	  { echo "bench-gpu: no CUDA device on this machine (torch.cuda.is_available() is false)" >&2; exit 2; }
+	$(BIN)/python bench/build_throughput.py --device cuda --json
+	$(BIN)/python bench/scale.py --device cuda --backends '' --plan-rows 0 --json
 
 clean:
 	rm -rf $(OUT) $(OUT)-input .cache .pytest_cache

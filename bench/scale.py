@@ -664,8 +664,9 @@ def planning(work: Path, rows: int, log) -> dict:
     return {"first": first, "again": again}
 
 
-def real_build(work: Path, log) -> dict:
-    """A real build of ../shared/data/videos through the CLI, in a fresh output."""
+def real_build(work: Path, log, device: str = "auto") -> dict:
+    """A real build of ../shared/data/videos through the CLI, in a fresh output, the pose model on `device`;
+    on a GPU also video hours and pairs per GPU hour (the build's wall time on its one GPU)."""
     durations = {}
     with open(VIDEOS / "MANIFEST.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -675,7 +676,8 @@ def real_build(work: Path, log) -> dict:
     exe = shutil.which("motionpairs", path=str(Path(sys.executable).parent)) or "motionpairs"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    r = subprocess.run([exe, "build", "--input", str(VIDEOS), "--output", str(out)], capture_output=True, text=True)
+    argv = [exe, "build", "--input", str(VIDEOS), "--output", str(out), "--device", device]
+    r = subprocess.run(argv, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
@@ -685,8 +687,16 @@ def real_build(work: Path, log) -> dict:
     cores = os.cpu_count() or 1
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     log(f"real build: {wall:.1f} s wall, {cpu:.1f} s CPU, {stats['pairs']} pairs")
+    gpu = {}
+    if device.startswith("cuda"):
+        gpu = {
+            "video_hours_per_gpu_hour": round(video_s / wall, 3),
+            "pairs_per_gpu_hour": round(stats["pairs"] / (wall / 3600), 1),
+        }
     return {
         "input": str(VIDEOS),
+        "device": device,
+        **gpu,
         "clips_in": stats["clips_in"],
         "pairs": stats["pairs"],
         "video_seconds": round(video_s, 1),
@@ -711,6 +721,7 @@ def main() -> None:
     ap.add_argument("--backends", default="local,s3", help="local, s3 or both (default both; '' for none)")
     ap.add_argument("--plan-rows", type=int, help="annotation rows planned alone (default 650000; 0: skip)")
     ap.add_argument("--no-build", action="store_true", help="skip the real build of ../shared/data/videos")
+    ap.add_argument("--device", default="auto", help="pose model device of the real build: auto, cpu, cuda")
     ap.add_argument("--steps", help="steps to run, comma-separated (default: all; commit is kept per --work)")
     ap.add_argument("--seed-from", help="S3: upload the units a local run (its --work) committed, not commit_unit")
     ap.add_argument("--resume", action="store_true", help="keep the figures of steps an earlier run on --work measured")
@@ -751,7 +762,7 @@ def main() -> None:
             result["pairs_per_core_hour"] = None
             result["note"] = "no real build in this run (--small or --no-build): the throughput figures are null"
         else:
-            build = real_build(work, log)
+            build = real_build(work, log, args.device)
             result["video_hours_per_core_hour"] = build["video_hours_per_core_hour"]
             result["pairs_per_core_hour"] = build["pairs_per_core_hour"]
             result["build"] = build
