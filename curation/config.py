@@ -169,6 +169,13 @@ class QualityConfig(_Section):
     lr_min_separation: float = Field(
         0.25, gt=0, description="hips or shoulders this far apart (torso lengths) to tell the facing"
     )
+    turn_face_conf: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="a pair whose left/right labels face opposite ways is a turn only when the face (nose, eyes: "
+        "mean confidence) falls under this in one frame; else the labels flipped: low_motion or identity_switch",
+    )
     min_edge_margin: float = Field(
         0.01, ge=0, le=0.5, description="box distance to the frame border / shorter side, else partial_body (0: off)"
     )

@@ -166,3 +166,27 @@ def test_an_arm_only_edit_moves_by_its_limb():
     assert sel.pairs and all(c.motion.limb_change >= CFG.min_limb_change for c in sel.pairs)
     off = CFG.model_copy(update={"min_limb_change": 0.0})
     assert select_pairs(track(poses), off, PairingConfig()).reason is RejectReason.LOW_MOTION
+
+
+def test_left_and_right_flipping_with_the_face_in_view_is_not_a_turn():
+    """The detector flips a body's left/right labels (in the dark, from behind, with the head cut off):
+    the pose looks turned and the limbs look moved though nothing moved. A turn shows the back of the
+    head in one frame (no face, an ear); without that, the flip is the labels' (real clip:
+    pullup_night_handheld, whose pairs were captioned "turn around")."""
+    from curation.stages.figures import labels_flipped, mirrored
+
+    front = make_pose()
+    flipped = mirrored(make_pose())  # same picture, labels swapped, face still seen
+    back = mirrored(make_pose(low=("nose", "left_eye", "right_eye")))  # face gone, ears seen: a turn
+    unseen = mirrored(make_pose(low=("nose", "left_eye", "right_eye", "left_ear", "right_ear")))  # no head seen
+    q = QualityConfig()
+    flip = lambda a, b: labels_flipped(a, b, CFG.keypoint_conf, q.lr_min_separation, q.turn_face_conf)  # noqa: E731
+    assert flip(front, flipped) and flip(flipped, front) and flip(front, unseen)
+    assert not flip(front, back) and not flip(front, make_pose(RIGHT_ARM_UP))
+    assert pose_change(front, flipped, CFG)[0] > CFG.min_pose_change  # what the flip looked like before
+
+    still = [[front]] * 6 + [[flipped]] * 6  # nothing moves, the labels flip half way
+    sel = select_pairs(track(still), CFG, PairingConfig(pairs_per_clip=2))
+    assert sel.pairs == [] and sel.reason is RejectReason.LOW_MOTION, (sel.reason, sel.detail)
+    turn = [[front]] * 6 + [[back]] * 6  # a real turn to the back keeps its pairs
+    assert select_pairs(track(turn), CFG, PairingConfig(pairs_per_clip=2)).pairs

@@ -9,10 +9,36 @@ import math
 import cv2
 import numpy as np
 
-from schemas.records import KP, Pose17
+from schemas.records import COCO17_FLIP, KP, Pose17
 
 from .. import geometry
 from ..config import MotionConfig
+from . import quality
+
+FACE = [KP["nose"], KP["left_eye"], KP["right_eye"]]
+EARS = [KP["left_ear"], KP["right_ear"]]
+
+
+def mirrored(pose: Pose17) -> Pose17:
+    """The same keypoints with their left and right labels swapped."""
+    k = np.asarray(pose.keypoints, np.float64)[list(COCO17_FLIP)]
+    return pose.model_copy(update={"keypoints": k.tolist()})
+
+
+def labels_flipped(a: Pose17, b: Pose17, kp_conf: float, min_separation: float, face_conf: float) -> bool:
+    """The left/right labels say the body faces the other way in b than in a, and nothing shows a turn:
+    a turn from front to back hides the face (nose and eyes under face_conf, mean confidence) in one
+    frame while the back of the head is seen there (an ear at kp_conf). A face seen in both frames, or
+    a head not seen at all (in the dark, cut by the border), leaves the detector's flipped labels (as
+    it flips them for a body seen in the dark or with the head cut off): the pose did not turn."""
+    fa, fb = (quality.facing(p, kp_conf, min_separation) for p in (a, b))
+    if fa is None or fb is None or fa == fb:
+        return False
+    for p in (a, b):
+        k = np.asarray(p.keypoints, np.float64)
+        if float(np.mean(k[FACE, 2])) < face_conf and float(k[EARS, 2].max()) >= kp_conf:
+            return False  # the face turned away, the back of the head is there: a turn
+    return True
 
 
 def _hips_visible(min_conf: float, *poses: Pose17) -> bool:

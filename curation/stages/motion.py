@@ -19,6 +19,7 @@ from schemas.records import MotionFigures, PairStrategy, QualityFigures, RejectR
 
 from ..config import MotionConfig, PairingConfig, QualityConfig
 from . import body, quality
+from . import figures as pose_figures
 from .egocentric import select_egocentric
 from .figures import LIMB_MASK, moves, pose_change, root_and_torso, same_person, scene_similarity
 from .track import (
@@ -142,6 +143,10 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
             return RejectReason.SHOT_CUT
         m, cam = plain.matrix, 0.0
     mean, mx, trans, torso, n, limb = pose_change(a, b, cfg)
+    if pose_figures.labels_flipped(a, b, cfg.keypoint_conf, q.lr_min_separation, q.turn_face_conf):
+        c.detail = "left and right flip between the frames while the face is seen in both: the labels, not a turn"
+        flipped = pose_change(a, pose_figures.mirrored(b), cfg)
+        return RejectReason.IDENTITY_SWITCH if moves(flipped[0], flipped[5], cfg) else RejectReason.LOW_MOTION
     moving = moves(mean, limb, cfg)
     blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
     figures = MotionFigures(

@@ -93,25 +93,24 @@ def other_person_score(
 # ---------------------------------------------------------------- left/right sanity
 
 
-def lr_margin(pose: Pose17, kp_conf: float, min_separation: float) -> float | None:
-    """How consistently the left/right labels agree with the body's facing, in torso lengths.
+def facing(pose: Pose17, kp_conf: float, min_separation: float) -> float | None:
+    """+1 or -1: the side the left/right labels say the body faces (from the hips, or the shoulders when
+    the hips are side-on); None when side-on or without shoulders and hips."""
+    return _facing(pose, kp_conf, min_separation)[0]
 
-    The facing comes from the hips (or the shoulders when the hips are side-on): facing the camera,
-    the person's left is the image's right. Every other left/right pair that is clearly apart (legs,
-    shoulders, eyes) is measured along that facing: the smallest signed separation is returned, so a
-    negative figure means a pair lies the wrong way round (the detector swapped the labels, as it does
-    for crossed or raised legs). None when the body is side-on and nothing can be checked."""
+
+def _facing(pose: Pose17, kp_conf: float, min_separation: float):
     k = np.asarray(pose.keypoints, float)
 
     ok = lambda i: k[i, 2] >= kp_conf and np.isfinite(k[i, :2]).all()  # noqa: E731
     if not all(ok(KP[n]) for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")):
-        return None
+        return None, None
     mid_s = (k[KP["left_shoulder"], :2] + k[KP["right_shoulder"], :2]) / 2
     mid_h = (k[KP["left_hip"], :2] + k[KP["right_hip"], :2]) / 2
     spine = mid_s - mid_h
     torso = float(np.linalg.norm(spine))
     if not torso > 1e-6:
-        return None
+        return None, None
     # across the body: the image's right for an upright person, turned with the spine when leaning
     across = np.array([-spine[1], spine[0]]) / torso
 
@@ -121,13 +120,23 @@ def lr_margin(pose: Pose17, kp_conf: float, min_separation: float) -> float | No
             return None
         return float((k[li, :2] - k[ri, :2]) @ across) / torso
 
-    facing = None
     for dx in (pair("hip"), pair("shoulder")):
         if abs(dx) >= min_separation:
-            facing = math.copysign(1.0, dx)
-            break
+            return math.copysign(1.0, dx), pair
+    return None, pair
+
+
+def lr_margin(pose: Pose17, kp_conf: float, min_separation: float) -> float | None:
+    """How consistently the left/right labels agree with the body's facing, in torso lengths.
+
+    The facing comes from the hips (or the shoulders when the hips are side-on): facing the camera,
+    the person's left is the image's right. Every other left/right pair that is clearly apart (legs,
+    shoulders, eyes) is measured along that facing: the smallest signed separation is returned, so a
+    negative figure means a pair lies the wrong way round (the detector swapped the labels, as it does
+    for crossed or raised legs). None when the body is side-on and nothing can be checked."""
+    facing, pair = _facing(pose, kp_conf, min_separation)
     if facing is None:
-        return None  # side-on: legs may be in either order
+        return None  # side-on (legs may be in either order), or no shoulders and hips
     margins = []
     for part, need in (
         ("shoulder", min_separation),
