@@ -190,3 +190,16 @@ def test_left_and_right_flipping_with_the_face_in_view_is_not_a_turn():
     assert sel.pairs == [] and sel.reason is RejectReason.LOW_MOTION, (sel.reason, sel.detail)
     turn = [[front]] * 6 + [[back]] * 6  # a real turn to the back keeps its pairs
     assert select_pairs(track(turn), CFG, PairingConfig(pairs_per_clip=2)).pairs
+
+
+def test_a_head_seen_in_one_frame_and_not_the_other_is_partial_body():
+    """A head hidden behind a barbell plate or cut by the top edge in one frame of a pair (real clip:
+    squat_rack_closeup): the edit would be the head vanishing, so the pair is partial_body; a head the
+    model sees in no frame (as upside down) is alike in both and keeps its pairs."""
+    head = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
+    hidden = [[make_pose()]] * 6 + [[make_pose(RIGHT_ARM_UP, low=head)]] * 6
+    sel = select_pairs(track(hidden), CFG, PairingConfig(pairs_per_clip=2))
+    assert sel.pairs == [] and sel.reason is RejectReason.PARTIAL_BODY, (sel.reason, sel.detail)
+    unseen = [[make_pose(low=head)]] * 6 + [[make_pose(RIGHT_ARM_UP, low=head)]] * 6
+    assert select_pairs(track(unseen), CFG, PairingConfig(pairs_per_clip=2)).pairs
+    assert not select_pairs(track(hidden), CFG.model_copy(update={"whole_body": False}), PairingConfig()).reason

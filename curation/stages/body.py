@@ -25,6 +25,7 @@ from .. import geometry
 
 Box = tuple[int, int, int, int]
 
+HEAD = [KP[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
 LEGS = (("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle"))
 
 
@@ -71,6 +72,14 @@ def shown(pose: Pose17, content: Box, kp_conf: float, edge: float = 0.01, box_pa
     ok &= (k[:, 0] >= cx1 + e) & (k[:, 0] <= cx2 - e) & (k[:, 1] >= cy1 + e) & (k[:, 1] <= cy2 - e)
     ok &= (k[:, 0] >= x1 - px) & (k[:, 0] <= x2 + px) & (k[:, 1] >= y1 - py) & (k[:, 1] <= y2 + py)
     return ok
+
+
+def head_seen(pose: Pose17, kp_conf: float) -> bool:
+    """Some head keypoint (nose, eyes, ears) at kp_conf. A head seen in one frame of a pair and not in
+    the other is hidden there (behind a plate, an arm, a bar) or cut by the border: the edit would be
+    the head vanishing. (The back of the head still shows its ears; a head the model never sees, as
+    upside down, is unseen in both frames alike.)"""
+    return bool((np.asarray(pose.keypoints, float)[HEAD, 2] >= kp_conf).any())
 
 
 def leg_extent(pose: Pose17, seen: np.ndarray) -> float:

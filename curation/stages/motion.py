@@ -98,6 +98,9 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         if not same_person(track.person(k0, cfg), track.person(k1, cfg), cfg):
             return RejectReason.IDENTITY_SWITCH
     a, b = track.person(c.i, cfg), track.person(c.j, cfg)
+    if cfg.whole_body and body.head_seen(a, cfg.keypoint_conf) != body.head_seen(b, cfg.keypoint_conf):
+        c.detail = "the head is seen in one frame and not in the other: hidden or cut there"
+        return RejectReason.PARTIAL_BODY
     content = track.content or (0, 0, a.frame_width, a.frame_height)
     margins = [quality.lr_margin(p, cfg.keypoint_conf, q.lr_min_separation) for p in (a, b)]
     margins = [m for m in margins if m is not None]
