@@ -203,3 +203,28 @@ def test_a_head_seen_in_one_frame_and_not_the_other_is_partial_body():
     unseen = [[make_pose(low=head)]] * 6 + [[make_pose(RIGHT_ARM_UP, low=head)]] * 6
     assert select_pairs(track(unseen), CFG, PairingConfig(pairs_per_clip=2)).pairs
     assert not select_pairs(track(hidden), CFG.model_copy(update={"whole_body": False}), PairingConfig()).reason
+
+
+def test_a_box_running_on_to_the_border_past_the_joints_is_a_cut_body():
+    """Feet cut by the frame's edge while the model puts the ankles at the knees (real clip:
+    situp_feet_cut): the detector's box reaches the border and runs on well past the outermost joint
+    (0.6 torso), more than a foot or the top of the head does (about 0.3-0.4). A box that touches the
+    border only a foot's length past the ankles is a whole body standing at the edge."""
+    from curation.stages import body
+
+    def at_left_border(pose, past):  # the box's left side 8 px off the border, `past` torso beyond the joints
+        k = np.asarray(pose.keypoints)
+        shift = 8 + past * 100 - k[:, 0].min()
+        moved = [[x + shift, y, c] for x, y, c in pose.keypoints]
+        x1, y1, x2, y2 = pose.box
+        return pose.model_copy(update={"keypoints": moved, "box": [8.0, y1, x2 + shift, y2]})
+
+    frame = (0, 0, 640, 480)
+    cut, whole = at_left_border(make_pose(), 0.6), at_left_border(make_pose(), 0.3)
+    assert body.past_border(cut, frame, 0.5) == pytest.approx(0.6) and body.past_border(whole, frame, 0.5) < 0.5
+    assert body.past_border(make_pose(), frame, 0.5) == 0.0  # touches no border
+    frames = [[at_left_border(make_pose(RIGHT_ARM_UP if i >= 6 else None), 0.6)] for i in range(12)]
+    sel = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2))
+    assert sel.pairs == [] and sel.reason is RejectReason.PARTIAL_BODY, (sel.reason, sel.detail)
+    frames = [[at_left_border(make_pose(RIGHT_ARM_UP if i >= 6 else None), 0.3)] for i in range(12)]
+    assert select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2)).pairs

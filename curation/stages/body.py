@@ -82,6 +82,31 @@ def head_seen(pose: Pose17, kp_conf: float) -> bool:
     return bool((np.asarray(pose.keypoints, float)[HEAD, 2] >= kp_conf).any())
 
 
+def past_border(pose: Pose17, content: Box, kp_conf: float, touch: float = 0.1) -> float:
+    """How far (torso lengths) the detector's box runs past the outermost shown joint toward a border
+    of the picture that the box touches (within `touch` torso lengths); 0 where it touches none. A foot
+    reaches about 0.3 torso past its ankle and the top of the head about 0.4 past the nose; a box that
+    runs on well beyond that to the border saw more body there than the joints account for: the body
+    goes on past the border (feet cut by the edge while the model puts the ankles at the knees)."""
+    k = np.asarray(pose.keypoints, float)
+    torso = geometry.torso_length(k)
+    seen = (k[:, 2] >= kp_conf) & np.isfinite(k[:, :2]).all(1)
+    if not (torso > 1e-6 and math.isfinite(torso)) or not seen.any():
+        return 0.0
+    x1, y1, x2, y2 = pose.box
+    cx1, cy1, cx2, cy2 = content
+    worst = 0.0
+    for gap, past in (
+        (x1 - cx1, k[seen, 0].min() - x1),
+        (y1 - cy1, k[seen, 1].min() - y1),
+        (cx2 - x2, x2 - k[seen, 0].max()),
+        (cy2 - y2, y2 - k[seen, 1].max()),
+    ):
+        if gap <= touch * torso:
+            worst = max(worst, float(past) / torso)
+    return worst
+
+
 def leg_extent(pose: Pose17, seen: np.ndarray) -> float:
     """The shorter leg's hip -> knee -> ankle length over the torso length; 0 when a joint of either
     leg is not shown (NaN without a torso)."""

@@ -126,6 +126,9 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     )
     if c.quality.edge_margin < q.min_edge_margin:
         return RejectReason.PARTIAL_BODY
+    if cfg.whole_body and max(body.past_border(p, content, cfg.keypoint_conf) for p in (a, b)) > 0.5:
+        c.detail = "the person's box runs on to the border well past the outermost joint: the body is cut there"
+        return RejectReason.PARTIAL_BODY
     if crop == "frame" and c.quality.person_height < q.min_person_height:
         return RejectReason.TOO_SMALL
     if c.quality.person_px_source < q.min_person_px or c.quality.person_px_output < q.min_person_px_output:
