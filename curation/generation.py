@@ -12,11 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -25,13 +29,15 @@ from schemas.manifest import rejects_table, samples_table
 from schemas.records import Level, RejectReason, Stage
 
 from .captions.published import apply_published, published_choice
-from .captions.quality import generation_caption_quality
+from .captions.quality import generation_caption_quality, keypoint_verdicts, llm_checks
+from .captions.rows import read_caption_rows
 from .plan import result_versions
 from .report.card import card
 from .report.page import write_report
 from .report.yields import yield_by_class
 from .store import Output, StoreError
 from .store.dedupe import drop_near_duplicates
+from .store.files import TMP_SUFFIX
 from .store.layout import CARD_FILE
 
 log = logging.getLogger(__name__)
@@ -66,8 +72,130 @@ def units_digest(records: list[dict]) -> dict[str, str]:
 
 
 def read_parts(out: Output, unit_ids: list[str], kind: str, schema: pa.Schema) -> pa.Table:
-    tables = [pq.read_table(p, schema=schema) for p in out.local_parts(unit_ids, kind)]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    tables = (pq.read_table(p, schema=schema) for p in out.local_parts(unit_ids, kind))
+    return concat_parts(tables) or schema.empty_table()
+
+
+PARTS_PER_CHUNK = 256
+
+
+def concat_parts(tables: Iterable[pa.Table]) -> pa.Table | None:
+    """The tables one after another, made contiguous every PARTS_PER_CHUNK tables: a table of 12,500
+    parts' small chunks costs several times its data in chunk bookkeeping and allocator rounding."""
+    chunks, batch = [], []
+    for t in tables:
+        batch.append(t)
+        if len(batch) == PARTS_PER_CHUNK:
+            chunks.append(pa.concat_tables(batch).combine_chunks())
+            batch = []
+    if batch:
+        chunks.append(pa.concat_tables(batch).combine_chunks())
+    return pa.concat_tables(chunks) if chunks else None
+
+
+# The columns of samples a generation decides from (order, near-duplicates, captions, stats, yield, the
+# card): read from every part; the rest (poses, figures) only streamed from the parts into the manifest.
+SPINE_COLUMNS = [
+    *("schema_version", "pair_id", "clip_id", "before_index", "after_index", "before_phash", "after_phash"),
+    *("source", "licence", "uri", "label", "split", "video_id", "extra", "shard"),
+    *("caption", "caption_captioner", "caption_model", "caption_prompt_version", "caption_created_at"),
+]
+CHANGED_COLUMNS = ["shard", *SPINE_COLUMNS[-5:]]  # what near-duplicates and the published captions change
+PART, ROW = "__part", "__row"  # where a spine row comes from
+ROWS_PER_GROUP = 32768  # rows of the manifest in memory at once while it is written (one row group)
+
+
+def read_spine(paths: list, schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
+    """The spine columns of every part, in the generation's order (the order concatenating the parts
+    and sorting by SAMPLE_ORDER gives: the sort is stable), each row with its part and row; and the
+    parts' first rows' offsets."""
+    spine_schema = pa.schema([schema.field(c) for c in SPINE_COLUMNS])
+    sizes = []
+
+    def parts() -> Iterator[pa.Table]:
+        for k, p in enumerate(paths):
+            t = pq.read_table(p, schema=schema, columns=SPINE_COLUMNS).select(SPINE_COLUMNS).cast(spine_schema)
+            sizes.append(t.num_rows)
+            t = t.append_column(PART, pa.array(np.full(t.num_rows, k, np.int32)))
+            yield t.append_column(ROW, pa.array(np.arange(t.num_rows, dtype=np.int32)))
+
+    spine = concat_parts(parts())
+    if spine is None:
+        empty = spine_schema.append(pa.field(PART, pa.int32())).append(pa.field(ROW, pa.int32()))
+        return empty.empty_table(), np.zeros(1, np.int64)
+    order = pc.sort_indices(spine, sort_keys=SAMPLE_ORDER)
+    spine = spine.take(order).combine_chunks()
+    return spine, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+class StreamedSamples:
+    """samples.parquet, written a row group at a time (`Chunks`): the parts' rows, each put where the
+    spine (the generation's order, near-duplicates dropped, shards and captions decided) says, its
+    changed columns from the spine. The rows are first sorted out into runs of ROWS_PER_GROUP (temp
+    IPC files in `tmp`), each run then ordered in memory: a part's rows are spread over the whole
+    order, so neither the parts nor the manifest are whole in memory. The keypoint checks of the
+    caption figures are made as the parts go by (`keypoint_verdicts`)."""
+
+    def __init__(self, paths, offsets, spine: pa.Table, schema: pa.Schema, tmp: Path, checks: dict, min_conf: float):
+        self.schema = schema
+        self.spine = spine
+        self.runs: list[Path] = []
+        self.verdicts: dict = {}
+        n = spine.num_rows
+        dest = np.full(int(offsets[-1]), -1, np.int64)  # part row -> its row in the manifest
+        dest[offsets[spine.column(PART).to_numpy()] + spine.column(ROW).to_numpy()] = np.arange(n)
+        groups = max(1, -(-n // ROWS_PER_GROUP))
+        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        run_schema = schema.append(pa.field(ROW, pa.int64()))
+        writers = []
+        pending: dict[int, list[pa.Table]] = {}
+        buffered = 0
+
+        def flush() -> None:
+            for g, tables in sorted(pending.items()):
+                writers[g].write_table(pa.concat_tables(tables).combine_chunks())
+            pending.clear()
+
+        try:
+            for g in range(groups):
+                self.runs.append(tmp / f"run-{g:05d}.arrow")
+                writers.append(pa.ipc.new_file(str(self.runs[-1]), run_schema, options=options))
+            for k, p in enumerate(paths):
+                where = dest[offsets[k] : offsets[k + 1]]
+                keep = where >= 0
+                if not keep.any():
+                    continue
+                part = pq.read_table(p, schema=schema).filter(pa.array(keep))
+                where = where[keep]
+                keypoint_verdicts(part, checks, self.verdicts, min_conf)
+                part = part.append_column(ROW, pa.array(where))
+                group = where // ROWS_PER_GROUP
+                for g in np.unique(group):
+                    pending.setdefault(int(g), []).append(part.filter(pa.array(group == g)))
+                buffered += part.num_rows
+                if buffered >= ROWS_PER_GROUP // 4:  # written in batches of some size: few chunks to read back
+                    flush()
+                    buffered = 0
+            flush()
+        finally:
+            for w in writers:
+                w.close()
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        for g, run in enumerate(self.runs):
+            with pa.memory_map(str(run)) as f:
+                table = pa.ipc.open_file(f).read_all()
+            table = table.take(pc.sort_indices(table.column(ROW)))
+            first = g * ROWS_PER_GROUP
+            spine = self.spine.slice(first, table.num_rows)
+            expected = np.arange(first, first + table.num_rows)
+            if not np.array_equal(table.column(ROW).to_numpy(), expected):
+                raise RuntimeError("the manifest's rows did not all come back from the parts")
+            table = table.drop_columns([ROW])
+            for c in CHANGED_COLUMNS:
+                table = table.set_column(table.schema.get_field_index(c), c, spine.column(c))
+            yield table.combine_chunks()
+            del table
 
 
 def without_near_duplicates(rejects: pa.Table) -> pa.Table:
@@ -87,50 +215,63 @@ def make_generation(
     keep: int | None = None,
     run_seconds: float | None = None,
 ) -> dict[str, Any]:
+    """Memory that grows with the dataset: the spine (SPINE_COLUMNS of every sample, no poses) and the
+    rejects; samples.parquet is written a row group at a time from the parts (StreamedSamples)."""
     records = basis.records
     unit_ids = [r["unit_id"] for r in records]
-    samples = read_parts(out, unit_ids, "samples", samples_table([]).schema).sort_by(SAMPLE_ORDER)
+    schema = samples_table([]).schema
+    paths = out.local_parts(unit_ids, "samples")
+    spine, offsets = read_spine(paths, schema)
     files: dict[str, dict[str, Any]] = {}
     for r in records:
         files.update(r["files"])
-    samples, files, dup_rows, dedup = drop_near_duplicates(out, samples, files, basis.max_duplicate_distance)
+    spine, files, dup_rows, dedup = drop_near_duplicates(out, spine, files, basis.max_duplicate_distance)
     rejects = basis.rejects
     if dup_rows:
         rejects = pa.concat_tables([rejects, rejects_table(dup_rows)])
     rejects = rejects.sort_by(REJECT_ORDER)
-    offline = samples  # the units' own captions, before the published choice
-    samples, files, applied = apply_published(out, samples, files)
-    stats = generation_stats(basis, samples, rejects, files)
-    stats["yield"] = _yield(basis, samples, rejects)
-    stats["caption_quality"] = generation_caption_quality(out.root, offline, samples, rejects, basis.keypoint_conf)
-    stats["near_duplicates"] = dedup["near_duplicates"]
-    if applied:
-        stats["published"] = applied
-    previous = out.meta() or {}
-    if previous.get("versions") and previous["versions"] != stats["versions"]:
-        stats["changed_versions"] = {
-            k: [previous["versions"].get(k), v]
-            for k, v in stats["versions"].items()
-            if previous["versions"].get(k) != v
+    offline = spine  # the units' own captions, before the published choice
+    spine, files, applied = apply_published(out, spine, files)
+    caption_rows = read_caption_rows(out.root)
+    with tempfile.TemporaryDirectory(prefix=".generation-", suffix=TMP_SUFFIX, dir=out.root) as tmp:
+        samples = StreamedSamples(
+            paths, offsets, spine, schema, Path(tmp), llm_checks(caption_rows), basis.keypoint_conf
+        )  # the parts sorted out into runs (the keypoint checks made on the way)
+        stats = generation_stats(basis, spine, rejects, files)
+        stats["yield"] = _yield(basis, spine, rejects)
+        stats["caption_quality"] = generation_caption_quality(
+            out.root, offline, spine, rejects, basis.keypoint_conf, samples.verdicts, caption_rows
+        )
+        del offline, caption_rows
+        samples.verdicts = {}
+        stats["near_duplicates"] = dedup["near_duplicates"]
+        if applied:
+            stats["published"] = applied
+        previous = out.meta() or {}
+        if previous.get("versions") and previous["versions"] != stats["versions"]:
+            stats["changed_versions"] = {
+                k: [previous["versions"].get(k), v]
+                for k, v in stats["versions"].items()
+                if previous["versions"].get(k) != v
+            }
+        stats |= basis.extra_stats
+        if run_seconds is not None:
+            stats["last_run_seconds"] = round(run_seconds, 2)
+        stats["config"] = basis.config
+        meta = {
+            "listing_digest": basis.listing_digest,
+            "fingerprint": basis.fingerprint,
+            "versions": stats["versions"],
+            "units": units_digest(records),
+            "published": published_choice(out),  # compared by the next run's no-op check
+            "created_at": datetime.now(timezone.utc).isoformat(),
         }
-    stats |= basis.extra_stats
-    if run_seconds is not None:
-        stats["last_run_seconds"] = round(run_seconds, 2)
-    stats["config"] = basis.config
-    meta = {
-        "listing_digest": basis.listing_digest,
-        "fingerprint": basis.fingerprint,
-        "versions": stats["versions"],
-        "units": units_digest(records),
-        "published": published_choice(out),  # compared by the next run's no-op check
-        "created_at": datetime.now(timezone.utc).isoformat(),
-    }
-    gen = out.write_generation(samples, rejects, stats, files, meta, records)
-    write_card(out, stats, samples, rejects, files)
+        gen = out.write_generation(samples, rejects, stats, files, meta, records)
+    write_card(out, stats, spine, rejects, files)
     out.uncommit([u for u in stale or [] if u not in set(unit_ids)])  # after the switch
     if keep is not None:
         out.gc(keep=keep)
-    del samples, offline, rejects  # the report reads the generation back: not both in memory at its peak
+    del samples, spine, rejects  # the report reads the generation back: not both in memory at its peak
     stats["report"] = _report(out.url)
     if stats["unaccounted_clips"] or stats["double_counted_clips"]:
         log.error(

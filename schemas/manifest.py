@@ -176,17 +176,30 @@ def reject_row(reject: Reject) -> dict[str, Any]:
 def with_clip_metadata(rejects: pa.Table, clips: list[Clip]) -> pa.Table:
     """Reject rows that lack their clip's metadata (rows made by a stage from the clip id alone, or by an
     older version) get it from the clips as their source listed them."""
+    import numpy as np
+    import pyarrow.compute as pc
+
     by_id = {c.clip_id: c for c in clips}
-    rows = rejects.to_pylist()
-    changed = False
+    if not rejects.num_rows or not by_id:
+        return rejects
+    extra = rejects.column("extra")
+    bare = pc.and_(
+        pc.and_(pc.is_null(rejects.column("label")), pc.is_null(rejects.column("split"))),
+        pc.or_(pc.is_null(extra), pc.equal(extra, "")),
+    )
+    bare = pc.and_(bare, pc.is_in(rejects.column("clip_id"), value_set=pa.array(list(by_id), pa.string())))
+    bare = pc.fill_null(bare, False).to_numpy(zero_copy_only=False)
+    if not bare.any():  # only the rows that lack it become Python objects
+        return rejects
+    rows = rejects.filter(pa.array(bare)).to_pylist()
     for r in rows:
-        clip = by_id.get(r["clip_id"])
-        if clip is None or r.get("label") is not None or r.get("split") is not None or r.get("extra"):
-            continue
+        clip = by_id[r["clip_id"]]
         filled = reject_row(Reject.model_validate({**{k: r[k] for k in _REJECT_OWN if k in r}, **clip_fields(clip)}))
         r.update({k: v for k, v in filled.items() if k not in _REJECT_OWN})
-        changed = True
-    return rejects_table(rows) if changed else rejects
+    fixed = rejects_table(rows)
+    rest = rejects.filter(pa.array(~bare)).select(fixed.column_names).cast(fixed.schema)
+    where = np.concatenate([np.flatnonzero(~bare), np.flatnonzero(bare)])
+    return pa.concat_tables([rest, fixed]).take(pa.array(np.argsort(where, kind="stable"))).combine_chunks()
 
 
 def clip_fields(clip: Clip) -> dict[str, Any]:

@@ -29,11 +29,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.captions import Agreement, CaptionStatus, MotionChange
 from schemas.records import OFFLINE_VERSION, Pose17
 
-from .agreement import KINDS, check_caption, check_text
+from .agreement import KINDS, Verdict, check_caption, check_text
 from .offline import ABSTAINED, CAPTIONER
 from .rows import read_caption_rows
 
@@ -138,20 +140,47 @@ def caption_quality(
     rows: pd.DataFrame | None,
     rejects: pd.DataFrame | None = None,
     min_conf: float = 0.5,
+    verdicts: dict[tuple, Any] | None = None,
 ) -> dict[str, Any]:
     """Figures per caption version and for the published captions.
 
     offline: the generation's pairs with their offline captions (the units' parts: pair_id, label,
     caption, caption_captioner and the pose columns); published: the generation's samples as published
     (None: the same); rows: every LLM caption attempt (OUT/captions/rows-*.parquet); rejects: the
-    generation's rejects (offline abstentions)."""
-    by_pair = {r["pair_id"]: r for r in offline.to_dict("records")} if len(offline) else {}
+    generation's rejects (offline abstentions). `verdicts`: the keypoint checks already made
+    (`keypoint_verdicts`, while the poses streamed by), keyed ("text", pair_id) and ("changes", pair_id,
+    changes JSON); then `offline` needs no pose columns."""
+    n_pairs = len(offline)
+    pair_ids = offline["pair_id"].tolist() if n_pairs else []
+    known = set(pair_ids)
+    poses: dict[str, dict[str, Any]] = {}
+    if verdicts is None and n_pairs:
+        poses = {r["pair_id"]: r for r in offline.to_dict("records")}
+
+    def text_verdict(pid: str, text: str, label: str | None):
+        if verdicts is not None:
+            return verdicts[("text", pid)]
+        r = poses[pid]
+        return check_text(_pose(r, "before"), _pose(r, "after"), text, label, min_conf)
+
+    def changes_verdict(pid: str, ch: str | None):
+        if verdicts is not None:
+            return verdicts[("changes", pid, _key(ch))]
+        r = poses[pid]
+        return check_caption(_pose(r, "before"), _pose(r, "after"), _changes(ch), min_conf)
+
     versions: dict[str, dict[str, Any]] = {}
-    # the offline captioner's captions
-    mine = [r for r in by_pair.values() if r.get("caption_captioner") == CAPTIONER]
-    fig = text_figures([r.get("caption") for r in mine], [r.get("label") for r in mine])
-    verdicts = [check_text(_pose(r, "before"), _pose(r, "after"), r.get("caption") or "", r.get("label"), min_conf)
-                for r in mine]  # fmt: skip
+    # the offline captioner's captions (a pair listed twice counts once, its last row)
+    last = offline.drop_duplicates("pair_id", keep="last") if n_pairs else offline
+    if n_pairs and len(last) == n_pairs:
+        last = offline
+    mine = last[last["caption_captioner"] == CAPTIONER] if n_pairs else last
+    texts = _values(mine, "caption")
+    labels = _values(mine, "label")
+    fig = text_figures(texts, labels)
+    verdict_list = [
+        text_verdict(pid, t or "", lb) for pid, t, lb in zip(_values(mine, "pair_id"), texts, labels, strict=True)
+    ]
     abstained = 0
     if rejects is not None and len(rejects):
         abstained = int(
@@ -161,34 +190,31 @@ def caption_quality(
                 & rejects["detail"].fillna("").str.startswith(ABSTAINED)
             ).sum()
         )
-    versions[OFFLINE_VERSION] = {"captioner": CAPTIONER, "missing": len(by_pair) - len(mine), **fig}
-    versions[OFFLINE_VERSION] |= {"agreement": _agreement(verdicts), "abstained": abstained}
+    versions[OFFLINE_VERSION] = {"captioner": CAPTIONER, "missing": len(known) - len(mine), **fig}
+    versions[OFFLINE_VERSION] |= {"agreement": _agreement(verdict_list), "abstained": abstained}
     # each LLM version: its newest attempt per pair of this generation
     if rows is not None and len(rows):
-        here = rows[rows.pair_id.isin(set(by_pair))].sort_values("created_at")
+        here = rows[rows.pair_id.isin(known)].sort_values("created_at")
         for version, g in here.groupby("caption_version", sort=True):
-            last = g.drop_duplicates("pair_id", keep="last")
-            ok = last[last.status == CaptionStatus.OK]
-            failed = last[last.status != CaptionStatus.OK]
+            newest = g.drop_duplicates("pair_id", keep="last")
+            ok = newest[newest.status == CaptionStatus.OK]
+            failed = newest[newest.status != CaptionStatus.OK]
             fig = text_figures(ok.text.tolist())
-            verdicts = [
-                check_caption(_pose(by_pair[p], "before"), _pose(by_pair[p], "after"), _changes(ch), min_conf)
-                for p, ch in zip(ok.pair_id, ok.changes, strict=True)
-            ]
+            verdict_list = [changes_verdict(p, ch) for p, ch in zip(ok.pair_id, ok.changes, strict=True)]
             reasons = Counter(
                 str(r if isinstance(r, str) and r else s) for r, s in zip(failed.reason, failed.status, strict=True)
             )
             versions[str(version)] = {
                 "captioner": str(g.captioner.dropna().iloc[0]) if g.captioner.notna().any() else "openai",
-                "missing": len(by_pair) - len(ok),
+                "missing": len(known) - len(ok),
                 **fig,
-                "agreement": _agreement(verdicts),
+                "agreement": _agreement(verdict_list),
                 "failed": dict(sorted(reasons.items())),
             }
     pub = published if published is not None else offline
-    pub_rows = pub.to_dict("records") if len(pub) else []
-    pub_fig = text_figures([r.get("caption") for r in pub_rows], [r.get("label") for r in pub_rows])
-    pub_fig["by_captioner"] = dict(Counter(str(r.get("caption_captioner")) for r in pub_rows))
+    pub_texts = _values(pub, "caption")
+    pub_fig = text_figures(pub_texts, _values(pub, "label"))
+    pub_fig["by_captioner"] = dict(Counter(str(c) for c in _values(pub, "caption_captioner")))
     return {
         "versions": versions,
         "published": pub_fig,
@@ -200,6 +226,15 @@ def caption_quality(
         },
         "warnings": warnings(versions, pub_fig),
     }
+
+
+def _values(df: pd.DataFrame, column: str) -> list[Any]:
+    """A column as Python values the way `to_dict("records")` gives them (None where it is absent)."""
+    if not len(df):
+        return []
+    if column not in df:
+        return [None] * len(df)
+    return df[column].astype(object).tolist()
 
 
 def warnings(versions: dict[str, dict[str, Any]], published: dict[str, Any]) -> list[str]:
@@ -222,22 +257,70 @@ SAMPLE_COLUMNS = [
     *("pair_id", "label", "caption", "caption_captioner", "frame_width", "frame_height"),
     *("before_keypoints", "before_box", "before_score", "after_keypoints", "after_box", "after_score"),
 ]
+POSE_COLUMNS = SAMPLE_COLUMNS[4:]
 
 
-def generation_caption_quality(root, offline, published, rejects, min_conf: float = 0.5) -> dict[str, Any]:
+def keypoint_verdicts(part: pa.Table, checks: dict[str, list[str | None]], verdicts: dict, min_conf: float) -> None:
+    """The keypoint checks of the pairs of one part of a generation (its rows with SAMPLE_COLUMNS),
+    added to `verdicts` for `caption_quality`: each offline caption's ("text", pair_id) and, for the
+    pairs in `checks` (pair_id -> changes JSON of its LLM captions), ("changes", pair_id, changes). So
+    the poses of a whole dataset never are in memory at once."""
+    offline = pc.equal(part.column("caption_captioner"), CAPTIONER).to_numpy(zero_copy_only=False)
+    wanted = pc.is_in(part.column("pair_id"), value_set=pa.array(list(checks), pa.string())) if checks else None
+    if wanted is not None:
+        offline = offline | pc.fill_null(wanted, False).to_numpy(zero_copy_only=False)
+    offline = pa.array(offline, pa.bool_())
+    shared: dict[tuple, Verdict] = {}  # kept as what the figures count (agreement, kinds), one object each
+
+    def slim(v: Verdict) -> Verdict:
+        key = (v.agreement, tuple(v.kinds))
+        return shared.setdefault(key, Verdict(v.agreement, "", key[1]))
+
+    for r in part.filter(offline).select([c for c in SAMPLE_COLUMNS if c in part.column_names]).to_pylist():
+        pid = r["pair_id"]
+        before, after = _pose(r, "before"), _pose(r, "after")
+        if r.get("caption_captioner") == CAPTIONER:
+            verdicts[("text", pid)] = slim(check_text(before, after, r.get("caption") or "", r.get("label"), min_conf))
+        for ch in checks.get(pid, ()):
+            verdicts[("changes", pid, _key(ch))] = slim(check_caption(before, after, _changes(ch), min_conf))
+
+
+def llm_checks(rows: pd.DataFrame | None) -> dict[str, list[str | None]]:
+    """pair_id -> the changes JSON of its usable LLM captions (what `keypoint_verdicts` checks)."""
+    out: dict[str, list[str | None]] = {}
+    if rows is None or not len(rows):
+        return out
+    ok = rows[rows.status == CaptionStatus.OK]
+    for pid, ch in zip(ok.pair_id, ok.changes, strict=True):
+        got = out.setdefault(pid, [])
+        if _key(ch) not in got:
+            got.append(_key(ch))
+    return out
+
+
+def _key(changes: Any) -> str | None:
+    return changes if isinstance(changes, str) else None
+
+
+def generation_caption_quality(
+    root, offline, published, rejects, min_conf: float = 0.5, verdicts: dict | None = None, rows=None
+) -> dict[str, Any]:
     """The figures of a generation being made (pyarrow tables): `offline` the units' samples as they were
     committed (their captions the offline ones), `published` the same after the published caption choice,
-    the LLM caption rows read from the output at `root`. Warnings are logged."""
+    the LLM caption rows read from the output at `root` (or given: `rows`). `verdicts`: the keypoint
+    checks made already (`keypoint_verdicts`; then `offline` needs no pose columns). Warnings are logged."""
 
     def pick(table, columns):
         return table.select([c for c in columns if c in table.column_names]).to_pandas()
 
+    columns = SAMPLE_COLUMNS if verdicts is None else SAMPLE_COLUMNS[:4]
     q = caption_quality(
-        pick(offline, SAMPLE_COLUMNS),
+        pick(offline, columns),
         pick(published, ["pair_id", "label", "caption", "caption_captioner"]),
-        read_caption_rows(root),
+        read_caption_rows(root) if rows is None else rows,
         pick(rejects, ["reason", "level", "detail"]),
         min_conf,
+        verdicts,
     )
     for w in q["warnings"]:
         logging.getLogger(__name__).warning("captions: %s", w)

@@ -15,6 +15,9 @@ from typing import Any
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from schemas.manifest import REJECTS_FILE, SAMPLES_FILE, STATS_FILE
 
@@ -51,6 +54,7 @@ class Build:
     rejects: pd.DataFrame
     shards: dict[str, str]  # tar name -> readable URL
     captions: pd.DataFrame | None
+    samples_url: str | None = None  # the manifest (samples holds its columns but the pose lists)
 
 
 def load_build(url: str) -> Build:
@@ -69,12 +73,38 @@ def load_build(url: str) -> Build:
         return Build(base, None, {}, pd.DataFrame(), pd.DataFrame(), {}, None)
     with fsspec.open(gen.file_url(STATS_FILE), "rb") as f:
         stats = json.loads(f.read())
-    samples = pd.read_parquet(gen.file_url(SAMPLES_FILE))
+    samples = pd.read_parquet(gen.file_url(SAMPLES_FILE), columns=light_columns(gen.file_url(SAMPLES_FILE)))
     rejects = pd.read_parquet(gen.file_url(REJECTS_FILE))
     captions = None
     if not is_remote(base):
         captions = read_caption_rows(Path(base))
-    return Build(base, gen.generation, stats, samples, rejects, {s.name: s.url for s in gen.shards}, captions)
+    shards = {s.name: s.url for s in gen.shards}
+    return Build(base, gen.generation, stats, samples, rejects, shards, captions, gen.file_url(SAMPLES_FILE))
+
+
+POSE_COLUMNS = ["before_keypoints", "before_box", "after_keypoints", "after_box"]
+
+
+def light_columns(url: str) -> list[str]:
+    """The manifest's columns but its lists (poses, boxes, matrices: most of its bytes, as Python objects
+    in a DataFrame many times more): the report reads those only for the pairs it draws (`pose_rows`)."""
+    with fsspec.open(url, "rb") as f:
+        schema = pq.read_schema(f)
+    return [f.name for f in schema if not pa.types.is_list(f.type) and not pa.types.is_fixed_size_list(f.type)]
+
+
+def pose_rows(url: str, pair_ids: list[str]) -> pd.DataFrame:
+    """pair_id and the pose lists of these pairs, read a row group at a time."""
+    wanted = pa.array(sorted(set(pair_ids)), pa.string())
+    parts = []
+    with fsspec.open(url, "rb") as f:
+        pf = pq.ParquetFile(f)
+        columns = ["pair_id", *(c for c in POSE_COLUMNS if c in pf.schema_arrow.names)]
+        for i in range(pf.num_row_groups):
+            t = pf.read_row_group(i, columns=columns)
+            parts.append(t.filter(pc.is_in(t.column("pair_id"), value_set=wanted)))
+        table = pa.concat_tables(parts) if parts else pa.table({"pair_id": pa.array([], pa.string())})
+    return table.to_pandas()
 
 
 def tar_samples(url: str):

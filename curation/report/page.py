@@ -26,6 +26,7 @@ from .data import (  # the names callers import from here stay importable
     figures,
     funnel,
     load_build,
+    pose_rows,
     spread,
     threshold,
 )
@@ -119,6 +120,9 @@ def render(build: Build, dest: Path, max_pairs: int = MAX_PAIRS) -> dict[str, An
         else samples
     )
     shown = order.iloc[spread(len(order), max_pairs)] if len(order) else order
+    if len(shown) and build.samples_url and "before_keypoints" not in shown:  # the poses of the pairs drawn
+        poses = pose_rows(build.samples_url, shown.pair_id.tolist())
+        shown = shown.merge(poses.drop_duplicates("pair_id"), on="pair_id", how="left")
     thumbs = thumbnails(build, shown, dest) if len(shown) else {}
     captions = captions_by_pair(build)
     cards = [

@@ -15,9 +15,9 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -94,8 +94,27 @@ def record_bytes(record: dict[str, Any]) -> bytes:
     return json.dumps(record, indent=2, sort_keys=True, default=str).encode()
 
 
-def write_parquet(path: Path, table: pa.Table) -> None:
-    atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+def write_parquet(path: Path, table: pa.Table | Chunks) -> None:
+    """A table, or `Chunks` (a schema and the tables to write in turn, one row group or more each: a
+    manifest that is never whole in memory)."""
+    if isinstance(table, pa.Table):
+        atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
+        return
+
+    def write(f) -> None:
+        with pq.ParquetWriter(f, table.schema, compression="zstd") as writer:
+            for chunk in table:
+                writer.write_table(chunk)
+
+    atomic_write(path, write)
+
+
+class Chunks(Protocol):
+    """A table written a part at a time (`write_parquet`)."""
+
+    schema: pa.Schema
+
+    def __iter__(self) -> Iterator[pa.Table]: ...
 
 
 def sha256_file(path: Path | str, opener: Callable[[str], Any] | None = None) -> str:

@@ -22,6 +22,7 @@ from .files import (
     GENERATION,
     TAR_NAME,
     TMP_SUFFIX,
+    Chunks,
     StoreError,
     check_name,
     fsync_dir,
@@ -97,7 +98,7 @@ class Generations:
 
     def write_generation(
         self,
-        samples: pa.Table,
+        samples: pa.Table | Chunks,
         rejects: pa.Table,
         stats: dict[str, Any],
         files: dict[str, dict[str, Any]],
@@ -105,7 +106,8 @@ class Generations:
         records: list[dict[str, Any]] | None = None,
     ) -> str:
         """A complete new generation, then the pointer. `files`: tar name -> samples, bytes, sha256 (all
-        in the pool; on a remote output the tars the bucket lacks go up first). `records`: the units it
+        in the pool; on a remote output the tars the bucket lacks go up first). `samples`: a table or
+        `Chunks` (written a row group at a time). `records`: the units it
         holds, kept as its units.json (a new machine reads them in one request)."""
         remote = self._remote
         if remote is not None:
