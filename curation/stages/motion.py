@@ -150,7 +150,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         m, cam = plain.matrix, 0.0
     mean, mx, trans, torso, n, limb = pose_change(a, b, cfg)
     if pose_figures.labels_flipped(a, b, cfg.keypoint_conf, q.lr_min_separation, q.turn_face_conf):
-        c.detail = "left and right flip between the frames while the face is seen in both: the labels, not a turn"
+        c.detail = "left and right flip between the frames and nothing shows a turn: the labels flipped, not the body"
         flipped = pose_change(a, pose_figures.mirrored(b), cfg)
         return RejectReason.IDENTITY_SWITCH if moves(flipped[0], flipped[5], cfg) else RejectReason.LOW_MOTION
     moving = moves(mean, limb, cfg)
