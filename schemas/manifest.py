@@ -183,11 +183,11 @@ def with_clip_metadata(rejects: pa.Table, clips: list[Clip]) -> pa.Table:
     if not rejects.num_rows or not by_id:
         return rejects
     extra = rejects.column("extra")
-    bare = pc.and_(
-        pc.and_(pc.is_null(rejects.column("label")), pc.is_null(rejects.column("split"))),
-        pc.or_(pc.is_null(extra), pc.equal(extra, "")),
+    bare = pc.and_kleene(
+        pc.and_kleene(pc.is_null(rejects.column("label")), pc.is_null(rejects.column("split"))),
+        pc.or_kleene(pc.is_null(extra), pc.equal(extra, "")),
     )
-    bare = pc.and_(bare, pc.is_in(rejects.column("clip_id"), value_set=pa.array(list(by_id), pa.string())))
+    bare = pc.and_kleene(bare, pc.is_in(rejects.column("clip_id"), value_set=pa.array(list(by_id), pa.string())))
     bare = pc.fill_null(bare, False).to_numpy(zero_copy_only=False)
     if not bare.any():  # only the rows that lack it become Python objects
         return rejects
