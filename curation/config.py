@@ -130,6 +130,12 @@ class QualityConfig(_Section):
     max_overlay_change: float = Field(
         0.003, ge=0, le=1, description="largest changed region apart from the people / frame area, else overlay_changed"
     )
+    max_graphic_stroke: float = Field(
+        1.2,
+        ge=0,
+        description="longest drawn stroke (saturated, thinner than a limb, straight) in one frame only, in torso"
+        " lengths: a graphic over the body, else overlay_changed",
+    )
     max_background_change: float = Field(
         0.25, ge=0, le=1, description="share of the background that changes (a fade, a cross-fade), else shot_cut"
     )

@@ -210,6 +210,7 @@ class QualityFigures(BaseModel):
     background_change: float | None = None  # share of the background that changed after alignment
     overlay_change: float | None = None  # largest changed region outside the people / frame area
     person_change: float | None = None  # share of the person's box whose pixels changed after alignment
+    graphic_stroke: float | None = None  # longest drawn stroke (saturated, thin, straight) in one frame only / torso
     other_track_score: float | None = None  # best score of another person tracked elsewhere in the clip
     borderline: bool = False  # a figure within quality.borderline_margin of its threshold
     borderline_checks: str | None = None  # which ones, comma-separated

@@ -256,3 +256,42 @@ def test_a_graphic_inside_the_person_box_but_off_the_body_is_an_overlay(detector
     bx0, by0, bx1, by1 = marked.change_box
     assert bx0 <= spot[0] + 24 and bx1 >= spot[0] and by0 <= spot[1] + 24 and by1 >= spot[1]
     assert camera.align_pair(a, a.copy(), [person], [person], *args).largest_change == 0.0
+
+
+def test_a_graphic_drawn_over_the_body_in_one_frame_is_an_overlay(detector, clips):  # noqa: F811
+    """Form lines drawn over the body (a saturated yellow stroke from shoulder to hip to ankle, as
+    fitness videos draw them) lie inside the person, where the background comparison does not look:
+    the stroke in one frame only is the figure. The person's own motion between the frames, a yellow
+    top worn in both (a blob, not a stroke) and a line in the scene in both frames are not."""
+    import cv2
+    import decord
+
+    path = make("plain_static", clips)
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    a, b = vr[4].asnumpy(), vr[16].asnumpy()
+    (pa,), (pb,) = ([p for p in detector([f])[0] if p.score >= 0.5][:1] for f in (a, b))
+    args = (np.eye(2, 3), False, 0.006, 0.03, 6.0)
+    limit = QualityConfig().max_graphic_stroke
+
+    def drawn(frame, pose, lines=False, top=False, scene=False):
+        out = frame.copy()
+        k = np.asarray(pose.keypoints)[:, :2].astype(int)
+        if top:  # a yellow top: the trunk filled
+            cv2.fillConvexPoly(out, k[[5, 6, 12, 11]], (250, 230, 20))
+        if lines:  # shoulder -> hip -> ankle, with the joints marked
+            for i, j in ((5, 11), (11, 15)):
+                cv2.line(out, tuple(k[i]), tuple(k[j]), (255, 240, 0), 4, cv2.LINE_AA)
+            for i in (5, 11, 15):
+                cv2.circle(out, tuple(k[i]), 7, (255, 240, 0), -1, cv2.LINE_AA)
+        if scene:  # a court line across the floor, in the scene
+            cv2.line(out, (0, out.shape[0] - 12), (out.shape[1], out.shape[0] - 12), (230, 40, 40), 3)
+        return out
+
+    plain = camera.align_pair(a, b, [pa], [pb], *args).graphic_stroke
+    assert plain is not None and plain <= limit
+    marked = camera.align_pair(a, drawn(b, pb, lines=True), [pa], [pb], *args).graphic_stroke
+    assert marked > limit, marked
+    worn = camera.align_pair(drawn(a, pa, top=True), drawn(b, pb, top=True), [pa], [pb], *args)
+    assert worn.graphic_stroke <= limit, worn
+    court = camera.align_pair(drawn(a, pa, scene=True), drawn(b, pb, scene=True), [pa], [pb], *args)
+    assert court.graphic_stroke <= limit, court

@@ -51,6 +51,7 @@ class PairAlignment:
     change_box: tuple[int, int, int, int] | None  # its box, decoded-frame pixels of the after frame
     plain: bool = False  # the background has no texture: decided by its pixels alone
     person_change: float | None = None  # share of the subject's box whose pixels changed after alignment
+    graphic_stroke: float | None = None  # longest drawn stroke in one frame only / torso (graphic_strokes)
 
     def full_matrix(self) -> np.ndarray | None:
         """The camera a -> b in decoded-frame pixels."""
@@ -291,7 +292,50 @@ def align_pair(
         status = "moving"
     full_box = None if box is None else tuple(int(round(v / s)) for v in box)
     moved = person_change(ga, gb, m, people_a[0], people_b[0], s) if people_a and people_b else None
-    return PairAlignment(status, m, s, motion, residual, brightness, share, largest, full_box, plain, moved)
+    stroke = graphic_strokes(a, b, m, s, people_b[0]) if people_b else None
+    return PairAlignment(status, m, s, motion, residual, brightness, share, largest, full_box, plain, moved, stroke)
+
+
+# a drawn graphic's colour: saturated and bright (HSV, OpenCV's 0-255 scales), as no lit fabric is
+GRAPHIC_SATURATION, GRAPHIC_VALUE = 170, 200
+
+
+def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17) -> float | None:
+    """The longest straight stroke of a drawn graphic that is in one frame and not the other, in the
+    subject's torso lengths (a, b: RGB frames; m: a -> b in small-frame pixels, `scale` of them).
+
+    A form line, an arrow or a skeleton drawn over the body lies inside the person, where the background
+    comparison does not look, and moves with the body like a limb. What sets it apart is how it is
+    drawn: a saturated, bright colour, thinner than any limb, straight. The strokes are the thin parts
+    of each frame's saturated-colour mask (what an opening by 0.12 torso lengths removes: a yellow shirt
+    is a blob and stays), less what the other frame has in that colour nearby; the longest straight
+    segment (Hough) among them is the figure. Measured at most 640 px on the long side."""
+    h, w = b.shape[:2]
+    f = min(1.0, 640.0 / max(h, w))
+    torso = geometry.torso_length(geometry.keypoints(subject_b)) * f
+    if not torso > 8:
+        return None
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    mf = m.copy()
+    mf[:, 2] *= f / scale
+    small_b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+    small_a = cv2.warpAffine(cv2.resize(a, size, interpolation=cv2.INTER_AREA), mf, size, borderValue=0)
+    k = max(5, int(0.12 * torso)) | 1
+    opening = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    near = np.ones((5, 5), np.uint8)
+    masks = []
+    for img in (small_a, small_b):
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        colour = ((hsv[..., 1] > GRAPHIC_SATURATION) & (hsv[..., 2] > GRAPHIC_VALUE)).astype(np.uint8)
+        masks.append((colour, colour & (1 - cv2.morphologyEx(colour, cv2.MORPH_OPEN, opening))))
+    longest = 0.0
+    for (_, thin), (other, _) in ((masks[0], masks[1]), (masks[1], masks[0])):
+        only = thin & (1 - cv2.dilate(other, near))
+        lines = cv2.HoughLinesP(only * 255, 1, np.pi / 180, 30, minLineLength=max(10, int(0.3 * torso)), maxLineGap=3)
+        if lines is not None and len(lines):
+            seg = np.asarray(lines, np.float64).reshape(-1, 4)
+            longest = max(longest, float(np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1]).max()) / torso)
+    return longest
 
 
 def person_change(ga: np.ndarray, gb: np.ndarray, m: np.ndarray, subject_a: Pose17, subject_b: Pose17, scale: float):

@@ -6,8 +6,8 @@ without a body / a body whose left and right labels contradict its facing (dropp
 whole body); then candidate pairs of whole-body frames inside the gap bounds go through checks in a
 fixed order (CHECK_ORDER: second person in the window, identity, frame edge, person size, cut, camera
 motion, background place, sharpness, pose change). The reason a clip is rejected is the step that left
-nothing. The motion figures of a pair live in stages/figures.py, the quality measures in
-stages/quality.py, head-camera segments in stages/egocentric.py.
+nothing. The motion figures of a pair live in stages/figures.py, their margins in stages/margins.py,
+the quality measures in stages/quality.py, head-camera segments in stages/egocentric.py.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from collections import Counter
 
 from schemas.records import MotionFigures, PairStrategy, QualityFigures, RejectReason
 
-from ..config import MotionConfig, PairingConfig, QualityConfig
+from ..config import MotionConfig, PairingConfig
 from . import body, quality
 from . import figures as pose_figures
 from .egocentric import select_egocentric
 from .figures import LIMB_MASK, moves, pose_change, root_and_torso, same_person, scene_similarity
+from .margins import MARGIN_REASONS, mark_margins
 from .track import (
     Candidate,
     ClipTrack,
@@ -177,6 +178,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     c.quality.background_change = al.changed_share
     c.quality.overlay_change = al.largest_change
     c.quality.person_change = al.person_change
+    c.quality.graphic_stroke = al.graphic_stroke
     if al.status == "unmeasurable":
         c.detail = f"camera motion unmeasurable in {unmeasured(steps)} step(s)"
         return RejectReason.CAMERA_MOTION
@@ -193,6 +195,9 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     if al.largest_change is not None and al.largest_change > q.max_overlay_change:
         c.detail = f"a region outside the person changed ({al.largest_change:.4f} of the frame at {al.change_box})"
         return RejectReason.OVERLAY_CHANGED
+    if al.graphic_stroke is not None and al.graphic_stroke > q.max_graphic_stroke:
+        c.detail = f"a drawn stroke {al.graphic_stroke:.2f} torso lengths long is in one frame only (a graphic)"
+        return RejectReason.OVERLAY_CHANGED
     if not blurry and not moving:
         return RejectReason.LOW_MOTION  # (a plain background: no chained estimate above)
     c.quality.background_match = track.background_match(c.i, c.j, al.matrix)
@@ -206,69 +211,11 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         return RejectReason.LOW_MOTION
     if not moving:
         return RejectReason.LOW_MOTION
-    _margins(c, cfg, q, crop)
+    mark_margins(c, cfg, q, crop)
     if c.quality.borderline and q.borderline == "drop":
         c.detail = f"borderline: {c.quality.borderline_checks}"
         return MARGIN_REASONS[c.quality.borderline_checks.split(",")[0]]
     return None
-
-
-# each margin: (figure, threshold, "min" | "max"); the reason a too-close figure is dropped for
-MARGIN_REASONS = {
-    "person_px_source": RejectReason.TOO_SMALL,
-    "person_px_output": RejectReason.TOO_SMALL,
-    "person_height": RejectReason.TOO_SMALL,
-    "edge_margin": RejectReason.PARTIAL_BODY,
-    "leg_extent": RejectReason.PARTIAL_BODY,
-    "other_person_score": RejectReason.MULTIPLE_PEOPLE,
-    "camera_motion": RejectReason.CAMERA_MOTION,
-    "background_residual": RejectReason.CAMERA_MOTION,
-    "overlay_change": RejectReason.OVERLAY_CHANGED,
-    "background_change": RejectReason.SHOT_CUT,
-    "background_match": RejectReason.SHOT_CUT,
-    "sharpness": RejectReason.BLURRY,
-    "pose_change": RejectReason.LOW_MOTION,
-    "person_change": RejectReason.LOW_MOTION,
-}
-
-
-def _margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> None:
-    """Each figure's margin to its threshold, relative to the threshold (negative: past it). A pair
-    with any margin under quality.borderline_margin is marked borderline, naming the checks."""
-    qf, mf = c.quality, c.motion
-    checks = {
-        "person_px_source": (qf.person_px_source, q.min_person_px, "min"),
-        "person_px_output": (qf.person_px_output, q.min_person_px_output, "min"),
-        "edge_margin": (qf.edge_margin, q.min_edge_margin, "min"),
-        "leg_extent": (qf.leg_extent, cfg.min_leg_extent if cfg.whole_body else 0.0, "min"),
-        "other_person_score": (qf.other_person_score, q.other_person_conf, "max"),
-        "camera_motion": (mf.camera_motion if qf.camera_status == "stabilised" else None, cfg.max_camera_motion, "max"),
-        "background_residual": (
-            qf.background_residual if qf.camera_status == "stabilised" else None,
-            cfg.max_background_residual,
-            "max",
-        ),
-        "overlay_change": (qf.overlay_change, q.max_overlay_change, "max"),
-        "background_change": (qf.background_change, q.max_background_change, "max"),
-        "background_match": (qf.background_match, q.min_background_match, "min"),
-        "sharpness": (qf.sharpness, q.min_sharpness, "min"),
-        "pose_change": (mf.pose_change, cfg.min_pose_change, "min"),
-        "person_change": (qf.person_change, q.min_person_change, "min"),
-    }
-    if crop == "frame":
-        checks["person_height"] = (qf.person_height, q.min_person_height, "min")
-    found: dict[str, float] = {}
-    for name, (fig, thr, kind) in checks.items():
-        if fig is None or thr is None or thr <= 0 or not math.isfinite(fig):
-            continue
-        found[name] = (fig - thr) / thr if kind == "min" else (thr - fig) / thr
-    if "pose_change" in found and cfg.min_limb_change > 0 and mf.limb_change is not None:
-        # a pair moves by either motion figure: its margin is the better of the two
-        found["pose_change"] = max(found["pose_change"], (mf.limb_change - cfg.min_limb_change) / cfg.min_limb_change)
-    close = sorted((v, k) for k, v in found.items() if v < q.borderline_margin)
-    qf.min_margin = min(found.values()) if found else None
-    qf.borderline = bool(close)
-    qf.borderline_checks = ",".join(k for _, k in close) or None
 
 
 def _moves(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> bool:
