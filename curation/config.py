@@ -130,6 +130,13 @@ class QualityConfig(_Section):
     max_overlay_change: float = Field(
         0.003, ge=0, le=1, description="largest changed region apart from the people / frame area, else overlay_changed"
     )
+    max_box_past_border: float = Field(
+        0.5,
+        ge=0,
+        description="how far a person's box that touches a border runs past the outermost shown joint, in torso"
+        " lengths (a foot reaches ~0.3, the top of the head ~0.4): more is a body cut there, else partial_body"
+        " (whole-body configs)",
+    )
     max_graphic_stroke: float = Field(
         1.2,
         ge=0,

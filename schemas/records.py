@@ -203,6 +203,7 @@ class QualityFigures(BaseModel):
     person_px_source: float | None = None  # person's box height in the source video's pixels (larger frame)
     person_px_output: float | None = None  # ... in the stored image's pixels
     leg_extent: float | None = None  # shorter shown leg (hip-knee-ankle) / torso, lower of the two frames
+    box_past_border: float | None = None  # box past the outermost joint to a border it touches / torso (larger)
     extremity_margin: float | None = None  # ankles' and nose's distance to the picture's border / torso (lower)
     camera_status: str | None = None  # "static" | "stabilised" (curation/stages/camera.py)
     background_residual: float | None = None  # median background difference after alignment (gray levels)

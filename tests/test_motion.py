@@ -227,4 +227,11 @@ def test_a_box_running_on_to_the_border_past_the_joints_is_a_cut_body():
     sel = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2))
     assert sel.pairs == [] and sel.reason is RejectReason.PARTIAL_BODY, (sel.reason, sel.detail)
     frames = [[at_left_border(make_pose(RIGHT_ARM_UP if i >= 6 else None), 0.3)] for i in range(12)]
-    assert select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2)).pairs
+    kept = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2)).pairs
+    assert kept and all(c.quality.box_past_border == pytest.approx(0.3) for c in kept)  # the figure, stored
+    assert all(c.quality.min_margin <= (0.5 - 0.3) / 0.5 + 1e-9 for c in kept)  # and its margin
+    # the threshold is a setting: raised past 0.6, the cut clip's pairs pass (a re-filter of the figure)
+    frames = [[at_left_border(make_pose(RIGHT_ARM_UP if i >= 6 else None), 0.6)] for i in range(12)]
+    obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(frames)]
+    looser = QualityConfig(min_person_change=0, max_box_past_border=0.7)
+    assert select_pairs(ClipTrack.build(obs, [textured()] * 12, CFG, looser), CFG, PairingConfig()).pairs

@@ -123,11 +123,12 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         person_px_output=float(height_px),
         leg_extent=min(legs) if legs else None,
         extremity_margin=min(ends) if ends else None,
+        box_past_border=max(body.past_border(p, content, cfg.keypoint_conf) for p in (a, b)),
         other_track_score=max((t.score for t in track.others), default=0.0),  # elsewhere in the clip
     )
     if c.quality.edge_margin < q.min_edge_margin:
         return RejectReason.PARTIAL_BODY
-    if cfg.whole_body and max(body.past_border(p, content, cfg.keypoint_conf) for p in (a, b)) > 0.5:
+    if cfg.whole_body and c.quality.box_past_border > q.max_box_past_border:
         c.detail = "the person's box runs on to the border well past the outermost joint: the body is cut there"
         return RejectReason.PARTIAL_BODY
     if crop == "frame" and c.quality.person_height < q.min_person_height:
