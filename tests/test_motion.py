@@ -229,7 +229,11 @@ def test_a_box_running_on_to_the_border_past_the_joints_is_a_cut_body():
     frames = [[at_left_border(make_pose(RIGHT_ARM_UP if i >= 6 else None), 0.3)] for i in range(12)]
     kept = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2)).pairs
     assert kept and all(c.quality.box_past_border == pytest.approx(0.3) for c in kept)  # the figure, stored
-    assert all(c.quality.min_margin <= (0.5 - 0.3) / 0.5 + 1e-9 for c in kept)  # and its margin
+    # and its margin, (0.5 - 0.3) / 0.5 = 0.4: under a borderline margin of 0.45 it names the check
+    obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(frames)]
+    wide = QualityConfig(min_person_change=0, borderline_margin=0.45, borderline="keep")
+    close = select_pairs(ClipTrack.build(obs, [textured()] * 12, CFG, wide), CFG, PairingConfig()).pairs
+    assert close and all("box_past_border" in (c.quality.borderline_checks or "").split(",") for c in close)
     # the threshold is a setting: raised past 0.6, the cut clip's pairs pass (a re-filter of the figure)
     frames = [[at_left_border(make_pose(RIGHT_ARM_UP if i >= 6 else None), 0.6)] for i in range(12)]
     obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(frames)]
