@@ -94,17 +94,13 @@ def light_columns(url: str) -> list[str]:
 
 
 def pose_rows(url: str, pair_ids: list[str]) -> pd.DataFrame:
-    """pair_id and the pose lists of these pairs, read a row group at a time."""
-    wanted = pa.array(sorted(set(pair_ids)), pa.string())
-    parts = []
+    """pair_id and the pose lists of these pairs (pyarrow filters the manifest a batch at a time)."""
     with fsspec.open(url, "rb") as f:
-        pf = pq.ParquetFile(f)
-        columns = ["pair_id", *(c for c in POSE_COLUMNS if c in pf.schema_arrow.names)]
-        for i in range(pf.num_row_groups):
-            t = pf.read_row_group(i, columns=columns)
-            parts.append(t.filter(pc.is_in(t.column("pair_id"), value_set=wanted)))
-        table = pa.concat_tables(parts) if parts else pa.table({"pair_id": pa.array([], pa.string())})
-    return table.to_pandas()
+        names = pq.read_schema(f).names
+    columns = ["pair_id", *(c for c in POSE_COLUMNS if c in names)]
+    with fsspec.open(url, "rb") as f:
+        wanted = pc.field("pair_id").isin(pa.array(sorted(set(pair_ids)), pa.string()))
+        return pq.read_table(f, columns=columns, filters=wanted).to_pandas()
 
 
 def tar_samples(url: str):
