@@ -143,6 +143,12 @@ class QualityConfig(_Section):
         description="longest drawn stroke (saturated, thinner than a limb, straight) in one frame only, in torso"
         " lengths: a graphic over the body, else overlay_changed",
     )
+    max_text_change: float = Field(
+        0.02,
+        ge=0,
+        description="largest word of bright text (thin near-white strokes in a row, off the body) in one frame"
+        " only, in stroke pixels per squared torso length: a caption that appears or changes, else overlay_changed",
+    )
     max_background_change: float = Field(
         0.25, ge=0, le=1, description="share of the background that changes (a fade, a cross-fade), else shot_cut"
     )

@@ -212,6 +212,7 @@ class QualityFigures(BaseModel):
     overlay_change: float | None = None  # largest changed region outside the people / frame area
     person_change: float | None = None  # share of the person's box whose pixels changed after alignment
     graphic_stroke: float | None = None  # longest drawn stroke (saturated, thin, straight) in one frame only / torso
+    text_change: float | None = None  # largest bright-text word in one frame only: stroke pixels / torso^2
     other_track_score: float | None = None  # best score of another person tracked elsewhere in the clip
     borderline: bool = False  # a figure within quality.borderline_margin of its threshold
     borderline_checks: str | None = None  # which ones, comma-separated

@@ -15,7 +15,7 @@ from conftest import write_video
 from test_quality import detector, run_clip  # noqa: F401  (the module's pose model fixture)
 
 from curation.config import MotionConfig, QualityConfig
-from curation.stages import camera, crop, quality
+from curation.stages import camera, crop, quality, silhouette
 
 pytestmark = pytest.mark.slow
 
@@ -258,18 +258,25 @@ def test_a_graphic_inside_the_person_box_but_off_the_body_is_an_overlay(detector
     assert camera.align_pair(a, a.copy(), [person], [person], *args).largest_change == 0.0
 
 
-def test_a_graphic_drawn_over_the_body_in_one_frame_is_an_overlay(detector, clips):  # noqa: F811
-    """Form lines drawn over the body (a saturated yellow stroke from shoulder to hip to ankle, as
-    fitness videos draw them) lie inside the person, where the background comparison does not look:
-    the stroke in one frame only is the figure. The person's own motion between the frames, a yellow
-    top worn in both (a blob, not a stroke) and a line in the scene in both frames are not."""
-    import cv2
+def two_frames(detector, clips):  # noqa: F811
+    """Frames 4 and 16 of the clipkit dribbler on a plain static background (RGB), and his pose in each."""
     import decord
 
     path = make("plain_static", clips)
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     a, b = vr[4].asnumpy(), vr[16].asnumpy()
     (pa,), (pb,) = ([p for p in detector([f])[0] if p.score >= 0.5][:1] for f in (a, b))
+    return a, b, pa, pb
+
+
+def test_a_graphic_drawn_over_the_body_in_one_frame_is_an_overlay(detector, clips):  # noqa: F811
+    """Form lines drawn over the body (a saturated yellow stroke from shoulder to hip to ankle, as
+    fitness videos draw them) lie inside the person, where the background comparison does not look:
+    the stroke in one frame only is the figure. The person's own motion between the frames, a yellow
+    top worn in both (a blob, not a stroke) and a line in the scene in both frames are not."""
+    import cv2
+
+    a, b, pa, pb = two_frames(detector, clips)
     args = (np.eye(2, 3), False, 0.006, 0.03, 6.0)
     limit = QualityConfig().max_graphic_stroke
 
@@ -295,3 +302,45 @@ def test_a_graphic_drawn_over_the_body_in_one_frame_is_an_overlay(detector, clip
     assert worn.graphic_stroke <= limit, worn
     court = camera.align_pair(drawn(a, pa, scene=True), drawn(b, pb, scene=True), [pa], [pb], *args)
     assert court.graphic_stroke <= limit, court
+
+
+def test_bright_text_in_one_frame_only_is_an_overlay(detector, clips):  # noqa: F811
+    """An exercise name or a pose-name caption that appears or changes between the frames, drawn in thin
+    near-white letters by the feet (within the body's reach, where the background comparison leaves a
+    change to the body): the word in one frame only is the figure. The same caption in both frames
+    (shifted by a pixel, as a re-encoded frame shifts it) and the person's own motion are not."""
+    import cv2
+
+    a, b, pa, pb = two_frames(detector, clips)
+    args = (np.eye(2, 3), False, 0.006, 0.03, 6.0)
+    limit = QualityConfig().max_text_change
+    h, w = b.shape[:2]
+    feet = int(max(p.keypoints[k][1] for p in (pa, pb) for k in (15, 16)))  # the lower ankle
+    x0 = max(2, int(min(pb.keypoints[15][0], pb.keypoints[16][0])) - w // 5)
+
+    def on_mat(frame):  # a grey mat under the feet in both frames, as a yoga video's floor
+        out = frame.copy()
+        out[feet + h // 40 : feet + h // 8] = (90, 90, 95)
+        return out
+
+    def captioned(frame, text, dx=0):
+        out = frame.copy()
+        y = feet + h // 12
+        cv2.putText(out, text, (x0 + dx, y), cv2.FONT_HERSHEY_SIMPLEX, h / 700, (250, 250, 250), 2, cv2.LINE_AA)
+        return out
+
+    a, b = on_mat(a), on_mat(b)
+
+    def text(x, y):  # on the pair's alignment, as the funnel measures it
+        al = camera.align_pair(x, y, [pa], [pb], *args)
+        assert al.status == "static", al
+        return silhouette.text_change(x, y, al.matrix, al.scale, [pa], [pb])
+
+    plain = text(a, b)
+    assert plain is not None and plain <= limit, plain
+    shown = text(a, captioned(b, "WARRIOR II"))
+    assert shown > limit, shown
+    changed = text(captioned(a, "WARRIOR II"), captioned(b, "TRIANGLE"))
+    assert changed > limit, changed
+    kept = text(captioned(a, "WARRIOR II"), captioned(b, "WARRIOR II", dx=1))
+    assert kept <= limit, kept

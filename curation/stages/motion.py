@@ -212,6 +212,11 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         return RejectReason.LOW_MOTION
     if not moving:
         return RejectReason.LOW_MOTION
+    # the costliest check comes last, so only a pair that passed every other one pays for it
+    c.quality.text_change = track.text_change(c.i, c.j, al)
+    if c.quality.text_change is not None and c.quality.text_change > q.max_text_change:
+        c.detail = f"bright text ({c.quality.text_change:.3f} torso^2 of strokes) is in one frame only (a caption)"
+        return RejectReason.OVERLAY_CHANGED
     mark_margins(c, cfg, q, crop)
     if c.quality.borderline and q.borderline == "drop":
         c.detail = f"borderline: {c.quality.borderline_checks}"

@@ -91,16 +91,10 @@ def body_shapes(
 GRAPHIC_SATURATION, GRAPHIC_VALUE = 170, 200
 
 
-def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17) -> float | None:
-    """The longest straight stroke of a drawn graphic that is in one frame and not the other, in the
-    subject's torso lengths (a, b: RGB frames; m: a -> b in small-frame pixels, `scale` of them).
-
-    A form line, an arrow or a skeleton drawn over the body lies inside the person, where the background
-    comparison does not look, and moves with the body like a limb. What sets it apart is how it is
-    drawn: a saturated, bright colour, thinner than any limb, straight. The strokes are the thin parts
-    of each frame's saturated-colour mask (what an opening by 0.12 torso lengths removes: a yellow shirt
-    is a blob and stays), less what the other frame has in that colour nearby; the longest straight
-    segment (Hough) among them is the figure. Measured at most 640 px on the long side."""
+def _working_size(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17):
+    """The frames at most 640 px on the long side, a warped onto b; m in those pixels; their scale; the
+    subject's torso in them; an opening by 0.12 torso lengths (what removes a stroke thinner than a
+    limb). None when the torso is under 8 px there."""
     h, w = b.shape[:2]
     f = min(1.0, 640.0 / max(h, w))
     torso = geometry.torso_length(geometry.keypoints(subject_b)) * f
@@ -112,7 +106,23 @@ def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, s
     small_b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
     small_a = cv2.warpAffine(cv2.resize(a, size, interpolation=cv2.INTER_AREA), mf, size, borderValue=0)
     k = max(5, int(0.12 * torso)) | 1
-    opening = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    return small_a, small_b, mf, f, torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+
+
+def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17) -> float | None:
+    """The longest straight stroke of a drawn graphic that is in one frame and not the other, in the
+    subject's torso lengths (a, b: RGB frames; m: a -> b in small-frame pixels, `scale` of them).
+
+    A form line, an arrow or a skeleton drawn over the body lies inside the person, where the background
+    comparison does not look, and moves with the body like a limb. What sets it apart is how it is
+    drawn: a saturated, bright colour, thinner than any limb, straight. The strokes are the thin parts
+    of each frame's saturated-colour mask (what an opening by 0.12 torso lengths removes: a yellow shirt
+    is a blob and stays), less what the other frame has in that colour nearby; the longest straight
+    segment (Hough) among them is the figure. Measured at most 640 px on the long side."""
+    work = _working_size(a, b, m, scale, subject_b)
+    if work is None:
+        return None
+    small_a, small_b, _, _, torso, opening = work
     near = np.ones((5, 5), np.uint8)
     masks = []
     for img in (small_a, small_b):
@@ -127,3 +137,79 @@ def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, s
             seg = np.asarray(lines, np.float64).reshape(-1, 4)
             longest = max(longest, float(np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1]).max()) / torso)
     return longest
+
+
+# drawn text: near white and unsaturated (HSV, OpenCV's 0-255 scales), as captions and titles are
+TEXT_SATURATION, TEXT_VALUE, TEXT_CONTRAST = 50, 200, 80
+
+
+def text_change(
+    a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, people_a: list[Pose17], people_b: list[Pose17]
+) -> float | None:
+    """The largest word of bright text that is in one frame and not the other: its stroke pixels per
+    squared torso length of the subject (a, b: RGB frames; m: a -> b in small-frame pixels, `scale`).
+
+    A caption, a title or an exercise name that appears, vanishes or changes between the frames is thin
+    near-white strokes in a row, often by the feet, where the background comparison leaves a change to
+    the body's reach and, at its working size, sees the letters as a few pixels. Here, at most 640 px
+    on the long side, the strokes are the thin parts of each frame's near-white mask (what an opening
+    by 0.12 torso lengths removes: a white shirt is a blob and stays) that belong to a small near-white
+    blob of their own, as a letter does (at most half a torso high; the fringe of a white wall that
+    the body uncovers belongs to the wall), outside every drawn body figure, joined into words (a
+    closing along the row; wider than twice their height). A word's stroke pixels count where the
+    other frame has no near-white within 0.3 % of the picture's long side and its gray level differs by
+    more than TEXT_CONTRAST there: a caption present in both frames (shifted a pixel) counts nothing, a
+    new or changed one counts its letters."""
+    work = _working_size(a, b, m, scale, people_b[0]) if people_b else None
+    if work is None:
+        return None
+    small_a, small_b, mf, f, torso, opening = work
+    off_body = body_shapes(small_b.shape[:2], people_a, people_b, mf, f)[0] > 0
+    r = max(1, round(0.003 * max(small_b.shape[:2])))
+    near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    contrast = (
+        np.abs(cv2.cvtColor(small_a, cv2.COLOR_RGB2GRAY).astype(np.int16) - cv2.cvtColor(small_b, cv2.COLOR_RGB2GRAY))
+        > TEXT_CONTRAST
+    )
+    masks = []
+    for img in (small_a, small_b):
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+        white = ((hsv[..., 1] < TEXT_SATURATION) & (hsv[..., 2] > TEXT_VALUE)).astype(np.uint8)
+        thin = white & (1 - cv2.morphologyEx(white, cv2.MORPH_OPEN, opening))
+        masks.append((white, (thin > 0) & off_body))
+    largest = 0
+    for (white, strokes), (other, _) in ((masks[0], masks[1]), (masks[1], masks[0])):
+        new = strokes & (cv2.dilate(other, near) == 0) & contrast
+        largest = max(largest, _new_in_words(white, strokes, new, torso))
+    return largest / torso**2
+
+
+def _new_in_words(white: np.ndarray, strokes: np.ndarray, new: np.ndarray, torso: float) -> int:
+    """The most `new` stroke pixels in one word: strokes of letters (small near-white blobs, at most half
+    a torso high and a quarter torso squared) closed along the row into blobs wider than twice their
+    height. Looked at only around the new pixels (half a torso above and below, a torso and a half to
+    the sides); a blob cut by that window's inner edges is no letter."""
+    ys, xs = np.nonzero(new)
+    if not len(ys):
+        return 0
+    h, w = new.shape
+    py, px = int(0.5 * torso) + 2, int(1.5 * torso) + 2
+    y0, y1, x0, x1 = max(0, ys.min() - py), min(h, ys.max() + py + 1), max(0, xs.min() - px), min(w, xs.max() + px + 1)
+    win = np.s_[y0:y1, x0:x1]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(white[win]))
+    bx, by, bw, bh, area = (stats[:, k] for k in range(5))
+    cut = (
+        ((bx == 0) & (x0 > 0))
+        | ((by == 0) & (y0 > 0))
+        | ((bx + bw == x1 - x0) & (x1 < w))
+        | ((by + bh == y1 - y0) & (y1 < h))
+    )
+    letter = (bh <= 0.5 * torso) & (area <= 0.25 * torso**2) & ~cut
+    letter[0] = False  # (not white)
+    letters = strokes[win] & letter[labels]
+    words = cv2.morphologyEx(letters.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 9), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(words)
+    counts = np.bincount(labels[new[win] & letters], minlength=n)
+    wide = stats[:, cv2.CC_STAT_WIDTH] >= 2 * stats[:, cv2.CC_STAT_HEIGHT]
+    wide[0] = False
+    return int(counts[wide].max()) if wide.any() else 0

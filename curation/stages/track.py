@@ -16,7 +16,7 @@ import numpy as np
 from schemas.records import MotionFigures, PairStrategy, Pose17, QualityFigures, RejectReason
 
 from ..config import MotionConfig, QualityConfig
-from . import body, camera, people, quality
+from . import body, camera, people, quality, silhouette
 from .figures import scene_similarity
 
 
@@ -224,6 +224,11 @@ class ClipTrack:
             cfg.max_background_residual,
             grays=(self.gray(i), self.gray(j)),
         )
+
+    def text_change(self, i: int, j: int, al: camera.PairAlignment) -> float | None:
+        """Bright text in one of sampled frames i and j only, on their alignment (silhouette.text_change)."""
+        people_i, people_j = self.obs[i].poses, self.obs[j].poses
+        return silhouette.text_change(self.frames[i], self.frames[j], al.matrix, al.scale, people_i, people_j)
 
     def plain_still(self, k: int) -> bool:
         """Sampled frames k and k+1 show the same background pixel for pixel (a plain wall whose
