@@ -239,3 +239,24 @@ def test_a_box_running_on_to_the_border_past_the_joints_is_a_cut_body():
     obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(frames)]
     looser = QualityConfig(min_person_change=0, max_box_past_border=0.7)
     assert select_pairs(ClipTrack.build(obs, [textured()] * 12, CFG, looser), CFG, PairingConfig()).pairs
+
+
+def test_a_clip_whose_moving_pairs_the_text_check_stopped_is_overlay_changed(monkeypatch):
+    """The text check runs last (it is the costliest), so a candidate it stops passed every other
+    check: the clip is overlay_changed, although blurry comes later in CHECK_ORDER. Here the first three
+    frames are blurred (their moving candidates are blurry) and every candidate that reaches the end
+    shows text in one frame only."""
+    from curation.stages.motion import CHECK_ORDER
+
+    def blurred_start():
+        t = track(arm_raise())
+        for k in (0, 1, 2):
+            t.sharpness[k] = 0.5  # half as sharp as the clip's sharpest frames
+        return t
+
+    assert select_pairs(blurred_start(), CFG, PairingConfig()).reason is None  # without text: a pair
+    monkeypatch.setattr(ClipTrack, "text_change", lambda self, i, j, al: 1.0)
+    sel = select_pairs(blurred_start(), CFG, PairingConfig())
+    assert not sel.pairs and "blurry" in sel.detail and "overlay_changed" in sel.detail, sel.detail
+    assert CHECK_ORDER.index(RejectReason.BLURRY) > CHECK_ORDER.index(RejectReason.OVERLAY_CHANGED)
+    assert sel.reason == "overlay_changed", sel.detail

@@ -297,8 +297,14 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         if moving:
             # the candidates that show motion name why the clip has no pair (jumps whose head the top
             # edge cuts are partial_body, not low_motion for their still moments): the check the
-            # furthest of them reached
-            reason = max(moving, key=CHECK_ORDER.index)
+            # furthest of them reached; the text check is run last, so a candidate it stopped (its
+            # text_change over the limit) passed every other check
+            limit = track.quality_cfg.max_text_change
+            text = any(
+                why is RejectReason.OVERLAY_CHANGED and c.quality is not None and (c.quality.text_change or 0) > limit
+                for c, why in zip(cands, reasons, strict=True)
+            )
+            reason = RejectReason.OVERLAY_CHANGED if text else max(moving, key=CHECK_ORDER.index)
             detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
             return Selection([], reason, f"{detail} ({summary})", funnel)
         # the first check that brought the count to zero decides

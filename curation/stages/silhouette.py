@@ -94,7 +94,8 @@ GRAPHIC_SATURATION, GRAPHIC_VALUE = 170, 200
 def _working_size(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17):
     """The frames at most 640 px on the long side, a warped onto b; m in those pixels; their scale; the
     subject's torso in them; an opening by 0.12 torso lengths (what removes a stroke thinner than a
-    limb). None when the torso is under 8 px there."""
+    limb); where warped a has picture, 3 px in from its edge (outside it, a's black fill would make
+    whatever b shows there look new). None when the torso is under 8 px there."""
     h, w = b.shape[:2]
     f = min(1.0, 640.0 / max(h, w))
     torso = geometry.torso_length(geometry.keypoints(subject_b)) * f
@@ -105,8 +106,10 @@ def _working_size(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, sub
     mf[:, 2] *= f / scale
     small_b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
     small_a = cv2.warpAffine(cv2.resize(a, size, interpolation=cv2.INTER_AREA), mf, size, borderValue=0)
+    seen = cv2.warpAffine(np.ones(small_b.shape[:2], np.uint8), mf, size, flags=cv2.INTER_NEAREST, borderValue=0)
+    seen = cv2.erode(seen, np.ones((7, 7), np.uint8), borderType=cv2.BORDER_REPLICATE)
     k = max(5, int(0.12 * torso)) | 1
-    return small_a, small_b, mf, f, torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    return small_a, small_b, mf, f, torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)), seen
 
 
 def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17) -> float | None:
@@ -122,7 +125,7 @@ def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, s
     work = _working_size(a, b, m, scale, subject_b)
     if work is None:
         return None
-    small_a, small_b, _, _, torso, opening = work
+    small_a, small_b, _, _, torso, opening, seen = work
     near = np.ones((5, 5), np.uint8)
     masks = []
     for img in (small_a, small_b):
@@ -131,7 +134,7 @@ def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, s
         masks.append((colour, colour & (1 - cv2.morphologyEx(colour, cv2.MORPH_OPEN, opening))))
     longest = 0.0
     for (_, thin), (other, _) in ((masks[0], masks[1]), (masks[1], masks[0])):
-        only = thin & (1 - cv2.dilate(other, near))
+        only = thin & (1 - cv2.dilate(other, near)) & seen
         lines = cv2.HoughLinesP(only * 255, 1, np.pi / 180, 30, minLineLength=max(10, int(0.3 * torso)), maxLineGap=3)
         if lines is not None and len(lines):
             seg = np.asarray(lines, np.float64).reshape(-1, 4)
@@ -163,7 +166,7 @@ def text_change(
     work = _working_size(a, b, m, scale, people_b[0]) if people_b else None
     if work is None:
         return None
-    small_a, small_b, mf, f, torso, opening = work
+    small_a, small_b, mf, f, torso, opening, seen = work
     off_body = body_shapes(small_b.shape[:2], people_a, people_b, mf, f)[0] > 0
     r = max(1, round(0.003 * max(small_b.shape[:2])))
     near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -179,7 +182,7 @@ def text_change(
         masks.append((white, (thin > 0) & off_body))
     largest = 0
     for (white, strokes), (other, _) in ((masks[0], masks[1]), (masks[1], masks[0])):
-        new = strokes & (cv2.dilate(other, near) == 0) & contrast
+        new = strokes & (cv2.dilate(other, near) == 0) & contrast & (seen > 0)
         largest = max(largest, _new_in_words(white, strokes, new, torso))
     return largest / torso**2
 
