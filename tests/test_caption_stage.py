@@ -95,7 +95,10 @@ def test_the_pose_work_never_waits_on_a_slow_server_and_the_captions_land(server
     cfg = load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}], **over)
     stats = build(cfg)
     rec = json.loads(next((tmp_path / "out" / "parts").glob("*.json")).read_text())
-    assert "llm_caption" not in rec["seconds"] and rec["seconds"]["wall"] < 2.0 * stats["pairs"]
+    # the unit's wall time is its own stages' work, not that plus the answers it would wait for (2 s
+    # each): less than one answer beyond the work, whatever this machine's speed
+    work = sum(v for k, v in rec["seconds"].items() if k != "wall")
+    assert "llm_caption" not in rec["seconds"] and rec["seconds"]["wall"] < work + 2.0, rec["seconds"]
     s = pd.read_parquet(tmp_path / "out" / "samples.parquet")
     assert (s.caption_captioner == "openai").all() and s.caption.str.startswith("[m1]").all()
     # the captions are published: the next run with nothing new is a no-op (no new generation, no request)
