@@ -10,7 +10,11 @@ already loaded), engine, ceiling_fps (CPU: 1 / (1/decode + 1/pose), both stages 
 decode_only_fps) and ratio = end_to_end_fps / ceiling_fps, pose_only_fps_device (the best engine through
 the device path: letterbox, normalisation and NMS as tensor ops, the GPU path), peak_rss_mb (this process,
 with the model) and peak_rss_workers_mb (the decode workers together, sampled every 0.1 s), and on a GPU
-peak_gpu_mb and gpu_util_pct (sampled while the build runs). --rss-check adds rss_10s_mb, rss_10min_mb and
+peak_gpu_mb and gpu_util_pct (sampled while the build runs), video_hours_per_gpu_hour and
+pairs_per_gpu_hour (the build's wall time on its one GPU), pose_only_fps_device_fp32/_fp16 and fp16_vs_fp32
+(fp16 keypoints against fp32's on the same frames). video_hours_per_core_hour and pairs_per_core_hour: the
+same build's video seconds and pairs over wall x cores (model loaded: no start-up in it). An engine that
+cannot export or load is reported as pose_failed_<engine>, not fatal. --rss-check adds rss_10s_mb, rss_10min_mb and
 rss_growth: the peak RSS of a build of one 10 s clip and of one 10 min clip (a real clip of the input looped
 back and forth, at most 640 px; each build in a fresh process), which the frame cap per clip and the
 bounded decode window keep flat.
@@ -59,14 +63,41 @@ def decode_all(cfg, clips) -> tuple[list, float]:
     return frames, time.perf_counter() - t0
 
 
-def pose_fps(cfg, engine: str, frames: list, path: str = "auto") -> float:
-    det = PoseDetector(cfg.pose.model_copy(update={"engine": engine, "path": path})).setup()
+def pose_fps(cfg, engine: str, frames: list, path: str = "auto", half: bool = False, keep: list | None = None) -> float:
+    """Frames per second of one engine and path (model loaded and warmed up first); `keep`, when given,
+    receives every frame's poses."""
+    det = PoseDetector(cfg.pose.model_copy(update={"engine": engine, "path": path, "half": half})).setup()
     step = det.batch_size
     det(frames[:step])  # warm-up: compile, allocate
     t0 = time.perf_counter()
     for i in range(0, len(frames), step):
-        det(frames[i : i + step])
+        got = det(frames[i : i + step])
+        if keep is not None:
+            keep.extend(got)
     return len(frames) / (time.perf_counter() - t0)
+
+
+def keypoint_deviation(ref: list, other: list) -> dict:
+    """How far `other`'s poses are from `ref`'s (fp32), frame by frame: the share of frames with the same
+    number of people, and over the best-scored person of frames where both see one, the largest and the
+    95th-percentile distance of confident keypoints (both > 0.5) as a fraction of that person's box height."""
+    import numpy as np
+
+    same = 0
+    devs: list[float] = []
+    for a, b in zip(ref, other, strict=True):
+        same += len(a) == len(b)
+        if not a or not b:
+            continue
+        ka, kb = np.asarray(a[0].keypoints, float), np.asarray(b[0].keypoints, float)
+        height = max(a[0].box[3] - a[0].box[1], 1.0)
+        ok = (ka[:, 2] > 0.5) & (kb[:, 2] > 0.5)
+        devs.extend((np.linalg.norm(ka[ok, :2] - kb[ok, :2], axis=1) / height).tolist())
+    return {
+        "same_people_count_share": round(same / max(len(ref), 1), 4),
+        "keypoint_dev_max": round(max(devs), 4) if devs else None,
+        "keypoint_dev_p95": round(float(np.percentile(devs, 95)), 4) if devs else None,
+    }
 
 
 def looped_clip(src: Path, seconds: float, dest: Path) -> Path:
@@ -310,12 +341,27 @@ def main() -> None:
         frames, decode_s = decode_all(cfg, clips)
         device = resolve_device(cfg.pose.device)
         engines = [e for e in ENGINES if engine_installed(e) and (e != "tensorrt" or device.startswith("cuda"))]
-        pose = {e: pose_fps(cfg, e, frames) for e in engines}
+        pose, failed = {}, {}
+        for e in engines:  # an engine that cannot export or load here is reported, not fatal
+            try:
+                pose[e] = pose_fps(cfg, e, frames)
+            except Exception as err:  # noqa: BLE001 - the figure says why it is missing
+                failed[e] = f"{type(err).__name__}: {err}"[:300]
         best_engine = max(pose, key=pose.get)
         pose_device = pose_fps(cfg, best_engine, frames, path="device")
+        on_gpu = device.startswith("cuda")
+        half_figures = {}
+        if on_gpu:  # fp16 against fp32, through the device path the build uses on a GPU
+            ref, low = [], []
+            fp32 = pose_fps(cfg, "torch", frames, path="device", keep=ref)
+            fp16 = pose_fps(cfg, "torch", frames, path="device", half=True, keep=low)
+            half_figures = {
+                "pose_only_fps_device_fp32": round(fp32, 1),
+                "pose_only_fps_device_fp16": round(fp16, 1),
+                "fp16_vs_fp32": keypoint_deviation(ref, low),
+            }
         engine = resolve_engine(cfg.pose.engine, device)
         get_processor(cfg)  # the model loads before the clock starts, as in a long build
-        on_gpu = device.startswith("cuda")
         sampler = GpuSampler()
         if on_gpu:
             sampler.start()
@@ -324,6 +370,7 @@ def main() -> None:
             stats = build(cfg)
         wall = time.perf_counter() - t0
         sampler.stop.set()
+        video_s = video_seconds(args.input, clips)
     import torch
 
     decode_fps = len(frames) / decode_s
@@ -338,7 +385,7 @@ def main() -> None:
         "decode_only_fps": round(decode_fps, 1),
         **{f"pose_only_fps_{e}": round(v, 1) for e, v in pose.items()},
         "pose_only_fps": round(best, 1),
-        "pose_only_fps_torch": round(pose["torch"], 1),
+        "pose_only_fps_torch": round(pose["torch"], 1) if "torch" in pose else None,
         "pose_only_fps_device": round(pose_device, 1),
         "engine": engine,
         "path": get_processor(cfg).detector.path,
@@ -349,11 +396,19 @@ def main() -> None:
         "end_to_end_s": round(wall, 1),
         "ceiling_fps": round(ceiling, 1),
         "ratio": round(e2e / ceiling, 3),
-        "end_to_end_over_torch_pose": round(e2e / pose["torch"], 3),
+        "end_to_end_over_torch_pose": round(e2e / pose["torch"], 3) if "torch" in pose else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "peak_rss_workers_mb": round(rss.workers_mb),
+        "video_seconds": round(video_s, 1),
+        # the build's own wall time with the model loaded (a long build's steady state, no start-up)
+        "video_hours_per_core_hour": round(video_s / (wall * (os.cpu_count() or 1)), 3),
+        "pairs_per_core_hour": round(stats["pairs"] / (wall * (os.cpu_count() or 1) / 3600), 1),
+        **({f"pose_failed_{e}": why for e, why in failed.items()}),
+        **half_figures,
     }
     if on_gpu:
+        figures["video_hours_per_gpu_hour"] = round(video_s / wall, 3)
+        figures["pairs_per_gpu_hour"] = round(stats["pairs"] / (wall / 3600), 1)
         figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
         if sampler.samples:
             figures["gpu_util_pct"] = round(sum(sampler.samples) / len(sampler.samples), 1)

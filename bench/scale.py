@@ -664,26 +664,28 @@ def planning(work: Path, rows: int, log) -> dict:
     return {"first": first, "again": again}
 
 
-def real_build(work: Path, log, device: str = "auto") -> dict:
-    """A real build of ../shared/data/videos through the CLI, in a fresh output, the pose model on `device`;
-    on a GPU also video hours and pairs per GPU hour (the build's wall time on its one GPU)."""
+def real_build(work: Path, log, device: str = "auto", videos: Path = VIDEOS, engine: str = "prefect") -> dict:
+    """A real build of `videos` (../shared/data/videos) through the CLI, in a fresh output, the pose model on
+    `device`, run by `engine` (prefect, the CLI's default, or local); on a GPU also video hours and pairs per
+    GPU hour (the build's wall time on its one GPU)."""
     durations = {}
-    with open(VIDEOS / "MANIFEST.csv", newline="") as f:
+    with open(videos / "MANIFEST.csv", newline="") as f:
         for row in csv.DictReader(f):
             durations[row["file"]] = float(row["duration_s"] or 0)
     out = work / "real-build"
     shutil.rmtree(out, ignore_errors=True)
-    exe = shutil.which("motionpairs", path=str(Path(sys.executable).parent)) or "motionpairs"
+    exe = shutil.which("motionpairs", path=str(Path(sys.executable).parent))
+    cli = [exe] if exe else [sys.executable, "-m", "flows.cli"]  # not installed (a GPU machine's own Python)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    argv = [exe, "build", "--input", str(VIDEOS), "--output", str(out), "--device", device]
-    r = subprocess.run(argv, capture_output=True, text=True)
+    argv = [*cli, "build", "--input", str(videos), "--output", str(out), "--device", device, "--engine", engine]
+    r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode != 0:
         raise RuntimeError(f"real build failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
     stats = json.loads((out / "stats.json").read_text())
-    video_s = sum(d for name, d in durations.items() if (VIDEOS / name).exists())
+    video_s = sum(d for name, d in durations.items() if (videos / name).exists())
     cores = os.cpu_count() or 1
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     log(f"real build: {wall:.1f} s wall, {cpu:.1f} s CPU, {stats['pairs']} pairs")
@@ -694,8 +696,9 @@ def real_build(work: Path, log, device: str = "auto") -> dict:
             "pairs_per_gpu_hour": round(stats["pairs"] / (wall / 3600), 1),
         }
     return {
-        "input": str(VIDEOS),
+        "input": str(videos),
         "device": device,
+        "engine": engine,
         **gpu,
         "clips_in": stats["clips_in"],
         "pairs": stats["pairs"],
@@ -722,6 +725,8 @@ def main() -> None:
     ap.add_argument("--plan-rows", type=int, help="annotation rows planned alone (default 650000; 0: skip)")
     ap.add_argument("--no-build", action="store_true", help="skip the real build of ../shared/data/videos")
     ap.add_argument("--device", default="auto", help="pose model device of the real build: auto, cpu, cuda")
+    ap.add_argument("--input", default=str(VIDEOS), help="the real build's clips (default ../shared/data/videos)")
+    ap.add_argument("--engine", default="prefect", choices=("prefect", "local"), help="the real build's runner")
     ap.add_argument("--steps", help="steps to run, comma-separated (default: all; commit is kept per --work)")
     ap.add_argument("--seed-from", help="S3: upload the units a local run (its --work) committed, not commit_unit")
     ap.add_argument("--resume", action="store_true", help="keep the figures of steps an earlier run on --work measured")
@@ -762,7 +767,7 @@ def main() -> None:
             result["pairs_per_core_hour"] = None
             result["note"] = "no real build in this run (--small or --no-build): the throughput figures are null"
         else:
-            build = real_build(work, log, args.device)
+            build = real_build(work, log, args.device, Path(args.input).resolve(), args.engine)
             result["video_hours_per_core_hour"] = build["video_hours_per_core_hour"]
             result["pairs_per_core_hour"] = build["pairs_per_core_hour"]
             result["build"] = build

@@ -57,8 +57,8 @@ def _fields(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ()
 
 def _pose_fields(prefix: str) -> list[pa.Field]:
     return [
-        pa.field(f"{prefix}_keypoints", pa.list_(pa.float32(), 51)),  # 17 x (x, y, conf), row-major
-        pa.field(f"{prefix}_box", pa.list_(pa.float32(), 4)),
+        pa.field(f"{prefix}_keypoints", pa.list_(pa.float32())),  # 51: 17 x (x, y, conf), row-major
+        pa.field(f"{prefix}_box", pa.list_(pa.float32())),  # 4: x1, y1, x2, y2
         pa.field(f"{prefix}_score", pa.float32()),
     ]
 
@@ -101,11 +101,14 @@ SAMPLES_SCHEMA = pa.schema(
             "stabilise_matrix",
         ),
     )
-    + [pa.field("crop_box", pa.list_(pa.int32(), 4)), pa.field("stabilise_matrix", pa.list_(pa.float64(), 6))]
+    # 4 and 6 values. Every list column is a plain list, not a fixed-size one: pyarrow 25 and older cannot
+    # read a null fixed-size list back from parquet ("Expected all lists to be of size=6 but index 3 had
+    # size=0"), which broke finalize there and would break any reader of the manifest there
+    + [pa.field("crop_box", pa.list_(pa.int32())), pa.field("stabilise_matrix", pa.list_(pa.float64()))]
     + _pose_fields("before")
     + _pose_fields("after")
-    + [pa.field("before_reference_keypoints", pa.list_(pa.float32(), 51))]
-    + [pa.field("after_reference_keypoints", pa.list_(pa.float32(), 51))]
+    + [pa.field("before_reference_keypoints", pa.list_(pa.float32()))]
+    + [pa.field("after_reference_keypoints", pa.list_(pa.float32()))]
     + _fields(MotionFigures)
     + _fields(QualityFigures)
     + [pa.field("caption", pa.string())]

@@ -2,6 +2,7 @@ import json
 import math
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from schemas.manifest import REJECTS_SCHEMA, SAMPLES_SCHEMA, reject_row, rejects_table, sample_row, samples_table
@@ -108,7 +109,8 @@ def test_parquet_rows_follow_the_derived_schemas():
     assert table.schema == SAMPLES_SCHEMA
     for col in ("pair_id", "clip_id", "source", "caption", "label", "split", "caption_model", "shard"):
         assert col in table.column_names
-    assert table.schema.field("before_keypoints").type == pa.list_(pa.float32(), 51)
+    assert table.schema.field("before_keypoints").type == pa.list_(pa.float32())
+    assert len(table.column("before_keypoints")[0]) == 51
     row = table.to_pylist()[0]
     assert math.isnan(row["before_keypoints"][4 * 3]) and row["before_keypoints"][4 * 3 + 2] == pytest.approx(0.1)
     r = Reject(clip_id="x", source="folder", uri="/x", stage=Stage.DECODE, reason=RejectReason.UNREADABLE)
@@ -132,3 +134,22 @@ def test_a_pair_carries_its_caption_versions_and_training_picks_one():
     assert p.caption_for("offline") == offline and p.caption_for("x@v9") == offline  # falls back
     back = decode_sample(encode_sample(p, JPEG, JPEG)).pair
     assert back.captions == p.captions and back.caption == offline
+
+
+def test_manifests_hold_no_fixed_size_lists():
+    """pyarrow 25 and older cannot read a null fixed-size list back from parquet ("Expected all lists to be of
+    size=6 but index 3 had size=0"; seen on a GPU machine's pyarrow 25.0.1 at finalize): a manifest's list
+    columns, nullable all of them (a pair without stabilisation, an egocentric pair without poses), are plain."""
+    from schemas import manifest
+
+    schemas = [v for v in vars(manifest).values() if isinstance(v, pa.Schema)]
+    assert SAMPLES_SCHEMA in schemas and REJECTS_SCHEMA in schemas
+    fixed = [(f.name, str(f.type)) for s in schemas for f in s if pa.types.is_fixed_size_list(f.type)]
+    assert fixed == []
+    # and a row without the optional lists writes and reads back through parquet with its nulls
+    row = sample_row(pair(), "s-0000.tar")
+    assert row["stabilise_matrix"] is None and row["before_reference_keypoints"] is None
+    buf = pa.BufferOutputStream()
+    pq.write_table(samples_table([row, row]), buf)
+    back = pq.read_table(pa.BufferReader(buf.getvalue()), schema=SAMPLES_SCHEMA)
+    assert back.column("stabilise_matrix").null_count == 2 and len(back.column("before_keypoints")[1]) == 51
