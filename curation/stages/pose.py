@@ -23,6 +23,17 @@ import numpy as np
 from schemas.records import Pose17
 
 from ..config import PoseConfig
+from .engines import (  # noqa: F401 - re-exported: the engine helpers were defined here
+    ENGINES,
+    engine_cache,
+    engine_installed,
+    engine_version,
+    exported_model,
+    openvino_f32,
+    resolve_engine,
+    resolve_path,
+    weights_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,112 +55,6 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda:0" if torch.cuda.is_available() else "cpu"
-
-
-def weights_version(path: Path) -> str:
-    """Name plus a short content hash: recorded with the build so a model change is detectable."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"{path.name}@{h.hexdigest()[:12]}"
-
-
-ENGINES = ("torch", "openvino", "onnx", "tensorrt")
-# the package an engine needs, importable name -> distribution name for its version
-_ENGINE_PACKAGES = {"openvino": ("openvino", "openvino"), "onnx": ("onnxruntime", "onnxruntime"),
-                    "tensorrt": ("tensorrt", "tensorrt")}  # fmt: skip
-
-
-def engine_installed(engine: str) -> bool:
-    if engine == "torch":
-        return True
-    return importlib.util.find_spec(_ENGINE_PACKAGES[engine][0]) is not None
-
-
-def resolve_engine(engine: str, device: str) -> str:
-    """`auto`: OpenVINO on CPU when installed (about 3x PyTorch's speed on this model), PyTorch on a GPU."""
-    if engine != "auto":
-        return engine
-    if device.startswith("cuda"):
-        return "torch"
-    return "openvino" if engine_installed("openvino") else "torch"
-
-
-def engine_version(engine: str) -> str:
-    """ultralytics' minor version and the engine with its version: recorded as the pose engine."""
-    import importlib.metadata as md
-
-    try:
-        ul = ".".join(md.version("ultralytics").split(".")[:2])
-    except md.PackageNotFoundError:  # pragma: no cover
-        ul = "none"
-    if engine == "torch":
-        return f"ultralytics-{ul}/torch"
-    try:
-        return f"ultralytics-{ul}/{engine}-{md.version(_ENGINE_PACKAGES[engine][1])}"
-    except md.PackageNotFoundError:
-        return f"ultralytics-{ul}/{engine}-missing"
-
-
-def resolve_path(path: str, device: str) -> str:
-    """`auto`: the device path on CUDA (ultralytics' predictor letterboxes on the host), predictor elsewhere."""
-    if path != "auto":
-        return path
-    return "device" if device.startswith("cuda") else "predictor"
-
-
-def engine_cache() -> Path:
-    root = os.environ.get("MOTIONPAIRS_ENGINE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "motionpairs", "engines"
-    )
-    return Path(root)
-
-
-def exported_model(weights: Path, engine: str, imgsz: int, device: str, half: bool) -> Path:
-    """The weights exported for `engine` with ultralytics' exporter, made once and cached under a
-    folder named by the weights' content hash, the engine's version and the export settings; later
-    calls (other workers, later builds) reuse it. Never downloads anything."""
-    import json
-    import shutil
-
-    from filelock import FileLock
-
-    if not engine_installed(engine):
-        raise RuntimeError(f"pose engine {engine!r} is not installed (pip install {_ENGINE_PACKAGES[engine][1]})")
-    tag = f"{weights_version(weights)}-{engine_version(engine)}-{imgsz}"
-    tag = "".join(c if c.isalnum() or c == "-" else "_" for c in tag)  # no dots: exporters parse names
-    if half:
-        tag += "-fp16"
-    folder = engine_cache() / tag
-    folder.mkdir(parents=True, exist_ok=True)
-    done = folder / "exported.json"
-    with FileLock(str(folder / ".lock")):
-        if done.is_file():
-            path = folder / json.loads(done.read_text())["path"]
-            if path.exists():
-                return path
-        from ultralytics import YOLO
-
-        work = folder / "work"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        shutil.copy2(weights, work / weights.name)
-        fmt = {"onnx": "onnx", "openvino": "openvino", "tensorrt": "engine"}[engine]
-        extra = {"device": device} if engine == "tensorrt" else {}
-        out = Path(YOLO(str(work / weights.name), task="pose").export(
-            format=fmt, imgsz=imgsz, dynamic=True, half=half, verbose=False, **extra
-        ))  # fmt: skip
-        final = folder / out.name
-        if final.exists():
-            shutil.rmtree(final) if final.is_dir() else final.unlink()
-        os.replace(out, final)
-        shutil.rmtree(work, ignore_errors=True)
-        done.write_text(json.dumps({"path": final.name, "weights": weights_version(weights), "engine": engine}))
-        log.info("exported %s for %s into %s", weights.name, engine, final)
-        return final
 
 
 def check_device(device: str) -> None:
@@ -199,6 +104,9 @@ class PoseDetector:
             self.model = YOLO(str(model_file), task="pose")
         log.info("loaded %s (%s, %s path) on %s", self.weights.name, self.engine, self.path, self.device)
         self(np.zeros((360, 640, 3), np.uint8)[None])  # the predictor's own set-up and warm-up happen here
+        if self.engine == "openvino":
+            backend = self.model.backend if isinstance(self.model, DevicePath) else self.model.predictor.model
+            openvino_f32(backend, model_file)
         return self
 
     @functools.cached_property
