@@ -69,10 +69,11 @@ REAL_PAIRS = [Path(__file__).parent / "labels" / n for n in ("real_pairs.csv", "
 def test_real_clips_decisions_and_pair_precision(tmp_path, capsys):
     """The 60 real clips (handheld, sports, homes, overlays, cut-off bodies; issue 22): every pair the
     build accepts was looked at and labelled (none unlabelled), and the decisions do not fall below
-    what this code was measured at: 54 of 60 clip labels, 41 of 43 accepted pairs kept (0.953), with
+    what this code was measured at: 55 of 60 clip labels, 41 of 43 accepted pairs kept (0.953), with
     OpenVINO pinned to fp32 on an AMD EPYC (2026-12-04). The machine of 2026-12-03 (CPU not recorded;
     OpenVINO infers in bf16 by default where the CPU has AMX or AVX512-BF16) gave 53 of 60 and 43 of 45 from
-    the same code, other pairs near the thresholds: those are labelled too. These are floors that
+    the same code, other pairs near the thresholds: those are labelled too (and people_entering_far_corner,
+    relabelled on 2026-12-04, would hold there as well: 54). These are floors that
     catch a regression, not the goal (every label holding: README). A second build of the same clips
     into another output decides every clip and pair alike, figures included."""
     import pandas as pd
@@ -101,7 +102,7 @@ def test_real_clips_decisions_and_pair_precision(tmp_path, capsys):
     pairs = doc["pairs"]
     assert pairs["unlabelled"] == [], pairs["unlabelled"]  # a new pair: look at it, then label it
     holds = sum(r["ok"] for r in doc["rows"])
-    assert len(doc["rows"]) == 60 and holds >= 53, [r for r in doc["rows"] if not r["ok"]]
+    assert len(doc["rows"]) == 60 and holds >= 54, [r for r in doc["rows"] if not r["ok"]]
     assert pairs["keep"] >= 41 and pairs["precision"] >= 0.95, pairs["dropped"]
 
 
