@@ -725,7 +725,9 @@ def main() -> None:
     ap.add_argument("--plan-rows", type=int, help="annotation rows planned alone (default 650000; 0: skip)")
     ap.add_argument("--no-build", action="store_true", help="skip the real build of ../shared/data/videos")
     ap.add_argument("--device", default="auto", help="pose model device of the real build: auto, cpu, cuda")
-    ap.add_argument("--input", default=str(VIDEOS), help="the real build's clips (default ../shared/data/videos)")
+    ap.add_argument(
+        "--input", default=str(VIDEOS), help="the real build's clips, with a MANIFEST.csv giving duration_s per file"
+    )
     ap.add_argument("--engine", default="prefect", choices=("prefect", "local"), help="the real build's runner")
     ap.add_argument("--steps", help="steps to run, comma-separated (default: all; commit is kept per --work)")
     ap.add_argument("--seed-from", help="S3: upload the units a local run (its --work) committed, not commit_unit")

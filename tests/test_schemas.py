@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -153,3 +154,24 @@ def test_manifests_hold_no_fixed_size_lists():
     pq.write_table(samples_table([row, row]), buf)
     back = pq.read_table(pa.BufferReader(buf.getvalue()), schema=SAMPLES_SCHEMA)
     assert back.column("stabilise_matrix").null_count == 2 and len(back.column("before_keypoints")[1]) == 51
+
+
+def test_parts_written_with_fixed_size_lists_read_under_the_plain_schema():
+    """Parts an older version wrote (fixed-size lists, nulls among them) are read back under today's schema,
+    as finalize and publish read an output's existing parts (pq.read_table(part, schema=SAMPLES_SCHEMA))."""
+    sizes = {"before_keypoints": 51, "after_keypoints": 51, "before_box": 4, "after_box": 4, "crop_box": 4,
+             "stabilise_matrix": 6, "before_reference_keypoints": 51, "after_reference_keypoints": 51}  # fmt: skip
+    old = pa.schema(
+        [pa.field(f.name, pa.list_(f.type.value_type, sizes[f.name])) if f.name in sizes else f for f in SAMPLES_SCHEMA]
+    )
+    row = sample_row(pair(), "s-0000.tar")
+    table = samples_table([row, {**row, "crop_box": [1, 2, 3, 4], "stabilise_matrix": [1.0, 0, 0, 0, 1, 0]}])
+    buf = pa.BufferOutputStream()
+    pq.write_table(table.cast(old), buf)
+    back = pq.read_table(pa.BufferReader(buf.getvalue()), schema=SAMPLES_SCHEMA)
+    assert back.schema == SAMPLES_SCHEMA
+    assert back.column("stabilise_matrix").to_pylist() == [None, [1.0, 0, 0, 0, 1, 0]]
+    assert back.column("crop_box").to_pylist()[1] == [1, 2, 3, 4] and back.column("crop_box")[0].as_py() is None
+    np.testing.assert_array_equal(  # NaN (an unreported keypoint) included
+        np.array(back.column("before_keypoints").to_pylist()), np.array(table.column("before_keypoints").to_pylist())
+    )

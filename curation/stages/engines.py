@@ -1,6 +1,7 @@
 """Pose engines: which runtime runs the YOLO-pose weights (PyTorch, OpenVINO, ONNX Runtime, TensorRT),
 their versions as recorded with a build, and the exports made once from the same weights and cached.
-OpenVINO is pinned to fp32 inference here (`openvino_f32`) so that the CPU does not change decisions."""
+OpenVINO is pinned to fp32 inference here (`openvino_f32`): no bf16 default on AMX CPUs. (fp32 kernels of
+different instruction sets can still differ in the last bits.)"""
 
 from __future__ import annotations
 
@@ -121,9 +122,9 @@ def exported_model(weights: Path, engine: str, imgsz: int, device: str, half: bo
 
 def openvino_f32(autobackend, model_file: Path) -> None:
     """Pin OpenVINO's CPU inference to fp32. Its CPU plugin infers in bf16 by default on CPUs with AMX or
-    AVX512-BF16 (recent Xeons) and in fp32 elsewhere, so the same clips gave different keypoints, and
-    near a threshold different decisions, on different machines; the data must not depend on which CPU
-    built it. Recompiles ultralytics' compiled model (the backend's `compile_model` partial) with
+    AVX512-BF16 (recent Xeons) and in fp32 elsewhere, so the same clips can give different keypoints, and
+    near a threshold different decisions, on different machines: the precision is asked for, not left to
+    the CPU. Recompiles ultralytics' compiled model (the backend's `compile_model` partial) with
     INFERENCE_PRECISION_HINT f32 where it lacks it; a backend of another shape is left alone, and logged."""
     import openvino as ov
 
@@ -140,4 +141,8 @@ def openvino_f32(autobackend, model_file: Path) -> None:
         xml = model_file if model_file.is_file() else next(Path(model_file).glob("*.xml"))
         core = compile_model.func.__self__
         backend.ov_compiled_model = backend.compile_model(core.read_model(model=str(xml)))
-    log.info("OpenVINO inference precision: %s", backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT"))
+    try:
+        precision = backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT")
+    except RuntimeError:  # AUTO over several devices may not report it
+        precision = "unreported"
+    log.info("OpenVINO inference precision: %s", precision)

@@ -107,6 +107,7 @@ class PoseDetector:
         if self.engine == "openvino":
             backend = self.model.backend if isinstance(self.model, DevicePath) else self.model.predictor.model
             openvino_f32(backend, model_file)
+            self(np.zeros((360, 640, 3), np.uint8)[None])  # the recompiled model's first inference, here too
         return self
 
     @functools.cached_property
