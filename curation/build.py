@@ -301,14 +301,17 @@ def check_stop() -> None:
 def nothing_to_do(cfg: BuildConfig, plan: BuildPlan) -> bool:
     """No pending unit, nothing stale, and the current generation made from this same listing, these
     units and this published caption choice: a re-run is a no-op (nothing is rewritten). A missing or
-    stale generation (a crash inside finalize) is made again."""
+    stale generation (a crash inside finalize) is made again. A plan made under the writer lock still
+    held pulled the remote already: nothing can have committed since (no unit is pending, others are
+    locked out), so it is not pulled again."""
     if plan.units or plan.stale_units:
         return False
     out = open_output(cfg)
     meta = out.meta()
     if not meta:
         return False
-    out.pull()
+    if plan.pulled_under is None or plan.pulled_under != out.held_token():
+        out.pull()  # the plan was made without this lock: what it pulled may be out of date
     records = standing_records(out, plan)
     return (
         meta.get("listing_digest") == plan.listing_digest

@@ -109,6 +109,7 @@ class BuildPlan:
     stale_units: list[str] = field(default_factory=list)  # other settings, or a clip no longer listed
     kept_units: list[str] = field(default_factory=list)  # committed units that stand
     listing_digest: str = ""
+    pulled_under: str | None = None  # the writer lock this process held when the plan pulled the remote
 
     @property
     def pending_clips(self) -> int:
@@ -118,7 +119,8 @@ class BuildPlan:
 def plan_build(cfg: BuildConfig, out: Output | None = None) -> BuildPlan:
     out = out or Output.open(cfg.output, cfg.staging_dir)
     out.pull()  # a remote output: what other machines committed
-    identity = ContentIds(out.root / CONTENT_IDS if out.root.is_dir() else None)
+    pulled_under = out.held_token()
+    identity = ContentIds(out.root / CONTENT_IDS if out.root.is_dir() else None, once=True)
     listing = list_sources(cfg.sources, identity)
     fp = fingerprint(cfg)
     keys = clip_keys(cfg, listing.clips, identity)
@@ -155,6 +157,7 @@ def plan_build(cfg: BuildConfig, out: Output | None = None) -> BuildPlan:
         stale_units=stale,
         kept_units=kept,
         listing_digest=listing_digest(listing),
+        pulled_under=pulled_under,
     )
 
 

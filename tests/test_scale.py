@@ -114,3 +114,29 @@ def test_a_new_source_adds_to_the_build_and_a_removed_clip_leaves_it(tmp_path):
     plan.listing_digest = listing_digest(plan.listing)
     assert not nothing_to_do(both, plan)
     assert finalize(both, plan)["rejects_by_reason"]["ingest/missing_file"] == 1
+
+
+def test_a_no_op_pulls_the_output_once_under_the_lock(tmp_path, monkeypatch):
+    """A plan made under the writer lock pulled the output already; the no-op check that follows does
+    not pull it again (on a bucket, a pull lists every unit record). A plan made without the lock, or
+    under a lock since released, is pulled again."""
+    from curation.build import writer_lock
+    from curation.store import Output
+
+    folder = tmp_path / "in"
+    link(folder, {"slides": REJECTED["slides"][0]})
+    cfg = load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}])
+    build(cfg)
+    pulls = []
+    real_pull = Output.pull
+    monkeypatch.setattr(Output, "pull", lambda self: (pulls.append(1), real_pull(self))[1])
+    with writer_lock(cfg):
+        plan = plan_build(cfg)
+        assert plan.pulled_under is not None and len(pulls) == 1
+        assert nothing_to_do(cfg, plan) and len(pulls) == 1
+    assert nothing_to_do(cfg, plan) and len(pulls) == 2  # the lock it was made under is gone
+    with writer_lock(cfg):
+        assert nothing_to_do(cfg, plan) and len(pulls) == 3  # another holding: pulled again
+    unlocked = plan_build(cfg)
+    assert unlocked.pulled_under is None and len(pulls) == 4
+    assert nothing_to_do(cfg, unlocked) and len(pulls) == 5

@@ -373,3 +373,32 @@ def test_epic_from_released_rgb_frames(tmp_path):
     assert stats["clips_accepted"] == 1 and len(s) == 1
     assert s.before_time_s[0] == pytest.approx(1.6) and s.after_time_s[0] == pytest.approx(2.1)
     assert (s.before_index[0], s.after_index[0]) == (0, 5)  # positions in the folder's frame list
+
+
+def test_real_paths_resolve_as_realpath_does(tmp_path):
+    """RealPaths (folders resolved once) gives os.path.realpath's answer for plain files, symlinked
+    files, files in symlinked folders, dangling links and relative paths."""
+    import os
+
+    from curation.sources.base import RealPaths
+
+    real_dir = tmp_path / "disk" / "videos"
+    real_dir.mkdir(parents=True)
+    (real_dir / "a.mp4").write_bytes(b"a")
+    (tmp_path / "mounted").symlink_to(tmp_path / "disk")  # a folder seen through a link
+    (real_dir / "b.mp4").symlink_to(real_dir / "a.mp4")  # a file that is a link
+    (real_dir / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")  # dangling
+    real = RealPaths()
+    paths = [
+        real_dir / "a.mp4",
+        tmp_path / "mounted" / "videos" / "a.mp4",
+        tmp_path / "mounted" / "videos" / "b.mp4",
+        tmp_path / "mounted" / "videos" / "gone.mp4",
+        tmp_path / "mounted" / "videos" / "missing.mp4",
+        tmp_path / "mounted" / "videos",
+    ]
+    for p in paths * 2:  # the second round from the folder cache
+        assert real(p) == os.path.realpath(p), p
+    assert real(tmp_path / "mounted" / "videos" / "b.mp4") == str(real_dir / "a.mp4")
+    os.chdir(tmp_path / "mounted")
+    assert real("videos/a.mp4") == os.path.realpath("videos/a.mp4") == str(real_dir / "a.mp4")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,25 @@ VIDEO_EXTENSIONS = [".mp4", ".avi", ".mkv", ".webm", ".mov", ".gif"]
 
 # A folder of extracted frames (EPIC-KITCHENS' rgb_frames layout: frame_0000000001.jpg, ...) is one video.
 FRAME_NAME = re.compile(r"^frame_(\d+)\.(jpe?g|png)$", re.IGNORECASE)
+
+
+class RealPaths:
+    """os.path.realpath with each folder resolved once: a path whose last part is no symlink is its
+    folder's real path joined with its name (one lstat instead of one per path component: listing 650k
+    clips resolves their folders, not every component of every file, again and again)."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[str, str] = {}
+
+    def __call__(self, path: str | os.PathLike) -> str:
+        path = os.path.abspath(path)
+        head, name = os.path.split(path)
+        if not name or os.path.islink(path):
+            return os.path.realpath(path)
+        real = self._dirs.get(head)
+        if real is None:
+            real = self._dirs[head] = os.path.realpath(head)
+        return os.path.join(real, name)
 
 
 def frame_files(folder: Path) -> list[Path]:

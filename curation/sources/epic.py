@@ -20,7 +20,16 @@ from pydantic import Field
 
 from schemas.records import Clip, PairingMode, RejectReason
 
-from .base import Listing, SourceSettings, check_root, hashed_split, index_videos, ingest_reject, read_csv_lines
+from .base import (
+    Listing,
+    RealPaths,
+    SourceSettings,
+    check_root,
+    hashed_split,
+    index_videos,
+    ingest_reject,
+    read_csv_lines,
+)
 
 TIMESTAMP = re.compile(r"^(\d+):([0-5]\d):(\d+(?:\.\d+)?)$")
 SPLIT_BY_FILE = {"validation": "val", "train": "train", "test": "test"}
@@ -80,6 +89,7 @@ def frame_rate(video_id: str) -> float:
 def list_epic(cfg: EpicSource) -> Listing:
     root = check_root(cfg.root)
     by_stem, _ = index_videos(root, [".mp4"])
+    real = RealPaths()
     out = Listing(clips=[])
     used: set[str] = set()
     for ann in cfg.annotations:
@@ -102,7 +112,7 @@ def list_epic(cfg: EpicSource) -> Listing:
             candidates = by_stem.get(vid, [])
             preferred = [p for p in candidates if p.parent.name == "videos" and p.parent.parent.name == part]
             video = (preferred or candidates or [None])[0]
-            uri = str(video.resolve()) if video else str(root / part / "videos" / f"{vid}.MP4")
+            uri = real(video) if video else str(root / part / "videos" / f"{vid}.MP4")
             frames_fps = None
             if video is not None and video.is_dir():  # <participant>/rgb_frames/<video_id>/frame_%010d.jpg
                 frames_fps = frame_rate(vid)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from schemas.manifest import clip_fields
 from schemas.records import Clip, RejectReason
 
-from .base import Listing, frame_files, ingest_reject
+from .base import Listing, RealPaths, frame_files, ingest_reject
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,16 @@ def _frames_stat(folder: str) -> str:
 
 class ContentIds:
     """content_identity with a cache keyed by (real path, size, mtime, inode), kept in a JSON file, so a
-    re-run over a large input stats its files instead of reading them."""
+    re-run over a large input stats its files instead of reading them. `once`: the instance serves one
+    listing (a plan), so a path asked for again (the duplicate check, then the clip keys) is answered
+    from memory and folders are resolved once; without it every call looks at the file again."""
 
-    def __init__(self, cache_file: Path | None = None):
+    def __init__(self, cache_file: Path | None = None, once: bool = False):
         self.cache_file = cache_file
         self.cache: dict[str, str] = {}
         self.changed = False
+        self._real = RealPaths() if once else os.path.realpath
+        self._asked: dict[str, str | None] | None = {} if once else None
         if cache_file is not None:
             try:
                 self.cache = json.loads(cache_file.read_text())
@@ -73,13 +78,20 @@ class ContentIds:
                 self.cache = {}
 
     def __call__(self, uri: str) -> str | None:
+        if self._asked is None:
+            return self._identity(uri)
+        if uri not in self._asked:
+            self._asked[uri] = self._identity(uri)
+        return self._asked[uri]
+
+    def _identity(self, uri: str) -> str | None:
         try:
-            real = os.path.realpath(uri)
+            real = self._real(uri)
             st = os.stat(real)
         except OSError:
             return None
         key = f"{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
-        if os.path.isdir(real):  # a folder's own stat misses a frame rewritten in place: its frames' stats
+        if stat.S_ISDIR(st.st_mode):  # a folder's own stat misses a frame rewritten in place: its frames' stats
             key += "|" + _frames_stat(real)
         got = self.cache.get(key)
         if got is None:

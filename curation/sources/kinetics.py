@@ -16,7 +16,16 @@ from pydantic import Field
 
 from schemas.records import Clip, RejectReason
 
-from .base import VIDEO_EXTENSIONS, Listing, SourceSettings, check_root, index_videos, ingest_reject, read_csv_lines
+from .base import (
+    VIDEO_EXTENSIONS,
+    Listing,
+    RealPaths,
+    SourceSettings,
+    check_root,
+    index_videos,
+    ingest_reject,
+    read_csv_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, str] | None, str]]:
 def list_kinetics(cfg: KineticsSource) -> Listing:
     root = check_root(cfg.root)
     by_stem, _ = index_videos(root, VIDEO_EXTENSIONS)
+    real = RealPaths()
     out = Listing(clips=[])
     seen: set[str] = set()
     split_of_video: dict[str, str | None] = {}
@@ -93,7 +103,7 @@ def list_kinetics(cfg: KineticsSource) -> Listing:
                 Clip(
                     source="kinetics",
                     clip_id=cid,
-                    uri=str(files[0].resolve()),
+                    uri=real(files[0]),
                     label=label,
                     split=split,
                     licence=cfg.licence,

@@ -19,7 +19,16 @@ from pydantic import Field
 
 from schemas.records import KP, Clip, Pose17, RejectReason
 
-from .base import VIDEO_EXTENSIONS, Listing, SourceError, SourceSettings, check_root, index_videos, ingest_reject
+from .base import (
+    VIDEO_EXTENSIONS,
+    Listing,
+    RealPaths,
+    SourceError,
+    SourceSettings,
+    check_root,
+    index_videos,
+    ingest_reject,
+)
 
 NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
 MUTUAL_DEFAULT = set(range(50, 61)) | set(range(106, 121))  # from the official README
@@ -115,13 +124,14 @@ def list_ntu(cfg: NTUSource) -> Listing:
     ann = read_annotations(cfg.annotations)
     by_stem, other = index_videos(root, VIDEO_EXTENSIONS)
     skeletons = {Path(o).stem: root / o for o in other if o.endswith(".skeleton")}
+    real = RealPaths()
     out = Listing(clips=[])
     for stem, paths in sorted(by_stem.items()):
         n = parse_name(stem)
         if n is None:
             out.unlisted += [str(p.relative_to(root)) for p in paths]
             continue
-        uri = str(paths[0].resolve())
+        uri = real(paths[0])
         if n.action in ann.mutual and not cfg.include_mutual:
             detail = f"A{n.action:03d} ({ann.labels.get(n.action, 'two-person action')}) is a mutual action"
             known = {"label": ann.labels.get(n.action), "split": split_for(n, cfg.protocol)}
@@ -138,7 +148,7 @@ def list_ntu(cfg: NTUSource) -> Listing:
             "skeleton_missing": n.name in ann.missing_skeletons,
         }
         if n.name in skeletons and n.name not in ann.missing_skeletons:
-            extra["skeleton"] = str(skeletons[n.name].resolve())
+            extra["skeleton"] = real(skeletons[n.name])
         out.clips.append(
             Clip(
                 source="ntu",

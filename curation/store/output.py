@@ -114,6 +114,11 @@ class Output(Generations, Upkeep):
         held = HELD.get(self.key)
         return held.ticket() if held is not None else self._ticket
 
+    def held_token(self) -> str | None:
+        """The token of the writer lock this process holds on this output (None when it holds none)."""
+        held = HELD.get(self.key)
+        return held.ticket()["token"] if held is not None else None
+
     def check_fence(self) -> None:
         """Raise LeaseLost when this writer no longer holds the output (another took it over). A caller
         that took no lock (a library user, a test) is not checked."""
