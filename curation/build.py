@@ -128,6 +128,7 @@ def process_unit(
             "unit_id": unit.unit_id,
             "fingerprint": fingerprint(cfg),
             "versions": processor.versions,
+            "machine": processor.machine,  # the CPU/GPU and pose precision it ran on (provenance)
             "clip_keys": clip_keys(cfg, unit.clips),
             "retry": retry,  # clips that failed for a transient reason: the unit is redone next run
             "files": files,  # tar name -> samples, bytes, sha256

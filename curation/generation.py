@@ -341,6 +341,7 @@ def generation_stats(basis: Basis, samples: pa.Table, rejects: pa.Table, files: 
         seconds.update(r.get("seconds", {}))
         funnel.update(r.get("funnel", {}))
     versions = records[-1]["versions"] if records else {}
+    machines: Counter[str] = Counter(json.dumps(r["machine"], sort_keys=True) for r in records if r.get("machine"))
     return {
         "fingerprint": basis.fingerprint,
         "listing_digest": basis.listing_digest,
@@ -362,6 +363,7 @@ def generation_stats(basis: Basis, samples: pa.Table, rejects: pa.Table, files: 
         "frames_decoded": sum(r.get("frames_decoded", 0) for r in records),
         "funnel": dict(funnel),
         "seconds": {k: round(v, 2) for k, v in sorted(seconds.items())},
+        "machines": [json.loads(m) | {"units": n} for m, n in sorted(machines.items())],
         "finalized_at": datetime.now(timezone.utc).isoformat(),
     }
 

@@ -115,6 +115,12 @@ class ClipProcessor:
             "code": code_version(),
         }
 
+    @property
+    def machine(self) -> dict:
+        """This worker's CPU, device and pose precision (None when the pose model was not loaded: an
+        egocentric-only build), recorded with each unit it commits."""
+        return self.detector.machine
+
     def run_all(self, clips: list[Clip], upcoming: list[Clip] | None = None) -> Iterator[ClipResult]:
         """Each clip's result, in order, streamed: frames decoded ahead in worker processes (DecodePool),
         detected in batches gathered across clips (detect_across), then each clip's motion, quality,

@@ -54,6 +54,22 @@ def test_every_input_lands_exactly_once(real_build, real_input):
     assert sum(stats["rejects_by_reason"].values()) == stats["clips_rejected"]
 
 
+def test_each_unit_records_the_machine_it_ran_on(real_build):
+    """Provenance: each unit record names the CPU (model, cores, bf16 units), the device and the pose
+    model's inference precision (OpenVINO pinned to f32), and stats.json sums them per machine."""
+    from curation.stages.engines import cpu_description
+
+    _, out, stats = real_build
+    here = cpu_description()
+    assert here["cores"] >= 1 and here["cpu"]
+    records = [json.loads(p.read_text()) for p in sorted((out / "parts").glob("*.json"))]
+    assert records and all(
+        r["machine"] == here | {"device": "cpu", "gpu": None, "pose_precision": "f32"} for r in records
+    )
+    (machine,) = stats["machines"]
+    assert machine == records[0]["machine"] | {"units": stats["units"]} and stats["units"] == len(records)
+
+
 def test_shards_read_back_with_plain_webdataset(real_build):
     cfg, out, stats = real_build
     samples = pd.read_parquet(out / "samples.parquet").set_index("pair_id")

@@ -94,6 +94,7 @@ def test_openvino_infers_in_fp32_whatever_the_cpu(path, real_frames):
     backend = (det.model.backend if path == "device" else det.model.predictor.model).backend
     assert backend.compile_model.keywords["config"]["INFERENCE_PRECISION_HINT"] == ov.Type.f32
     assert backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert det.precision == "f32" and det.machine["pose_precision"] == "f32"  # as recorded with each unit
     assert sum(map(len, det(real_frames[:4]))) > 0  # the recompiled model still detects
 
 

@@ -120,7 +120,34 @@ def exported_model(weights: Path, engine: str, imgsz: int, device: str, half: bo
         return final
 
 
-def openvino_f32(autobackend, model_file: Path) -> None:
+@functools.lru_cache(maxsize=1)
+def cpu_description() -> dict:
+    """The CPU a unit ran on, as recorded with it: model name, logical cores and whether it has bf16 units
+    (AMX or AVX512-BF16: where engines left to their defaults infer in bf16). None where not known."""
+    import platform
+
+    model, flags = None, None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model is None:
+                    model = value.strip()
+                elif key == "flags" and flags is None:
+                    flags = set(value.split())
+                if model is not None and flags is not None:
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.processor() or platform.machine() or None,
+        "cores": os.cpu_count(),
+        "cpu_bf16": bool(flags & {"amx_bf16", "avx512_bf16"}) if flags is not None else None,
+    }
+
+
+def openvino_f32(autobackend, model_file: Path) -> str:
     """Pin OpenVINO's CPU inference to fp32. Its CPU plugin infers in bf16 by default on CPUs with AMX or
     AVX512-BF16 (recent Xeons) and in fp32 elsewhere, so the same clips can give different keypoints, and
     near a threshold different decisions, on different machines: the precision is asked for, not left to
@@ -132,7 +159,7 @@ def openvino_f32(autobackend, model_file: Path) -> None:
     compile_model = getattr(backend, "compile_model", None)
     if not isinstance(compile_model, functools.partial) or not hasattr(backend, "ov_compiled_model"):
         log.warning("OpenVINO backend of an unknown shape: its inference precision is the plugin's default")
-        return
+        return "plugin default"
     config = dict(compile_model.keywords.get("config") or {})
     if config.get("INFERENCE_PRECISION_HINT") != ov.Type.f32:
         config["INFERENCE_PRECISION_HINT"] = ov.Type.f32
@@ -142,7 +169,9 @@ def openvino_f32(autobackend, model_file: Path) -> None:
         core = compile_model.func.__self__
         backend.ov_compiled_model = backend.compile_model(core.read_model(model=str(xml)))
     try:
-        precision = backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT")
+        hint = backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT")
+        precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
     except RuntimeError:  # AUTO over several devices may not report it
         precision = "unreported"
     log.info("OpenVINO inference precision: %s", precision)
+    return precision

@@ -25,6 +25,7 @@ from schemas.records import Pose17
 from ..config import PoseConfig
 from .engines import (  # noqa: F401 - re-exported: the engine helpers were defined here
     ENGINES,
+    cpu_description,
     engine_cache,
     engine_installed,
     engine_version,
@@ -83,6 +84,18 @@ class PoseDetector:
         self.path = resolve_path(cfg.path, self.device)
         self.batch_size = cfg.batch_size or (256 if self.device.startswith("cuda") else 16)
         self.model = None
+        self.precision: str | None = None  # the pose model's inference precision, once set up
+
+    @property
+    def machine(self) -> dict:
+        """Where and how the pose model runs here, as recorded with each unit (not part of the
+        fingerprint: settings and versions decide results; this says on what they were computed)."""
+        gpu = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            gpu = torch.cuda.get_device_name(torch.device(self.device))
+        return cpu_description() | {"device": self.device, "gpu": gpu, "pose_precision": self.precision}
 
     def setup(self) -> PoseDetector:
         if self.model is not None:
@@ -103,10 +116,11 @@ class PoseDetector:
         else:
             self.model = YOLO(str(model_file), task="pose")
         log.info("loaded %s (%s, %s path) on %s", self.weights.name, self.engine, self.path, self.device)
+        self.precision = "f16" if half else "f32"
         self(np.zeros((360, 640, 3), np.uint8)[None])  # the predictor's own set-up and warm-up happen here
         if self.engine == "openvino":
             backend = self.model.backend if isinstance(self.model, DevicePath) else self.model.predictor.model
-            openvino_f32(backend, model_file)
+            self.precision = openvino_f32(backend, model_file)
             self(np.zeros((360, 640, 3), np.uint8)[None])  # the recompiled model's first inference, here too
         return self
 
