@@ -5,6 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SHARED ?= ../shared
 OUT    ?= demo-out
+# pytest-xdist workers for `make test`, each running one test file at a time (CI has 2 cores)
+TEST_WORKERS ?= 2
 
 # offline switches (see ../shared/design/SETUP-NOTES.md)
 export YOLO_OFFLINE := 1
@@ -32,7 +34,7 @@ browser:
 	    $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 test: setup
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup
 	@if [ -d "$(SHARED)/data/videos" ]; then \

@@ -208,3 +208,20 @@ def s3(monkeypatch):
 def s3_env(s3) -> dict[str, str]:
     """Environment for a subprocess (the CLI) to reach the `s3` server."""
     return dict(_S3_ENV)
+
+
+# The longest test files first, so that with several xdist workers (`make test`: one file per worker at a
+# time) none of them is left running alone at the end; the order inside a file is kept.
+LONGEST_FIRST = [
+    "test_store_remote.py",
+    "test_labels.py",
+    "test_handheld.py",
+    "test_quality.py",
+    "test_output_store.py",
+    "test_training.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -53,7 +53,9 @@ def test_build_benchmark_prints_the_throughput_figures(tmp_path):
         fig["pose_only_fps_torch"], fig["pose_only_fps_openvino"]
     )
     assert fig["ceiling_fps"] < min(fig["decode_only_fps"], fig["pose_only_fps"])  # CPU: the stages share the cores
-    assert fig["ratio"] == pytest.approx(fig["end_to_end_fps"] / fig["ceiling_fps"], rel=0.02)
+    # the ratio of the unrounded figures; the two printed fps are rounded to 0.1 (a few fps under load)
+    e2e, ceiling = fig["end_to_end_fps"], fig["ceiling_fps"]
+    assert (e2e - 0.05) / (ceiling + 0.05) - 0.0005 <= fig["ratio"] <= (e2e + 0.05) / (ceiling - 0.05) + 0.0005
     assert fig["sampled_frames"] == 14 and fig["clips"] == 1
     for key in ("pose_only_fps_device", "peak_rss_mb", "peak_rss_workers_mb", "rss_10s_mb", "rss_10min_mb"):
         assert fig[key] > 0, key  # --rss-check: a 10 s and a 10 min build, each in its own process

@@ -41,9 +41,24 @@ def cli(args, env=None, timeout=600):
     return subprocess.run(MP + args, capture_output=True, text=True, timeout=timeout, env=e, cwd=REPO)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    # A pytest-xdist worker ignores SIGINT, and an ignored signal is inherited across exec: the CLI would
+    # never see the Ctrl-C a terminal sends (Python installs its KeyboardInterrupt handler only where
+    # SIGINT is not ignored at start). The child gets SIGINT's default, as from a shell prompt.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen(args, env=None):
     e = os.environ.copy() | (env or {})
-    return subprocess.Popen(MP + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=REPO)
+    return subprocess.Popen(
+        MP + args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=e,
+        cwd=REPO,
+        preexec_fn=_sigint_as_in_a_terminal,
+    )
 
 
 def build_args(inp: Path, out: str, cfg: Path, *extra: str) -> list[str]:
