@@ -117,8 +117,8 @@ class ClipProcessor:
 
     @property
     def machine(self) -> dict:
-        """This worker's CPU, device and pose precision (None when the pose model was not loaded: an
-        egocentric-only build), recorded with each unit it commits."""
+        """This worker's CPU, device and pose precision (`pose_precision` None when the pose model was not
+        loaded: an egocentric-only build), recorded with each unit it commits."""
         return self.detector.machine
 
     def run_all(self, clips: list[Clip], upcoming: list[Clip] | None = None) -> Iterator[ClipResult]:

@@ -375,9 +375,9 @@ def test_epic_from_released_rgb_frames(tmp_path):
     assert (s.before_index[0], s.after_index[0]) == (0, 5)  # positions in the folder's frame list
 
 
-def test_real_paths_resolve_as_realpath_does(tmp_path):
+def test_real_paths_resolve_as_realpath_does(tmp_path, monkeypatch):
     """RealPaths (folders resolved once) gives os.path.realpath's answer for plain files, symlinked
-    files, files in symlinked folders, dangling links and relative paths."""
+    files, files in symlinked folders, dangling links, a ".." after a symlink and relative paths."""
     import os
 
     from curation.sources.base import RealPaths
@@ -388,6 +388,8 @@ def test_real_paths_resolve_as_realpath_does(tmp_path):
     (tmp_path / "mounted").symlink_to(tmp_path / "disk")  # a folder seen through a link
     (real_dir / "b.mp4").symlink_to(real_dir / "a.mp4")  # a file that is a link
     (real_dir / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")  # dangling
+    (tmp_path / "deep").symlink_to(tmp_path / "disk" / "videos" / "sub")  # .. from it is disk/videos
+    (real_dir / "sub").mkdir()
     real = RealPaths()
     paths = [
         real_dir / "a.mp4",
@@ -396,9 +398,13 @@ def test_real_paths_resolve_as_realpath_does(tmp_path):
         tmp_path / "mounted" / "videos" / "gone.mp4",
         tmp_path / "mounted" / "videos" / "missing.mp4",
         tmp_path / "mounted" / "videos",
+        tmp_path / "deep" / ".." / "a.mp4",  # ".." after a link: in the link's target's parent
+        tmp_path / "deep" / "..",
+        str(tmp_path / "mounted" / "videos") + "/",
     ]
     for p in paths * 2:  # the second round from the folder cache
         assert real(p) == os.path.realpath(p), p
     assert real(tmp_path / "mounted" / "videos" / "b.mp4") == str(real_dir / "a.mp4")
-    os.chdir(tmp_path / "mounted")
+    assert real(tmp_path / "deep" / ".." / "a.mp4") == str(real_dir / "a.mp4")  # not tmp_path / "a.mp4"
+    monkeypatch.chdir(tmp_path / "mounted")
     assert real("videos/a.mp4") == os.path.realpath("videos/a.mp4") == str(real_dir / "a.mp4")

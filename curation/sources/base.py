@@ -38,9 +38,10 @@ class RealPaths:
         self._dirs: dict[str, str] = {}
 
     def __call__(self, path: str | os.PathLike) -> str:
-        path = os.path.abspath(path)
+        # joined, not normalised: a ".." after a symlink is realpath's to resolve (in the folder's part)
+        path = os.path.join(os.getcwd(), os.fspath(path))
         head, name = os.path.split(path)
-        if not name or os.path.islink(path):
+        if name in ("", ".", "..") or os.path.islink(path):
             return os.path.realpath(path)
         real = self._dirs.get(head)
         if real is None:

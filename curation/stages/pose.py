@@ -117,6 +117,11 @@ class PoseDetector:
             self.model = YOLO(str(model_file), task="pose")
         log.info("loaded %s (%s, %s path) on %s", self.weights.name, self.engine, self.path, self.device)
         self.precision = "f16" if half else "f32"
+        if not half and self.engine == "torch" and self.device.startswith("cuda"):
+            import torch
+
+            if torch.backends.cudnn.allow_tf32:  # PyTorch's default: cuDNN convolutions may run in TF32
+                self.precision = "f32 (cuDNN TF32 allowed)"
         self(np.zeros((360, 640, 3), np.uint8)[None])  # the predictor's own set-up and warm-up happen here
         if self.engine == "openvino":
             backend = self.model.backend if isinstance(self.model, DevicePath) else self.model.predictor.model
