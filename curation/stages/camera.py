@@ -31,10 +31,12 @@ import numpy as np
 from schemas.records import Pose17
 
 from .quality import IDENTITY, background_mask, grid_corners, motion_magnitude, small_gray
-from .silhouette import body_shapes, graphic_strokes
+from .silhouette import body_shapes, graphic_strokes, hand_zones
 
 # a gray-level difference above this (after a 5x5 blur, on frames at most 320 px) is a change, not noise
 CHANGE_LEVEL = 28.0
+# what a hand holds (a bar, a bat, a club) is at most this thick, in torso lengths, where it runs past the body
+HELD_THICKNESS = 0.2
 
 
 @dataclass
@@ -125,6 +127,64 @@ def _people_mask(
     return mask
 
 
+def held_objects(changed: np.ndarray, off: np.ndarray, hands: np.ndarray, thickness: float) -> np.ndarray:
+    """The changed pixels beyond the body's reach (`changed` uint8 0/1, `off` bool) that belong to
+    something a hand holds (a bar, a bat, a club, a rope held taut): each piece of change there (small
+    gaps bridged) that is thin (at most `thickness` pixels across at its 95th percentile) and made of
+    straight lines that run into a hand (`hands`: 255 on a disk around it, see hand_zones) within 2
+    torso lengths of their ends: 95 % of its pixels on such lines (OpenCV's probabilistic Hough transform
+    finds them; a bar seen in both frames is two, meeting where it is anchored). A thin bar's change
+    breaks where it crosses a background of its own shade, so its pieces count by their line, not by
+    touching the hand. A pop-up is thick; a drawing's strokes curve and a caption does not point at a
+    hand (bright text is checked apart: text_change). Returns a bool mask of the pixels to leave out
+    of the overlay regions."""
+    held = np.zeros(changed.shape, bool)
+    zone = hands > 0
+    if thickness <= 0 or not zone.any():
+        return held
+    beyond = (changed.astype(bool) & off).astype(np.uint8)
+    k = max(3, int(thickness / 2)) | 1
+    joined = cv2.dilate(beyond, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
+    half = cv2.distanceTransform(beyond, cv2.DIST_L2, 3)
+    h, w = changed.shape
+    reach = 2.0 * thickness / HELD_THICKNESS  # 2 torso lengths
+    steps = np.arange(0.0, reach + 1.0)
+    for c in range(1, n):
+        x0, y0, bw, bh, _ = (int(v) for v in stats[c])
+        if max(bw, bh) < 8:
+            continue  # too short to be a line: left to the overlay regions' own size rule
+        box = (slice(y0, y0 + bh), slice(x0, x0 + bw))
+        part = (labels[box] == c) & (beyond[box] > 0)
+        count = int(part.sum())
+        if count < 8:
+            continue
+        across = 2 * float(np.percentile(half[box][part], 95))
+        if across > thickness:
+            continue
+        width = max(across, 2.0)
+        found = cv2.HoughLinesP(
+            part.astype(np.uint8), 1, np.pi / 180, threshold=max(4, int(2 * width)),
+            minLineLength=4 * width, maxLineGap=max(2, int(width)),
+        )  # fmt: skip
+        if found is None:
+            continue
+        lines = np.zeros(part.shape, np.uint8)
+        for x1, y1, x2, y2 in found.reshape(-1, 4).astype(float):
+            d = np.hypot(x2 - x1, y2 - y1)
+            ux, uy = (x2 - x1) / d, (y2 - y1) / d
+            for (ex, ey), sign in (((x2, y2), 1.0), ((x1, y1), -1.0)):
+                px = np.round(x0 + ex + sign * steps * ux).astype(int)  # frame pixels from here
+                py = np.round(y0 + ey + sign * steps * uy).astype(int)
+                inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+                if zone[py[inside], px[inside]].any():
+                    cv2.line(lines, (int(x1), int(y1)), (int(x2), int(y2)), 1, int(np.ceil(width)) + 2)
+                    break
+        if int((part & (lines > 0)).sum()) >= 0.95 * count:
+            held[box] |= part
+    return held
+
+
 def compare_background(
     ga: np.ndarray,
     gb: np.ndarray,
@@ -133,12 +193,14 @@ def compare_background(
     min_region: float,
     bodies: np.ndarray | None = None,
     reach: float = 0.0,
+    hands: np.ndarray | None = None,
 ) -> tuple[float | None, float | None, float | None, float | None, tuple[int, int, int, int] | None]:
     """(residual, brightness, changed share, largest changed region, its box) of b against a warped by
     m, over b's background where both frames have pixels. Regions smaller than `min_region` of the
     frame (noise, a leaf) are left out of the largest-region figure, and so are the changes within
     `reach` pixels of `bodies` (0 on the people's bodies, see body_shapes): what moves with a person
-    (loose clothes, hair, a held bar or ball) is no overlay."""
+    (loose clothes, hair, a held bar or ball) is no overlay; nor is what the hands hold where it runs
+    past that reach (`hands`: 255 on the hands' disks, see held_objects; a landmine bar, a bat)."""
     h, w = gb.shape
     warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
     valid = cv2.warpAffine(np.full_like(ga, 255), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
@@ -159,6 +221,9 @@ def compare_background(
     bodies = mask_b if bodies is None else bodies
     off = (bodies == 255) & (cv2.distanceTransform((bodies == 255).astype(np.uint8), cv2.DIST_L2, 3) > reach)
     around = ((ad > CHANGE_LEVEL) & (valid == 255) & off).astype(np.uint8)
+    if hands is not None and reach > 0:
+        raw = ((ad > CHANGE_LEVEL) & (valid == 255)).astype(np.uint8)
+        around[held_objects(raw, off, hands, HELD_THICKNESS * reach / 0.35)] = 0  # reach: 0.35 torso
     around = cv2.morphologyEx(around, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     # the letters of one line of text belong together: close horizontal gaps (not across a body)
     around = cv2.morphologyEx(around, cv2.MORPH_CLOSE, np.ones((3, 9), np.uint8)) & off.astype(np.uint8)
@@ -205,7 +270,8 @@ def align_pair(
         m = _refine(ga, gb, m, mask_b)
         mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
     bodies, reach = body_shapes((h, w), people_a, people_b, m, s)
-    residual, brightness, share, largest, box = compare_background(ga, gb, m, mask_b, min_region, bodies, reach)
+    hands = hand_zones((h, w), people_a, people_b, m, s)
+    residual, brightness, share, largest, box = compare_background(ga, gb, m, mask_b, min_region, bodies, reach, hands)
     motion = motion_magnitude(m, w, h)
     if plain and (residual is None or residual > max_residual):
         status = "unmeasurable"  # no texture to align, and the pixels differ: nothing says it is still

@@ -87,6 +87,27 @@ def body_shapes(
     return 255 - drawn, 0.35 * largest
 
 
+def hand_zones(
+    shape: tuple[int, int], people_a: list[Pose17], people_b: list[Pose17], m: np.ndarray, scale: float
+) -> np.ndarray:
+    """255 within the disk body_shapes draws around each hand (0.6 torso lengths; a's people moved by m),
+    0 elsewhere, in b's small-frame pixels: where what a hand holds is held (camera.held_objects)."""
+    h, w = shape
+    zones = np.zeros((h, w), np.uint8)
+    for people, move in ((people_b, None), (people_a, m)):
+        for p in people:
+            k = np.asarray(p.keypoints, np.float64).copy()
+            k[:, :2] *= scale
+            if move is not None:
+                k[:, :2] = k[:, :2] @ move[:, :2].T + move[:, 2]
+            torso = geometry.torso_length(k)
+            if not (np.isfinite(k[:, :2]).all() and torso > 2):
+                continue
+            for wrist in (KP["left_wrist"], KP["right_wrist"]):
+                cv2.circle(zones, tuple(int(v) for v in k[wrist, :2]), int(0.6 * torso), 255, -1)
+    return zones
+
+
 # a drawn graphic's colour: saturated and bright (HSV, OpenCV's 0-255 scales), as no lit fabric is
 GRAPHIC_SATURATION, GRAPHIC_VALUE = 170, 200
 
