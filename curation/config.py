@@ -38,7 +38,7 @@ class DecodeConfig(_Section):
         8, ge=1, description="clips decoded ahead at most (frames in flight <= (this + 1) x max_frames + a batch)"
     )
     coarse_frames: int = Field(
-        0, ge=0, description="frames (evenly spread) detected first: clips they reject skip the rest (8); 0: off"
+        8, ge=0, description="frames (evenly spread) detected first: clips they reject skip the rest; 0: off"
     )
     frames_fps: float = Field(50.0, gt=0, description="frame folders: frame N is at N / frames_fps s (EPIC: 50, 60)")
 
