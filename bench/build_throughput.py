@@ -336,7 +336,9 @@ def main() -> None:
         print(json.dumps(coarse_compare(args), indent=None if args.json else 2))
         return None
     with tempfile.TemporaryDirectory() as out:
-        cfg = bench_config(args, out)
+        # every sampled frame through every stage, as the ceiling counts them: frames per second against
+        # decode + pose alone (the coarse pass, on by default, detects fewer: --coarse-compare measures it)
+        cfg = bench_config(args, out, coarse_frames=0)
         clips = [c for src in cfg.sources for c in src.listing().clips]
         frames, decode_s = decode_all(cfg, clips)
         device = resolve_device(cfg.pose.device)

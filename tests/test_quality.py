@@ -99,8 +99,12 @@ def reasons(res) -> list[str]:
 
 
 def test_a_small_person_is_too_small_and_the_same_scene_closer_is_kept(detector, forest, tmp_path):
-    res = run_clip(video(FOREST), detector)
+    # the full pass measures his height on every sampled frame; the coarse pass (the default) already
+    # rejects him on its eight frames, for the same reason, with his largest height in pixels
+    res = run_clip(video(FOREST), detector, decode={"coarse_frames": 0})
     assert reasons(res) == ["too_small"] and "largest person height 0.3" in res.rejects[-1].detail
+    early = run_clip(video(FOREST), detector)
+    assert reasons(early) == ["too_small"] and "coarse pass, 8 of" in early.rejects[-1].detail
     # the same footage as a camera 1.8x closer (under static overlays): the person is big enough
     closer = save(tmp_path / "closer.mp4", [overlays(window(f, 1.8, 0.45)) for f in forest])
     kept = run_clip(closer, detector)
@@ -484,7 +488,11 @@ def test_grid_corners_are_opencvs_corners_found_once_per_frame():
         frames += list(vr.get_batch(list(range(0, len(vr), max(1, len(vr) // 4)))).asnumpy())
     banded = frames[0].copy()
     banded[: banded.shape[0] // 3] = 0
-    frames += [banded, np.zeros_like(frames[0])]
+    tiles = np.zeros_like(frames[0])  # identical squares: corners of exactly equal strength (ties)
+    for y in range(8, tiles.shape[0] - 16, 24):
+        for x in range(8, tiles.shape[1] - 16, 24):
+            tiles[y : y + 12, x : x + 12] = 200
+    frames += [banded, np.zeros_like(frames[0]), tiles]
     compared = 0
     for frame in frames:
         gray, s = quality.small_gray(frame)

@@ -30,8 +30,9 @@ import numpy as np
 
 from schemas.records import Pose17
 
-from .quality import IDENTITY, background_mask, grid_corners, motion_magnitude, small_gray
-from .silhouette import body_shapes, graphic_strokes, hand_zones
+from .corners import grid_corners
+from .quality import IDENTITY, background_mask, motion_magnitude, small_gray
+from .silhouette import REACH, body_shapes, graphic_strokes, hand_zones
 
 # a gray-level difference above this (after a 5x5 blur, on frames at most 320 px) is a change, not noise
 CHANGE_LEVEL = 28.0
@@ -223,7 +224,7 @@ def compare_background(
     around = ((ad > CHANGE_LEVEL) & (valid == 255) & off).astype(np.uint8)
     if hands is not None and reach > 0:
         raw = ((ad > CHANGE_LEVEL) & (valid == 255)).astype(np.uint8)
-        around[held_objects(raw, off, hands, HELD_THICKNESS * reach / 0.35)] = 0  # reach: 0.35 torso
+        around[held_objects(raw, off, hands, HELD_THICKNESS * reach / REACH)] = 0  # reach / REACH: a torso
     around = cv2.morphologyEx(around, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     # the letters of one line of text belong together: close horizontal gaps (not across a body)
     around = cv2.morphologyEx(around, cv2.MORPH_CLOSE, np.ones((3, 9), np.uint8)) & off.astype(np.uint8)

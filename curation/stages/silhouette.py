@@ -29,6 +29,7 @@ _ENDS = tuple(
     for a, b, f, r in (("elbow", "wrist", 0.45, 0.22), ("knee", "ankle", 0.15, 0.18))  # hand; heel and sole
 )
 _TRUNK = [KP[n] for n in ("left_shoulder", "right_shoulder", "right_hip", "left_hip")]
+REACH = 0.35  # the body's reach around its drawn figure, in torso lengths (body_shapes)
 _HEAD = [KP[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
 
 
@@ -84,7 +85,7 @@ def body_shapes(
                 c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]) @ move[:, :2].T + move[:, 2]
                 (x1, y1), (x2, y2) = c.min(0), c.max(0)
             cv2.rectangle(drawn, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), 255, -1)
-    return 255 - drawn, 0.35 * largest
+    return 255 - drawn, REACH * largest
 
 
 def hand_zones(
