@@ -53,6 +53,19 @@ def _draw_figure(drawn: np.ndarray, k: np.ndarray, torso: float) -> None:
     capsule(head, (k[_TRUNK[0], :2] + k[_TRUNK[1], :2]) / 2, 0.3)  # the neck
 
 
+def _people_in_b(people_a: list[Pose17], people_b: list[Pose17], m: np.ndarray, scale: float):
+    """(person, keypoints in b's small-frame pixels, torso length or None when it is not measurable,
+    the move applied: None for b's people, m for a's) for b's people, then a's moved by m."""
+    for people, move in ((people_b, None), (people_a, m)):
+        for p in people:
+            k = np.asarray(p.keypoints, np.float64).copy()
+            k[:, :2] *= scale
+            if move is not None:
+                k[:, :2] = k[:, :2] @ move[:, :2].T + move[:, 2]
+            torso = geometry.torso_length(k)
+            yield p, k, torso if np.isfinite(k[:, :2]).all() and torso > 2 else None, move
+
+
 def body_shapes(
     shape: tuple[int, int], people_a: list[Pose17], people_b: list[Pose17], m: np.ndarray, scale: float
 ) -> tuple[np.ndarray, float]:
@@ -69,22 +82,16 @@ def body_shapes(
     h, w = shape
     drawn = np.zeros((h, w), np.uint8)
     largest = 0.0
-    for people, move in ((people_b, None), (people_a, m)):
-        for p in people:
-            k = np.asarray(p.keypoints, np.float64).copy()
-            k[:, :2] *= scale
-            if move is not None:
-                k[:, :2] = k[:, :2] @ move[:, :2].T + move[:, 2]
-            torso = geometry.torso_length(k)
-            if np.isfinite(k[:, :2]).all() and torso > 2:
-                largest = max(largest, torso)
-                _draw_figure(drawn, k, torso)
-                continue
-            x1, y1, x2, y2 = (np.asarray(p.box) * scale).tolist()
-            if move is not None:
-                c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]) @ move[:, :2].T + move[:, 2]
-                (x1, y1), (x2, y2) = c.min(0), c.max(0)
-            cv2.rectangle(drawn, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), 255, -1)
+    for p, k, torso, move in _people_in_b(people_a, people_b, m, scale):
+        if torso is not None:
+            largest = max(largest, torso)
+            _draw_figure(drawn, k, torso)
+            continue
+        x1, y1, x2, y2 = (np.asarray(p.box) * scale).tolist()
+        if move is not None:
+            c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]) @ move[:, :2].T + move[:, 2]
+            (x1, y1), (x2, y2) = c.min(0), c.max(0)
+        cv2.rectangle(drawn, (int(x1), int(y1)), (int(np.ceil(x2)), int(np.ceil(y2))), 255, -1)
     return 255 - drawn, REACH * largest
 
 
@@ -95,15 +102,8 @@ def hand_zones(
     0 elsewhere, in b's small-frame pixels: where what a hand holds is held (camera.held_objects)."""
     h, w = shape
     zones = np.zeros((h, w), np.uint8)
-    for people, move in ((people_b, None), (people_a, m)):
-        for p in people:
-            k = np.asarray(p.keypoints, np.float64).copy()
-            k[:, :2] *= scale
-            if move is not None:
-                k[:, :2] = k[:, :2] @ move[:, :2].T + move[:, 2]
-            torso = geometry.torso_length(k)
-            if not (np.isfinite(k[:, :2]).all() and torso > 2):
-                continue
+    for _, k, torso, _ in _people_in_b(people_a, people_b, m, scale):
+        if torso is not None:
             for wrist in (KP["left_wrist"], KP["right_wrist"]):
                 cv2.circle(zones, tuple(int(v) for v in k[wrist, :2]), int(0.6 * torso), 255, -1)
     return zones
