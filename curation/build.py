@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -77,10 +78,39 @@ def _processor_for(cfg_json: str) -> ClipProcessor:
         raise SetupError(f"the pose model cannot be set up: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 
 
+_SETUP = threading.Lock()  # one set-up at a time: a second caller waits for the first's processor
+
+
 def get_processor(cfg: BuildConfig) -> ClipProcessor:
     """One loaded processor per worker process and config (the pose model loads once, whatever the
     output folder)."""
-    return _processor_for(cfg.model_copy(update={"output": "-"}).model_dump_json())
+    with _SETUP:
+        return _processor_for(cfg.model_copy(update={"output": "-"}).model_dump_json())
+
+
+def plan_ahead(cfg: BuildConfig) -> Future[BuildPlan]:
+    """Plan the build in a thread from now, while this process waits for something else (the CLI for
+    its Prefect API), and when the plan has work set up the processor (pose model, decode workers)
+    after it, so that a run with nothing to do loads nothing. The plan is the future's result as soon
+    as it is made (or its exception); the build's own get_processor finds the processor ready or waits
+    for it, and a set-up that fails here is tried again, and reported, by that call."""
+    planned: Future[BuildPlan] = Future()
+
+    def run() -> None:
+        try:
+            plan = plan_build(cfg)
+        except BaseException as e:  # noqa: BLE001 - raised where the plan is taken
+            planned.set_exception(e)
+            return
+        planned.set_result(plan)
+        if plan.units:
+            try:
+                get_processor(cfg)
+            except Exception as e:  # noqa: BLE001 - the build's own call raises it as a problem of the run
+                log.debug("early set-up failed (the build tries again): %s: %s", type(e).__name__, e)
+
+    threading.Thread(target=run, name="plan-ahead", daemon=True).start()
+    return planned
 
 
 def process_unit(
@@ -339,6 +369,7 @@ __all__ = [
     "Executor",
     "InProcess",
     "get_processor",
+    "plan_ahead",
     "open_output",
     "writer_lock",
 ]

@@ -100,11 +100,17 @@ class ClipProcessor:
         self._decoder: DecodePool | None = None
 
     def setup(self) -> ClipProcessor:
-        # egocentric-only builds (EPIC) never run the pose model: don't load it for them
-        if not self.cfg.sources or any(self.cfg.mode_for(s.kind) == "body" for s in self.cfg.sources):
-            self.detector.setup()
-        self.captioner.setup()
-        self._decoder = DecodePool(self.cfg.decode).start()
+        # the decode workers start (seconds of imports in their processes) while the pose model loads here
+        self._decoder = DecodePool(self.cfg.decode).start(wait=False)
+        try:
+            # egocentric-only builds (EPIC) never run the pose model: don't load it for them
+            if not self.cfg.sources or any(self.cfg.mode_for(s.kind) == "body" for s in self.cfg.sources):
+                self.detector.setup()
+            self.captioner.setup()
+        except BaseException:
+            self._decoder.close()
+            raise
+        self._decoder.start()
         return self
 
     @property

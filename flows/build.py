@@ -8,7 +8,9 @@ task input is hashed for caching (cache_policy=NONE: configs and clips are not c
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import dask
@@ -19,7 +21,7 @@ from prefect.cache_policies import NONE
 from prefect.exceptions import TerminationSignal
 from prefect_dask import DaskTaskRunner
 
-from curation.build import BuildStopped, Watcher, build, check_stop, finalize, process_unit
+from curation.build import BuildStopped, Watcher, build, check_stop, finalize, plan_ahead, process_unit
 from curation.config import BuildConfig, load_config
 from curation.pipeline import ClipResult
 from curation.plan import BuildPlan, WorkUnit, plan_build
@@ -47,9 +49,16 @@ def _config(cfg_json: str) -> BuildConfig:
     return BuildConfig.model_validate_json(cfg_json)
 
 
+# Plans the CLI made while its Prefect API started (plan_ahead), keyed by the config's JSON: the flow's
+# plan task takes its own config's from here instead of planning again (the CLI holds the writer lock
+# from that plan to the flow's end, so nothing can have committed in between).
+EARLY_PLANS: dict[str, Future[BuildPlan]] = {}
+
+
 @task(name="plan", cache_policy=NONE)
 def plan_task(cfg_json: str) -> BuildPlan:
-    plan = plan_build(_config(cfg_json))
+    early = EARLY_PLANS.pop(cfg_json, None)
+    plan = early.result() if early is not None else plan_build(_config(cfg_json))
     get_run_logger().info(
         "%d clips listed (%d ignored files), %d already done, %d to process in %d units",
         len(plan.listing.clips),
@@ -167,6 +176,8 @@ def build_on_prefect(cfg: BuildConfig, watcher: Watcher, wait: float | None = No
     this process (or PREFECT_API_URL's), its progress told to `watcher`."""
     PROGRESS_HOOKS[cfg.output] = {"plan": watcher.plan, "clip": watcher.clip}
     overrides = cfg.model_dump(mode="json", exclude={"output"})
+    if not os.environ.get("PREFECT_API_URL"):  # plan, and load the pose model, while the API starts
+        EARLY_PLANS[cfg.model_dump_json()] = plan_ahead(cfg)
     try:
         with ephemeral_api():  # a Prefect API that dies with this process, however it dies
             return build_dataset(output=cfg.output, config_path=None, overrides=overrides, wait=wait)
@@ -174,6 +185,7 @@ def build_on_prefect(cfg: BuildConfig, watcher: Watcher, wait: float | None = No
         raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
     finally:
         PROGRESS_HOOKS.pop(cfg.output, None)
+        EARLY_PLANS.pop(cfg.model_dump_json(), None)
 
 
 def report_artifact(output: str, stats: dict[str, Any]) -> None:

@@ -1,5 +1,7 @@
 """The Prefect flow, run for real on the ephemeral API, produces what the plain runner produces."""
 
+import threading
+
 import pandas as pd
 from conftest import ACCEPTED, make_bad_inputs, video
 from prefect.client.orchestration import get_client
@@ -61,3 +63,59 @@ def test_build_dataset_flow_matches_the_plain_runner(tmp_path):
     names = anyio.run(task_names)
     assert any(n.startswith("plan") for n in names) and any(n.startswith("finalize") for n in names)
     assert sum(n.startswith("unit u") and n.endswith("clips from folder") for n in names) == 3
+
+
+def test_the_cli_engine_plans_and_sets_the_model_up_while_its_prefect_api_starts(tmp_path, monkeypatch):
+    """build_on_prefect (the CLI's default engine) plans, and when there is work loads the pose model and
+    starts the decode workers, in a thread while its Prefect API starts; the flow's plan task takes that
+    plan (its config, rebuilt from the CLI's, is the same key) and its units that processor, and the
+    result is the plain build's. A re-run with nothing to do loads no model."""
+    import curation.build as cb
+    import flows.build as fb
+    from conftest import REJECTED
+
+    from curation.pipeline import ClipProcessor
+
+    setups, plans = [], []
+    real_setup, real_plan = ClipProcessor.setup, fb.plan_build
+
+    def setup(self):
+        setups.append(threading.current_thread().name)
+        return real_setup(self)
+
+    def plan_build(cfg):
+        plans.append(threading.current_thread().name)
+        return real_plan(cfg)
+
+    monkeypatch.setattr(ClipProcessor, "setup", setup)
+    monkeypatch.setattr(cb, "plan_build", plan_build)
+    monkeypatch.setattr(fb, "plan_build", plan_build)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "bunny.mp4").symlink_to(video(REJECTED["big_buck_bunny"][0]))
+    (folder / "tai_chi.mp4").symlink_to(video(ACCEPTED["tai_chi_forest"]))
+    cfg = load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}], shards={"clips_per_unit": 1})
+    seen = []
+
+    class Watch:
+        def plan(self, plan):
+            seen.append(("plan", plan.pending_clips))
+
+        def clip(self, res):
+            seen.append((res.clip.clip_id, res.accepted))
+
+    before = cb._processor_for.cache_info()
+    stats = fb.build_on_prefect(cfg, Watch())
+    after = cb._processor_for.cache_info()
+    assert plans == ["plan-ahead"]  # planned once, early; the flow's plan task took that plan
+    assert setups == ["plan-ahead"]  # set up once, early
+    assert after.misses - before.misses == 1
+    assert after.hits - before.hits >= 2  # the flow's check before the units and each unit found it
+    assert stats["clips_in"] == 2 and stats["clips_accepted"] == 1
+    assert seen[0] == ("plan", 2) and sorted(seen[1:]) == [("bunny", False), ("tai_chi", True)]
+    assert not fb.EARLY_PLANS
+
+    cb._processor_for.cache_clear()  # a fresh process would have none
+    again = fb.build_on_prefect(cfg, Watch())
+    assert plans == ["plan-ahead"] * 2 and setups == ["plan-ahead"]  # nothing to do: no model loaded
+    assert again["generation"] == stats["generation"] and again["pairs"] == stats["pairs"] == 2

@@ -174,27 +174,18 @@ class DecodePool:
         self.cfg = cfg
         self.workers = default_workers() if cfg.workers is None else cfg.workers
         self._pool: ProcessPoolExecutor | None = None
+        self._ready: Future | None = None  # the started workers' first answer, until it is waited for
         self._early: deque[tuple[list[Clip], Future]] = deque()  # the next call's first clips, started early
 
     def _executor(self) -> ProcessPoolExecutor | None:
-        if self._pool is None and self.workers > 0:
-            if multiprocessing.current_process().daemon:  # a daemonic worker (some Dask setups) has no children
-                log.warning(
-                    "decode runs in this process: a daemonic process cannot start decode workers "
-                    "(Dask: set distributed.worker.daemon to false)"
-                )
-                self.workers = 0
-                return None
-            pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_watch_parent,
-                initargs=(os.getpid(),),
-            )
+        self._spawn()
+        ready, self._ready = self._ready, None
+        if ready is not None:
             try:  # workers that cannot even start are a problem of the run, never of the clips they'd get
-                pool.submit(_ready).result(timeout=300)
+                ready.result(timeout=300)
             except Exception as e:  # noqa: BLE001 - e.g. a script without `if __name__ == "__main__":`
-                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
                 log.warning(
                     "decode workers could not start (%s: %s); decoding in this process. A script that builds "
                     'must call the build under `if __name__ == "__main__":` (workers are spawned)',
@@ -202,19 +193,40 @@ class DecodePool:
                     e,
                 )
                 self.workers = 0
-                return None
-            self._pool = pool
         return self._pool
 
-    def start(self) -> DecodePool:
-        """Start the workers now (they import the decoders: seconds), not when the first clip needs them."""
-        self._executor()
+    def _spawn(self) -> None:
+        """Start the worker processes (without waiting for them: `_executor` does, once)."""
+        if self._pool is None and self.workers > 0:
+            if multiprocessing.current_process().daemon:  # a daemonic worker (some Dask setups) has no children
+                log.warning(
+                    "decode runs in this process: a daemonic process cannot start decode workers "
+                    "(Dask: set distributed.worker.daemon to false)"
+                )
+                self.workers = 0
+                return
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
+            )
+            self._ready = self._pool.submit(_ready)
+
+    def start(self, wait: bool = True) -> DecodePool:
+        """Start the workers now (they import the decoders: seconds), not when the first clip needs them.
+        `wait=False`: return at once (the pose model loads meanwhile); the first use waits for them."""
+        if wait:
+            self._executor()
+        else:
+            self._spawn()
         return self
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        self._ready = None
 
     def _submit(self, clips: list[Clip], part: str | None = None) -> Future:
         pool = self._executor()
