@@ -28,7 +28,7 @@ from curation.plan import BuildPlan, WorkUnit, plan_build
 from schemas.records import Clip
 
 from .captions import resolve_api_key
-from .server import ephemeral_api
+from .server import EphemeralAPI
 
 # curation's INFO logs (model loaded, unit committed, ...) reach the run logs when Prefect attaches its
 # handlers to the "curation" logger (PREFECT_LOGGING_EXTRA_LOGGERS=curation); the root logger's WARNING
@@ -171,15 +171,18 @@ def build_dataset(
     return stats
 
 
-def build_on_prefect(cfg: BuildConfig, watcher: Watcher, wait: float | None = None) -> dict[str, Any]:
+def build_on_prefect(
+    cfg: BuildConfig, watcher: Watcher, wait: float | None = None, api: EphemeralAPI | None = None
+) -> dict[str, Any]:
     """The CLI's default engine: the flow `build_dataset` for `cfg` on a Prefect API that dies with
-    this process (or PREFECT_API_URL's), its progress told to `watcher`."""
+    this process (`api`, started earlier by the caller, or one started here; or PREFECT_API_URL's), its
+    progress told to `watcher`."""
     PROGRESS_HOOKS[cfg.output] = {"plan": watcher.plan, "clip": watcher.clip}
     overrides = cfg.model_dump(mode="json", exclude={"output"})
     if not os.environ.get("PREFECT_API_URL"):  # plan, and load the pose model, while the API starts
         EARLY_PLANS[cfg.model_dump_json()] = plan_ahead(cfg)
     try:
-        with ephemeral_api():  # a Prefect API that dies with this process, however it dies
+        with (api or EphemeralAPI()).serve():  # a Prefect API that dies with this process, however it dies
             return build_dataset(output=cfg.output, config_path=None, overrides=overrides, wait=wait)
     except TerminationSignal as e:  # Prefect owns SIGTERM during a flow run: the unit in progress is dropped
         raise BuildStopped("terminated; committed units stand, run the build again to resume") from e

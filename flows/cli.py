@@ -35,6 +35,7 @@ from curation import configref
 from curation.config import ConfigError, load_config
 from curation.errors import RunError
 from curation.sources import SOURCES, check_root, source_flags
+from flows.server import EphemeralAPI  # standard library only: --help stays quick
 from training.config import add_arguments as add_train_arguments
 from training.config import add_edit_arguments, add_evaluate_arguments
 
@@ -121,27 +122,33 @@ def _stop_on_signals(stop) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from curation.build import STOP, BuildStopped, build_with_progress, writer_lock
-
     sources = source_flags(args.input, args.source, args.root, args.annotations)
     cfg = load_config(args.config, output=args.output, **_overrides(args), **({"sources": sources} if sources else {}))
     if not cfg.sources:
         raise ConfigError("no input: pass --input DIR or list sources in --config")
     for s in cfg.sources:
         check_root(s.root)  # a missing input is an error before the output is touched
-    console = Console(stderr=True)
-    _stop_on_signals(STOP)
+    # the Prefect engine's API starts now, in its own process (seconds), while this one imports and sets up
+    api = EphemeralAPI().start() if args.engine != "local" else None
     try:
-        with writer_lock(cfg, "motionpairs build", _wait(args)), _progress(console) as progress:  # the run's one lock
-            if args.engine == "local":
-                stats = build_with_progress(cfg, progress)
-            else:
-                from flows.build import build_on_prefect
+        from curation.build import STOP, BuildStopped, build_with_progress, writer_lock
 
-                stats = build_on_prefect(cfg, progress)
-    except BuildStopped as e:
-        print(f"motionpairs: stopped: {e}", file=sys.stderr)
-        return 130
+        console = Console(stderr=True)
+        _stop_on_signals(STOP)
+        try:
+            with writer_lock(cfg, "motionpairs build", _wait(args)), _progress(console) as progress:  # one lock
+                if args.engine == "local":
+                    stats = build_with_progress(cfg, progress)
+                else:
+                    from flows.build import build_on_prefect
+
+                    stats = build_on_prefect(cfg, progress, api=api)
+        except BuildStopped as e:
+            print(f"motionpairs: stopped: {e}", file=sys.stderr)
+            return 130
+    finally:
+        if api is not None:
+            api.stop()  # stopped already after a flow run; here when the run ended before it
     print_summary(cfg.output, console)
     return 0 if not stats["unaccounted_clips"] else 1
 

@@ -34,58 +34,89 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def ephemeral_api(timeout_s: float | None = None) -> Iterator[str]:
-    """Start the Prefect API on a free loopback port for the duration of the block; yields its URL.
-    Does nothing when PREFECT_API_URL is set (a real server is in use)."""
-    if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
-        return
-    import prefect
-    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+class EphemeralAPI:
+    """The Prefect API of one CLI run: `start()` launches it on a free loopback port and returns at
+    once (it takes seconds: the CLI starts it before its own imports and set-up), `serve()` waits until
+    it answers and points Prefect at it for the block, then stops it; `stop()` alone stops one that is
+    not needed after all. Nothing is started when PREFECT_API_URL is set (a real server is in use)."""
 
-    timeout_s = timeout_s or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_UI_ENABLED": "0",
-        "PREFECT__SERVER_EPHEMERAL": "1",
-        "PREFECT__SERVER_FINAL": "1",
-        **get_current_settings().to_environment_variables(exclude_unset=True),
-    }
-    cmd = [
-        sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-        "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "error", "--lifespan", "on",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - prctl only
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the Prefect API exited during start-up (status {proc.returncode})")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
+    def __init__(self, timeout_s: float | None = None):
+        self.timeout_s = timeout_s or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
+        self.proc: subprocess.Popen | None = None
+        self.url: str | None = None
+
+    def start(self) -> EphemeralAPI:
+        if os.environ.get("PREFECT_API_URL") or self.proc is not None:
+            return self
+        import prefect
+        from prefect.settings import get_current_settings
+
+        port = _free_port()
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            **get_current_settings().to_environment_variables(exclude_unset=True),
+        }
+        cmd = [
+            sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "error", "--lifespan", "on",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - prctl only
+        self.url = f"http://127.0.0.1:{port}/api"
+        return self
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[str]:
+        if os.environ.get("PREFECT_API_URL"):
+            yield os.environ["PREFECT_API_URL"]
+            return
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self.start()
+        proc, url = self.proc, self.url
+        try:
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the Prefect API exited during start-up (status {proc.returncode})")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
+                time.sleep(0.25)
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            try:  # send the logs and events still queued while the API is up (what Prefect does at exit)
+                from prefect._internal.concurrency.services import QueueService
+
+                QueueService.drain_all(timeout=10)
+            except Exception:  # an internal of Prefect's; without it a late log line only fails to reach the API
                 pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the Prefect API did not start within {timeout_s:.0f} s")
-            time.sleep(0.25)
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
-    finally:
-        try:  # send the logs and events still queued while the API is up (what Prefect does at exit)
-            from prefect._internal.concurrency.services import QueueService
+            self.stop()
 
-            QueueService.drain_all(timeout=10)
-        except Exception:  # an internal of Prefect's; without it a late log line only fails to reach the API
-            pass
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def ephemeral_api(timeout_s: float | None = None) -> Iterator[str]:
+    """Start the Prefect API on a free loopback port for the duration of the block; yields its URL.
+    Does nothing when PREFECT_API_URL is set (a real server is in use)."""
+    with EphemeralAPI(timeout_s).serve() as url:
+        yield url

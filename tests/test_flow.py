@@ -70,10 +70,10 @@ def test_the_cli_engine_plans_and_sets_the_model_up_while_its_prefect_api_starts
     starts the decode workers, in a thread while its Prefect API starts; the flow's plan task takes that
     plan (its config, rebuilt from the CLI's, is the same key) and its units that processor, and the
     result is the plain build's. A re-run with nothing to do loads no model."""
-    import curation.build as cb
-    import flows.build as fb
     from conftest import REJECTED
 
+    import curation.build as cb
+    import flows.build as fb
     from curation.pipeline import ClipProcessor
 
     setups, plans = [], []
