@@ -27,6 +27,39 @@ def test_invalid_config_key_is_a_one_line_error(tmp_path):
     assert "unknown config key 'pairing.pairs_per_clipp'; did you mean 'pairing.pairs_per_clip'?" in r.stderr
 
 
+def _servers_of(home) -> list[int]:
+    """Processes whose environment names this PREFECT_HOME (the CLI's Prefect API inherits it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"PREFECT_HOME={home}".encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_run_that_fails_after_its_prefect_api_started_stops_it(tmp_path):
+    """The default engine starts its API before it takes the output; an output it cannot write is still
+    one line and exit 2, and the API it started is gone when the command returns."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    home = tmp_path / "prefect-home"
+    env = os.environ.copy() | {"PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    r = subprocess.run(
+        MP + ["build", "--input", str(inp), "--output", "/proc/motionpairs-no/out"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "not writable" in r.stderr
+    assert _servers_of(home) == []
+
+
 def test_build_on_the_default_prefect_engine_then_inspect(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
