@@ -88,29 +88,38 @@ def get_processor(cfg: BuildConfig) -> ClipProcessor:
         return _processor_for(cfg.model_copy(update={"output": "-"}).model_dump_json())
 
 
-def plan_ahead(cfg: BuildConfig) -> Future[BuildPlan]:
-    """Plan the build in a thread from now, while this process waits for something else (the CLI for
-    its Prefect API), and when the plan has work set up the processor (pose model, decode workers)
-    after it, so that a run with nothing to do loads nothing. The plan is the future's result as soon
-    as it is made (or its exception); the build's own get_processor finds the processor ready or waits
-    for it, and a set-up that fails here is tried again, and reported, by that call."""
-    planned: Future[BuildPlan] = Future()
+class PlanAhead:
+    """The build planned in a thread from now, while this process waits for something else (the CLI for
+    its Prefect API), and when the plan has work the processor (pose model, decode workers) set up
+    after it, so that a run with nothing to do loads nothing. Start it only under the output's writer
+    lock, held until the build ends: the plan is then the one the build would make. `plan` is the
+    future of the plan (or its exception), set as soon as it is made; the build's own get_processor
+    finds the processor ready or waits for it (a set-up that fails here is tried again, and reported,
+    by that call). `close()` (the run is over): no set-up starts any more, and one under way is
+    waited for, so that nothing loads a model while the interpreter shuts down."""
 
-    def run() -> None:
+    def __init__(self, cfg: BuildConfig):
+        self.plan: Future[BuildPlan] = Future()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(cfg,), name="plan-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self, cfg: BuildConfig) -> None:
         try:
             plan = plan_build(cfg)
         except BaseException as e:  # noqa: BLE001 - raised where the plan is taken
-            planned.set_exception(e)
+            self.plan.set_exception(e)
             return
-        planned.set_result(plan)
-        if plan.units:
+        self.plan.set_result(plan)
+        if plan.units and not self._closed.is_set():
             try:
                 get_processor(cfg)
             except Exception as e:  # noqa: BLE001 - the build's own call raises it as a problem of the run
                 log.debug("early set-up failed (the build tries again): %s: %s", type(e).__name__, e)
 
-    threading.Thread(target=run, name="plan-ahead", daemon=True).start()
-    return planned
+    def close(self, timeout: float = 600) -> None:
+        self._closed.set()
+        self._thread.join(timeout)
 
 
 def process_unit(
@@ -369,7 +378,7 @@ __all__ = [
     "Executor",
     "InProcess",
     "get_processor",
-    "plan_ahead",
+    "PlanAhead",
     "open_output",
     "writer_lock",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from typing import Any
 
 import dask
@@ -21,7 +20,7 @@ from prefect.cache_policies import NONE
 from prefect.exceptions import TerminationSignal
 from prefect_dask import DaskTaskRunner
 
-from curation.build import BuildStopped, Watcher, build, check_stop, finalize, plan_ahead, process_unit
+from curation.build import BuildStopped, PlanAhead, Watcher, build, check_stop, finalize, open_output, process_unit
 from curation.config import BuildConfig, load_config
 from curation.pipeline import ClipResult
 from curation.plan import BuildPlan, WorkUnit, plan_build
@@ -49,16 +48,16 @@ def _config(cfg_json: str) -> BuildConfig:
     return BuildConfig.model_validate_json(cfg_json)
 
 
-# Plans the CLI made while its Prefect API started (plan_ahead), keyed by the config's JSON: the flow's
+# Plans the CLI made while its Prefect API started (PlanAhead), keyed by the config's JSON: the flow's
 # plan task takes its own config's from here instead of planning again (the CLI holds the writer lock
 # from that plan to the flow's end, so nothing can have committed in between).
-EARLY_PLANS: dict[str, Future[BuildPlan]] = {}
+EARLY_PLANS: dict[str, PlanAhead] = {}
 
 
 @task(name="plan", cache_policy=NONE)
 def plan_task(cfg_json: str) -> BuildPlan:
     early = EARLY_PLANS.pop(cfg_json, None)
-    plan = early.result() if early is not None else plan_build(_config(cfg_json))
+    plan = early.plan.result() if early is not None else plan_build(_config(cfg_json))
     get_run_logger().info(
         "%d clips listed (%d ignored files), %d already done, %d to process in %d units",
         len(plan.listing.clips),
@@ -179,16 +178,21 @@ def build_on_prefect(
     progress told to `watcher`."""
     PROGRESS_HOOKS[cfg.output] = {"plan": watcher.plan, "clip": watcher.clip}
     overrides = cfg.model_dump(mode="json", exclude={"output"})
-    if not os.environ.get("PREFECT_API_URL"):  # plan, and load the pose model, while the API starts
-        EARLY_PLANS[cfg.model_dump_json()] = plan_ahead(cfg)
+    api = (api or EphemeralAPI()).start()  # before any thread of ours: the API's process is forked from here
+    ahead = None
+    if not os.environ.get("PREFECT_API_URL") and open_output(cfg).held_token() is not None:
+        # this process holds the output (the CLI): plan, and load the pose model, while the API starts
+        ahead = EARLY_PLANS[cfg.model_dump_json()] = PlanAhead(cfg)
     try:
-        with (api or EphemeralAPI()).serve():  # a Prefect API that dies with this process, however it dies
+        with api.serve():  # a Prefect API that dies with this process, however it dies
             return build_dataset(output=cfg.output, config_path=None, overrides=overrides, wait=wait)
     except TerminationSignal as e:  # Prefect owns SIGTERM during a flow run: the unit in progress is dropped
         raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
     finally:
         PROGRESS_HOOKS.pop(cfg.output, None)
         EARLY_PLANS.pop(cfg.model_dump_json(), None)
+        if ahead is not None:
+            ahead.close()
 
 
 def report_artifact(output: str, stats: dict[str, Any]) -> None:

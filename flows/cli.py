@@ -45,6 +45,9 @@ for _k, _v in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "curation",  # curation's logs appear in the flow run's logs
+    # the model set-up's lines, logged before the flow run starts (curation.build.PlanAhead), reach the
+    # console only: not a warning that they have no flow run to go to
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     "YOLO_OFFLINE": "1",
     "YOLO_AUTOINSTALL": "false",
 }.items():

@@ -18,20 +18,30 @@ import time
 import urllib.request
 from collections.abc import Iterator
 
+from curation.errors import RunError
+
 PR_SET_PDEATHSIG = 1
 
 
+try:  # resolved here, not in the forked child (loading a library there can deadlock on another thread's lock)
+    _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except OSError:  # not Linux: a normal exit still stops the server
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: a normal exit still stops the server
-        pass
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class APIError(RunError, RuntimeError):
+    """The run's Prefect API did not start: a problem of the run (one line, exit 2)."""
 
 
 class EphemeralAPI:
@@ -64,7 +74,10 @@ class EphemeralAPI:
             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "error", "--lifespan", "on",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509 - prctl only
+        # its own session: a Ctrl-C at the terminal is the CLI's to handle (stop after the unit), not the API's
+        self.proc = subprocess.Popen(  # noqa: PLW1509 - prctl only
+            cmd, env=env, preexec_fn=_die_with_parent, start_new_session=True
+        )
         self.url = f"http://127.0.0.1:{port}/api"
         return self
 
@@ -81,7 +94,7 @@ class EphemeralAPI:
             deadline = time.monotonic() + self.timeout_s
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"the Prefect API exited during start-up (status {proc.returncode})")
+                    raise APIError(f"the Prefect API exited during start-up (status {proc.returncode})")
                 try:
                     with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                         if r.status == 200:
@@ -89,7 +102,7 @@ class EphemeralAPI:
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
+                    raise APIError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
                 time.sleep(0.25)
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 yield url

@@ -56,8 +56,9 @@ def test_a_run_that_fails_after_its_prefect_api_started_stops_it(tmp_path):
         env=env,
     )
     assert r.returncode == 2, r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "not writable" in r.stderr
-    assert _servers_of(home) == []
+    assert r.stderr.strip().count("\n") == 0 and "not writable" in r.stderr, r.stderr
+    left = {pid: open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")[:200] for pid in _servers_of(home)}
+    assert left == {}
 
 
 def test_build_on_the_default_prefect_engine_then_inspect(tmp_path):

@@ -1,5 +1,6 @@
 """The Prefect flow, run for real on the ephemeral API, produces what the plain runner produces."""
 
+import shutil
 import threading
 
 import pandas as pd
@@ -105,7 +106,8 @@ def test_the_cli_engine_plans_and_sets_the_model_up_while_its_prefect_api_starts
             seen.append((res.clip.clip_id, res.accepted))
 
     before = cb._processor_for.cache_info()
-    stats = fb.build_on_prefect(cfg, Watch())
+    with cb.writer_lock(cfg):  # as the CLI runs it: the early plan is made under the held lock
+        stats = fb.build_on_prefect(cfg, Watch())
     after = cb._processor_for.cache_info()
     assert plans == ["plan-ahead"]  # planned once, early; the flow's plan task took that plan
     assert setups == ["plan-ahead"]  # set up once, early
@@ -115,7 +117,15 @@ def test_the_cli_engine_plans_and_sets_the_model_up_while_its_prefect_api_starts
     assert seen[0] == ("plan", 2) and sorted(seen[1:]) == [("bunny", False), ("tai_chi", True)]
     assert not fb.EARLY_PLANS
 
+    cb.get_processor(cfg)._decoder.close()
     cb._processor_for.cache_clear()  # a fresh process would have none
-    again = fb.build_on_prefect(cfg, Watch())
+    with cb.writer_lock(cfg):
+        again = fb.build_on_prefect(cfg, Watch())
     assert plans == ["plan-ahead"] * 2 and setups == ["plan-ahead"]  # nothing to do: no model loaded
     assert again["generation"] == stats["generation"] and again["pairs"] == stats["pairs"] == 2
+
+    # without the output's lock held (a library caller) nothing is planned early: the flow plans
+    shutil.rmtree(tmp_path / "out")
+    fresh = fb.build_on_prefect(cfg, Watch())
+    assert plans == ["plan-ahead"] * 2 + [plans[-1]] and plans[-1] != "plan-ahead"
+    assert fresh["pairs"] == 2

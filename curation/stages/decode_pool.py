@@ -174,15 +174,16 @@ class DecodePool:
         self.cfg = cfg
         self.workers = default_workers() if cfg.workers is None else cfg.workers
         self._pool: ProcessPoolExecutor | None = None
-        self._ready: Future | None = None  # the started workers' first answer, until it is waited for
+        self._ready: list[Future] | None = None  # the started workers' first answers, until waited for
         self._early: deque[tuple[list[Clip], Future]] = deque()  # the next call's first clips, started early
 
     def _executor(self) -> ProcessPoolExecutor | None:
         self._spawn()
         ready, self._ready = self._ready, None
-        if ready is not None:
+        if ready:
             try:  # workers that cannot even start are a problem of the run, never of the clips they'd get
-                ready.result(timeout=300)
+                for f in ready:
+                    f.result(timeout=300)
             except Exception as e:  # noqa: BLE001 - e.g. a script without `if __name__ == "__main__":`
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
@@ -211,7 +212,8 @@ class DecodePool:
                 initializer=_watch_parent,
                 initargs=(os.getpid(),),
             )
-            self._ready = self._pool.submit(_ready)
+            # a spawn pool starts a worker per task while none is idle: one task each starts them all now
+            self._ready = [self._pool.submit(_ready) for _ in range(self.workers)]
 
     def start(self, wait: bool = True) -> DecodePool:
         """Start the workers now (they import the decoders: seconds), not when the first clip needs them.
