@@ -464,18 +464,11 @@ def test_grid_corners_are_opencvs_corners_found_once_per_frame():
     second time from the kept map), a frame with a flat black band and an all-black frame."""
     import decord
 
-    def opencv(gray, mask, cells=4, per_cell=24):
-        h, w = gray.shape
-        found = []
-        for cy in range(cells):
-            for cx in range(cells):
-                cell = np.zeros_like(mask)
-                ys, xs = slice(cy * h // cells, (cy + 1) * h // cells), slice(cx * w // cells, (cx + 1) * w // cells)
-                cell[ys, xs] = mask[ys, xs]
-                pts = cv2.goodFeaturesToTrack(gray, maxCorners=per_cell, qualityLevel=0.01, minDistance=6, mask=cell)
-                if pts is not None:
-                    found.append(pts)
-        return np.concatenate(found).astype(np.float32) if found else np.zeros((0, 1, 2), np.float32)
+    def opencv_cell(gray, cell, box, count):  # OpenCV's own search of one cell, the whole frame each time
+        return cv2.goodFeaturesToTrack(gray, maxCorners=count, qualityLevel=0.01, minDistance=6, mask=cell)
+
+    def opencv(gray, mask):
+        return quality.grid_corners(gray, mask, find=opencv_cell)
 
     frames = []
     for name in (

@@ -69,11 +69,13 @@ def _good_features(gray: np.ndarray, cell: np.ndarray, box: tuple[slice, slice],
     return np.array(kept, np.float32).reshape(-1, 1, 2)
 
 
-def grid_corners(gray: np.ndarray, mask: np.ndarray, cells: int = 4, per_cell: int = 24) -> np.ndarray:
+def grid_corners(
+    gray: np.ndarray, mask: np.ndarray, cells: int = 4, per_cell: int = 24, find=_good_features
+) -> np.ndarray:
     """Shi-Tomasi corners picked cell by cell over a grid, so a few strong marks (a logo, a textured
     border) cannot take every corner and the weaker texture of the scene still gets its share. The same
-    corners as OpenCV's goodFeaturesToTrack with each cell's mask (a test compares them), found on the
-    frame's eigenvalue map computed once instead of once per cell and per pair."""
+    corners as OpenCV's goodFeaturesToTrack with each cell's mask (a test compares them, passing that
+    as `find`), found on the frame's eigenvalue map computed once instead of once per cell and per pair."""
     h, w = gray.shape
     found = []
     for cy in range(cells):
@@ -81,7 +83,7 @@ def grid_corners(gray: np.ndarray, mask: np.ndarray, cells: int = 4, per_cell: i
             cell = np.zeros_like(mask)
             ys, xs = slice(cy * h // cells, (cy + 1) * h // cells), slice(cx * w // cells, (cx + 1) * w // cells)
             cell[ys, xs] = mask[ys, xs]
-            pts = _good_features(gray, cell, (ys, xs), per_cell)
+            pts = find(gray, cell, (ys, xs), per_cell)
             if pts is not None:
                 found.append(pts)
     return np.concatenate(found).astype(np.float32) if found else np.zeros((0, 1, 2), np.float32)
