@@ -214,6 +214,7 @@ class QualityFigures(BaseModel):
     graphic_stroke: float | None = None  # longest drawn stroke (saturated, thin, straight) in one frame only / torso
     text_change: float | None = None  # largest bright-text word in one frame only: stroke pixels / torso^2
     other_track_score: float | None = None  # best score of another person tracked elsewhere in the clip
+    transition_mix: float | None = None  # share of another shot blended into either frame (a dissolve's ghost)
     borderline: bool = False  # a figure within quality.borderline_margin of its threshold
     borderline_checks: str | None = None  # which ones, comma-separated
     min_margin: float | None = None  # the smallest relative margin of any figure to its threshold

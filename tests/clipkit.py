@@ -108,6 +108,8 @@ _XFADE0, _XFADE1 = 18, 30  # crossfade
 _CHANGE = 20  # overlays
 _STILL = 18  # slow_zoom_still: the NTU frames before she starts to lift the cup
 XFADE_GRADE = (0.86, 0.98, 1.12)  # crossfade: the second shot's white balance
+_CARD_FROM, _CARD_FULL = 21, 28
+CARD_RGB = (255, 255, 255)  # card_dissolve: the card's background
 _HIDE0, _HIDE1 = 10, 16  # hidden_partner: beside him until frame 10, behind him from frame 16
 
 KINDS: dict[str, Spec] = {
@@ -221,6 +223,16 @@ KINDS: dict[str, Spec] = {
             "accept",
             frames=46,
             facts={"span_s": (_FADE_OUT / D_FPS, _FADE_END / D_FPS), "black_s": (_BLACK / D_FPS, _FADE_IN / D_FPS)},
+        ),
+        Spec(
+            "card_dissolve",
+            "the studio dribbler (plain_static) dissolving into an end card over span_s: an orange disc "
+            "and blue lettering on white, a little lighter than the studio's grey; its first frame holds an "
+            "eighth of the card, a ghost the gray-level change threshold misses; no pair may take a frame "
+            "inside span_s",
+            "accept",
+            frames=40,
+            facts={"span_s": (_CARD_FROM / D_FPS, (_CARD_FULL - 1) / D_FPS)},
         ),
         Spec(
             "mirror",
@@ -736,6 +748,28 @@ def _fade_black() -> list[np.ndarray]:
     return out
 
 
+def _card() -> np.ndarray:
+    """A title card as fitness channels show one: a logo and lettering on white, a little lighter than
+    the studio's grey (a dissolve into it barely changes the background's brightness)."""
+    card = np.zeros((OUT[1], OUT[0], 3), np.uint8)
+    card[:] = CARD_RGB
+    cv2.circle(card, (180, 230), 110, (240, 150, 40), -1)  # RGB: orange
+    for text, y, scale, thick in (("MOTION", 400, 1.6, 4), ("PAIRS", 460, 1.6, 4), ("jumping jacks", 530, 0.8, 2)):
+        (w, _), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+        cv2.putText(card, text, ((OUT[0] - w) // 2, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (60, 100, 200), thick)
+    return card
+
+
+def _card_dissolve() -> list[np.ndarray]:
+    card = _card().astype(np.float32)
+    out = []
+    for i, src in enumerate(_plain_static()):
+        w = min(1.0, max(0.0, (i - _CARD_FROM + 1) / (_CARD_FULL - _CARD_FROM + 1)))
+        f = card * w + src.astype(np.float32) * (1 - w)
+        out.append(np.clip(f + 0.5, 0, 255).astype(np.uint8))
+    return out
+
+
 def _mirror() -> list[np.ndarray]:
     bar = 10
     out = []
@@ -767,6 +801,7 @@ _MAKERS = {
     "counter": _counter,
     "crossfade": _crossfade,
     "fade_black": _fade_black,
+    "card_dissolve": _card_dissolve,
     "mirror": _mirror,
 }
 assert set(_MAKERS) == set(KINDS)

@@ -15,6 +15,7 @@ from clipkit import KINDS, make, read
 KIND_NAMES = [
     "pan_follow", "slow_zoom_still", "plain_static", "handheld_shake", "overlay_popup", "overlay_text_change",
     "hidden_partner", "horizontal_cut", "legs_cut_bottom", "counter", "crossfade", "fade_black", "mirror",
+    "card_dissolve",
 ]  # fmt: skip
 
 
@@ -201,6 +202,18 @@ def test_crossfade_blends_over_its_span(clip_dir):
     ramp = cool[inside]
     assert (np.diff(ramp) > 0).all()  # one steady blend, no cut
     assert abs(ramp[len(ramp) // 2] - (a + b) / 2) < 0.15 * (b - a)
+
+
+def test_card_dissolve_blends_in_the_card_over_its_span(clip_dir):
+    spec, f = clip("card_dissolve", clip_dir)
+    warm = (f[..., 0] - f[..., 2]).mean(axis=(1, 2))  # the card's orange disc: red - blue
+    inside = frames_in(spec, spec.facts["span_s"])
+    before, card = warm[: inside[0]], warm[inside[-1] + 1 :]
+    assert card.mean() - before.mean() > 15 and card.std() < 1
+    ramp = warm[inside]
+    assert (np.diff(ramp) > 0).all()  # one steady blend, no cut
+    first = (ramp[0] - before.mean()) / (card.mean() - before.mean())
+    assert 0.08 < first < 0.17  # the first frame inside holds about an eighth of the card
 
 
 def test_fade_black_dips_to_black(clip_dir):

@@ -130,7 +130,7 @@ def test_bodies_cut_by_the_frame_or_hidden_are_partial(detector, clips, kind):  
     assert "partial_body" not in clip_reasons(upper)
 
 
-@pytest.mark.parametrize("kind", ["crossfade", "fade_black"])
+@pytest.mark.parametrize("kind", ["crossfade", "fade_black", "card_dissolve"])
 def test_no_pair_takes_a_frame_inside_a_transition(detector, clips, kind):  # noqa: F811
     res = run_clip(make(kind, clips), detector, pairing={"pairs_per_clip": 6})
     lo, hi = KINDS[kind].facts["span_s"]
@@ -142,6 +142,20 @@ def test_no_pair_takes_a_frame_inside_a_transition(detector, clips, kind):  # no
         or p.pair.before_time_s < lo < hi < p.pair.after_time_s
     ]
     assert not inside, inside
+
+
+def test_a_faint_ghost_of_the_next_shot_is_measured_and_rejects_its_frame(detector, clips):  # noqa: F811
+    """The first frame of a dissolve into a card holds an eighth of it: too faint for the background's
+    change threshold, so only transition_mix (its place between the shots around it) keeps it out."""
+    path = make("card_dissolve", clips)
+    lo, _ = KINDS["card_dissolve"].facts["span_s"]
+    off = run_clip(path, detector, pairing={"pairs_per_clip": 6}, quality={"max_transition_mix": 0.5})
+    ghosts = [p.pair for p in off.pairs if abs(p.pair.after_time_s - lo) < 0.01]
+    assert ghosts, [(p.pair.before_time_s, p.pair.after_time_s) for p in off.pairs]
+    assert all(0.09 < g.quality.transition_mix < 0.16 for g in ghosts), [g.quality.transition_mix for g in ghosts]
+    assert all(p.pair.quality.transition_mix == 0 for p in off.pairs if p.pair.after_time_s < lo)
+    on = run_clip(path, detector, pairing={"pairs_per_clip": 6})
+    assert on.accepted and all(p.pair.after_time_s < lo for p in on.pairs)
 
 
 def test_two_runs_decide_alike_and_borderline_pairs_are_marked(detector, clips):  # noqa: F811

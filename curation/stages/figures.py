@@ -115,3 +115,34 @@ def scene_similarity(a: np.ndarray, b: np.ndarray) -> float:
         return cv2.normalize(h, h).flatten()
 
     return float(cv2.compareHist(hist(a), hist(b), cv2.HISTCMP_CORREL))
+
+
+# a frame inside a dissolve is a mix of the shots on either side: at least this share of its difference
+# from the nearer neighbour must be the other neighbour's picture
+BLEND_EXPLAINED = 0.6
+BLEND_LEVEL = 12.0  # gray levels (frames at most 320 px) where the two neighbours count as different
+
+
+def blend_share(prev: np.ndarray, frame: np.ndarray, nxt: np.ndarray, people: list[Pose17]) -> float:
+    """The share (0 to 0.5) of the farther neighbour's picture in `frame`, from a least-squares fit
+    frame = a * prev + (1 - a) * nxt over the background (every person's box left out) where the two
+    neighbours differ; 0 when the fit explains under BLEND_EXPLAINED of what tells `frame` from the
+    nearer one (motion, not a mix). Within one shot the middle of smooth motion fits a mix too: call it
+    only where the neighbours are two shots (a dissolve from a title card leaves a 10 % ghost of it)."""
+    ga, s = quality.small_gray(prev)
+    gx, _ = quality.small_gray(frame)
+    gb, _ = quality.small_gray(nxt)
+    mask = quality.background_mask(gx.shape, people, s) > 0
+    d = ga.astype(np.float32)[mask] - gb.astype(np.float32)[mask]
+    x = gx.astype(np.float32)[mask] - gb.astype(np.float32)[mask]
+    use = np.abs(d) > BLEND_LEVEL
+    if use.sum() < max(16, 0.01 * mask.size):
+        return 0.0
+    d, x = d[use], x[use]
+    dd = float(np.dot(d, d))
+    a = float(np.dot(x, d)) / dd
+    rest = float(np.dot(x - a * d, x - a * d)) / dd  # what the mix leaves unexplained
+    mix = min(a, 1.0 - a)
+    if mix <= 0:
+        return 0.0
+    return mix if mix * mix / (mix * mix + rest) >= BLEND_EXPLAINED else 0.0

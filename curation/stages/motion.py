@@ -140,6 +140,10 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     c.quality.overlay_points = max(s.overlay for s in steps)
     if sim < cfg.min_scene_similarity:
         return RejectReason.SHOT_CUT
+    c.quality.transition_mix = max(track.transition(c.i), track.transition(c.j))
+    if c.quality.transition_mix > q.max_transition_mix:
+        c.detail = f"a frame holds {c.quality.transition_mix:.2f} of another shot: it is inside a dissolve or fade"
+        return RejectReason.SHOT_CUT
     if any(s.status == "inconsistent" for s in steps):
         # background points that do not move together from one frame to the next: another place, unless
         # the two frames' background is the same picture (corners on the noise of a plain wall)

@@ -157,10 +157,15 @@ def lr_margin(pose: Pose17, kp_conf: float, min_separation: float) -> float | No
 # ---------------------------------------------------------------- sharpness
 
 
+SHARPNESS_HEIGHT = 256  # the frame height sharpness is measured at: one scale for every box of a clip
+
+
 def sharpness(frame: np.ndarray, pose: Pose17 | None) -> float:
     """1 - blur effect (Crete-Roffet et al. 2007, scikit-image) of the person's box (the whole frame
-    without a pose) at a fixed height: how much a re-blur would still take away. It compares frames of
-    one clip whatever the pose, unlike the Laplacian's variance, which follows the texture in the box."""
+    without a pose), the frame scaled to a fixed height: how much a re-blur would still take away. It
+    compares frames of one clip whatever the pose, unlike the Laplacian's variance, which follows the
+    texture in the box. The scale is the frame's, not the box's: a box scaled to a fixed height of its
+    own reads a crouched or horizontal body (a short box, enlarged) as blurred beside a standing one."""
     from skimage.measure import blur_effect
 
     h, w = frame.shape[:2]
@@ -171,8 +176,9 @@ def sharpness(frame: np.ndarray, pose: Pose17 | None) -> float:
         if x2 - x1 >= 8 and y2 - y1 >= 8:
             frame = frame[y1:y2, x1:x2]
     g = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
-    s = 128 / g.shape[0]
-    g = cv2.resize(g, (max(16, round(g.shape[1] * s)), 128), interpolation=cv2.INTER_AREA)
+    s = SHARPNESS_HEIGHT / h
+    size = (max(16, round(g.shape[1] * s)), max(16, round(g.shape[0] * s)))
+    g = cv2.resize(g, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
     return float(1.0 - blur_effect(g))
 
 

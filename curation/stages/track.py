@@ -17,7 +17,7 @@ from schemas.records import MotionFigures, PairStrategy, Pose17, QualityFigures,
 
 from ..config import MotionConfig, QualityConfig
 from . import body, camera, people, quality, silhouette
-from .figures import scene_similarity
+from .figures import blend_share, scene_similarity
 
 
 class FrameKind(str, Enum):
@@ -118,6 +118,8 @@ def classify(
 
 # ---------------------------------------------------------------- per clip
 
+TRANSITION_REACH = 3  # sampled frames on either side searched for the other shot of a dissolve (0.75 s at 4 fps)
+
 
 @dataclass
 class ClipTrack:
@@ -137,6 +139,7 @@ class ClipTrack:
     motion_cfg: MotionConfig = field(default_factory=MotionConfig)
     _grays: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
     _plain: dict[int, bool] = field(default_factory=dict, repr=False)
+    _mix: dict[int, float] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -238,6 +241,26 @@ class ClipTrack:
             none = [quality.BackgroundStep(None, 0, 0, 0.0, 0, "textureless")]
             self._plain[k] = self.align(k, k + 1, None, none).status == "static"
         return self._plain[k]
+
+    def transition(self, k: int) -> float:
+        """How far sampled frame k lies between two shots when it lies between them (figures.blend_share):
+        a frame inside a dissolve or a fade. The shots are a frame before k and one after it, up to
+        TRANSITION_REACH sampled frames away, that are two scenes (scene similarity under the cut
+        threshold): every frame of a dissolve lies on the line between any two of its frames. 0 within
+        a shot and at the clip's ends."""
+        if k not in self._mix:
+            self._mix[k] = 0.0
+            n = len(self.frames)
+            for p, q in [(k - 1, k + d) for d in range(1, TRANSITION_REACH + 1)] + [
+                (k - d, k + 1) for d in range(2, TRANSITION_REACH + 1)
+            ]:
+                if p < 0 or q >= n:
+                    continue
+                if scene_similarity(self.frames[p], self.frames[q]) < self.motion_cfg.min_scene_similarity:
+                    people = [pose for o in (self.obs[p], self.obs[k], self.obs[q]) for pose in o.poses]
+                    self._mix[k] = blend_share(self.frames[p], self.frames[k], self.frames[q], people)
+                    break
+        return self._mix[k]
 
     def background_match(self, i: int, j: int, m: np.ndarray) -> float | None:
         people = self.obs[i].poses + self.obs[j].poses
