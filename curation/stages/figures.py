@@ -106,15 +106,20 @@ def same_person(a: Pose17, b: Pose17, cfg: MotionConfig) -> bool:
     return float(np.linalg.norm(rb - ra)) / ((ta + tb) / 2) <= cfg.max_track_jump
 
 
+def scene_hist(img: np.ndarray) -> np.ndarray:
+    """A frame's normalised hue-saturation histogram (what scene_similarity compares)."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    h = cv2.calcHist([hsv], [0, 1], None, [32, 32], [0, 180, 0, 256])
+    return cv2.normalize(h, h).flatten()
+
+
+def hist_similarity(ha: np.ndarray, hb: np.ndarray) -> float:
+    return float(cv2.compareHist(ha, hb, cv2.HISTCMP_CORREL))
+
+
 def scene_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Correlation of hue-saturation histograms: near 1 within a shot, low across a cut."""
-
-    def hist(img: np.ndarray) -> np.ndarray:
-        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-        h = cv2.calcHist([hsv], [0, 1], None, [32, 32], [0, 180, 0, 256])
-        return cv2.normalize(h, h).flatten()
-
-    return float(cv2.compareHist(hist(a), hist(b), cv2.HISTCMP_CORREL))
+    return hist_similarity(scene_hist(a), scene_hist(b))
 
 
 # a frame inside a dissolve is a mix of the shots on either side: at least this share of its difference

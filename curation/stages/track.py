@@ -17,7 +17,7 @@ from schemas.records import MotionFigures, PairStrategy, Pose17, QualityFigures,
 
 from ..config import MotionConfig, QualityConfig
 from . import body, camera, people, quality, silhouette
-from .figures import blend_share, scene_similarity
+from .figures import blend_share, hist_similarity, scene_hist
 
 
 class FrameKind(str, Enum):
@@ -140,6 +140,7 @@ class ClipTrack:
     _grays: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
     _plain: dict[int, bool] = field(default_factory=dict, repr=False)
     _mix: dict[int, float] = field(default_factory=dict, repr=False)
+    _hists: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -194,7 +195,7 @@ class ClipTrack:
             if self.steps[k] is None:
                 a, b = self.frames[k], self.frames[k + 1]
                 people = self.obs[k].poses + self.obs[k + 1].poses
-                self.similarity[k] = scene_similarity(a, b)
+                self.similarity[k] = self.similar(k, k + 1)
                 self.steps[k] = quality.background_step(
                     a, b, people, q.min_background_features, q.min_background_inliers
                 )
@@ -205,6 +206,13 @@ class ClipTrack:
         m = quality.compose([s.matrix for s in steps])
         g, _ = self.gray(i)
         return sim, quality.motion_magnitude(m, g.shape[1], g.shape[0]), m, steps
+
+    def similar(self, i: int, j: int) -> float:
+        """Scene similarity of sampled frames i and j (figures.scene_similarity; each histogram once)."""
+        for k in (i, j):
+            if k not in self._hists:
+                self._hists[k] = scene_hist(self.frames[k])
+        return hist_similarity(self._hists[i], self._hists[j])
 
     def gray(self, k: int) -> tuple[np.ndarray, float]:
         if k not in self._grays:
@@ -256,7 +264,7 @@ class ClipTrack:
             ]:
                 if p < 0 or q >= n:
                     continue
-                if scene_similarity(self.frames[p], self.frames[q]) < self.motion_cfg.min_scene_similarity:
+                if self.similar(p, q) < self.motion_cfg.min_scene_similarity:
                     people = [pose for o in (self.obs[p], self.obs[k], self.obs[q]) for pose in o.poses]
                     self._mix[k] = blend_share(self.frames[p], self.frames[k], self.frames[q], people)
                     break
