@@ -79,13 +79,26 @@ def _processor_for(cfg_json: str) -> ClipProcessor:
 
 
 _SETUP = threading.Lock()  # one set-up at a time: a second caller waits for the first's processor
+_EARLY_FAILED: dict[str, SetupError] = {}  # a PlanAhead set-up that failed, for the build's own call
 
 
-def get_processor(cfg: BuildConfig) -> ClipProcessor:
+def _setup_key(cfg: BuildConfig) -> str:
+    return cfg.model_copy(update={"output": "-"}).model_dump_json()
+
+
+def get_processor(cfg: BuildConfig, *, early: bool = False) -> ClipProcessor:
     """One loaded processor per worker process and config (the pose model loads once, whatever the
-    output folder)."""
+    output folder). A failed PlanAhead set-up (`early`) is raised to the next caller, not retried."""
+    key = _setup_key(cfg)
     with _SETUP:
-        return _processor_for(cfg.model_copy(update={"output": "-"}).model_dump_json())
+        if (failed := _EARLY_FAILED.pop(key, None)) is not None:
+            raise failed
+        try:
+            return _processor_for(key)
+        except SetupError as e:
+            if early:
+                _EARLY_FAILED[key] = e
+            raise
 
 
 class PlanAhead:
@@ -94,12 +107,13 @@ class PlanAhead:
     after it, so that a run with nothing to do loads nothing. Start it only under the output's writer
     lock, held until the build ends: the plan is then the one the build would make. `plan` is the
     future of the plan (or its exception), set as soon as it is made; the build's own get_processor
-    finds the processor ready or waits for it (a set-up that fails here is tried again, and reported,
-    by that call). `close()` (the run is over): no set-up starts any more, and one under way is
-    waited for, so that nothing loads a model while the interpreter shuts down."""
+    finds the processor ready or waits for it (a set-up that failed here is raised there, not tried
+    again). `close()` (the run is over): no set-up starts any more, one under way is waited for, so
+    that nothing loads a model while the interpreter shuts down, and a failure nobody took is dropped."""
 
     def __init__(self, cfg: BuildConfig):
         self.plan: Future[BuildPlan] = Future()
+        self._key = _setup_key(cfg)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(cfg,), name="plan-ahead", daemon=True)
         self._thread.start()
@@ -113,13 +127,15 @@ class PlanAhead:
         self.plan.set_result(plan)
         if plan.units and not self._closed.is_set():
             try:
-                get_processor(cfg)
+                get_processor(cfg, early=True)
             except Exception as e:  # noqa: BLE001 - the build's own call raises it as a problem of the run
-                log.debug("early set-up failed (the build tries again): %s: %s", type(e).__name__, e)
+                log.debug("early set-up failed (the build's call raises it): %s: %s", type(e).__name__, e)
 
     def close(self, timeout: float = 600) -> None:
         self._closed.set()
         self._thread.join(timeout)
+        with _SETUP:
+            _EARLY_FAILED.pop(self._key, None)
 
 
 def process_unit(

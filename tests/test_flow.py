@@ -2,8 +2,10 @@
 
 import shutil
 import threading
+from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 from conftest import ACCEPTED, make_bad_inputs, video
 from prefect.client.orchestration import get_client
 
@@ -129,3 +131,29 @@ def test_the_cli_engine_plans_and_sets_the_model_up_while_its_prefect_api_starts
     fresh = fb.build_on_prefect(cfg, Watch())
     assert plans == ["plan-ahead"] * 2 + [plans[-1]] and plans[-1] != "plan-ahead"
     assert fresh["pairs"] == 2
+
+
+def test_a_set_up_that_fails_early_is_reported_not_tried_again(tmp_path, monkeypatch):
+    """The early set-up (PlanAhead) fails: the build raises that failure (a problem of the run: exit 2
+    at the CLI) without loading the model a second time, and records no unit."""
+    import curation.build as cb
+    import flows.build as fb
+    from curation.pipeline import ClipProcessor
+
+    tries = []
+
+    def setup(self):
+        tries.append(threading.current_thread().name)
+        raise RuntimeError("weights unreadable")
+
+    monkeypatch.setattr(ClipProcessor, "setup", setup)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "tai_chi.mp4").symlink_to(video(ACCEPTED["tai_chi_forest"]))
+    cfg = load_config(None, output=str(tmp_path / "out"), sources=[{"root": str(folder)}])
+    quiet = SimpleNamespace(plan=lambda plan: None, clip=lambda res: None)
+    with cb.writer_lock(cfg), pytest.raises(cb.SetupError, match="weights unreadable"):
+        fb.build_on_prefect(cfg, quiet)
+    assert tries == ["plan-ahead"]
+    assert not cb._EARLY_FAILED and not fb.EARLY_PLANS
+    assert not (tmp_path / "out" / "current").exists()
