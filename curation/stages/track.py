@@ -252,10 +252,11 @@ class ClipTrack:
 
     def transition(self, k: int) -> float:
         """How far sampled frame k lies between two shots when it lies between them (figures.blend_share):
-        a frame inside a dissolve or a fade. The shots are a frame before k and one after it, up to
-        TRANSITION_REACH sampled frames away, that are two scenes (scene similarity under the cut
-        threshold): every frame of a dissolve lies on the line between any two of its frames. 0 within
-        a shot and at the clip's ends."""
+        a frame inside a dissolve or a fade. The shots: k's neighbour on one side and a frame up to
+        TRANSITION_REACH sampled frames away on the other (k-1 with k+1..k+3, then k-2..k-3 with k+1);
+        the first two that are two scenes (scene similarity under the cut threshold) decide. Every
+        frame of a dissolve lies on the line between any two of its frames. 0 within a shot and at
+        the clip's ends."""
         if k not in self._mix:
             self._mix[k] = 0.0
             n = len(self.frames)
