@@ -128,16 +128,17 @@ BLEND_EXPLAINED = 0.6
 BLEND_LEVEL = 12.0  # gray levels (frames at most 320 px) where the two neighbours count as different
 
 
-def blend_share(prev: np.ndarray, frame: np.ndarray, nxt: np.ndarray, people: list[Pose17]) -> float:
-    """The share (0 to 0.5) of the farther neighbour's picture in `frame`, from a least-squares fit
-    frame = a * prev + (1 - a) * nxt over the background (every person's box left out) where the two
-    neighbours differ; 0 when the fit explains under BLEND_EXPLAINED of what tells `frame` from the
-    nearer one (motion, not a mix). Within one shot the middle of smooth motion fits a mix too: call it
-    only where the neighbours are two shots (a dissolve from a title card leaves a 10 % ghost of it)."""
-    ga, s = quality.small_gray(prev)
-    gx, _ = quality.small_gray(frame)
-    gb, _ = quality.small_gray(nxt)
-    mask = quality.background_mask(gx.shape, people, s) > 0
+def blend_share(ga: np.ndarray, gx: np.ndarray, gb: np.ndarray, scale: float, people: list[Pose17]) -> float:
+    """The share (0 to 0.5) of the farther neighbour's picture in frame x, from a least-squares fit
+    x = a * prev + (1 - a) * next over the background (every person's box left out) where the two
+    neighbours differ; 0 when the fit explains under BLEND_EXPLAINED of what tells x from the nearer
+    one (motion, not a mix). ga, gx, gb: the three frames as quality.small_gray gives them (`scale`:
+    small / decoded pixels); 0 for frames of different sizes. Within one shot the middle of smooth
+    motion fits a mix too: call it only where the neighbours are two shots (a dissolve from a title
+    card leaves a 10 % ghost of it)."""
+    if not ga.shape == gx.shape == gb.shape:
+        return 0.0
+    mask = quality.background_mask(gx.shape, people, scale) > 0
     d = ga.astype(np.float32)[mask] - gb.astype(np.float32)[mask]
     x = gx.astype(np.float32)[mask] - gb.astype(np.float32)[mask]
     use = np.abs(d) > BLEND_LEVEL

@@ -10,11 +10,15 @@ a re-filter of samples.parquet, not a re-run:
                       features (static overlay points set aside); share of the
                       background that matches after alignment                   -> shot_cut
   sharpness           1 - blur effect of the person crop / the clip's sharpest  -> blurry
-                      frames
+                      frames (the crop at the frame's scale)
   left/right sanity   signed left-right separation of legs and face against the -> frame dropped, counted
                       torso's facing, in torso lengths
   frame edge          distance of the person's box to the frame border          -> partial_body
   near-duplicates     perceptual hashes of both frames, across the dataset      -> duplicate (curation.store)
+
+The figures measured between a pair's aligned frames (overlay_change, background_change, text_change,
+graphic_stroke, person_change) are stages/camera.py's and stages/silhouette.py's; a frame's place inside
+a dissolve (transition_mix) is stages/figures.py's blend_share.
 """
 
 from __future__ import annotations

@@ -267,7 +267,8 @@ class ClipTrack:
                     continue
                 if self.similar(p, q) < self.motion_cfg.min_scene_similarity:
                     people = [pose for o in (self.obs[p], self.obs[k], self.obs[q]) for pose in o.poses]
-                    self._mix[k] = blend_share(self.frames[p], self.frames[k], self.frames[q], people)
+                    (ga, s), (gx, _), (gb, _) = self.gray(p), self.gray(k), self.gray(q)
+                    self._mix[k] = blend_share(ga, gx, gb, s, people)
                     break
         return self._mix[k]
 
