@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.exceptions import TerminationSignal
+from prefect.states import Cancelled, State
 from prefect_dask import DaskTaskRunner
 
 from curation.build import BuildStopped, PlanAhead, Watcher, build, check_stop, finalize, open_output, process_unit
@@ -147,24 +148,29 @@ def build_dataset(
     overrides: dict[str, Any] | None = None,
     parallel: bool = False,
     wait: float | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Build (or resume) a dataset: folder `input` (or the config's sources) -> shards under `output`.
     With `parallel` the work units are submitted to the flow's task runner (see `with_dask`); each
     worker process loads the pose model once. Otherwise they run one after another in this process.
     The run holds the output's writer lock (`wait`: seconds to wait for another writer; default: fail);
-    a unit on a Dask worker commits only while the lock's holder (its ticket) still holds the output."""
+    a unit on a Dask worker commits only while the lock's holder (its ticket) still holds the output.
+    A build stopped on request (curation.build.STOP) ends the run Cancelled, with the reason as its
+    message and no traceback: what it committed stands and the next run resumes."""
     extra: dict[str, Any] = dict(overrides or {})
     if input is not None:
         extra["sources"] = [{"kind": "folder", "root": input}]
     cfg = load_config(config_path, output=output, **extra)
-    stats = build(  # one writer per output, also for scheduled runs
-        cfg,
-        PrefectTasks(parallel),
-        api_key=resolve_api_key(cfg.caption),  # LLM captions, beside the units
-        wait=wait,
-        command="build (prefect flow)",
-        on_plan=PROGRESS_HOOKS.get(output, {}).get("plan"),
-    )
+    try:
+        stats = build(  # one writer per output, also for scheduled runs
+            cfg,
+            PrefectTasks(parallel),
+            api_key=resolve_api_key(cfg.caption),  # LLM captions, beside the units
+            wait=wait,
+            command="build (prefect flow)",
+            on_plan=PROGRESS_HOOKS.get(output, {}).get("plan"),
+        )
+    except BuildStopped as e:  # stopped on request: the run is Cancelled (committed units stand), not Failed
+        return Cancelled(message=str(e))
     report_artifact(output, stats)
     logging.getLogger(__name__).info("build finished: %s pairs from %s clips", stats["pairs"], stats["clips_in"])
     return stats
@@ -185,7 +191,12 @@ def build_on_prefect(
         ahead = EARLY_PLANS[cfg.model_dump_json()] = PlanAhead(cfg)
     try:
         with api.serve():  # a Prefect API that dies with this process, however it dies
-            return build_dataset(output=cfg.output, config_path=None, overrides=overrides, wait=wait)
+            state = build_dataset(
+                output=cfg.output, config_path=None, overrides=overrides, wait=wait, return_state=True
+            )
+        if state.is_cancelled():
+            raise BuildStopped(state.message or "stopped; committed units stand, run the build again to resume")
+        return state.result()  # a failed run raises its exception here, as the flow raised it
     except TerminationSignal as e:  # Prefect owns SIGTERM during a flow run: the unit in progress is dropped
         raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
     finally:

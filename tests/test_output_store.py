@@ -444,7 +444,7 @@ def test_prefect_build_stops_cleanly_on_sigterm_and_leaves_no_server_after_sigki
     p.send_signal(signal.SIGTERM)
     rc = p.wait(120)
     err = p.stderr.read()
-    assert rc == 130 and "stopped" in err, (rc, err[-2000:])
+    assert rc == 130 and "stopped" in err and "Traceback" not in err, (rc, err[-2000:])
     assert Output(out).records() and leftovers(out) == []  # committed units stand
     for s in servers:
         assert not s.is_running() or s.status() == psutil.STATUS_ZOMBIE
@@ -463,6 +463,30 @@ def test_prefect_build_stops_cleanly_on_sigterm_and_leaves_no_server_after_sigki
         time.sleep(0.2)
     assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in servers)
     r = cli(args)  # and the next run resumes
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert verify(str(out)) == []
+
+
+def test_prefect_build_stopped_by_ctrl_c_is_cancelled_without_a_traceback(tmp_path, small_input, fast_cfg):
+    """Ctrl-C on the default engine: the unit in progress finishes, the flow run ends Cancelled (not
+    Failed, and no traceback from Prefect's engine on the console), the CLI says so in one line and exits
+    130; the next run resumes."""
+    out = tmp_path / "out"
+    args = build_args(small_input, out, fast_cfg)[:-2]  # the default engine: prefect, ephemeral API
+    p = popen(args, env={"PREFECT_LOGGING_LEVEL": "INFO"}, start_new_session=True)  # the run's states shown
+    deadline = time.monotonic() + 240
+    while not list(out.glob("parts/*.json")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert p.poll() is None, "the build ended before its first unit was seen"
+    p.send_signal(signal.SIGINT)  # 3 units of one clip each: the second finishes, the third never starts
+    rc = p.wait(240)
+    err = p.stderr.read()
+    assert rc == 130, (rc, err[-3000:])
+    assert "Traceback" not in err and "Failed(" not in err, err[-3000:]
+    assert "Cancelled(" in err and "motionpairs: stopped: stopped on request" in err, err[-3000:]
+    done = Output(out).records()
+    assert 1 <= len(done) < 3 and leftovers(out) == []  # committed units stand, nothing half-written
+    r = cli(args)
     assert r.returncode == 0, r.stderr[-2000:]
     assert verify(str(out)) == []
 
