@@ -17,7 +17,7 @@ import distributed
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from prefect.exceptions import TerminationSignal
+from prefect.exceptions import CancelledRun, TerminationSignal
 from prefect.states import Cancelled, State
 from prefect_dask import DaskTaskRunner
 
@@ -155,7 +155,8 @@ def build_dataset(
     The run holds the output's writer lock (`wait`: seconds to wait for another writer; default: fail);
     a unit on a Dask worker commits only while the lock's holder (its ticket) still holds the output.
     A build stopped on request (curation.build.STOP) ends the run Cancelled, with the reason as its
-    message and no traceback: what it committed stands and the next run resumes."""
+    message and no traceback: what it committed stands and the next run resumes. (Called directly, the
+    flow then raises prefect's CancelledRun; `build_on_prefect` turns it into BuildStopped.)"""
     extra: dict[str, Any] = dict(overrides or {})
     if input is not None:
         extra["sources"] = [{"kind": "folder", "root": input}]
@@ -191,12 +192,9 @@ def build_on_prefect(
         ahead = EARLY_PLANS[cfg.model_dump_json()] = PlanAhead(cfg)
     try:
         with api.serve():  # a Prefect API that dies with this process, however it dies
-            state = build_dataset(
-                output=cfg.output, config_path=None, overrides=overrides, wait=wait, return_state=True
-            )
-        if state.is_cancelled():
-            raise BuildStopped(state.message or "stopped; committed units stand, run the build again to resume")
-        return state.result()  # a failed run raises its exception here, as the flow raised it
+            return build_dataset(output=cfg.output, config_path=None, overrides=overrides, wait=wait)
+    except CancelledRun as e:  # the run ended Cancelled (stopped on request): one line, exit 130
+        raise BuildStopped(str(e) or "stopped; committed units stand, run the build again to resume") from None
     except TerminationSignal as e:  # Prefect owns SIGTERM during a flow run: the unit in progress is dropped
         raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
     finally:

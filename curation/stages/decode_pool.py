@@ -138,8 +138,13 @@ def _ready() -> bool:
 
 def _watch_parent(parent: int) -> None:
     """Worker initializer: leave as soon as the build process is gone (SIGKILLed builds must not leave
-    decode workers behind, holding its pipes open and waiting forever for work)."""
+    decode workers behind, holding its pipes open and waiting forever for work). Ctrl-C in a terminal
+    reaches every process of the group: a worker ignores it (no KeyboardInterrupt traceback, no broken
+    pool), and the build process decides (stop after the current unit; again: at once)."""
+    import signal
     import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent:
