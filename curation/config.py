@@ -137,6 +137,12 @@ class QualityConfig(_Section):
         " lengths (a foot reaches ~0.3, the top of the head ~0.4): more is a body cut there, else partial_body"
         " (whole-body configs)",
     )
+    min_foot_room: float = Field(
+        0.08,
+        description="how far a person's box runs past each shown ankle (along its shin or below it), in torso"
+        " lengths (a foot in view: about 0.15-0.3); less is a foot the detector did not see (hidden behind a"
+        " plate, cut), else partial_body (whole-body configs)",
+    )
     max_graphic_stroke: float = Field(
         1.2,
         ge=0,

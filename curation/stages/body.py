@@ -10,7 +10,9 @@ its confidence:
     the keypoints beyond it are extrapolated;
   - for the legs: hip -> knee -> ankle spans a length a leg has against the torso (a leg squeezed into
     the box above an occluder is short), measured along the limb, so any orientation (lying, upside
-    down) is judged alike.
+    down) is judged alike;
+  - for the feet (foot_room): the detector's box runs on past each ankle, along its shin or below it,
+    where a foot in view is (a box that stops at the ankle saw no foot: a barbell plate over the feet).
 """
 
 from __future__ import annotations
@@ -121,6 +123,39 @@ def leg_extent(pose: Pose17, seen: np.ndarray) -> float:
         length = np.linalg.norm(k[KP[knee], :2] - k[KP[hip], :2]) + np.linalg.norm(k[KP[ankle], :2] - k[KP[knee], :2])
         worst = min(worst, float(length) / torso)
     return worst
+
+
+def foot_room(pose: Pose17, kp_conf: float) -> float | None:
+    """How far the detector's box runs on past the ankles, in torso lengths: per leg whose knee and
+    ankle are at kp_conf, the farther of the box's reach beyond the ankle along the shin (knee ->
+    ankle: a foot pointed, a foot up in a handstand) and below it where the shin does not point up
+    (the heel and sole under a standing ankle, a plank's toes on the floor); the smaller of the two
+    legs. A foot in view takes the box
+    about 0.15-0.3 torso past its ankle; a box that stops at or just past an ankle saw no foot there:
+    it is hidden (behind a barbell plate, a box) or cut, and the ankle is the model's guess. None
+    without a torso or a shown knee and ankle."""
+    k = np.asarray(pose.keypoints, float)
+    torso = geometry.torso_length(k)
+    if not (torso > 1e-6 and math.isfinite(torso)):
+        return None
+    lo, hi = np.asarray(pose.box[:2], float), np.asarray(pose.box[2:], float)
+    room = []
+    for _, knee, ankle in LEGS:
+        a, b = k[KP[knee]], k[KP[ankle]]
+        if min(a[2], b[2]) < kp_conf or not np.isfinite(k[[KP[knee], KP[ankle]], :2]).all():
+            continue
+        d = b[:2] - a[:2]
+        n = float(np.linalg.norm(d))
+        if n < 1e-6:
+            room.append((hi[1] - b[1]) / torso)
+            continue
+        d = d / n
+        # along the shin, to the box's boundary (negative: the ankle lies beyond it) ...
+        reach = [min(((hi if d[i] > 0 else lo)[i] - b[i]) / d[i] for i in range(2) if abs(d[i]) > 1e-9)]
+        if d[1] > -0.5:  # ... and below the ankle, unless the shin points up (a handstand, legs raised)
+            reach.append(hi[1] - b[1])
+        room.append(max(reach) / torso)
+    return float(min(room)) if room else None
 
 
 def extremity_margin(pose: Pose17, content: Box, kp_conf: float) -> float | None:

@@ -18,6 +18,7 @@ MARGIN_REASONS = {
     "edge_margin": RejectReason.PARTIAL_BODY,
     "leg_extent": RejectReason.PARTIAL_BODY,
     "box_past_border": RejectReason.PARTIAL_BODY,
+    "foot_room": RejectReason.PARTIAL_BODY,
     "other_person_score": RejectReason.MULTIPLE_PEOPLE,
     "camera_motion": RejectReason.CAMERA_MOTION,
     "background_residual": RejectReason.CAMERA_MOTION,
@@ -43,6 +44,7 @@ def mark_margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -
         "edge_margin": (qf.edge_margin, q.min_edge_margin, "min"),
         "leg_extent": (qf.leg_extent, cfg.min_leg_extent if cfg.whole_body else 0.0, "min"),
         "box_past_border": (qf.box_past_border if cfg.whole_body else None, q.max_box_past_border, "max"),
+        "foot_room": (qf.foot_room if cfg.whole_body else None, q.min_foot_room, "min"),
         "other_person_score": (qf.other_person_score, q.other_person_conf, "max"),
         "camera_motion": (mf.camera_motion if qf.camera_status == "stabilised" else None, cfg.max_camera_motion, "max"),
         "background_residual": (

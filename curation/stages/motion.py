@@ -111,6 +111,7 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
     legs = [v for v in legs if math.isfinite(v)]
     ends = [body.extremity_margin(p, content, cfg.keypoint_conf) for p in (a, b)]
     ends = [v for v in ends if v is not None]
+    feet = [v for v in (body.foot_room(p, cfg.keypoint_conf) for p in (a, b)) if v is not None]
     c.quality = QualityFigures(
         person_height=max(quality.person_height(a), quality.person_height(b)),
         edge_margin=min(body.edge_margin(a, content), body.edge_margin(b, content)),
@@ -124,12 +125,16 @@ def _check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "perso
         leg_extent=min(legs) if legs else None,
         extremity_margin=min(ends) if ends else None,
         box_past_border=max(body.past_border(p, content, cfg.keypoint_conf) for p in (a, b)),
+        foot_room=min(feet) if feet else None,
         other_track_score=max((t.score for t in track.others), default=0.0),  # elsewhere in the clip
     )
     if c.quality.edge_margin < q.min_edge_margin:
         return RejectReason.PARTIAL_BODY
     if cfg.whole_body and c.quality.box_past_border > q.max_box_past_border:
         c.detail = "the person's box runs on to the border well past the outermost joint: the body is cut there"
+        return RejectReason.PARTIAL_BODY
+    if cfg.whole_body and c.quality.foot_room is not None and c.quality.foot_room < q.min_foot_room:
+        c.detail = "the person's box stops at an ankle: no foot seen there (hidden or cut), the ankle guessed"
         return RejectReason.PARTIAL_BODY
     if crop == "frame" and c.quality.person_height < q.min_person_height:
         return RejectReason.TOO_SMALL
