@@ -492,6 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_workers() -> None:
+    """Stop this process's worker processes now (the decode workers ignore Ctrl-C and would finish the
+    clip in hand first, a long one for minutes, before the exit could join them)."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -506,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     except KeyboardInterrupt:  # Ctrl-C in any command (publish, gc, recaption, ...): what is committed stands
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the exit (lock release) short
+        _stop_workers()
         print("motionpairs: stopped: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # disk full, read-only or vanished output: a problem of the run, one line

@@ -501,6 +501,60 @@ def test_ctrl_c_in_a_terminal_stops_after_the_unit_without_a_traceback(tmp_path,
     assert verify(str(out)) == []
 
 
+def _group(pgid: int) -> list[int]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if os.getpgid(int(d.name)) == pgid:
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_second_ctrl_c_stops_at_once_even_mid_decode(tmp_path, small_input, fast_cfg):
+    """A second Ctrl-C stops now: a decode worker busy on a long clip (held here for 120 s) does not
+    keep the CLI waiting for it, and no worker is left behind; one line, exit 130, no traceback, the
+    output as it was (nothing half-written), and the next run completes."""
+    out = tmp_path / "out"
+    args = build_args(small_input, out, fast_cfg)
+    flag = tmp_path / "decoding"
+    env = {"MOTIONPAIRS_PAUSE_AT": "decode_worker:120", "MOTIONPAIRS_PAUSE_FLAG": str(flag)}
+    p = popen(args, env=env, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
+    deadline = time.monotonic() + 240
+    while not flag.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert flag.exists() and p.poll() is None, "the decode worker never started on a clip"
+    workers = [pid for pid in _group(p.pid) if pid != p.pid]  # the decode workers, in the CLI's group
+    assert workers
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(1.0)
+    os.killpg(p.pid, signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = p.communicate(timeout=240)
+    waited = time.monotonic() - t0
+    assert p.returncode == 130, (p.returncode, err[-3000:])
+    assert waited < 60, f"the CLI waited {waited:.0f} s for the held decode"  # the hold is 120 s
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert "motionpairs: stopped: interrupted" in err, err[-3000:]
+
+    def running(pid: int) -> bool:  # a process that is gone or a zombie (exited, not yet reaped) runs no more
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in "ZX"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [w for w in workers if running(w)], "a worker outlived the CLI"
+    assert Output(out).records() == [] and leftovers(out) == []
+    r = cli(args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert verify(str(out)) == []
+
+
 def test_files_are_readable_by_other_users(reference):
     for p in [reference / "samples.parquet", reference / "rejects.parquet", reference / "stats.json"]:
         assert os.stat(p).st_mode & 0o044 == 0o044, p
