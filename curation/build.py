@@ -60,11 +60,11 @@ def open_output(cfg: BuildConfig, ticket: dict | None = None) -> Output:
 
 
 @contextmanager
-def writer_lock(cfg: BuildConfig, command: str = "build", wait: float | None = None) -> Iterator[Output]:
+def writer_lock(cfg: BuildConfig, command: str = "build", wait: float | None = None, on_wait=None) -> Iterator[Output]:
     """Hold the output for writing (taken once per process: nested use, the CLI around a flow, reuses
-    it); what a dead writer left is cleaned first."""
+    it; `on_wait` runs once if another writer makes it wait); what a dead writer left is cleaned first."""
     out = open_output(cfg)
-    with out.lock(command, wait):
+    with out.lock(command, wait, on_wait):
         yield out
 
 

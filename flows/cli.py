@@ -139,7 +139,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         console = Console(stderr=True)
         _stop_on_signals(STOP)
         try:
-            with writer_lock(cfg, "motionpairs build", _wait(args)), _progress(console) as progress:  # one lock
+            on_wait = api.pause if api is not None else None  # waiting for another writer: no idle API meanwhile
+            with writer_lock(cfg, "motionpairs build", _wait(args), on_wait), _progress(console) as progress:
                 if args.engine == "local":
                     stats = build_with_progress(cfg, progress)
                 else:

@@ -91,19 +91,7 @@ class EphemeralAPI:
         self.start()
         proc, url = self.proc, self.url
         try:
-            deadline = time.monotonic() + self.timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise APIError(f"the Prefect API exited during start-up (status {proc.returncode})")
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise APIError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
-                time.sleep(0.25)
+            self._wait_up(proc, url)
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 yield url
         finally:
@@ -114,6 +102,31 @@ class EphemeralAPI:
             except Exception:  # an internal of Prefect's; without it a late log line only fails to reach the API
                 pass
             self.stop()
+
+    def _wait_up(self, proc: subprocess.Popen, url: str) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise APIError(f"the Prefect API exited during start-up (status {proc.returncode})")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise APIError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
+            time.sleep(0.25)
+
+    def pause(self) -> None:
+        """Stop it until the next `start()` (the CLI waiting for another writer: nothing idles meanwhile).
+        One still starting is let finish first: stopped during its start-up it would print a traceback."""
+        if self.proc is not None:
+            try:
+                self._wait_up(self.proc, self.url)
+            except APIError:
+                pass  # it failed to start: stopped all the same, and the next start() tries again
+        self.stop()
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

@@ -220,6 +220,53 @@ def test_one_writer_at_a_time(tmp_path, small_input, fast_cfg, reference):
     holder.wait()
 
 
+def _api_children(pid: int) -> list[int]:
+    """The Prefect API processes (uvicorn) that process `pid` started."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
+            if ppid == pid and b"uvicorn" in (d / "cmdline").read_bytes():
+                found.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def test_a_build_waiting_for_another_writer_runs_no_idle_prefect_api(tmp_path, small_input, fast_cfg):
+    """`--wait` on the default engine: the CLI starts its Prefect API at once (beside its own set-up)
+    and stops it when another writer holds the output, so that nothing idles while it waits (minutes,
+    or hours for a scheduled build behind a long one); when the output is free it starts one again and
+    the build runs as usual."""
+    out = tmp_path / "out"
+    holder = _hold(out, 600)
+    err = tmp_path / "stderr.txt"
+    args = build_args(small_input, out, fast_cfg)[:-2] + ["--wait"]  # the default engine: prefect
+    with err.open("w") as sink:
+        p = subprocess.Popen(MP + args, stdout=subprocess.DEVNULL, stderr=sink, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting for" not in err.read_text() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "waiting for" in err.read_text() and p.poll() is None, err.read_text()[-2000:]
+        deadline = time.monotonic() + 150  # the API still starting is let finish (then it stops)
+        while _api_children(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for _ in range(10):  # while it waits: no API process, and none started again
+            assert _api_children(p.pid) == [], "a Prefect API idles while the build waits for the lock"
+            time.sleep(0.5)
+    except BaseException:
+        p.kill()
+        raise
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the other writer dies: its lock is taken over
+        holder.wait()
+    assert p.wait(timeout=300) == 0, err.read_text()[-3000:]
+    assert "Traceback" not in err.read_text() and "uvicorn.error" not in err.read_text(), err.read_text()[-3000:]
+    assert verify(str(out)) == [] and len(Output(out).records()) == 3
+    assert _api_children(p.pid) == []
+
+
 def test_two_real_builds_at_once(tmp_path, small_input, fast_cfg):
     out = tmp_path / "out"
     # the first build holds the output for a while after its first unit commits

@@ -20,10 +20,11 @@ class OutputLock:
     Nested use in one process (the CLI around a flow around run_build) reuses the outer one. On first
     entry it cleans what a dead writer left and repairs what an interrupted one left out of step."""
 
-    def __init__(self, out: Output, command: str, wait: float | None = None):
+    def __init__(self, out: Output, command: str, wait: float | None = None, on_wait=None):
         self.out = out
         self.command = command
         self.wait = wait
+        self.on_wait = on_wait  # called once if the lock has to be waited for (another writer holds it)
         self.owner: dict[str, Any] | None = None
         self._local: WriterLock | None = None
         self._lease: RemoteLease | None = None
@@ -38,10 +39,10 @@ class OutputLock:
             self.owner = held.owner
             return self
         self.out.prepare()
-        self._local = WriterLock(self.out.root, self.command, self.wait).acquire()
+        self._local = WriterLock(self.out.root, self.command, self.wait, self.on_wait).acquire()
         try:
             if self.out._remote is not None:
-                self._lease = self.out._remote.lease(self.command, self.wait).acquire()
+                self._lease = self.out._remote.lease(self.command, self.wait, self.on_wait).acquire()
             self.owner = (self._lease or self._local).owner
             HELD[self.out.key] = self
             self._depth = 1

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -71,12 +72,13 @@ _HELD: dict[str, WriterLock] = {}  # this process's locks: taking one it already
 
 class WriterLock:
     """Context manager. `wait`: None or 0 fails at once with LockHeld; a number waits that many seconds;
-    float('inf') waits for as long as it takes."""
+    float('inf') waits for as long as it takes; `on_wait` is called once when the waiting begins."""
 
-    def __init__(self, root: Path, command: str, wait: float | None = None):
+    def __init__(self, root: Path, command: str, wait: float | None = None, on_wait: Callable[[], None] | None = None):
         self.root = Path(root)
         self.command = command
         self.wait = wait or 0
+        self.on_wait = on_wait
         self._lock = FileLock(str(self.root / LOCK_FILE), thread_local=False)
         self.owner: dict[str, Any] | None = None
         self._key = os.path.realpath(self.root)
@@ -107,6 +109,8 @@ class WriterLock:
                 if not told:
                     log.warning("waiting for %s: locked by %s", self.root, describe(self.holder()))
                     told = True
+                    if self.on_wait is not None:
+                        self.on_wait()
                 time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
         self.owner = owner_info(self.command)
         write_json(self.root / OWNER_FILE, self.owner)
@@ -165,12 +169,21 @@ class RemoteLease:
     one taker wins it); renewed by a background thread every ttl/3 while it is still the newest, deleted
     on release."""
 
-    def __init__(self, fs, root: str, command: str, wait: float | None = None, ttl_s: float | None = None):
+    def __init__(
+        self,
+        fs,
+        root: str,
+        command: str,
+        wait: float | None = None,
+        ttl_s: float | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ):
         self.fs = fs
         self.root = root.rstrip("/")
         self.path = f"{self.root}/{LEASE_OBJECT}"
         self.command = command
         self.wait = wait or 0
+        self.on_wait = on_wait
         self.ttl = ttl_s if ttl_s is not None else lease_ttl()
         self.owner: dict[str, Any] | None = None
         self.fence = 0
@@ -231,6 +244,8 @@ class RemoteLease:
             if not told:
                 log.warning("waiting for %s: held by %s", self.path, describe(cur))
                 told = True
+                if self.on_wait is not None:
+                    self.on_wait()
             time.sleep(1.0)
         self._prune()
         self._thread = threading.Thread(target=self._renew, daemon=True, name="lease-renew")

@@ -105,9 +105,10 @@ class Output(Generations, Upkeep):
             raise StoreError(f"output {self.root} is not writable: {e.strerror or e}") from e
         return self
 
-    def lock(self, command: str, wait: float | None = None) -> OutputLock:
-        """The writer lock (and lease), for `with`. Taken once per process: a nested `with` reuses it."""
-        return OutputLock(self, command, wait)
+    def lock(self, command: str, wait: float | None = None, on_wait=None) -> OutputLock:
+        """The writer lock (and lease), for `with`. Taken once per process: a nested `with` reuses it.
+        `on_wait`: called once if another writer holds it and `wait` allows waiting."""
+        return OutputLock(self, command, wait, on_wait)
 
     def ticket(self) -> dict[str, Any] | None:
         """What another process (a Dask worker) needs to check it writes for the current holder."""

@@ -71,8 +71,8 @@ class RemoteMirror:
     def _remote(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
-    def lease(self, command: str, wait: float | None = None) -> RemoteLease:
-        return RemoteLease(self.fs, self.root, command, wait)
+    def lease(self, command: str, wait: float | None = None, on_wait=None) -> RemoteLease:
+        return RemoteLease(self.fs, self.root, command, wait, on_wait=on_wait)
 
     def pull_state(self) -> None:
         """Unit records: what a plan needs to know what is done. One listing of parts/; a record this
