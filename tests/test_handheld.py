@@ -158,6 +158,22 @@ def test_a_faint_ghost_of_the_next_shot_is_measured_and_rejects_its_frame(detect
     assert on.accepted and all(p.pair.after_time_s < lo for p in on.pairs)
 
 
+def test_blend_share_reads_a_mix_of_its_neighbours_and_nothing_else():
+    """The dissolve figure on plain pictures: a frame that is 0.9 of one neighbour and 0.1 of the
+    other reads 0.1 (whichever side is which); a picture of neither (a checkerboard: motion, not a mix)
+    and frames of different sizes read 0."""
+    from curation.stages.figures import blend_share
+
+    a = np.full((64, 64), 20, np.uint8)
+    b = np.full((64, 64), 220, np.uint8)
+    x = (0.9 * a + 0.1 * b).astype(np.uint8)
+    assert blend_share(a, x, b, 1.0, []) == pytest.approx(0.1, abs=0.01)
+    assert blend_share(b, x, a, 1.0, []) == pytest.approx(0.1, abs=0.01)
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    assert blend_share(a, board, b, 1.0, []) == 0.0
+    assert blend_share(a, x[:32], b, 1.0, []) == 0.0
+
+
 def test_two_runs_decide_alike_and_borderline_pairs_are_marked(detector, clips):  # noqa: F811
     path = make("handheld_shake", clips)
     one, two = run_clip(path, detector), run_clip(path, detector)
