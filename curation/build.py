@@ -1,11 +1,10 @@
 """The build, one driver loop: plan (once; curation.plan), execute work units (clips -> tars + parts),
 finalize (a generation; curation.generation).
 
-Plain Python and engine-agnostic: `build(cfg, executor)` is the loop; the CLI runs it in-process
-(`InProcess`), the Prefect flow passes its tasks, and on Dask its task runner. Everything
-it writes goes through the output's store (curation.store): one writer at a time (the lock), units
-committed durably (tars, parts, then the record), the manifests switched as one generation; local
-folder or object store alike (`Output.open`: the store alone knows which).
+Plain Python and engine-agnostic: `build(cfg, executor)` is the loop; the CLI runs it in-process (`InProcess`), the
+Prefect flow passes its tasks, and on Dask its task runner. Everything it writes goes through the output's store
+(curation.store): one writer at a time (the lock), units committed durably (tars, parts, then the record), the
+manifests switched as one generation; local folder or object store alike (`Output.open`: the store alone knows which).
 Resumable and idempotent: a re-run keeps a committed unit when every clip in it is still listed with
 the same clip key (settings fingerprint + versions + the clip as listed + its content identity) and
 redoes the rest; a unit whose clips failed for a transient reason (internal or I/O error) is redone.
@@ -38,7 +37,7 @@ from .errors import RunError
 from .generation import Basis, make_generation, read_parts, units_digest
 from .pipeline import ClipProcessor, ClipResult
 from .plan import BuildPlan, WorkUnit, clip_keys, fingerprint, plan_build
-from .store import Output
+from .store import OnWait, Output
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +59,13 @@ def open_output(cfg: BuildConfig, ticket: dict | None = None) -> Output:
 
 
 @contextmanager
-def writer_lock(cfg: BuildConfig, command: str = "build", wait: float | None = None, on_wait=None) -> Iterator[Output]:
+def writer_lock(
+    cfg: BuildConfig, command: str = "build", wait: float | None = None, on_wait: OnWait = None
+) -> Iterator[Output]:
     """Hold the output for writing (taken once per process: nested use, the CLI around a flow, reuses
-    it; `on_wait` runs once if another writer makes it wait); what a dead writer left is cleaned first."""
-    out = open_output(cfg)
-    with out.lock(command, wait, on_wait):
-        yield out
+    it; `on_wait` runs when another writer makes it wait); what a dead writer left is cleaned first."""
+    with open_output(cfg).lock(command, wait, on_wait) as held:
+        yield held.out
 
 
 @functools.lru_cache(maxsize=4)

@@ -185,7 +185,7 @@ def build_on_prefect(
     progress told to `watcher`."""
     PROGRESS_HOOKS[cfg.output] = {"plan": watcher.plan, "clip": watcher.clip}
     overrides = cfg.model_dump(mode="json", exclude={"output"})
-    api = (api or EphemeralAPI()).start()  # before any thread of ours: the API's process is forked from here
+    api = (api or EphemeralAPI()).start()  # from the main thread: the parent-death signal is tied to the forking one
     ahead = None
     if not os.environ.get("PREFECT_API_URL") and open_output(cfg).held_token() is not None:
         # this process holds the output (the CLI): plan, and load the pose model, while the API starts

@@ -148,6 +148,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
                     stats = build_on_prefect(cfg, progress, api=api)
         except BuildStopped as e:
+            _stop_workers()  # decoding the next unit's clips ahead, for nothing now: the exit would wait for it
             print(f"motionpairs: stopped: {e}", file=sys.stderr)
             return 130
     finally:
@@ -494,8 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stop_workers() -> None:
-    """Stop this process's worker processes now (the decode workers ignore Ctrl-C and would finish the
-    clip in hand first, a long one for minutes, before the exit could join them)."""
+    """Stop this process's worker processes now: a stopped build's decode workers (they ignore Ctrl-C)
+    would otherwise finish the clip in hand, a long one for minutes, before the exit could join them."""
     import multiprocessing
 
     for child in multiprocessing.active_children():

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -104,6 +105,7 @@ class EphemeralAPI:
             self.stop()
 
     def _wait_up(self, proc: subprocess.Popen, url: str) -> None:
+        """Until the API at `url` answers its health check; APIError if it exits or the time runs out."""
         deadline = time.monotonic() + self.timeout_s
         while True:
             if proc.poll() is not None:
@@ -120,24 +122,34 @@ class EphemeralAPI:
 
     def pause(self) -> None:
         """Stop it until the next `start()` (the CLI waiting for another writer: nothing idles meanwhile).
-        One still starting is let finish first: stopped during its start-up it would print a traceback."""
-        if self.proc is not None:
+        Returns at once; one still starting is let come up first, in a thread (stopped during its
+        start-up, uvicorn prints a traceback), while the caller waits on and a `start()` makes another."""
+        proc, url, self.proc = self.proc, self.url, None
+        if proc is None:
+            return
+
+        def stop_when_up() -> None:
             try:
-                self._wait_up(self.proc, self.url)
+                self._wait_up(proc, url)
             except APIError:
                 pass  # it failed to start: stopped all the same, and the next start() tries again
-        self.stop()
+            _terminate(proc)
+
+        threading.Thread(target=stop_when_up, daemon=True, name="prefect-api-pause").start()
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            _terminate(proc)
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from posekit import RIGHT_ARM_UP, make_pose
 from curation.config import MotionConfig, PairingConfig, QualityConfig
 from curation.stages.motion import ClipTrack, FrameKind, FrameObs, classify, pose_change, select_pairs
 from curation.stages.quality import background_step, motion_magnitude, small_gray
-from schemas.records import RejectReason
+from schemas.records import KP, RejectReason
 
 CFG = MotionConfig()
 
@@ -264,7 +264,21 @@ def test_a_box_that_stops_at_the_ankles_saw_no_feet():
     plank = make_pose(flat)
     plank = plank.model_copy(update={"box": [100.0, 80.0, 420.0, 320.0]})
     assert body.foot_room(plank, 0.5) == pytest.approx(0.2, abs=1e-3)
-    assert body.foot_room(make_pose(low=("left_ankle",)), 0.5) == pytest.approx(0.1, abs=1e-3)  # the other leg
+
+    def moved(pose, **where):  # keypoints moved to (x, y) or (x, y, confidence)
+        k = [list(p) for p in pose.keypoints]
+        for name, v in where.items():
+            k[KP[name]] = [*v, k[KP[name]][2]] if len(v) == 2 else list(v)
+        return pose.model_copy(update={"keypoints": k})
+
+    low = make_pose(low=("left_ankle",))  # a leg not shown does not count, wherever its ankle is put
+    assert body.foot_room(moved(low, left_ankle=(230, 600)), 0.5) == pytest.approx(0.1, abs=1e-3)
+    assert body.foot_room(moved(make_pose(), left_ankle=(230, 600, float("nan"))), 0.5) == pytest.approx(0.1, abs=1e-3)
+    # a shin up and a little aslant, its ankle a pixel beside the box: the room is up the shin
+    aslant = moved(up, left_knee=(101, 150), left_ankle=(99, 70), right_knee=(101, 150), right_ankle=(99, 70))
+    assert body.foot_room(aslant.model_copy(update={"box": [100.0, 45.0, 300.0, 400.0]}), 0.5) == pytest.approx(
+        0.25, abs=0.01
+    )
     assert body.foot_room(make_pose(low=("left_ankle", "right_knee")), 0.5) is None
 
     frames = [[box_bottom(make_pose(RIGHT_ARM_UP if i >= 6 else None), -0.05)] for i in range(12)]

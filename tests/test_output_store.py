@@ -4,6 +4,7 @@ ephemeral Prefect API of a killed build. Builds run as the CLI does, in subproce
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -220,17 +221,27 @@ def test_one_writer_at_a_time(tmp_path, small_input, fast_cfg, reference):
     holder.wait()
 
 
-def _api_children(pid: int) -> list[int]:
-    """The Prefect API processes (uvicorn) that process `pid` started."""
-    found = []
+def _processes() -> dict[int, tuple[int, int, str, bytes]]:
+    """Every process now: pid -> (parent pid, process group, state, command line)."""
+    found = {}
     for d in Path("/proc").iterdir():
         try:
-            ppid = int((d / "stat").read_text().rpartition(")")[2].split()[1])
-            if ppid == pid and b"uvicorn" in (d / "cmdline").read_bytes():
-                found.append(int(d.name))
+            fields = (d / "stat").read_text().rpartition(")")[2].split()
+            found[int(d.name)] = (int(fields[1]), int(fields[3]), fields[0], (d / "cmdline").read_bytes())
         except (OSError, ValueError, IndexError):
             pass
     return found
+
+
+def _running(pids) -> list[int]:
+    """Those of `pids` still running (a zombie, exited and not yet reaped, runs no more)."""
+    now = _processes()
+    return [p for p in pids if p in now and now[p][2] not in "ZX"]
+
+
+def _api_children(pid: int) -> list[int]:
+    """The Prefect API processes (uvicorn) that process `pid` started."""
+    return [p for p, (ppid, _, _, cmd) in _processes().items() if ppid == pid and b"uvicorn" in cmd]
 
 
 def test_a_build_waiting_for_another_writer_runs_no_idle_prefect_api(tmp_path, small_input, fast_cfg):
@@ -244,27 +255,32 @@ def test_a_build_waiting_for_another_writer_runs_no_idle_prefect_api(tmp_path, s
     args = build_args(small_input, out, fast_cfg)[:-2] + ["--wait"]  # the default engine: prefect
     with err.open("w") as sink:
         p = subprocess.Popen(MP + args, stdout=subprocess.DEVNULL, stderr=sink, text=True, cwd=REPO)
+    seen: set[int] = set()  # every API process the CLI started
     try:
         deadline = time.monotonic() + 120
         while "waiting for" not in err.read_text() and p.poll() is None and time.monotonic() < deadline:
+            seen.update(_api_children(p.pid))
             time.sleep(0.2)
         assert "waiting for" in err.read_text() and p.poll() is None, err.read_text()[-2000:]
-        deadline = time.monotonic() + 150  # the API still starting is let finish (then it stops)
-        while _api_children(p.pid) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 150  # the API still starting is let come up, then it stops
+        while _running(seen | set(_api_children(p.pid))) and time.monotonic() < deadline:
+            seen.update(_api_children(p.pid))
             time.sleep(0.2)
         for _ in range(10):  # while it waits: no API process, and none started again
-            assert _api_children(p.pid) == [], "a Prefect API idles while the build waits for the lock"
+            assert _running(seen | set(_api_children(p.pid))) == [], "a Prefect API idles while the build waits"
             time.sleep(0.5)
-    except BaseException:
-        p.kill()
-        raise
-    finally:
         holder.send_signal(signal.SIGKILL)  # the other writer dies: its lock is taken over
         holder.wait()
-    assert p.wait(timeout=300) == 0, err.read_text()[-3000:]
+        while p.poll() is None:
+            seen.update(_api_children(p.pid))
+            time.sleep(0.2)
+        assert p.returncode == 0, err.read_text()[-3000:]
+    finally:
+        holder.kill()
+        p.kill()
     assert "Traceback" not in err.read_text() and "uvicorn.error" not in err.read_text(), err.read_text()[-3000:]
     assert verify(str(out)) == [] and len(Output(out).records()) == 3
-    assert _api_children(p.pid) == []
+    assert seen and _running(seen) == []  # it ran one again for the build, and stopped it
 
 
 def test_two_real_builds_at_once(tmp_path, small_input, fast_cfg):
@@ -548,54 +564,39 @@ def test_ctrl_c_in_a_terminal_stops_after_the_unit_without_a_traceback(tmp_path,
     assert verify(str(out)) == []
 
 
-def _group(pgid: int) -> list[int]:
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if os.getpgid(int(d.name)) == pgid:
-                    found.append(int(d.name))
-            except OSError:
-                pass
-    return found
-
-
 def test_a_second_ctrl_c_stops_at_once_even_mid_decode(tmp_path, small_input, fast_cfg):
     """A second Ctrl-C stops now: a decode worker busy on a long clip (held here for 120 s) does not
-    keep the CLI waiting for it, and no worker is left behind; one line, exit 130, no traceback, the
-    output as it was (nothing half-written), and the next run completes."""
+    keep the CLI waiting for it, and no process of its group is left running; one line, exit 130, no
+    traceback, the output as it was (nothing half-written), and the next run completes."""
     out = tmp_path / "out"
     args = build_args(small_input, out, fast_cfg)
     flag = tmp_path / "decoding"
     env = {"MOTIONPAIRS_PAUSE_AT": "decode_worker:120", "MOTIONPAIRS_PAUSE_FLAG": str(flag)}
     p = popen(args, env=env, start_new_session=True, preexec_fn=_sigint_as_in_a_terminal)
-    deadline = time.monotonic() + 240
-    while not flag.exists() and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert flag.exists() and p.poll() is None, "the decode worker never started on a clip"
-    workers = [pid for pid in _group(p.pid) if pid != p.pid]  # the decode workers, in the CLI's group
-    assert workers
-    os.killpg(p.pid, signal.SIGINT)
-    time.sleep(1.0)
-    os.killpg(p.pid, signal.SIGINT)
-    t0 = time.monotonic()
-    _, err = p.communicate(timeout=240)
-    waited = time.monotonic() - t0
+    group = lambda: [q for q, (_, pgid, _, _) in _processes().items() if pgid == p.pid]  # noqa: E731
+    try:
+        deadline = time.monotonic() + 240
+        while not flag.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert flag.exists() and p.poll() is None, "the decode worker never started on a clip"
+        assert [q for q in group() if q != p.pid], "no decode worker in the CLI's process group"
+        os.killpg(p.pid, signal.SIGINT)
+        time.sleep(1.0)
+        os.killpg(p.pid, signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = p.communicate(timeout=240)
+        waited = time.monotonic() - t0
+        deadline = time.monotonic() + 10
+        while _running(group()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _running(group()) == [], "a process of the CLI's group outlived it"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
     assert p.returncode == 130, (p.returncode, err[-3000:])
     assert waited < 60, f"the CLI waited {waited:.0f} s for the held decode"  # the hold is 120 s
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert "motionpairs: stopped: interrupted" in err, err[-3000:]
-
-    def running(pid: int) -> bool:  # a process that is gone or a zombie (exited, not yet reaped) runs no more
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in "ZX"
-        except OSError:
-            return False
-
-    deadline = time.monotonic() + 10
-    while any(running(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [w for w in workers if running(w)], "a worker outlived the CLI"
     assert Output(out).records() == [] and leftovers(out) == []
     r = cli(args)
     assert r.returncode == 0, r.stderr[-2000:]

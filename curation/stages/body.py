@@ -127,13 +127,13 @@ def leg_extent(pose: Pose17, seen: np.ndarray) -> float:
 
 def foot_room(pose: Pose17, kp_conf: float) -> float | None:
     """How far the detector's box runs on past the ankles, in torso lengths: per leg whose knee and
-    ankle are at kp_conf, the farther of the box's reach beyond the ankle along the shin (knee ->
-    ankle: a foot pointed, a foot up in a handstand) and below it where the shin does not point up
-    (the heel and sole under a standing ankle, a plank's toes on the floor); the smaller of the two
-    legs. A foot in view takes the box
-    about 0.15-0.3 torso past its ankle; a box that stops at or just past an ankle saw no foot there:
-    it is hidden (behind a barbell plate, a box) or cut, and the ankle is the model's guess. None
-    without a torso or a shown knee and ankle."""
+    ankle are at kp_conf, the farther of the box's reach past the ankle the way the shin points (knee
+    -> ankle, along the axis it points most along: a foot pointed, a foot up in a handstand) and below
+    it where the shin does not point up (the heel and sole under a standing ankle, a plank's toes on
+    the floor); the smaller of the two legs. Negative where the ankle lies beyond the box. A foot in
+    view takes the box about 0.15-0.3 torso past its ankle; a box that stops at or just past an ankle
+    saw no foot there: it is hidden (behind a barbell plate, a box) or cut, and the ankle is the
+    model's guess. None without a torso or a shown knee and ankle."""
     k = np.asarray(pose.keypoints, float)
     torso = geometry.torso_length(k)
     if not (torso > 1e-6 and math.isfinite(torso)):
@@ -142,16 +142,18 @@ def foot_room(pose: Pose17, kp_conf: float) -> float | None:
     room = []
     for _, knee, ankle in LEGS:
         a, b = k[KP[knee]], k[KP[ankle]]
-        if min(a[2], b[2]) < kp_conf or not np.isfinite(k[[KP[knee], KP[ankle]], :2]).all():
-            continue
+        if not (a[2] >= kp_conf and b[2] >= kp_conf) or not np.isfinite(k[[KP[knee], KP[ankle]], :2]).all():
+            continue  # (a NaN confidence is not shown either)
         d = b[:2] - a[:2]
         n = float(np.linalg.norm(d))
         if n < 1e-6:
             room.append((hi[1] - b[1]) / torso)
             continue
         d = d / n
-        # along the shin, to the box's boundary (negative: the ankle lies beyond it) ...
-        reach = [min(((hi if d[i] > 0 else lo)[i] - b[i]) / d[i] for i in range(2) if abs(d[i]) > 1e-9)]
+        # the way the shin points, on its main axis (a side the shin runs along, an ankle a pixel beside
+        # it, says nothing about the foot) ...
+        i = int(np.argmax(np.abs(d)))
+        reach = [float((hi[i] - b[i]) if d[i] > 0 else (b[i] - lo[i]))]
         if d[1] > -0.5:  # ... and below the ankle, unless the shin points up (a handstand, legs raised)
             reach.append(hi[1] - b[1])
         room.append(max(reach) / torso)

@@ -5,7 +5,7 @@ reader uses, retention (gc) and integrity checks (verify). See layout.py for the
 
 from .files import StoreError, atomic_write, write_json, write_parquet
 from .layout import Committed, ShardEntry, committed, current_generation, is_remote
-from .lock import LeaseLost, LockHeld, RemoteLease, WriterLock
+from .lock import LeaseLost, LockHeld, OnWait, RemoteLease, WriterLock
 from .output import Output, OutputLock, read_tar
 from .shards import ShardSet
 from .verify import verify
@@ -14,6 +14,7 @@ __all__ = [
     "Committed",
     "LeaseLost",
     "LockHeld",
+    "OnWait",
     "Output",
     "OutputLock",
     "RemoteLease",

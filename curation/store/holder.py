@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .lock import RemoteLease, WriterLock
+from .lock import OnWait, RemoteLease, WriterLock
 
 if TYPE_CHECKING:
     from .output import Output
@@ -20,7 +20,7 @@ class OutputLock:
     Nested use in one process (the CLI around a flow around run_build) reuses the outer one. On first
     entry it cleans what a dead writer left and repairs what an interrupted one left out of step."""
 
-    def __init__(self, out: Output, command: str, wait: float | None = None, on_wait=None):
+    def __init__(self, out: Output, command: str, wait: float | None = None, on_wait: OnWait = None):
         self.out = out
         self.command = command
         self.wait = wait

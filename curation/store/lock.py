@@ -68,13 +68,14 @@ def describe(owner: dict[str, Any] | None) -> str:
 
 
 _HELD: dict[str, WriterLock] = {}  # this process's locks: taking one it already holds nests
+OnWait = Callable[[], None] | None  # called when a lock has to be waited for (another writer holds it)
 
 
 class WriterLock:
     """Context manager. `wait`: None or 0 fails at once with LockHeld; a number waits that many seconds;
     float('inf') waits for as long as it takes; `on_wait` is called once when the waiting begins."""
 
-    def __init__(self, root: Path, command: str, wait: float | None = None, on_wait: Callable[[], None] | None = None):
+    def __init__(self, root: Path, command: str, wait: float | None = None, on_wait: OnWait = None):
         self.root = Path(root)
         self.command = command
         self.wait = wait or 0
@@ -176,7 +177,7 @@ class RemoteLease:
         command: str,
         wait: float | None = None,
         ttl_s: float | None = None,
-        on_wait: Callable[[], None] | None = None,
+        on_wait: OnWait = None,
     ):
         self.fs = fs
         self.root = root.rstrip("/")

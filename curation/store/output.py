@@ -56,7 +56,7 @@ from .files import (
 from .generations import Generations
 from .holder import HELD, OutputLock
 from .layout import GENERATIONS, PARTS, PUBLISHED, TARS, is_remote
-from .lock import LeaseLost, WriterLock
+from .lock import LeaseLost, OnWait, WriterLock
 from .remote import RemoteMirror, default_staging
 from .shards import ShardSet, read_tar
 from .upkeep import Upkeep
@@ -105,9 +105,9 @@ class Output(Generations, Upkeep):
             raise StoreError(f"output {self.root} is not writable: {e.strerror or e}") from e
         return self
 
-    def lock(self, command: str, wait: float | None = None, on_wait=None) -> OutputLock:
+    def lock(self, command: str, wait: float | None = None, on_wait: OnWait = None) -> OutputLock:
         """The writer lock (and lease), for `with`. Taken once per process: a nested `with` reuses it.
-        `on_wait`: called once if another writer holds it and `wait` allows waiting."""
+        `on_wait`: called when another writer holds it and `wait` allows waiting."""
         return OutputLock(self, command, wait, on_wait)
 
     def ticket(self) -> dict[str, Any] | None:

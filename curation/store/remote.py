@@ -49,7 +49,7 @@ from .layout import (
     current_generation,
     unit_records,
 )
-from .lock import RemoteLease
+from .lock import OnWait, RemoteLease
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class RemoteMirror:
     def _remote(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
-    def lease(self, command: str, wait: float | None = None, on_wait=None) -> RemoteLease:
+    def lease(self, command: str, wait: float | None = None, on_wait: OnWait = None) -> RemoteLease:
         return RemoteLease(self.fs, self.root, command, wait, on_wait=on_wait)
 
     def pull_state(self) -> None:
