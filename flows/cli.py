@@ -57,6 +57,7 @@ log = logging.getLogger("motionpairs")
 
 
 def _fail(msg: str) -> int:
+    _stop_workers()  # decode workers still starting would print a traceback when this process is gone
     print(f"motionpairs: error: {msg}", file=sys.stderr)
     return 2
 
@@ -139,7 +140,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         console = Console(stderr=True)
         _stop_on_signals(STOP)
         try:
-            on_wait = api.pause if api is not None else None  # waiting for another writer: no idle API meanwhile
+            on_wait = api.stop if api is not None else None  # waiting for another writer: no idle API meanwhile
             with writer_lock(cfg, "motionpairs build", _wait(args), on_wait), _progress(console) as progress:
                 if args.engine == "local":
                     stats = build_with_progress(cfg, progress)

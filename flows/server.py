@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -120,27 +119,27 @@ class EphemeralAPI:
                 raise APIError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
             time.sleep(0.25)
 
-    def pause(self) -> None:
-        """Stop it until the next `start()` (the CLI waiting for another writer: nothing idles meanwhile).
-        Returns at once; one still starting is let come up first, in a thread (stopped during its
-        start-up, uvicorn prints a traceback), while the caller waits on and a `start()` makes another."""
-        proc, url, self.proc = self.proc, self.url, None
+    def stop(self) -> None:
+        """Stop it (the next `start()` makes another: the CLI waiting for another writer stops it
+        meanwhile). One that is still starting is killed: SIGTERM during its start-up makes uvicorn
+        print a traceback from its half-run start-up ('Reactive triggers not started'), which would
+        reach the CLI's stderr."""
+        proc, self.proc = self.proc, None
         if proc is None:
             return
+        if proc.poll() is None and not _answers(self.url):
+            proc.kill()
+            proc.wait()
+            return
+        _terminate(proc)
 
-        def stop_when_up() -> None:
-            try:
-                self._wait_up(proc, url)
-            except APIError:
-                pass  # it failed to start: stopped all the same, and the next start() tries again
-            _terminate(proc)
 
-        threading.Thread(target=stop_when_up, daemon=True, name="prefect-api-pause").start()
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None:
-            _terminate(proc)
+def _answers(url: str | None) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def _terminate(proc: subprocess.Popen) -> None:
