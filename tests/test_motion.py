@@ -108,6 +108,25 @@ def test_a_second_person_anywhere_in_the_window_rejects_it():
     assert sel.reason == "multiple_people" and sel.funnel["after_multiple_people"] == 0
 
 
+def test_a_second_box_beside_a_weakly_seen_subject_is_not_stretched_over_the_clip():
+    """A blurred frame (real clip: a flamenco dancer mid-spin, 320x240): the subject is seen only
+    weakly (under person_conf) and the detector boxes part of her apart at 0.53. That box never
+    leaves the subject, seen weakly or not: it counts for its own frame, not, as a partner who went
+    behind her, for the whole clip (every pair was multiple_people before)."""
+    frames = arm_raise()
+    weak = frames[9][0].model_copy(update={"score": 0.4})
+    part = make_pose(RIGHT_ARM_UP, scale=0.5, shift=(100, 150), score=0.53)  # inside her box, another shape
+    frames[9] = [weak, part]
+    t = track(frames)
+    assert [(o.start, o.end) for o in t.others] == [(9, 9)]
+    sel = select_pairs(t, CFG, PairingConfig(pairs_per_clip=4))
+    assert sel.pairs and all(c.j < 9 for c in sel.pairs), (sel.reason, sel.detail)
+    # a box apart from the weakly seen subject is someone else: seen there, then gone behind her
+    frames[8] = frames[8] + [make_pose(shift=(120, 0), score=0.7)]
+    frames[9] = [weak, make_pose(shift=(40, 0), score=0.7)]
+    assert [(o.start, o.end) for o in track(frames).others] == [(8, 11)]
+
+
 def test_identity_switch_and_shot_cut():
     # every candidate window spans a jump to someone else elsewhere / a cut to another scene
     frames = arm_raise()

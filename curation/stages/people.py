@@ -79,8 +79,11 @@ def track_others(
     same_oks: float,
     kp_conf: float,
     min_iou: float = 0.2,
+    seen: list[Pose17 | None] | None = None,
 ) -> list[Track]:
-    """Tracks of every detection that is not the frame's subject (nor the subject detected twice)."""
+    """Tracks of every detection that is not the frame's subject (nor the subject detected twice).
+    `seen`, when given, gets each frame's subject as taken here: the confident one, or where there is
+    none the one seen weakly."""
     tracks: list[Track] = []
     last = None
     for k, (subj, dets) in enumerate(zip(subjects, detections, strict=True)):
@@ -88,6 +91,8 @@ def track_others(
             # no confident subject: the subject seen weakly is the detection where it last stood (or
             # the best one), not another person
             subj = max(dets, key=lambda d: (iou(d.box, last.box) if last is not None else 0.0, d.score))
+        if seen is not None:
+            seen.append(subj)
         last = subj or last
         others = [
             d
@@ -187,7 +192,8 @@ def people_tracks(
     one frame is the detector's noise)."""
     n = len(subjects)
     people = []
-    for t in track_others(subjects, detections, same_oks, kp_conf):
+    weak: list[Pose17 | None] = []  # each frame's subject, seen weakly where not confidently
+    for t in track_others(subjects, detections, same_oks, kp_conf, seen=weak):
         strong = sum(p.score >= single_conf for p in t.poses)
         if t.score < person_conf and strong < 2:
             continue
@@ -208,8 +214,9 @@ def people_tracks(
         # vanished where the subject stands (in the last sighting or the frames just after): went
         # behind the subject and is still there; likewise came out from behind: was there before
         # only someone once seen apart from the subject is known to be another person: a second box
-        # that never leaves the subject's (an upside-down body detected twice) is not extended
-        apart = any(subjects[k] is None or not _behind(subjects[k], p) for k, p in zip(t.frames, t.poses, strict=True))
+        # that never leaves the subject's (an upside-down body detected twice, a blurred dancer's
+        # arms and fan boxed apart while the subject is seen only weakly) is not extended
+        apart = any(weak[k] is None or not _behind(weak[k], p) for k, p in zip(t.frames, t.poses, strict=True))
         if apart and t.end < n - 1 and any(_behind(subjects[k], t.poses[-1]) for k in range(t.end, min(n, t.end + 3))):
             t.end = n - 1
         if (
