@@ -91,7 +91,19 @@ class EphemeralAPI:
         self.start()
         proc, url = self.proc, self.url
         try:
-            self._wait_up(proc, url)
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise APIError(f"the Prefect API exited during start-up (status {proc.returncode})")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise APIError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
+                time.sleep(0.25)
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 yield url
         finally:
@@ -102,22 +114,6 @@ class EphemeralAPI:
             except Exception:  # an internal of Prefect's; without it a late log line only fails to reach the API
                 pass
             self.stop()
-
-    def _wait_up(self, proc: subprocess.Popen, url: str) -> None:
-        """Until the API at `url` answers its health check; APIError if it exits or the time runs out."""
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise APIError(f"the Prefect API exited during start-up (status {proc.returncode})")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise APIError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
-            time.sleep(0.25)
 
     def stop(self) -> None:
         """Stop it (the next `start()` makes another: the CLI waiting for another writer stops it
@@ -131,7 +127,12 @@ class EphemeralAPI:
             proc.kill()
             proc.wait()
             return
-        _terminate(proc)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _answers(url: str | None) -> bool:
@@ -140,15 +141,6 @@ def _answers(url: str | None) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def _terminate(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager

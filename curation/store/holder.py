@@ -24,7 +24,7 @@ class OutputLock:
         self.out = out
         self.command = command
         self.wait = wait
-        self.on_wait = on_wait  # called once if the lock has to be waited for (another writer holds it)
+        self.on_wait = on_wait  # called when the lock or the lease has to be waited for (another writer holds it)
         self.owner: dict[str, Any] | None = None
         self._local: WriterLock | None = None
         self._lease: RemoteLease | None = None
