@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ class EphemeralAPI:
         self.timeout_s = timeout_s or float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
         self.proc: subprocess.Popen | None = None
         self.url: str | None = None
+        self._log = None  # the API's own output: its internals, not the CLI's one line (read on a failed start)
 
     def start(self) -> EphemeralAPI:
         if os.environ.get("PREFECT_API_URL") or self.proc is not None:
@@ -74,9 +76,17 @@ class EphemeralAPI:
             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "error", "--lifespan", "on",
         ]  # fmt: skip
-        # its own session: a Ctrl-C at the terminal is the CLI's to handle (stop after the unit), not the API's
+        # its own session: a Ctrl-C at the terminal is the CLI's to handle (stop after the unit), not the API's;
+        # its output to a file: uvicorn's shutdown noise (a traceback when stopped with services still starting)
+        # must not reach the CLI's stderr
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(  # noqa: PLW1509 - prctl only
-            cmd, env=env, preexec_fn=_die_with_parent, start_new_session=True
+            cmd,
+            env=env,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
         )
         self.url = f"http://127.0.0.1:{port}/api"
         return self
@@ -94,7 +104,8 @@ class EphemeralAPI:
             deadline = time.monotonic() + self.timeout_s
             while True:
                 if proc.poll() is not None:
-                    raise APIError(f"the Prefect API exited during start-up (status {proc.returncode})")
+                    said = self._last_line()
+                    raise APIError(f"the Prefect API exited during start-up (status {proc.returncode}){said}")
                 try:
                     with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                         if r.status == 200:
@@ -116,16 +127,10 @@ class EphemeralAPI:
             self.stop()
 
     def stop(self) -> None:
-        """Stop it (the next `start()` makes another: the CLI waiting for another writer stops it
-        meanwhile). One that is still starting is killed: SIGTERM during its start-up makes uvicorn
-        print a traceback from its half-run start-up ('Reactive triggers not started'), which would
-        reach the CLI's stderr."""
+        """Stop it; the next `start()` makes another (the CLI waiting for another writer stops it meanwhile)."""
         proc, self.proc = self.proc, None
+        log, self._log = self._log, None
         if proc is None:
-            return
-        if proc.poll() is None and not _answers(self.url):
-            proc.kill()
-            proc.wait()
             return
         proc.terminate()
         try:
@@ -133,14 +138,17 @@ class EphemeralAPI:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if log is not None:
+            log.close()
 
-
-def _answers(url: str | None) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    def _last_line(self) -> str:
+        """': ' and the last line the API wrote, or ''."""
+        if self._log is None:
+            return ""
+        self._log.seek(0, os.SEEK_END)
+        self._log.seek(max(0, self._log.tell() - 4000))
+        lines = [x.strip() for x in self._log.read().decode(errors="replace").splitlines() if x.strip()]
+        return f": {lines[-1]}" if lines else ""
 
 
 @contextlib.contextmanager
