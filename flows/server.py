@@ -104,7 +104,7 @@ class EphemeralAPI:
             deadline = time.monotonic() + self.timeout_s
             while True:
                 if proc.poll() is not None:
-                    said = self._last_line()
+                    said = self._said()
                     raise APIError(f"the Prefect API exited during start-up (status {proc.returncode}){said}")
                 try:
                     with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
@@ -141,14 +141,14 @@ class EphemeralAPI:
         if log is not None:
             log.close()
 
-    def _last_line(self) -> str:
-        """': ' and the last line the API wrote, or ''."""
+    def _said(self) -> str:
+        """': ' and the first error line the API wrote (else its last line), or ''."""
         if self._log is None:
             return ""
-        self._log.seek(0, os.SEEK_END)
-        self._log.seek(max(0, self._log.tell() - 4000))
-        lines = [x.strip() for x in self._log.read().decode(errors="replace").splitlines() if x.strip()]
-        return f": {lines[-1]}" if lines else ""
+        self._log.seek(0)
+        lines = [x.strip() for x in self._log.read(200_000).decode(errors="replace").splitlines() if x.strip()]
+        errors = [x for x in lines if "error" in x.lower()]
+        return f": {errors[0] if errors else lines[-1]}" if lines else ""
 
 
 @contextlib.contextmanager

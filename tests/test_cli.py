@@ -100,3 +100,25 @@ def test_build_a_dataset_source_from_the_command_line(tmp_path):
     assert rj[["clip_id", "reason"]].values.tolist() == [["0wR5jVB-WPk_000417_000427", "missing_file"]]
     r = run(["build", "--input", str(root), "--root", str(root), "--output", str(out)])
     assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_a_prefect_api_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch):
+    """The API's own output goes to a file, not the CLI's stderr (uvicorn's tracebacks when stopped
+    while starting are its internals); when it cannot start, its last line is in the one-line error.
+    Here its port is taken."""
+    import socket
+
+    import pytest
+
+    from flows import server
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        monkeypatch.setattr(server, "_free_port", lambda: taken.getsockname()[1])
+        with pytest.raises(server.APIError) as e, server.EphemeralAPI(timeout_s=300).serve():
+            pass
+    said = str(e.value)
+    assert "exited during start-up" in said and "address already in use" in said.lower() and "\n" not in said, said
