@@ -216,7 +216,7 @@ def people_tracks(
         # only someone once seen apart from the subject is known to be another person: a second box
         # that never leaves the subject's (an upside-down body detected twice, a blurred dancer's
         # arms and fan boxed apart while the subject is seen only weakly) is not extended
-        apart = any(weak[k] is None or not _behind(weak[k], p) for k, p in zip(t.frames, t.poses, strict=True))
+        apart = any(not _behind(weak[k], p) for k, p in zip(t.frames, t.poses, strict=True))
         if apart and t.end < n - 1 and any(_behind(subjects[k], t.poses[-1]) for k in range(t.end, min(n, t.end + 3))):
             t.end = n - 1
         if (
