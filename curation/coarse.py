@@ -21,7 +21,7 @@ from .config import BuildConfig, MotionConfig, QualityConfig
 from .stages import body
 from .stages.decode_pool import Decoded, DecodePool, decode_clip, merged
 from .stages.figures import moves, pose_change, same_person
-from .stages.motion import ClipTrack, FrameKind, FrameObs, Selection
+from .stages.motion import ClipTrack, FrameKind, FrameObs, Selection, body_rule
 from .stages.pose import PoseDetector, detect_across
 
 
@@ -47,7 +47,7 @@ def coarse_verdict(track: ClipTrack, cfg: MotionConfig, q: QualityConfig, planne
     if single == 0 and kinds[FrameKind.MULTI] >= max(2, math.ceil(n / 2)):
         return Selection([], RejectReason.MULTIPLE_PEOPLE, f"several people in every frame ({said})", funnel)
     if whole == 0 and single >= max(2, math.ceil(n / 2)):
-        return Selection([], RejectReason.PARTIAL_BODY, f"no whole body (shoulders and hips) ({said})", funnel)
+        return Selection([], RejectReason.PARTIAL_BODY, f"no whole body ({body_rule(cfg)}) ({said})", funnel)
     if kinds[FrameKind.BODY] < n or track.others or any(h > 0 for h in track.hidden):
         return None
     people = [track.person(k, cfg) for k in range(n)]

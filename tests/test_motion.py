@@ -90,6 +90,19 @@ def test_clip_level_reasons(frames, reason):
         assert all(s is None for s in t.steps) and all(v is None for v in t.similarity)
 
 
+def test_a_clip_without_a_whole_body_says_what_a_whole_body_needs():
+    """Legs the model cannot read (a seated forward bend: knees and ankles under keypoint_conf) leave no
+    whole-body frame although shoulders and hips are shown: the detail names the legs rule, not only
+    "shoulders and hips" as it did."""
+    sel = select_pairs(track([[make_pose(low=("left_knee", "left_ankle"))]] * 12), CFG, PairingConfig())
+    assert not sel.pairs and sel.reason == "partial_body"
+    assert "both legs shown hip to ankle" in sel.detail and "frames_whole_body=0" in sel.detail, sel.detail
+    upper = CFG.model_copy(update={"whole_body": False, "required_keypoints": ["left_shoulder", "left_hip"]})
+    sel = select_pairs(track([[make_pose(low=("left_hip",))]] * 12), upper, PairingConfig())
+    assert sel.reason == "partial_body" and "left_shoulder, left_hip at 0.5" in sel.detail, sel.detail
+    assert "legs" not in sel.detail
+
+
 def test_background_is_measured_only_between_the_frames_candidates_span():
     frames = [[]] * 3 + arm_raise() + [[]] * 3  # nobody in the first and last three frames
     t = track(frames)

@@ -29,6 +29,7 @@ from .track import (
     FrameKind,
     FrameObs,
     Selection,
+    body_rule,
     classify,
     confident,
     has_body,
@@ -46,6 +47,7 @@ __all__ = [
     "FrameKind",
     "FrameObs",
     "Selection",
+    "body_rule",
     "classify",
     "confident",
     "has_body",
@@ -275,7 +277,7 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         reason = RejectReason.MULTIPLE_PEOPLE if kinds[FrameKind.MULTI] else RejectReason.NO_PERSON
         return Selection([], reason, f"too few single-person frames ({summary})", funnel)
     if funnel["frames_whole_body"] < need:
-        return Selection([], RejectReason.PARTIAL_BODY, f"no whole body (shoulders and hips) ({summary})", funnel)
+        return Selection([], RejectReason.PARTIAL_BODY, f"no whole body ({body_rule(cfg)}) ({summary})", funnel)
 
     cands = [c for s in pcfg.strategies for c in _candidates(track, s, pcfg)]
     funnel["candidates"] = len(cands)

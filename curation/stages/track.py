@@ -78,6 +78,14 @@ def has_body(pose: Pose17, cfg: MotionConfig, content: body.Box | None = None) -
     return True
 
 
+def body_rule(cfg: MotionConfig) -> str:
+    """What has_body asks of a frame, in words (the detail of a clip with too few such frames)."""
+    rule = f"{', '.join(cfg.required_keypoints)} at {cfg.keypoint_conf:g}"
+    if cfg.whole_body:
+        rule += f"; both legs shown hip to ankle, at least {cfg.min_leg_extent:g} torso long"
+    return rule
+
+
 def hidden_person_score(
     obs: FrameObs, cfg: MotionConfig, q: QualityConfig, excluded: frozenset[int] = frozenset()
 ) -> float:
