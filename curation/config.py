@@ -139,10 +139,10 @@ class QualityConfig(_Section):
     )
     min_foot_room: float = Field(
         0.08,
-        description="how far a person's box runs past each shown ankle (the way its shin points, on the shin's"
-        " main axis, or below it), in torso lengths (a foot in view: about 0.15-0.3); less is a foot the detector"
-        " did not see (hidden behind a plate, cut), else partial_body (whole-body configs; the figure can be"
-        " negative: -10 switches it off)",
+        description="how far a person's box runs past each ankle shown with its knee, in torso lengths: the farther"
+        " of its reach the way the shin points (on the shin's main axis) and below the ankle (unless the shin"
+        " points up); a foot in view: about 0.15-0.3; less is a foot the detector did not see (hidden behind a"
+        " plate, cut), else partial_body (whole-body configs; the figure can be negative: -10 switches it off)",
     )
     max_graphic_stroke: float = Field(
         1.2,
