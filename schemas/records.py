@@ -71,7 +71,7 @@ class RejectReason(StrEnum):
     # pose / motion funnel (clip level: the first filter that left no usable candidate)
     NO_PERSON = "no_person"
     MULTIPLE_PEOPLE = "multiple_people"
-    PARTIAL_BODY = "partial_body"  # a person, but not shoulders and hips (face close-up, legs only)
+    PARTIAL_BODY = "partial_body"  # a person, but not the body the config asks for (legs only, cut, hidden)
     NO_VALID_WINDOW = "no_valid_window"  # single-person frames exist but no two within the gap bounds
     IDENTITY_SWITCH = "identity_switch"  # the single person is not the same one in both frames
     TOO_SMALL = "too_small"  # the person is too small in the frame to learn an edit from
