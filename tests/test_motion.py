@@ -99,7 +99,7 @@ def test_a_clip_without_a_whole_body_says_what_a_whole_body_needs():
     assert "both legs shown hip to ankle" in sel.detail and "frames_whole_body=0" in sel.detail, sel.detail
     upper = CFG.model_copy(update={"whole_body": False, "required_keypoints": ["left_shoulder", "left_hip"]})
     sel = select_pairs(track([[make_pose(low=("left_hip",))]] * 12), upper, PairingConfig())
-    assert sel.reason == "partial_body" and "left_shoulder, left_hip at 0.5" in sel.detail, sel.detail
+    assert sel.reason == "partial_body" and "left_shoulder, left_hip at 0.5, " in sel.detail, sel.detail
     assert "legs" not in sel.detail
 
 

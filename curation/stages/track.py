@@ -80,7 +80,7 @@ def has_body(pose: Pose17, cfg: MotionConfig, content: body.Box | None = None) -
 
 def body_rule(cfg: MotionConfig) -> str:
     """What has_body asks of a frame, in words (the detail of a clip with too few such frames)."""
-    rule = f"{', '.join(cfg.required_keypoints)} at {cfg.keypoint_conf:g}"
+    rule = f"{', '.join(cfg.required_keypoints)} at {cfg.keypoint_conf:g}, {cfg.min_visible_keypoints} keypoints seen"
     if cfg.whole_body:
         rule += f"; both legs shown hip to ankle, at least {cfg.min_leg_extent:g} torso long"
     return rule
