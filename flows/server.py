@@ -101,20 +101,7 @@ class EphemeralAPI:
         self.start()
         proc, url = self.proc, self.url
         try:
-            deadline = time.monotonic() + self.timeout_s
-            while True:
-                if proc.poll() is not None:
-                    said = self._said()
-                    raise APIError(f"the Prefect API exited during start-up (status {proc.returncode}){said}")
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise APIError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
-                time.sleep(0.25)
+            self._wait_up(proc, url)
             with temporary_settings(updates={PREFECT_API_URL: url}):
                 yield url
         finally:
@@ -125,6 +112,23 @@ class EphemeralAPI:
             except Exception:  # an internal of Prefect's; without it a late log line only fails to reach the API
                 pass
             self.stop()
+
+    def _wait_up(self, proc: subprocess.Popen, url: str) -> None:
+        """Until the API at `url` answers its health check; APIError if it exits (naming what it said)
+        or the time runs out."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise APIError(f"the Prefect API exited during start-up (status {proc.returncode}){self._said()}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise APIError(f"the Prefect API did not start within {self.timeout_s:.0f} s")
+            time.sleep(0.25)
 
     def stop(self) -> None:
         """Stop it; the next `start()` makes another (the CLI waiting for another writer stops it meanwhile)."""

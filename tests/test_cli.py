@@ -104,7 +104,8 @@ def test_build_a_dataset_source_from_the_command_line(tmp_path):
 
 def test_a_prefect_api_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch):
     """The API's own output goes to a file, not the CLI's stderr (uvicorn's tracebacks when stopped
-    while starting are its internals); when it cannot start, its last line is in the one-line error.
+    while starting are its internals); when it cannot start, its first error line is in the one-line
+    error.
     Here its port is taken."""
     import socket
 
