@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from posekit import RIGHT_ARM_UP, make_pose
+from posekit import KNEES_BENT, RIGHT_ARM_UP, make_pose
 
 from curation.config import MotionConfig, PairingConfig, QualityConfig
 from curation.stages.motion import ClipTrack, FrameKind, FrameObs, classify, pose_change, select_pairs
@@ -346,3 +346,24 @@ def test_a_clip_whose_moving_pairs_the_text_check_stopped_is_overlay_changed(mon
     assert not sel.pairs and "blurry" in sel.detail and "overlay_changed" in sel.detail, sel.detail
     assert CHECK_ORDER.index(RejectReason.BLURRY) > CHECK_ORDER.index(RejectReason.OVERLAY_CHANGED)
     assert sel.reason == "overlay_changed", sel.detail
+
+
+def test_candidates_are_checked_only_until_the_pairs_are_chosen():
+    """select_pairs checks candidates in the order the pick takes them and stops once each strategy has
+    its pairs: the pairs are those that checking every candidate gives (here the largest changes span
+    a frame with two people, so the first candidates fail and the search goes on past them)."""
+    from curation.stages import motion
+
+    arm = {1: None, 2: RIGHT_ARM_UP, 3: KNEES_BENT, 4: {**RIGHT_ARM_UP, **KNEES_BENT}}
+    frames = [[make_pose(arm[1 + (i * 7) % 4])] for i in range(16)]
+    frames[8] = frames[8] + [make_pose(shift=(300, 0), score=0.9)]  # someone else in frame 8
+    for per_clip in (1, 2, 3):
+        pcfg = PairingConfig(pairs_per_clip=per_clip, strategies=["max_motion", "segment_endpoints"])
+        sel = select_pairs(track(frames), CFG, pcfg)
+        ref = track(frames)  # every candidate checked, then picked
+        cands = [c for s in pcfg.strategies for c in motion._candidates(ref, s, pcfg)]
+        passed = [c for c in cands if motion._check(ref, c, CFG) is None]
+        want = [(c.strategy, c.i, c.j) for c in motion._pick(passed, pcfg, ref)]
+        assert want and [(c.strategy, c.i, c.j) for c in sel.pairs] == want
+        assert sel.funnel["candidates_checked"] < sel.funnel["candidates"] == len(cands)
+        assert any(c.i < 8 < c.j for c in cands if motion._check(ref, c, CFG) is not None)

@@ -285,21 +285,16 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         detail = f"no two body frames within the gap bounds ({summary})"
         return Selection([], RejectReason.NO_VALID_WINDOW, detail, funnel)
 
-    failed: Counter[RejectReason] = Counter()
-    passed: list[Candidate] = []
-    reasons: list[RejectReason | None] = []
-    for c in cands:
-        why = _check(track, c, cfg, pcfg.crop)
-        reasons.append(why)
-        if why is None:
-            passed.append(c)
-        else:
-            failed[why] += 1
-    remaining = len(cands)
+    checked = _search(track, cands, cfg, pcfg)
+    failed = Counter(why for why in checked.values() if why is not None)
+    passed = [c for n, c in enumerate(cands) if n in checked and checked[n] is None]
+    funnel["candidates_checked"] = len(checked)
+    remaining = len(checked)
     for reason in CHECK_ORDER:
         remaining -= failed[reason]
         funnel[f"after_{reason.value}"] = remaining
-    if not passed:
+    if not passed:  # then every candidate was checked
+        reasons = [checked[n] for n in range(len(cands))]
         moving = {
             why
             for c, why in zip(cands, reasons, strict=True)
@@ -328,6 +323,42 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
     return Selection(_pick(passed, pcfg, track), None, "", funnel)
 
 
+def _search(
+    track: ClipTrack, cands: list[Candidate], cfg: MotionConfig, pcfg: PairingConfig
+) -> dict[int, RejectReason | None]:
+    """Each checked candidate's result, by its place in `cands`. They are checked in the order _pick
+    takes them (per strategy, the largest pose change first; the figure comes from the keypoints alone,
+    so it is known before the checks), and a strategy stops once it has its pairs: a candidate whose
+    window overlaps a pair already taken, or that comes after the last one needed, could not change the
+    choice, so it is not checked. The pairs are those that checking every candidate would give; a clip
+    where none passes has every candidate checked (its reason and detail count them all)."""
+    checked: dict[int, RejectReason | None] = {}
+    for strategy in pcfg.strategies:
+        mine = [n for n, c in enumerate(cands) if c.strategy == strategy]
+        mine.sort(key=lambda n: _pick_key(cands[n], _mean_change(track, cands[n], cfg)))
+        taken: list[Candidate] = []
+        for n in mine:
+            c = cands[n]
+            if len(taken) >= pcfg.pairs_per_clip:
+                break
+            if any(c.j > o.i and c.i < o.j for o in taken):
+                continue
+            checked[n] = _check(track, c, cfg, pcfg.crop)
+            if checked[n] is None:
+                taken.append(c)
+    return checked
+
+
+def _mean_change(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> float:
+    """The candidate's pose_change as _check computes it (figures.pose_change's mean)."""
+    return pose_change(track.person(c.i, cfg), track.person(c.j, cfg), cfg)[0]
+
+
+def _pick_key(c: Candidate, mean: float) -> tuple[float, int, int]:
+    """_pick's order: the largest pose change first (a figure that is not finite cannot pass: last)."""
+    return (-mean if math.isfinite(mean) else math.inf, c.i, c.j)
+
+
 def _failures(failed: Counter) -> str:
     return ", ".join(f"{r.value} {failed[r]}" for r in CHECK_ORDER if failed[r])
 
@@ -353,10 +384,7 @@ def _pick(passed: list[Candidate], pcfg: PairingConfig, track: ClipTrack) -> lis
     """Per strategy: the largest pose changes first, with time windows that do not overlap."""
     chosen: list[Candidate] = []
     for strategy in pcfg.strategies:
-        mine = sorted(
-            (c for c in passed if c.strategy == strategy),
-            key=lambda c: (-c.motion.pose_change, c.i, c.j),
-        )
+        mine = sorted((c for c in passed if c.strategy == strategy), key=lambda c: _pick_key(c, c.motion.pose_change))
         taken: list[Candidate] = []
         for c in mine:
             if len(taken) >= pcfg.pairs_per_clip:
