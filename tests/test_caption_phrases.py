@@ -7,6 +7,7 @@ import pytest
 from posekit import KNEES_BENT, RIGHT_ARM_UP, STANDING, make_pose
 
 from curation.captions import describe
+from curation.captions.agreement import check_text
 from schemas.records import COCO17, COCO17_FLIP, KP, Pose17
 from training.transforms import swap_sides
 
@@ -53,7 +54,6 @@ CASES = [
     ("crouch down", STANDING, shifted(STANDING, dy=40, only=UPPER), "crouch down"),
     ("stand up", shifted(STANDING, dy=40, only=UPPER), STANDING, "stand up"),
     ("step to the left", STANDING, shifted(STANDING, dx=70), "step to your left"),
-    ("turn around", STANDING, {k: (W - x, y) for k, (x, y) in STANDING.items()}, "turn around"),
     ("move right arm a little", STANDING, STANDING | {"right_wrist": (165, 262), "right_elbow": (158, 208)},
      "move your right arm"),
     ("no change", STANDING, STANDING, "change your pose"),
@@ -102,3 +102,17 @@ def test_the_foot_rule_names_the_foot_that_rises():
     right_up = {"right_knee": (155, 310), "right_ankle": (160, 350)}
     assert "lift your right foot" in describe(make_pose(STANDING), make_pose(STANDING | right_up))
     assert "lift your left foot" in describe(make_pose(STANDING), make_pose(STANDING | LEFT_FOOT_UP))
+
+
+def test_turn_around_needs_the_face_turned_away():
+    """Front to back flips the shoulders' left/right order and hides the face (nose and eyes, an ear
+    still seen); a flip with the face seen in both frames is a side-on body whose shoulders swapped
+    with a punch (a real shadow-boxer's pairs were captioned "turn around"), not a turn."""
+    front = make_pose(STANDING)
+    back = make_pose(facing_away(STANDING), low=("nose", "left_eye", "right_eye"))
+    swapped = make_pose(facing_away(STANDING))  # left and right swapped, the face still seen
+    assert describe(front, back) == "turn around" and describe(back, front) == "turn around"
+    assert "turn around" not in (describe(front, swapped) or "")
+    assert check_text(front, back, "turn around").agreement == "agree"
+    assert check_text(front, swapped, "turn around").agreement != "contradict"  # not shown either way
+    assert check_text(front, make_pose(STANDING), "turn around").agreement == "contradict"

@@ -11,7 +11,7 @@ measured in the body's own frame (curation.captions.body), in torso lengths or r
   move                the limb's joints, displaced in the body's frame
   fold / unfold       the hips coming down towards the feet or away ("crouch down", "stand up")
   lean / step         shoulders over the hips, or the hips, moving to the person's own left or right
-  turn                the person's facing (to or from the camera) flips
+  turn                the person's facing (to or from the camera) flips and the face turns away in one frame
 A claim agrees when its own side moved that way by at least `threshold`. It contradicts, and says how:
   side        the other side did it, or the lean or step went to the other side
   direction   it moved the other way, or moved clearly but across the named direction (a push-up's
@@ -30,7 +30,7 @@ import numpy as np
 from schemas.captions import Agreement, MotionChange
 from schemas.records import Pose17
 
-from .body import Body
+from .body import Body, turned
 from .phrases import Claim, change_claims, text_claims
 
 JOINT = {"arm": "wrist", "hand": "wrist", "leg": "ankle", "foot": "ankle", "knee": "knee"}
@@ -157,9 +157,11 @@ def check_claim(a: Body, b: Body, c: Claim, threshold: float) -> tuple[str | Non
         fa, fb = a.facing_camera, b.facing_camera
         if fa is None or fb is None:
             return None, f"{said}: facing not seen in both frames", None
-        if fa != fb:
-            return Agreement.AGREE, f"{said}: facing flipped", None
-        return Agreement.CONTRADICT, f"{said}: facing the same way in both frames", DIRECTION
+        if fa == fb:
+            return Agreement.CONTRADICT, f"{said}: facing the same way in both frames", DIRECTION
+        if turned(a, b):
+            return Agreement.AGREE, f"{said}: facing flipped, the face turned away in one frame", None
+        return None, f"{said}: left and right swap sides with the face seen in both frames (no turn shown)", None
     if c.direction in ("lean", "step"):
         if c.side not in ("left", "right"):
             return None, f"{said}: no side", None

@@ -19,13 +19,19 @@ import math
 
 import numpy as np
 
-from schemas.records import Pose17
+from schemas.records import KP, Pose17
 
 from .. import geometry
+from ..config import QualityConfig
 
 UPRIGHT_DEG = 45.0  # a torso within this angle of the image's vertical stands, sits or kneels upright
 FACING_LATERAL = 0.15  # shoulders this far apart across the torso (torso lengths): facing is known
 SIDE_VIEW_LATERAL = 0.3  # shoulders closer than this across the torso: a side view (across = front/back)
+# a face (nose and eyes, mean confidence) under this, with an ear seen, is turned away: the motion
+# stage's evidence of a turn (quality.turn_face_conf's default)
+FACE_AWAY_CONF = QualityConfig.model_fields["turn_face_conf"].default
+FACE = [KP["nose"], KP["left_eye"], KP["right_eye"]]
+EARS = [KP["left_ear"], KP["right_ear"]]
 
 
 def _unit(v: np.ndarray) -> np.ndarray | None:
@@ -134,6 +140,11 @@ class Body:
         return lat > 0
 
     @property
+    def face_away(self) -> bool:
+        """The face is not seen while the head is (an ear): the person faces away from the camera."""
+        return float(np.mean(self.k[FACE, 2])) < FACE_AWAY_CONF and float(self.k[EARS, 2].max()) >= self.min_conf
+
+    @property
     def left(self) -> np.ndarray | None:
         """The image direction of the person's own left (None in a side view)."""
         facing = self.facing_camera
@@ -178,3 +189,14 @@ class Body:
         if j is None or r is None or not self.ok:
             return None
         return self.along(j - r)
+
+
+def turned(a: Body, b: Body) -> bool | None:
+    """The person turned around between a and b: the facing flips and the face shows it (turned away in
+    one frame only). A flip with the face seen in both frames is a body seen side-on or three-quarters
+    whose shoulders rotated (a punch, a quarter turn), or the detector's swapped labels: no turn.
+    None when the facing is not seen in both frames."""
+    fa, fb = a.facing_camera, b.facing_camera
+    if fa is None or fb is None:
+        return None
+    return fa != fb and a.face_away != b.face_away

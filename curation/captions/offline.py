@@ -29,11 +29,12 @@ from schemas.captions import Agreement
 from schemas.records import Caption, FramePair, Pose17
 
 from .agreement import check_claim
-from .body import Body, signed_angle
+from .body import Body, signed_angle, turned
 from .phrases import text_claims
 
 CAPTIONER = "offline"
-VERSION = "offline-v2"  # v2: body-relative (floor exercises, cartwheels), abstains, self-checked
+VERSION = "offline-v3"  # v2: body-relative (floor exercises, cartwheels), abstains, self-checked; v3: a turn needs
+# the face turned away in one frame
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 
 
@@ -202,9 +203,9 @@ def _body_changes(a: Body, b: Body) -> list[Change]:
         dx = float(np.dot(b.hips - a.hips, b.left) / a.torso)
         if abs(dx) > 0.6:
             out.append(Change(abs(dx) * 0.8, f"step to your {'left' if dx > 0 else 'right'}"))
-    # turning: the facing flips (the body's own: a cartwheel is not a turn)
-    fa_, fb_ = a.facing_camera, b.facing_camera
-    if fa_ is not None and fb_ is not None and fa_ != fb_:
+    # turning: the facing flips (the body's own: a cartwheel is not a turn) and the face turns away in
+    # one of the frames (a shadow-boxer's shoulders swap sides with a punch: no turn)
+    if turned(a, b):
         out.append(Change(1.5, "turn around"))
     return out
 
