@@ -28,6 +28,7 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
 # 20: the offline captioner says "turn around" only where the face turns away in one frame (offline-v3);
+# the funnel's after_<reason> counts are of the candidates checked (candidates_checked);
 # 19: a second box beside a subject seen only weakly is not a person apart (its track is not stretched);
 # 18: a box that stops at an ankle saw no foot there (foot_room, partial_body);
 # 17: sharpness measured at the frame's scale, not the box's; a frame inside a dissolve (transition_mix);

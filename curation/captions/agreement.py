@@ -161,7 +161,7 @@ def check_claim(a: Body, b: Body, c: Claim, threshold: float) -> tuple[str | Non
             return Agreement.CONTRADICT, f"{said}: facing the same way in both frames", DIRECTION
         if turned(a, b):
             return Agreement.AGREE, f"{said}: facing flipped, the face turned away in one frame", None
-        return None, f"{said}: left and right swap sides with the face seen in both frames (no turn shown)", None
+        return None, f"{said}: left and right swap, the face not turned away in one frame only (no turn shown)", None
     if c.direction in ("lean", "step"):
         if c.side not in ("left", "right"):
             return None, f"{said}: no side", None

@@ -27,8 +27,10 @@ from ..config import QualityConfig
 UPRIGHT_DEG = 45.0  # a torso within this angle of the image's vertical stands, sits or kneels upright
 FACING_LATERAL = 0.15  # shoulders this far apart across the torso (torso lengths): facing is known
 SIDE_VIEW_LATERAL = 0.3  # shoulders closer than this across the torso: a side view (across = front/back)
-# a face (nose and eyes, mean confidence) under this, with an ear seen, is turned away: the motion
-# stage's evidence of a turn (quality.turn_face_conf's default)
+# a face (nose and eyes, mean confidence) under this, with an ear seen, is turned away. A captions
+# constant copied from quality.turn_face_conf's default (the captioner runs on stored keypoints without
+# the build's settings). The motion stage counts a flip as a turn when the face is away in either
+# frame (figures.labels_flipped); a caption's turn needs it away in exactly one (turned)
 FACE_AWAY_CONF = QualityConfig.model_fields["turn_face_conf"].default
 FACE = [KP["nose"], KP["left_eye"], KP["right_eye"]]
 EARS = [KP["left_ear"], KP["right_ear"]]

@@ -33,8 +33,9 @@ from .body import Body, signed_angle, turned
 from .phrases import text_claims
 
 CAPTIONER = "offline"
-VERSION = "offline-v3"  # v2: body-relative (floor exercises, cartwheels), abstains, self-checked; v3: a turn needs
-# the face turned away in one frame
+# v2: body-relative (floor exercises, cartwheels), abstains, self-checked; v3: a turn needs the face
+# turned away in one frame
+VERSION = "offline-v3"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 
 

@@ -293,7 +293,7 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
     for reason in CHECK_ORDER:
         remaining -= failed[reason]
         funnel[f"after_{reason.value}"] = remaining
-    if not passed:  # then every candidate was checked
+    if not passed:  # then every candidate was checked (pairs_per_clip >= 1: no strategy stopped early)
         reasons = [checked[n] for n in range(len(cands))]
         moving = {
             why
@@ -355,7 +355,7 @@ def _mean_change(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> float:
 
 
 def _pick_key(c: Candidate, mean: float) -> tuple[float, int, int]:
-    """_pick's order: the largest pose change first (a figure that is not finite cannot pass: last)."""
+    """_pick's order: the largest pose change first (a figure that is not finite sorts last)."""
     return (-mean if math.isfinite(mean) else math.inf, c.i, c.j)
 
 
