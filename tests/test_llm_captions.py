@@ -126,8 +126,14 @@ def test_requests_per_minute_limit_is_respected(server, built, monkeypatch):
     summary, _ = recaption(built, cfg(server, requests_per_minute=240, max_concurrency=4))  # one per 0.25 s
     times = sorted(r["t"] for r in server.requests)
     assert summary.requests == len(times) >= 5
-    gaps = np.diff(times)
-    assert gaps.min() >= 0.2  # measured by the server: never faster than the limit
+    # Measured where a provider counts, at the server: k requests after any one never arrive sooner
+    # than k periods (0.25 s each) less a jitter allowance of 0.1 s, the time from the limiter to the
+    # server's clock varying by a few tens of ms on a loaded 2-core machine (CI saw one gap of 0.197 s
+    # after the first request, which also opens the connection). Without the limit, 4 concurrent
+    # requests arrive within milliseconds of each other.
+    t = np.asarray(times)
+    for k in range(1, len(t)):
+        assert (t[k:] - t[:-k]).min() >= 0.25 * k - 0.1, k
     assert len(times) - 1 <= (times[-1] - times[0]) * 240 / 60 + 1
 
 
