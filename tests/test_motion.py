@@ -348,11 +348,26 @@ def test_a_clip_whose_moving_pairs_the_text_check_stopped_is_overlay_changed(mon
     assert sel.reason == "overlay_changed", sel.detail
 
 
+def _pick_from_all(passed, pcfg):
+    """The pick as it was before the search: every candidate checked, then per strategy the largest
+    pose changes first with windows that do not overlap, a pair two strategies agree on kept once."""
+    chosen = []
+    for strategy in pcfg.strategies:
+        mine = [c for c in passed if c.strategy == strategy]
+        mine.sort(key=lambda c: (-c.motion.pose_change if np.isfinite(c.motion.pose_change) else np.inf, c.i, c.j))
+        taken = []
+        for c in mine:
+            if len(taken) < pcfg.pairs_per_clip and all(c.j <= o.i or c.i >= o.j for o in taken):
+                taken.append(c)
+        chosen += [c for c in taken if all((c.i, c.j) != (o.i, o.j) for o in chosen)]
+    return sorted(chosen, key=lambda c: (c.i, c.j))
+
+
 def test_candidates_are_checked_only_until_the_pairs_are_chosen():
     """select_pairs checks candidates in the order the pick takes them and stops once each strategy has
     its pairs: the pairs are those that checking every candidate gives (here the largest changes span
     a frame with two people, so the first candidates fail and the search goes on past them)."""
-    from curation.stages import motion
+    from curation.stages import checks, motion
 
     arm = {1: None, 2: RIGHT_ARM_UP, 3: KNEES_BENT, 4: {**RIGHT_ARM_UP, **KNEES_BENT}}
     frames = [[make_pose(arm[1 + (i * 7) % 4])] for i in range(16)]
@@ -362,8 +377,8 @@ def test_candidates_are_checked_only_until_the_pairs_are_chosen():
         sel = select_pairs(track(frames), CFG, pcfg)
         ref = track(frames)  # every candidate checked, then picked
         cands = [c for s in pcfg.strategies for c in motion._candidates(ref, s, pcfg)]
-        passed = [c for c in cands if motion._check(ref, c, CFG) is None]
-        want = [(c.strategy, c.i, c.j) for c in motion._pick(passed, pcfg, ref)]
+        passed = [c for c in cands if checks.check(ref, c, CFG) is None]
+        want = [(c.strategy, c.i, c.j) for c in _pick_from_all(passed, pcfg)]
         assert want and [(c.strategy, c.i, c.j) for c in sel.pairs] == want
         assert sel.funnel["candidates_checked"] < sel.funnel["candidates"] == len(cands)
-        assert any(c.i < 8 < c.j for c in cands if motion._check(ref, c, CFG) is not None)
+        assert any(c.i < 8 < c.j for c in cands if checks.check(ref, c, CFG) is not None)

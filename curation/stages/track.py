@@ -46,6 +46,7 @@ class Candidate:
     quality: QualityFigures | None = None
     detail: str = ""
     align: camera.PairAlignment | None = None
+    change: tuple | None = None  # figures.pose_change of the two frames, once computed (stages/checks.py)
 
 
 @dataclass
