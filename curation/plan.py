@@ -27,6 +27,7 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
+# 21: the offline captioner says "lift your foot" only where the torso axis keeps its direction (offline-v4);
 # 20: the offline captioner says "turn around" only where the face turns away in one frame (offline-v3);
 # the funnel's after_<reason> counts are of the candidates checked (candidates_checked);
 # 19: a second box beside a subject seen only weakly is not a person apart (its track is not stretched);
@@ -40,7 +41,7 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # 9: a left/right flip with the face seen in both frames is not a turn (issue 22);
 # 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions,
 # abstentions (issue 25); 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
-RESULTS_VERSION = 20
+RESULTS_VERSION = 21
 
 
 @functools.lru_cache(maxsize=8)

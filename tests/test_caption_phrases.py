@@ -3,6 +3,7 @@ the camera, facing away (their left on the image's left), and mirrored (the trai
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from posekit import KNEES_BENT, RIGHT_ARM_UP, STANDING, make_pose
 
@@ -101,6 +102,26 @@ def test_the_training_flip_swaps_left_and_right_in_the_caption(name, before, aft
 def test_the_foot_rule_names_the_foot_that_rises():
     right_up = {"right_knee": (155, 310), "right_ankle": (160, 350)}
     assert "lift your right foot" in describe(make_pose(STANDING), make_pose(STANDING | right_up))
+    assert "lift your left foot" in describe(make_pose(STANDING), make_pose(STANDING | LEFT_FOOT_UP))
+
+
+def test_a_foot_lift_needs_the_torso_axis_kept_and_the_foot_ending_above():
+    """Each frame reads "up" along its own torso axis, so a hip hinge seen side-on (the axis turning
+    70 degrees) turns the feet's front-to-back stride into a difference along the body: not a lift
+    (four real pairs, a hinge, a side bend, a twist and a dribbler straightening up, said it). A
+    foot that comes down is not the other foot lifted."""
+    import math
+
+    stride = PROFILE | {"left_ankle": (260, 410), "right_ankle": (150, 410), "left_knee": (240, 330),
+                        "right_knee": (165, 330)}  # fmt: skip
+    hip = np.array([200.0, 250.0])
+    turn = math.radians(70)
+    rot = np.array([[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]])
+    upper = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+             "left_elbow", "right_elbow", "left_wrist", "right_wrist")  # fmt: skip
+    hinged = {k: tuple(hip + rot @ (np.array(v) - hip)) if k in upper else v for k, v in stride.items()}
+    assert "foot" not in (describe(make_pose(stride), make_pose(hinged)) or "")
+    assert "foot" not in (describe(make_pose(STANDING | LEFT_FOOT_UP), make_pose(STANDING)) or "")
     assert "lift your left foot" in describe(make_pose(STANDING), make_pose(STANDING | LEFT_FOOT_UP))
 
 

@@ -34,9 +34,11 @@ from .phrases import text_claims
 
 CAPTIONER = "offline"
 # v2: body-relative (floor exercises, cartwheels), abstains, self-checked; v3: a turn needs the face
-# turned away in one frame
-VERSION = "offline-v3"
+# turned away in one frame; v4: a foot lift needs the torso axis kept and the foot ending above the other
+VERSION = "offline-v4"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
+FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
+FOOT_ABOVE = 0.3  # torso lengths the lifted ankle ends above the other, along the body
 
 
 class Abstain(ValueError):
@@ -115,11 +117,16 @@ def _leg_changes(a: Body, b: Body) -> list[Change]:
             out.append(Change(float(np.mean(apart)), "spread your legs"))
         elif len(apart) == 2 and max(apart) < -0.3:
             out.append(Change(-float(np.mean(apart)), "bring your legs together"))
-    # a foot lifted: one ankle rises along the body relative to the other
+    # a foot lifted: one ankle rises along the body relative to the other and ends above it. Only
+    # where the torso axis keeps its direction: each frame measures along its own axis, so a hip hinge,
+    # a side bend or a twist (the axis turning 17-68 degrees in the four pairs that said it wrongly)
+    # reads the feet's front-to-back or sideways offset as a lift. A foot that comes down (the feet
+    # level again) is not the other foot lifted.
     la, ra, lb, rb = a.p("left_ankle"), a.p("right_ankle"), b.p("left_ankle"), b.p("right_ankle")
-    if all(v is not None for v in (la, ra, lb, rb)):
-        lift = b.along(lb - rb) - a.along(la - ra)  # > 0: the left foot rose more than the right
-        if abs(lift) > 0.35:
+    if all(v is not None for v in (la, ra, lb, rb)) and abs(signed_angle(a.up, b.up)) <= FOOT_AXIS_TURN:
+        above = b.along(lb - rb)  # > 0: the left foot above the right in the after frame
+        lift = above - a.along(la - ra)  # > 0: the left foot rose more than the right
+        if abs(lift) > 0.35 and abs(above) >= FOOT_ABOVE and (above > 0) == (lift > 0):
             side = "left" if lift > 0 else "right"
             out.append(Change(abs(lift), f"lift your {side} foot"))
     return out
