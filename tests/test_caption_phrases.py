@@ -125,6 +125,17 @@ def test_a_foot_lift_needs_the_torso_axis_kept_and_the_foot_ending_above():
     assert "lift your left foot" in describe(make_pose(STANDING), make_pose(STANDING | LEFT_FOOT_UP))
 
 
+def test_a_side_view_leans_and_steps_forward_not_to_a_side():
+    """Shoulders 0.2 torso apart: the pose model gives the body a left and a right, but the image's
+    left-right is the person's front-back (a side-on squat leaning forward was "lean to your left")."""
+    near_side = {k: (200 + (x - 200) * 0.25, y) for k, (x, y) in STANDING.items()}
+    leaning = shifted(near_side, dx=45, only=tuple(k for k in UPPER if "hip" not in k))
+    said = describe(make_pose(near_side), make_pose(leaning))
+    assert "lean to your" not in said and "bend forward" in said, said
+    said = describe(make_pose(near_side), make_pose(shifted(near_side, dx=70))) or ""
+    assert "step to your" not in said, said
+
+
 def test_turn_around_needs_the_face_turned_away():
     """Front to back flips the shoulders' left/right order and hides the face (nose and eyes, an ear
     still seen); a flip with the face seen in both frames is a side-on body whose shoulders swapped

@@ -34,7 +34,8 @@ from .phrases import text_claims
 
 CAPTIONER = "offline"
 # v2: body-relative (floor exercises, cartwheels), abstains, self-checked; v3: a turn needs the face
-# turned away in one frame; v4: a foot lift needs the torso axis kept and the foot ending above the other
+# turned away in one frame; v4: a foot lift needs the torso axis kept and the foot ending above the other,
+# a lean or step to the person's side needs the facing seen in both frames (no side view)
 VERSION = "offline-v4"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
@@ -183,9 +184,12 @@ def _body_changes(a: Body, b: Body) -> list[Change]:
     lean_a = signed_angle(np.array([0.0, -1.0]), a.up)
     lean_b = signed_angle(np.array([0.0, -1.0]), b.up)
     d = lean_b - lean_a  # > 0: towards the image's right
+    # the person's own left and right only where the facing is seen in both frames: in a side view
+    # (shoulders under 0.3 torso apart in either frame) the image's left-right is their front-back
+    facing = not (a.side_view or b.side_view) and b.left is not None
     if abs(d) > 15:
         towards = d * (1 if b.left is None else float(np.sign(b.left[0])))
-        if abs(lean_b) > abs(lean_a) and b.left is not None:
+        if abs(lean_b) > abs(lean_a) and facing:
             out.append(Change(abs(d) / 45, f"lean to your {'left' if towards > 0 else 'right'}"))
         elif abs(lean_b) > abs(lean_a):  # side-on: forwards or backwards, by the way the face looked before
             front = a.front
@@ -206,8 +210,8 @@ def _body_changes(a: Body, b: Body) -> list[Change]:
         fold = float((b.hips[1] - a.hips[1]) / a.torso)
     if abs(fold) > 0.35:
         out.append(Change(abs(fold), "crouch down" if fold > 0 else "stand up"))
-    # step sideways, to the person's own side
-    if b.left is not None:
+    # step sideways, to the person's own side (a side view's step is forwards or back: not said)
+    if facing:
         dx = float(np.dot(b.hips - a.hips, b.left) / a.torso)
         if abs(dx) > 0.6:
             out.append(Change(abs(dx) * 0.8, f"step to your {'left' if dx > 0 else 'right'}"))
