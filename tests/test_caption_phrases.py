@@ -136,6 +136,16 @@ def test_a_side_view_leans_and_steps_forward_not_to_a_side():
     assert "step to your" not in said, said
 
 
+def test_hands_clasped_in_front_then_out_past_the_shoulders_is_stretching_out():
+    """Reach is measured away from the midline, signed: a hand in front of the body that ends outside
+    the shoulder travelled the whole way (unsigned, 0.4 in then 0.5 out read as 0.1: a real pair of
+    clasped hands spread wide said only "bend your right arm")."""
+    clasped = STANDING | {"right_elbow": (165, 215), "right_wrist": (200, 260)}
+    spread = STANDING | {"right_elbow": (135, 205), "right_wrist": (110, 260)}
+    assert describe(make_pose(clasped), make_pose(spread)) == "stretch your right arm out to the side"
+    assert describe(make_pose(spread), make_pose(clasped)) == "bring your right arm in"
+
+
 def test_turn_around_needs_the_face_turned_away():
     """Front to back flips the shoulders' left/right order and hides the face (nose and eyes, an ear
     still seen); a flip with the face seen in both frames is a side-on body whose shoulders swapped

@@ -35,7 +35,8 @@ from .phrases import text_claims
 CAPTIONER = "offline"
 # v2: body-relative (floor exercises, cartwheels), abstains, self-checked; v3: a turn needs the face
 # turned away in one frame; v4: a foot lift needs the torso axis kept and the foot ending above the other,
-# a lean or step to the person's side needs the facing seen in both frames (no side view)
+# a lean or step to the person's side needs the facing seen in both frames (no side view), an arm's reach
+# out to the side is signed
 VERSION = "offline-v4"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
@@ -65,6 +66,17 @@ def _above_head(body: Body, side: str) -> bool:
     return w is not None and bool(heads) and all(body.along(w - h) > 0 for h in heads)
 
 
+def _outward(body: Body, side: str) -> float | None:
+    """How far the wrist lies out from the shoulder, away from the body's midline on its own side
+    (negative: in front of the body or across it), torso lengths. Signed, so hands clasped in front
+    and then spread wide read the whole way out (unsigned, the clasp counted as reach)."""
+    s, w = body.p(f"{side}_shoulder"), body.p(f"{side}_wrist")
+    if s is None or w is None or body.shoulders is None:
+        return None
+    away = float(np.sign(body.lateral_of(s - body.shoulders)))
+    return body.lateral_of(w - s) * away if away else None
+
+
 def _arm_changes(a: Body, b: Body, side: str) -> list[Change]:
     out: list[Change] = []
     ha, hb = a.height(f"{side}_wrist", f"{side}_shoulder"), b.height(f"{side}_wrist", f"{side}_shoulder")
@@ -82,9 +94,9 @@ def _arm_changes(a: Body, b: Body, side: str) -> list[Change]:
         verb = "bend" if eb < ea else "straighten"
         out.append(Change(abs(eb - ea) / 90, f"{verb} your {side} arm"))
     if not out and a.left is not None and b.left is not None:  # out to the side: the body's side seen
-        sa, wa, sb, wb = a.p(f"{side}_shoulder"), a.p(f"{side}_wrist"), b.p(f"{side}_shoulder"), b.p(f"{side}_wrist")
-        if all(v is not None for v in (sa, wa, sb, wb)):
-            reach = abs(b.lateral_of(wb - sb)) - abs(a.lateral_of(wa - sa))
+        wa, wb = _outward(a, side), _outward(b, side)
+        if wa is not None and wb is not None:
+            reach = wb - wa
             if reach > 0.4:
                 out.append(Change(reach, f"stretch your {side} arm out to the side"))
             elif reach < -0.4:
