@@ -1,7 +1,7 @@
 """Keypoint geometry of one COCO-17 pose: joints, their centres, the body's root and its size.
 
 The one home of the torso length (shoulder centre to hip centre) and of the body's root (hip centre),
-used by the motion figures (stages/motion.py), the body-in-view checks (stages/body.py), the camera's
+used by the motion figures (stages/figures.py), the body-in-view checks (stages/body.py), the camera's
 body figure (stages/camera.py), the caption body frame (captions/body.py, read by captions/offline.py
 and captions/agreement.py) and the training metrics (training/metrics.py).
 

@@ -27,7 +27,8 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
-# 21: the offline captioner says "lift your foot" only where the torso axis keeps its direction (offline-v4);
+# 21: offline-v4 captions: "lift your foot" only where the torso axis keeps its direction; out/in, a lean or
+# a step to the person's side only with the shoulders 0.3 torso apart in both frames; an arm's reach signed;
 # 20: the offline captioner says "turn around" only where the face turns away in one frame (offline-v3);
 # the funnel's after_<reason> counts are of the candidates checked (candidates_checked);
 # 19: a second box beside a subject seen only weakly is not a person apart (its track is not stretched);

@@ -35,8 +35,8 @@ from .phrases import text_claims
 CAPTIONER = "offline"
 # v2: body-relative (floor exercises, cartwheels), abstains, self-checked; v3: a turn needs the face
 # turned away in one frame; v4: a foot lift needs the torso axis kept and the foot ending above the other,
-# a lean or step to the person's side needs the facing seen in both frames (no side view), an arm's reach
-# out to the side is signed
+# out/in and a lean or step to the person's side need no side view in either frame, an arm's reach out to
+# the side is signed, a side-on lean needs the body side-on before
 VERSION = "offline-v4"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
@@ -66,6 +66,13 @@ def _above_head(body: Body, side: str) -> bool:
     return w is not None and bool(heads) and all(body.along(w - h) > 0 for h in heads)
 
 
+def _facing(a: Body, b: Body) -> bool:
+    """The person's own left and right are seen in both frames: the shoulders 0.3 torso apart or more
+    (body.SIDE_VIEW_LATERAL). In a side view the image's left-right is the person's front-back, and a
+    body turning side-on narrows its shoulders: out/in, a lean or a step to a side are not read there."""
+    return not (a.side_view or b.side_view) and a.left is not None and b.left is not None
+
+
 def _outward(body: Body, side: str) -> float | None:
     """How far the wrist lies out from the shoulder, away from the body's midline on its own side
     (negative: in front of the body or across it), torso lengths. Signed, so hands clasped in front
@@ -93,7 +100,7 @@ def _arm_changes(a: Body, b: Body, side: str) -> list[Change]:
     if ea is not None and eb is not None and abs(eb - ea) > 40 and not out:
         verb = "bend" if eb < ea else "straighten"
         out.append(Change(abs(eb - ea) / 90, f"{verb} your {side} arm"))
-    if not out and a.left is not None and b.left is not None:  # out to the side: the body's side seen
+    if not out and _facing(a, b):  # out to the side: the body's side seen in both frames
         wa, wb = _outward(a, side), _outward(b, side)
         if wa is not None and wb is not None:
             reach = wb - wa
@@ -120,7 +127,7 @@ def _leg_changes(a: Body, b: Body) -> list[Change]:
             verb = "bend" if d < 0 else "straighten"
             out.append(Change(abs(d) / 60, f"{verb} your {side} knee"))
     # the feet apart or together across the body (a straddle): only where the body's side is seen
-    if a.left is not None and b.left is not None:
+    if _facing(a, b):
         apart = [
             abs(cb[1]) - abs(ca[1])
             for side in ("left", "right")
@@ -132,7 +139,7 @@ def _leg_changes(a: Body, b: Body) -> list[Change]:
             out.append(Change(-float(np.mean(apart)), "bring your legs together"))
     # a foot lifted: one ankle rises along the body relative to the other and ends above it. Only
     # where the torso axis keeps its direction: each frame measures along its own axis, so a hip hinge,
-    # a side bend or a twist (the axis turning 17-68 degrees in the four pairs that said it wrongly)
+    # a warrior pose leaning back or a twist (the axis turning 17-68 degrees in the four pairs that said it wrongly)
     # reads the feet's front-to-back or sideways offset as a lift. A foot that comes down (the feet
     # level again) is not the other foot lifted.
     la, ra, lb, rb = a.p("left_ankle"), a.p("right_ankle"), b.p("left_ankle"), b.p("right_ankle")
@@ -196,14 +203,15 @@ def _body_changes(a: Body, b: Body) -> list[Change]:
     lean_a = signed_angle(np.array([0.0, -1.0]), a.up)
     lean_b = signed_angle(np.array([0.0, -1.0]), b.up)
     d = lean_b - lean_a  # > 0: towards the image's right
-    # the person's own left and right only where the facing is seen in both frames: in a side view
-    # (shoulders under 0.3 torso apart in either frame) the image's left-right is their front-back
-    facing = not (a.side_view or b.side_view) and b.left is not None
+    facing = _facing(a, b)  # the person's own left and right seen in both frames
     if abs(d) > 15:
         towards = d * (1 if b.left is None else float(np.sign(b.left[0])))
         if abs(lean_b) > abs(lean_a) and facing:
             out.append(Change(abs(d) / 45, f"lean to your {'left' if towards > 0 else 'right'}"))
-        elif abs(lean_b) > abs(lean_a):  # side-on: forwards or backwards, by the way the face looked before
+        elif abs(lean_b) > abs(lean_a) and a.side_view:
+            # side-on before: forwards or backwards, by the way the face looked then (the after frame's
+            # tilted torso makes its own reading of the face unreliable); forwards where that or the
+            # thighs are not seen. A body that turned side-on from facing the camera: not said.
             front = a.front
             flex = []
             for s in ("left", "right") if front is not None else ():
@@ -212,7 +220,7 @@ def _body_changes(a: Body, b: Body) -> list[Change]:
                     flex.append(fb - fa)
             backwards = bool(flex) and float(np.mean(flex)) < 0
             out.append(Change(abs(d) / 45, "lean back" if backwards else "bend forward"))
-        else:
+        elif abs(lean_b) <= abs(lean_a):
             out.append(Change(abs(d) / 45, "straighten up"))
     # crouch / stand up: the hips come down towards the feet (or the image's floor, feet unseen)
     fa, fb = a.hips_over_feet(), b.hips_over_feet()

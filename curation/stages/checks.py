@@ -46,8 +46,10 @@ def shows_motion(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> bool:
 
 def check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person") -> RejectReason | None:
     """None when the candidate passes; fills c.motion and c.quality when it gets that far. The checks
-    run in CHECK_ORDER's order, except that the costliest (the background alignment, the text search)
-    run only for a candidate that passed the cheaper ones."""
+    run roughly in CHECK_ORDER's order: the costliest (the background alignment, the text search) only
+    for a candidate that passed the cheaper ones, so a still candidate may stop as low_motion before a
+    later shot_cut or blurry check, and the text check and the margins come last. A clip's reason is
+    ranked by CHECK_ORDER (stages/motion.py)."""
     q = track.quality_cfg
     window = range(c.i, c.j + 1)
     if any(track.kinds[k] is FrameKind.MULTI for k in window):

@@ -4,10 +4,11 @@ The clip-level decision is a funnel. Frames are classified first (stages/track.p
 people, including one half hidden behind the person at the detector's own threshold / one person
 without a body / a body whose left and right labels contradict its facing (dropped, counted) / one
 whole body); then candidate pairs of whole-body frames inside the gap bounds go through checks in a
-fixed order (stages/checks.py, CHECK_ORDER: second person in the window, identity, frame edge, person
-size, cut, camera motion, background place, sharpness, pose change). The reason a clip is rejected is
-the step that left nothing. The motion figures of a pair live in stages/figures.py, their margins in stages/margins.py,
-the quality measures in stages/quality.py, head-camera segments in stages/egocentric.py.
+checks (stages/checks.py; CHECK_ORDER ranks them: second person in the window, identity, frame edge,
+person size, cut, camera motion, background place, sharpness, pose change). The reason a clip is
+rejected is the step that left nothing. The motion figures of a pair live in stages/figures.py, their
+margins in stages/margins.py, the quality measures in stages/quality.py, head-camera segments in
+stages/egocentric.py.
 """
 
 from __future__ import annotations
