@@ -4,13 +4,17 @@ image's left and invent motion; a captioner that measured in the image called a 
 
 Every claim (curation.captions.phrases: an LLM's structured changes, or a caption's own words) is
 measured in the body's own frame (curation.captions.body), in torso lengths or right angles:
-  up / down           the joint's position along the torso axis, from the hip centre (arm, hand: wrist;
-                      leg, foot: ankle; knee: knee): "up" is towards the head however the body lies
+  up / down           arm, hand: the wrist's position along the torso axis, from the hip centre: "up" is
+                      towards the head however the body lies. Leg, foot (ankle), knee: up in the picture
+                      (off the floor) and away from the hips there, the smaller of the two (a squat
+                      brings the hips down to feet that stay put, a hinge turns the torso axis: along
+                      it both read as raised feet; a pull-up lifts the feet with the hips)
   out / in            the joint's distance from the body's midline, across the torso (facing seen)
   bend / straighten   the elbow or knee angle; for the hips, the thigh's angle in front of the body
   move                the limb's joints, displaced in the body's frame
   fold / unfold       the hips coming down towards the feet or away ("crouch down", "stand up")
-  lean / step         shoulders over the hips, or the hips, moving to the person's own left or right
+  lean / step         shoulders over the hips, or the hips, moving to the person's own left or right; a
+                      step forward or back: the hips, the way a side-on body faces (its nose)
   turn                the person's facing (to or from the camera) flips and the face turns away in one frame
 A claim agrees when its own side moved that way by at least `threshold`. It contradicts, and says how:
   side        the other side did it, or the lean or step went to the other side
@@ -23,6 +27,7 @@ Claims without a side where one is needed, or joints not visible, are not checka
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +48,7 @@ LIMB_JOINTS = {
 }
 _ARM, _LEG = ("shoulder", "elbow", "wrist"), ("hip", "knee", "ankle")
 ANGLE = {"arm": _ARM, "hand": _ARM, "leg": _LEG, "knee": _LEG, "foot": _LEG}
+FLOOR_PARTS = ("leg", "foot", "knee")  # up and down in the picture (off the floor), not along the body
 SIDE, DIRECTION, LIMB = "side", "direction", "limb"  # how a claim is contradicted
 KINDS = (SIDE, DIRECTION, LIMB)
 
@@ -59,6 +65,17 @@ class Moved:
     value: float  # along the claimed direction (negative: the other way)
     across: float = 0.0  # movement not along it (for up/down and out/in)
     total: float = 0.0  # how far the part moved at all
+
+
+def _points(a: Body, b: Body, side: str, part: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The limb's joints in the picture, before and after (the pair's frames share their pixels: a
+    stabilised after frame is warped onto the before frame and both are cut by one box)."""
+    return [(a.p(f"{side}_{j}"), b.p(f"{side}_{j}")) for j in LIMB_JOINTS.get(part, ())]
+
+
+def _agreed(u: float, v: float) -> float:
+    """Two measures of one movement: the smaller where they agree in sign, else 0."""
+    return math.copysign(min(abs(u), abs(v)), u) if u * v > 0 else 0.0
 
 
 def _limb_motion(a: Body, b: Body, side: str, part: str) -> float | None:
@@ -89,6 +106,16 @@ def _sided(a: Body, b: Body, side: str, part: str, direction: str) -> Moved | No
     ja, jb = (a.coords(f"{side}_{joint}"), b.coords(f"{side}_{joint}")) if joint else (None, None)
     if ja is None or jb is None or total is None:
         return None
+    if direction in ("up", "down") and part in FLOOR_PARTS:
+        # a leg's up is off the floor, in the picture, and away from the hips: a squat brings the hips
+        # down to feet that stay put, and a hinge turns the torso axis (measured from the hips along
+        # that axis, both "raise" the feet); a pull-up or a jump lifts the feet with the hips.
+        # (each joint is seen in both frames: total is not None)
+        d = (a.p(f"{side}_{joint}") - b.p(f"{side}_{joint}")) / a.torso  # > 0 along y: up, image y grows down
+        hips = None if a.hips is None or b.hips is None else (a.hips - b.hips) / a.torso
+        rose = d[1] if hips is None else _agreed(d[1], d[1] - hips[1])
+        total = float(np.mean([np.linalg.norm(q - p) / a.torso for p, q in _points(a, b, side, part)]))
+        return Moved(rose if direction == "up" else -rose, across=abs(d[0]), total=total)
     if direction in ("up", "down"):
         d = jb - ja
         return Moved(d[0] if direction == "up" else -d[0], across=abs(d[1]), total=total)
@@ -118,6 +145,14 @@ def _towards_left(a: Body, b: Body, what: str) -> float | None:
     else:
         v = b.hips - a.hips
     return float(np.dot(v, left) / a.torso)
+
+
+def forwards(a: Body, b: Body) -> float | None:
+    """The hips moving the way the person faces (torso lengths; < 0: backwards), seen side-on in both
+    frames with the face telling the way in the before frame (facing the camera, forwards is depth)."""
+    if not (a.side_view and b.side_view) or a.front is None or a.hips is None or b.hips is None:
+        return None
+    return a.front * float(np.dot(b.hips - a.hips, a.across) / a.torso)
 
 
 def _flexion(a: Body, b: Body) -> float | None:
@@ -163,16 +198,23 @@ def check_claim(a: Body, b: Body, c: Claim, threshold: float) -> tuple[str | Non
             return Agreement.AGREE, f"{said}: facing flipped, the face turned away in one frame", None
         return None, f"{said}: left and right swap, the face not turned away in one frame only (no turn shown)", None
     if c.direction in ("lean", "step"):
-        if c.side not in ("left", "right"):
+        if c.direction == "step" and c.side in ("forward", "back"):
+            ways, v = ("forward", "back"), forwards(a, b)
+            unseen = "not side-on in both frames with the face seen"
+        elif c.side in ("left", "right"):
+            ways, v = ("left", "right"), _towards_left(a, b, c.direction)
+            unseen = "the person's left not seen"
+        else:
             return None, f"{said}: no side", None
-        v = _towards_left(a, b, c.direction)
         if v is None:
-            return None, f"{said}: the person's left not seen", None
-        got = v if c.side == "left" else -v
-        figures = f"left {v:+.2f}, right {-v:+.2f}"
+            return None, f"{said}: {unseen}", None
+        got = v if c.side == ways[0] else -v
+        figures = f"{ways[0]} {v:+.2f}, {ways[1]} {-v:+.2f}"
         if got >= threshold:
             return Agreement.AGREE, f"{said}: {figures}", None
         if got <= -threshold:
+            if ways[0] == "forward":
+                return Agreement.CONTRADICT, f"{said}: the other way ({figures})", DIRECTION
             return Agreement.CONTRADICT, f"{said}: to the other side ({figures})", SIDE
         if abs(got) < threshold / 3:
             return Agreement.CONTRADICT, f"{said}: did not happen ({figures})", LIMB

@@ -28,7 +28,7 @@ import numpy as np
 from schemas.captions import Agreement
 from schemas.records import Caption, FramePair, Pose17
 
-from .agreement import check_claim
+from .agreement import check_claim, forwards
 from .body import Body, signed_angle, turned
 from .phrases import text_claims
 
@@ -37,7 +37,7 @@ CAPTIONER = "offline"
 # turned away in one frame; v4: a foot lift needs the torso axis kept and the foot ending above the other,
 # out/in and a lean or step to the person's side need no side view in either frame, an arm's reach out to
 # the side is signed, a side-on lean needs the body side-on before
-VERSION = "offline-v4"
+VERSION = "offline-v5"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
 FOOT_ABOVE = 0.3  # torso lengths the lifted ankle ends above the other, along the body
@@ -230,11 +230,14 @@ def _body_changes(a: Body, b: Body) -> list[Change]:
         fold = float((b.hips[1] - a.hips[1]) / a.torso)
     if abs(fold) > 0.35:
         out.append(Change(abs(fold), "crouch down" if fold > 0 else "stand up"))
-    # step sideways, to the person's own side (a side view's step is forwards or back: not said)
+    # step sideways, to the person's own side; seen side-on in both frames, forwards or back (the way
+    # the face looked in the before frame: a walker's stride)
     if facing:
         dx = float(np.dot(b.hips - a.hips, b.left) / a.torso)
         if abs(dx) > 0.6:
             out.append(Change(abs(dx) * 0.8, f"step to your {'left' if dx > 0 else 'right'}"))
+    elif (dx := forwards(a, b)) is not None and abs(dx) > 0.6:
+        out.append(Change(abs(dx) * 0.8, "step forward" if dx > 0 else "step back"))
     # turning: the facing flips (the body's own: a cartwheel is not a turn) and the face turns away in
     # one of the frames (a shadow-boxer's shoulders swap sides with a punch: no turn)
     if turned(a, b):

@@ -21,7 +21,7 @@ SIDES = ("left", "right", "both", "none")
 
 @dataclass(frozen=True)
 class Claim:
-    side: str  # the person's own: left, right, both, none
+    side: str  # the person's own: left, right, both, none (a step: also forward, back)
     part: str  # arm, hand, leg, knee, foot, legs, hips, torso, head, whole_body
     direction: str  # up down out in bend straighten move fold unfold lean step turn
 
@@ -49,6 +49,7 @@ PHRASES: list[tuple[re.Pattern, str | None, str, str]] = [
     (re.compile(r"\blift your (?P<side>left|right) foot\b"), "foot", "up", "both"),
     (re.compile(r"\blean to your (?P<side>left|right)\b"), "torso", "lean", "none"),
     (re.compile(r"\bstep to your (?P<side>left|right)\b"), "whole_body", "step", "none"),
+    (re.compile(r"\bstep (?P<side>forward|back)(?:wards?)?\b"), "whole_body", "step", "none"),
     (re.compile(r"\bmove your (?P<side>left|right) (?P<part>arm|leg)\b"), None, "move", "none"),
     (re.compile(r"\bmove your (?P<part>head)\b"), None, "move", "none"),
     (re.compile(r"\bcrouch down\b"), "legs", "fold", "both"),
@@ -89,6 +90,9 @@ def change_claims(changes: list[MotionChange]) -> list[Claim]:
             direction = "move"
         if c.part == "whole_body" and direction == "turn":
             out.append(Claim("none", "whole_body", "turn"))
+            continue
+        if c.part == "whole_body" and direction in ("forward", "backward"):  # a step the way the body faces
+            out.append(Claim("forward" if direction == "forward" else "back", "whole_body", "step"))
             continue
         out.append(Claim(c.side, c.part, direction))
     return out
