@@ -8,7 +8,8 @@ import pytest
 from posekit import KNEES_BENT, RIGHT_ARM_UP, STANDING, make_pose
 
 from curation.captions import describe
-from curation.captions.agreement import check_text
+from curation.captions.agreement import check_caption, check_text
+from schemas.captions import MotionChange
 from schemas.records import COCO17, COCO17_FLIP, KP, Pose17
 from training.transforms import swap_sides
 
@@ -181,6 +182,11 @@ def test_a_side_on_body_steps_forward_or_back_the_way_its_face_looks():
     assert check_text(a, ahead, "step forward").agreement == "agree"
     assert check_text(a, behind, "step forward").kinds == ("direction",)
     assert check_text(a, a, "take a step back").kinds == ("limb",)  # nobody moved
+    # an LLM's structured whole-body forward / backward is the same claim
+    forward = [MotionChange(side="none", part="whole_body", direction="forward")]
+    backward = [MotionChange(side="none", part="whole_body", direction="backward")]
+    assert check_caption(a, ahead, forward).agreement == "agree"
+    assert check_caption(a, ahead, backward).kinds == ("direction",)
     # facing the camera, forwards is depth: neither said nor checkable
     assert "step" not in (describe(make_pose(STANDING), make_pose(STANDING, shift=(90, 0))) or "").replace(
         "step to your", ""
