@@ -11,7 +11,7 @@ from schemas.records import MotionFigures, QualityFigures, RejectReason
 from ..config import MotionConfig
 from . import body, quality
 from . import figures as pose_figures
-from .figures import moves, pose_change, same_person
+from .figures import PoseChange, moves, pose_change, same_person
 from .margins import MARGIN_REASONS, mark_margins
 from .track import Candidate, ClipTrack, FrameKind, unmeasured
 
@@ -30,9 +30,9 @@ CHECK_ORDER = (
 )
 
 
-def change(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> tuple:
-    """figures.pose_change of the candidate's two frames (mean, max joint change, translation, torso,
-    keypoints compared, limb change), computed once: the search orders candidates by it before any check."""
+def change(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> PoseChange:
+    """figures.pose_change of the candidate's two frames, computed once: the search orders candidates by
+    it before any check."""
     if c.change is None:
         c.change = pose_change(track.person(c.i, cfg), track.person(c.j, cfg), cfg)
     return c.change
@@ -40,8 +40,8 @@ def change(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> tuple:
 
 def shows_motion(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> bool:
     """The candidate's keypoints change enough to be a pair, whichever check stopped it first."""
-    mean, *_, limb = change(track, c, cfg)
-    return mean is not None and math.isfinite(mean) and moves(mean, limb, cfg)
+    ch = change(track, c, cfg)
+    return math.isfinite(ch.mean) and moves(ch.mean, ch.limb, cfg)
 
 
 def check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person") -> RejectReason | None:
@@ -128,7 +128,7 @@ def check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person
     if pose_figures.labels_flipped(a, b, cfg.keypoint_conf, q.lr_min_separation, q.turn_face_conf):
         c.detail = "left and right flip between the frames and nothing shows a turn: the labels flipped, not the body"
         flipped = pose_change(a, pose_figures.mirrored(b), cfg)
-        return RejectReason.IDENTITY_SWITCH if moves(flipped[0], flipped[5], cfg) else RejectReason.LOW_MOTION
+        return RejectReason.IDENTITY_SWITCH if moves(flipped.mean, flipped.limb, cfg) else RejectReason.LOW_MOTION
     moving = moves(mean, limb, cfg)
     blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
     figures = MotionFigures(

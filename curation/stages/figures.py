@@ -5,6 +5,7 @@ two frames' scenes are. Pure functions; the body's root and torso are curation/g
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -57,7 +58,18 @@ LIMB_MASK = np.zeros(17, bool)
 LIMB_MASK[[KP[f"{s}_{j}"] for s in ("left", "right") for j in ("elbow", "wrist", "knee", "ankle")]] = True
 
 
-def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> tuple[float, float, float, float, int, float]:
+class PoseChange(NamedTuple):
+    """How far two poses of one person differ, against the body's root, in torso lengths."""
+
+    mean: float  # mean root-relative displacement of the limb joints seen in both
+    max_joint: float  # the largest of any joint seen in both
+    translation: float  # the root's own movement
+    torso_px: float  # torso length of the first pose, pixels
+    compared: int  # keypoints seen in both
+    limb: float  # the largest limb joint's displacement
+
+
+def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> PoseChange:
     """Root-relative displacement (mean over visible limb joints, max over all visible joints), root
     translation (all / torso length), torso length of `a` in pixels, the number of keypoints compared,
     and the largest limb joint's displacement."""
@@ -66,18 +78,18 @@ def pose_change(a: Pose17, b: Pose17, cfg: MotionConfig) -> tuple[float, float, 
     rb, tb = root_and_torso(b, hips)
     torso = (ta + tb) / 2
     if not (torso > 1e-6 and math.isfinite(torso)):
-        return 0.0, 0.0, 0.0, ta, 0, 0.0
+        return PoseChange(0.0, 0.0, 0.0, ta, 0, 0.0)
     ka = np.asarray(a.keypoints, dtype=np.float64)
     kb = np.asarray(b.keypoints, dtype=np.float64)
     both = (ka[:, 2] >= cfg.keypoint_conf) & (kb[:, 2] >= cfg.keypoint_conf)
     both &= np.isfinite(ka[:, :2]).all(1) & np.isfinite(kb[:, :2]).all(1)
     if not both.any():
-        return 0.0, 0.0, float(np.linalg.norm(rb - ra) / torso), ta, 0, 0.0
+        return PoseChange(0.0, 0.0, float(np.linalg.norm(rb - ra) / torso), ta, 0, 0.0)
     d = np.linalg.norm((kb[:, :2] - rb) - (ka[:, :2] - ra), axis=1) / torso
     limbs = both & LIMB_MASK
     mean = float(d[limbs].mean()) if limbs.any() else 0.0
     limb = float(d[limbs].max()) if limbs.any() else 0.0
-    return mean, float(d[both].max()), float(np.linalg.norm(rb - ra) / torso), ta, int(both.sum()), limb
+    return PoseChange(mean, float(d[both].max()), float(np.linalg.norm(rb - ra) / torso), ta, int(both.sum()), limb)
 
 
 def moves(mean: float, limb: float | None, cfg: MotionConfig) -> bool:

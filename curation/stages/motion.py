@@ -163,7 +163,7 @@ def _search(
     chosen: dict[tuple[int, int], Candidate] = {}
     for strategy in pcfg.strategies:
         mine = [n for n, c in enumerate(cands) if c.strategy == strategy]
-        mine.sort(key=lambda n: _order(cands[n], checks.change(track, cands[n], cfg)[0]))
+        mine.sort(key=lambda n: _order(cands[n], checks.change(track, cands[n], cfg).mean))
         taken: list[Candidate] = []
         for n in mine:
             c = cands[n]

@@ -17,7 +17,7 @@ from schemas.records import MotionFigures, PairStrategy, Pose17, QualityFigures,
 
 from ..config import MotionConfig, QualityConfig
 from . import body, camera, people, quality, silhouette
-from .figures import blend_share, hist_similarity, scene_hist
+from .figures import PoseChange, blend_share, hist_similarity, scene_hist
 
 
 class FrameKind(str, Enum):
@@ -46,7 +46,7 @@ class Candidate:
     quality: QualityFigures | None = None
     detail: str = ""
     align: camera.PairAlignment | None = None
-    change: tuple | None = None  # figures.pose_change of the two frames, once computed (stages/checks.py)
+    change: PoseChange | None = None  # of the two frames, once computed (stages/checks.py)
 
 
 @dataclass
