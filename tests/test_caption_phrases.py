@@ -182,6 +182,11 @@ def test_a_side_on_body_steps_forward_or_back_the_way_its_face_looks():
     assert check_text(a, ahead, "step forward").agreement == "agree"
     assert check_text(a, behind, "step forward").kinds == ("direction",)
     assert check_text(a, a, "take a step back").kinds == ("limb",)  # nobody moved
+    # a boxer who jumps to face the other way (switching stance) steps neither forward nor back
+    facing_left = PROFILE | {"nose": (175, 100), "right_eye": (178, 92), "right_ear": (195, 95)}
+    switched = make_pose(facing_left, shift=(-90, 0))
+    assert "step" not in (describe(a, switched) or "")
+    assert check_text(a, switched, "step back").agreement == "not_checkable"
     # an LLM's structured whole-body forward / backward is the same claim
     forward = [MotionChange(side="none", part="whole_body", direction="forward")]
     backward = [MotionChange(side="none", part="whole_body", direction="backward")]

@@ -149,8 +149,9 @@ def _towards_left(a: Body, b: Body, what: str) -> float | None:
 
 def forwards(a: Body, b: Body) -> float | None:
     """The hips moving the way the person faces (torso lengths; < 0: backwards), seen side-on in both
-    frames with the face telling the way in the before frame (facing the camera, forwards is depth)."""
-    if not (a.side_view and b.side_view) or a.front is None or a.hips is None or b.hips is None:
+    frames with the face looking the same way in both (facing the camera, forwards is depth; a body
+    that turned to face the other way, a boxer switching stance, stepped neither forward nor back)."""
+    if not (a.side_view and b.side_view) or a.front is None or b.front != a.front or a.hips is None or b.hips is None:
         return None
     return a.front * float(np.dot(b.hips - a.hips, a.across) / a.torso)
 
