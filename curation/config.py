@@ -169,6 +169,13 @@ class QualityConfig(_Section):
         description="share of another shot blended into a frame whose sampled neighbours are two shots (a frame"
         " inside a dissolve or fade: a ghost), else shot_cut",
     )
+    transition_similarity: float = Field(
+        0.8,
+        ge=-1,
+        le=1,
+        description="sampled neighbours whose histogram correlation is under this are two shots for "
+        "max_transition_mix (a cross-fade between two camera angles of one room stays over the cut threshold)",
+    )
     min_person_change: float = Field(
         0.1, ge=0, le=1, description="share of the person's box whose pixels change, else low_motion (jitter)"
     )

@@ -158,6 +158,24 @@ def test_a_faint_ghost_of_the_next_shot_is_measured_and_rejects_its_frame(detect
     assert on.accepted and all(p.pair.after_time_s < lo for p in on.pairs)
 
 
+def test_a_cross_fade_between_two_camera_angles_of_one_room_is_kept_out(detector):  # noqa: F811
+    """A real yoga clip (tests/data/extra) cross-fades from a front shot into a side shot of the same
+    sunlit studio: the two views' colours correlate 0.67-0.70, over the cut threshold (0.5), so the
+    dissolve's frames were not looked at and a pair took its after frame 10 % into the fade, a ghost
+    of the other shot beside her. Under quality.transition_similarity (0.8) they are two shots."""
+    path = Path(__file__).parent / "data" / "extra" / "yoga_views_crossfade.mp4"
+    lo, hi = 1.9, 3.2  # the fade, as seen frame by frame
+
+    def inside(res):
+        times = [(p.pair.before_time_s, p.pair.after_time_s) for p in res.pairs]
+        return [t for t in times if any(lo <= x <= hi for x in t) or t[0] < lo < hi < t[1]]
+
+    on = run_clip(path, detector, pairing={"pairs_per_clip": 6})
+    assert on.accepted and not inside(on), [(p.pair.before_time_s, p.pair.after_time_s) for p in on.pairs]
+    off = run_clip(path, detector, pairing={"pairs_per_clip": 6}, quality={"transition_similarity": 0.5})
+    assert inside(off)  # the cut threshold alone lets the ghost frame in
+
+
 def test_blend_share_reads_a_mix_of_its_neighbours_and_nothing_else():
     """The dissolve figure on plain pictures: a frame that is 0.9 of one neighbour and 0.1 of the
     other reads 0.1 (whichever side is which); a picture of neither (a checkerboard: motion, not a mix)

@@ -263,7 +263,8 @@ class ClipTrack:
         """How far sampled frame k lies between two shots when it lies between them (figures.blend_share):
         a frame inside a dissolve or a fade. The shots: k's neighbour on one side and a frame up to
         TRANSITION_REACH sampled frames away on the other (k-1 with k+1..k+3, then k-2..k-3 with k+1);
-        the first two that are two scenes (scene similarity under the cut threshold) decide. Every
+        the first two that are two scenes (histogram correlation under quality.transition_similarity,
+        0.8: a cross-fade between two camera angles of one room stays over the cut threshold) decide. Every
         frame of a dissolve lies on the line between any two of its frames. 0 within a shot and at
         the clip's ends."""
         if k not in self._mix:
@@ -274,7 +275,7 @@ class ClipTrack:
             ]:
                 if p < 0 or q >= n:
                     continue
-                if self.similar(p, q) < self.motion_cfg.min_scene_similarity:
+                if self.similar(p, q) < self.quality_cfg.transition_similarity:
                     people = [pose for o in (self.obs[p], self.obs[k], self.obs[q]) for pose in o.poses]
                     (ga, s), (gx, _), (gb, _) = self.gray(p), self.gray(k), self.gray(q)
                     self._mix[k] = blend_share(ga, gx, gb, s, people)
