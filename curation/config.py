@@ -163,19 +163,13 @@ class QualityConfig(_Section):
         12.0, ge=0, description="median background brightness change (gray levels; a fade), else shot_cut"
     )
     max_transition_mix: float = Field(
-        0.05,
-        ge=0,
-        le=0.5,
-        description="share of another shot blended into a frame whose sampled neighbours are two shots (a frame"
-        " inside a dissolve or fade: a ghost), else shot_cut",
-    )
+        0.05, ge=0, le=0.5, description="share of another shot blended into a frame whose sampled neighbours are"
+        " two shots (a frame inside a dissolve or fade: a ghost), else shot_cut",
+    )  # fmt: skip
     transition_similarity: float = Field(
-        0.8,
-        ge=-1,
-        le=1,
-        description="sampled neighbours whose histogram correlation is under this are two shots for "
-        "max_transition_mix (a cross-fade between two camera angles of one room stays over the cut threshold)",
-    )
+        0.8, ge=-1, le=1, description="sampled neighbours whose histogram correlation is under this are two shots"
+        " for max_transition_mix (a cross-fade between two camera angles of one room stays over the cut threshold)",
+    )  # fmt: skip
     min_person_change: float = Field(
         0.1, ge=0, le=1, description="share of the person's box whose pixels change, else low_motion (jitter)"
     )

@@ -28,8 +28,8 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
 # 22: the caption-keypoint check reads a leg's, foot's or knee's up and down in the picture, off the floor and
-# away from the hips (along the torso axis a squat and a hinge raised the feet): pose_agreement changes;
-# offline-v5 captions: a side-on body steps forward or back;
+# relative to the hips (along the torso axis a squat and a hinge raised the feet): pose_agreement changes;
+# offline-v5 captions: a side-on body facing the same way in both frames steps forward or back;
 # 21: offline-v4 captions: "lift your foot" only where the torso axis keeps its direction; out/in, a lean or
 # a step to the person's side only with the shoulders 0.3 torso apart in both frames; an arm's reach signed;
 # 20: the offline captioner says "turn around" only where the face turns away in one frame (offline-v3);

@@ -145,6 +145,14 @@ def test_the_check_reads_a_raised_leg_off_the_floor_not_towards_the_hips():
     hinged = {k: tuple(hip + rot @ (np.array(v) - hip)) if "ankle" not in k and "knee" not in k else v
               for k, v in stride.items()}  # fmt: skip
     assert check_text(make_pose(stride), make_pose(hinged), "lift your right foot").kinds == ("limb",)
+    # a pull-up (the whole body rises, hips too) raises no leg; without hips seen the picture alone says
+    pulled = make_pose(STANDING, shift=(0, -60))
+    assert check_text(a, pulled, "raise both legs").agreement != "agree"
+    no_hips = ("left_hip", "right_hip")
+    up = check_text(
+        make_pose(STANDING, low=no_hips), make_pose(STANDING | LEFT_FOOT_UP, low=no_hips), "lift your left foot"
+    )
+    assert up.agreement == "agree"
     # a foot that leaves the floor agrees, the other foot named is the wrong side
     lifted = make_pose(STANDING | LEFT_FOOT_UP)
     assert check_text(a, lifted, "lift your left foot").agreement == "agree"

@@ -6,7 +6,7 @@ Every claim (curation.captions.phrases: an LLM's structured changes, or a captio
 measured in the body's own frame (curation.captions.body), in torso lengths or right angles:
   up / down           arm, hand: the wrist's position along the torso axis, from the hip centre: "up" is
                       towards the head however the body lies. Leg, foot (ankle), knee: up in the picture
-                      (off the floor) and away from the hips there, the smaller of the two (a squat
+                      (off the floor) and relative to the hips there, the smaller of the two (a squat
                       brings the hips down to feet that stay put, a hinge turns the torso axis: along
                       it both read as raised feet; a pull-up lifts the feet with the hips)
   out / in            the joint's distance from the body's midline, across the torso (facing seen)
@@ -14,7 +14,8 @@ measured in the body's own frame (curation.captions.body), in torso lengths or r
   move                the limb's joints, displaced in the body's frame
   fold / unfold       the hips coming down towards the feet or away ("crouch down", "stand up")
   lean / step         shoulders over the hips, or the hips, moving to the person's own left or right; a
-                      step forward or back: the hips, the way a side-on body faces (its nose)
+                      step forward or back: the hips, the way a side-on body faces (its nose), the face
+                      looking the same way in both frames
   turn                the person's facing (to or from the camera) flips and the face turns away in one frame
 A claim agrees when its own side moved that way by at least `threshold`. It contradicts, and says how:
   side        the other side did it, or the lean or step went to the other side
@@ -107,7 +108,7 @@ def _sided(a: Body, b: Body, side: str, part: str, direction: str) -> Moved | No
     if ja is None or jb is None or total is None:
         return None
     if direction in ("up", "down") and part in FLOOR_PARTS:
-        # a leg's up is off the floor, in the picture, and away from the hips: a squat brings the hips
+        # a leg's up is off the floor, in the picture, and relative to the hips: a squat brings the hips
         # down to feet that stay put, and a hinge turns the torso axis (measured from the hips along
         # that axis, both "raise" the feet); a pull-up or a jump lifts the feet with the hips.
         # (each joint is seen in both frames: total is not None)
@@ -151,9 +152,12 @@ def forwards(a: Body, b: Body) -> float | None:
     """The hips moving the way the person faces (torso lengths; < 0: backwards), seen side-on in both
     frames with the face looking the same way in both (facing the camera, forwards is depth; a body
     that turned to face the other way, a boxer switching stance, stepped neither forward nor back)."""
-    if not (a.side_view and b.side_view) or a.front is None or b.front != a.front or a.hips is None or b.hips is None:
+    if not (a.side_view and b.side_view) or a.front is None or b.front is None or a.hips is None or b.hips is None:
         return None
-    return a.front * float(np.dot(b.hips - a.hips, a.across) / a.torso)
+    ahead = a.front * a.across  # the way the face looks, in the picture (each frame's `across` is its own)
+    if float(np.dot(ahead, b.front * b.across)) <= 0:
+        return None
+    return float(np.dot(b.hips - a.hips, ahead) / a.torso)
 
 
 def _flexion(a: Body, b: Body) -> float | None:

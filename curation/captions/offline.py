@@ -36,7 +36,8 @@ CAPTIONER = "offline"
 # v2: body-relative (floor exercises, cartwheels), abstains, self-checked; v3: a turn needs the face
 # turned away in one frame; v4: a foot lift needs the torso axis kept and the foot ending above the other,
 # out/in and a lean or step to the person's side need no side view in either frame, an arm's reach out to
-# the side is signed, a side-on lean needs the body side-on before
+# the side is signed, a side-on lean needs the body side-on before; v5: a side-on body facing the same way
+# in both frames steps forward or back
 VERSION = "offline-v5"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
@@ -231,7 +232,7 @@ def _body_changes(a: Body, b: Body) -> list[Change]:
     if abs(fold) > 0.35:
         out.append(Change(abs(fold), "crouch down" if fold > 0 else "stand up"))
     # step sideways, to the person's own side; seen side-on in both frames, forwards or back (the way
-    # the face looked in the before frame: a walker's stride)
+    # the face looks, the same way in both frames: a walker's stride, not a boxer switching stance)
     if facing:
         dx = float(np.dot(b.hips - a.hips, b.left) / a.torso)
         if abs(dx) > 0.6:
