@@ -205,7 +205,7 @@ def check_claim(a: Body, b: Body, c: Claim, threshold: float) -> tuple[str | Non
     if c.direction in ("lean", "step"):
         if c.direction == "step" and c.side in ("forward", "back"):
             ways, v = ("forward", "back"), forwards(a, b)
-            unseen = "not side-on in both frames with the face seen"
+            unseen = "not side-on in both frames with the face seen looking the same way"
         elif c.side in ("left", "right"):
             ways, v = ("left", "right"), _towards_left(a, b, c.direction)
             unseen = "the person's left not seen"
