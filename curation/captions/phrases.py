@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 from schemas.captions import MotionChange
 
-SIDES = ("left", "right", "both", "none")
-
 
 @dataclass(frozen=True)
 class Claim:
