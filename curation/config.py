@@ -61,9 +61,7 @@ class PoseConfig(_Section):
         description="predictor: ultralytics' predict(); device: letterbox, normalisation and NMS as tensor ops on "
         "the model's device, frames of any size in one batch (GPU path); auto: device on CUDA, predictor otherwise",
     )
-    batch_size: int | None = Field(
-        None, ge=1, description="frames per model call, across clips (16 on CPU, 256 on GPU)"
-    )
+    batch_size: int | None = Field(None, ge=1, description="frames per model call across clips (16 CPU, 256 GPU)")
 
 
 class MotionConfig(_Section):
@@ -124,9 +122,7 @@ class QualityConfig(_Section):
     min_person_px: int = Field(
         128, ge=0, description="person's box height in the source video's pixels (larger of the two), else too_small"
     )
-    min_person_px_output: int = Field(
-        112, ge=0, description="person's box height in the stored image's pixels, else too_small"
-    )
+    min_person_px_output: int = Field(112, ge=0, description="person's box height in the stored image, else too_small")
     max_overlay_change: float = Field(
         0.003, ge=0, le=1, description="largest changed region apart from the people / frame area, else overlay_changed"
     )
@@ -149,6 +145,9 @@ class QualityConfig(_Section):
         ge=0,
         description="longest drawn stroke (saturated, thinner than a limb, straight) in one frame only, in torso"
         " lengths: a graphic over the body, else overlay_changed",
+    )
+    max_drawn_skeleton: float = Field(
+        0.5, ge=0, le=1, description="share of the person's limbs with a line drawn along them, else overlay_changed"
     )
     max_text_change: float = Field(
         0.02,

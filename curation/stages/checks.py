@@ -173,6 +173,10 @@ def check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person
     if al.graphic_stroke is not None and al.graphic_stroke > q.max_graphic_stroke:
         c.detail = f"a drawn stroke {al.graphic_stroke:.2f} torso lengths long is in one frame only (a graphic)"
         return RejectReason.OVERLAY_CHANGED
+    c.quality.drawn_skeleton = track.drawn_skeleton(c.i, c.j)
+    if c.quality.drawn_skeleton is not None and c.quality.drawn_skeleton > q.max_drawn_skeleton:
+        c.detail = f"lines are drawn along {c.quality.drawn_skeleton:.0%} of the person's limbs (a pose skeleton)"
+        return RejectReason.OVERLAY_CHANGED
     if not blurry and not moving:
         return RejectReason.LOW_MOTION  # (a plain background: no chained estimate above)
     c.quality.background_match = track.background_match(c.i, c.j, al.matrix)

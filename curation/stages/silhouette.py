@@ -134,6 +134,64 @@ def _working_size(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, sub
     return small_a, small_b, mf, f, torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)), seen
 
 
+def _strokes(img: np.ndarray, opening: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A frame's graphic-coloured pixels (saturated and bright) and their thin parts: what an opening by
+    `opening` (0.12 torso lengths) removes, so strokes thinner than a limb (a yellow shirt is a blob)."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    colour = ((hsv[..., 1] > GRAPHIC_SATURATION) & (hsv[..., 2] > GRAPHIC_VALUE)).astype(np.uint8)
+    return colour, colour & (1 - cv2.morphologyEx(colour, cv2.MORPH_OPEN, opening))
+
+
+# the limbs a drawn pose skeleton joins: upper arms, forearms, thighs, shins (the trunk's lines lie on the
+# clothes, and collapse into a stroke of their own on a body seen side-on)
+_BONES = tuple(
+    (KP[f"{side}_{a}"], KP[f"{side}_{b}"])
+    for side in ("left", "right")
+    for a, b in (("shoulder", "elbow"), ("elbow", "wrist"), ("hip", "knee"), ("knee", "ankle"))
+)
+BONE_SAMPLES = np.linspace(0.2, 0.8, 11)  # where along a limb a drawn line is looked for
+BONE_NEAR, BONE_HITS, MIN_BONES = 0.08, 0.7, 4
+
+
+def drawn_skeleton(frame: np.ndarray, subject: Pose17, kp_conf: float) -> float | None:
+    """The share of the subject's limbs along which a drawn line runs (frame: RGB): a pose skeleton
+    drawn over the person, as pose-estimation demos publish their videos.
+
+    Such a skeleton is redrawn in every frame where the body is, so the difference between the two
+    frames hardly shows it, and each stroke alone is short (graphic_strokes). What gives it away is
+    where its strokes lie: along the limbs, joint to joint. A limb (both ends at kp_conf) carries a
+    line when a thin graphic-coloured stroke (_strokes: saturated, bright, thinner than a limb) lies
+    within 0.08 torso lengths of at least 70 % of 11 points spaced along its middle 60 %; the share of
+    the 8 limbs (upper arms, forearms, thighs, shins) that carry one is the figure (a limb not seen
+    carries none, so a body half hidden does not read as lined on a few limbs). A coloured sleeve or
+    top is a blob, not a stroke; a stripe or a form line runs along a few limbs, not most. None when
+    fewer than 4 limbs are seen or the torso is under 8 px (the frame at most 640 px on the long
+    side)."""
+    h, w = frame.shape[:2]
+    f = min(1.0, 640.0 / max(h, w))
+    k = geometry.keypoints(subject).copy()
+    k[:, :2] *= f
+    torso = geometry.torso_length(k)
+    if not torso > 8:
+        return None
+    img = cv2.resize(frame, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    o = max(5, int(0.12 * torso)) | 1
+    _, thin = _strokes(img, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (o, o)))
+    r = max(2, round(BONE_NEAR * torso))
+    near = cv2.dilate(thin, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    ih, iw = near.shape
+    lined = measured = 0
+    for i, j in _BONES:
+        if not (k[i, 2] >= kp_conf and k[j, 2] >= kp_conf and np.isfinite(k[[i, j], :2]).all()):
+            continue
+        measured += 1
+        pts = k[i, :2] + BONE_SAMPLES[:, None] * (k[j, :2] - k[i, :2])
+        xs = np.clip(pts[:, 0].astype(int), 0, iw - 1)
+        ys = np.clip(pts[:, 1].astype(int), 0, ih - 1)
+        lined += int(np.mean(near[ys, xs] > 0) >= BONE_HITS)
+    return lined / len(_BONES) if measured >= MIN_BONES else None
+
+
 def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17) -> float | None:
     """The longest straight stroke of a drawn graphic that is in one frame and not the other, in the
     subject's torso lengths (a, b: RGB frames; m: a -> b in small-frame pixels, `scale` of them).
@@ -149,11 +207,7 @@ def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, s
         return None
     small_a, small_b, _, _, torso, opening, seen = work
     near = np.ones((5, 5), np.uint8)
-    masks = []
-    for img in (small_a, small_b):
-        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
-        colour = ((hsv[..., 1] > GRAPHIC_SATURATION) & (hsv[..., 2] > GRAPHIC_VALUE)).astype(np.uint8)
-        masks.append((colour, colour & (1 - cv2.morphologyEx(colour, cv2.MORPH_OPEN, opening))))
+    masks = [_strokes(img, opening) for img in (small_a, small_b)]
     longest = 0.0
     for (_, thin), (other, _) in ((masks[0], masks[1]), (masks[1], masks[0])):
         only = thin & (1 - cv2.dilate(other, near)) & seen

@@ -150,6 +150,7 @@ class ClipTrack:
     _plain: dict[int, bool] = field(default_factory=dict, repr=False)
     _mix: dict[int, float] = field(default_factory=dict, repr=False)
     _hists: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _skeleton: dict[int, float | None] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -249,6 +250,16 @@ class ClipTrack:
         """Bright text in one of sampled frames i and j only, on their alignment (silhouette.text_change)."""
         people_i, people_j = self.obs[i].poses, self.obs[j].poses
         return silhouette.text_change(self.frames[i], self.frames[j], al.matrix, al.scale, people_i, people_j)
+
+    def drawn_skeleton(self, i: int, j: int) -> float | None:
+        """The larger share of the subject's limbs with a line drawn along them in sampled frames i and j
+        (silhouette.drawn_skeleton; each frame once)."""
+        for k in (i, j):
+            if k not in self._skeleton:
+                subject = self.person(k, self.motion_cfg)
+                self._skeleton[k] = silhouette.drawn_skeleton(self.frames[k], subject, self.motion_cfg.keypoint_conf)
+        known = [v for v in (self._skeleton[i], self._skeleton[j]) if v is not None]
+        return max(known) if known else None
 
     def plain_still(self, k: int) -> bool:
         """Sampled frames k and k+1 show the same background pixel for pixel (a plain wall whose
