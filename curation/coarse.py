@@ -63,8 +63,8 @@ def coarse_verdict(track: ClipTrack, cfg: MotionConfig, q: QualityConfig, planne
         update={"min_pose_change": cfg.min_pose_change / 2, "min_limb_change": cfg.min_limb_change / 2}
     )
     for a, b in itertools.combinations(people, 2):
-        mean, *_, limb = pose_change(a, b, half)
-        if not math.isfinite(mean) or moves(mean, limb, half):
+        ch = pose_change(a, b, half)
+        if not math.isfinite(ch.mean) or moves(ch.mean, ch.limb, half):
             return None
     sim, cam, m, _ = track.scene(0, n - 1)
     if m is None or not cam <= cfg.max_camera_motion / 2 or sim < cfg.min_scene_similarity:

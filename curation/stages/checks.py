@@ -124,22 +124,22 @@ def check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person
             c.detail = "background points do not follow one camera motion between sampled frames"
             return RejectReason.SHOT_CUT
         m, cam = plain.matrix, 0.0
-    mean, mx, trans, torso, n, limb = change(track, c, cfg)
+    ch = change(track, c, cfg)
     if pose_figures.labels_flipped(a, b, cfg.keypoint_conf, q.lr_min_separation, q.turn_face_conf):
         c.detail = "left and right flip between the frames and nothing shows a turn: the labels flipped, not the body"
         flipped = pose_change(a, pose_figures.mirrored(b), cfg)
         return RejectReason.IDENTITY_SWITCH if moves(flipped.mean, flipped.limb, cfg) else RejectReason.LOW_MOTION
-    moving = moves(mean, limb, cfg)
+    moving = moves(ch.mean, ch.limb, cfg)
     blurry = c.quality.sharpness is not None and c.quality.sharpness < q.min_sharpness
     figures = MotionFigures(
-        pose_change=mean,
-        max_joint_change=mx,
-        limb_change=limb,
-        translation=trans,
-        body_size_px=torso,
+        pose_change=ch.mean,
+        max_joint_change=ch.max_joint,
+        limb_change=ch.limb,
+        translation=ch.translation,
+        body_size_px=ch.torso_px,
         camera_motion=cam,  # the chained estimate; the alignment's figure replaces it below
         scene_similarity=sim,
-        keypoints_compared=n,
+        keypoints_compared=ch.compared,
     )
     if m is not None and not blurry and not moving:
         # too little motion: decided on the chained camera estimate, without the costlier alignment
