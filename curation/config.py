@@ -147,7 +147,7 @@ class QualityConfig(_Section):
         " lengths: a graphic over the body, else overlay_changed",
     )
     max_drawn_skeleton: float = Field(
-        0.5, ge=0, le=1, description="share of the person's limbs with a line drawn along them, else overlay_changed"
+        0.45, ge=0, le=1, description="share of the person's 8 limbs with a line drawn along them, else overlay_changed"
     )
     max_text_change: float = Field(
         0.02,

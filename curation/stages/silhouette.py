@@ -4,6 +4,8 @@ functions over keypoints and frames."""
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 
@@ -111,6 +113,8 @@ def hand_zones(
 
 # a drawn graphic's colour: saturated and bright (HSV, OpenCV's 0-255 scales), as no lit fabric is
 GRAPHIC_SATURATION, GRAPHIC_VALUE = 170, 200
+STROKE_WIDTH = 0.12  # torso lengths: a drawn stroke is thinner than this (the opening that removes it)
+WORK_SIDE = 640.0  # graphics are looked for at most this many pixels on the frame's long side
 
 
 def _working_size(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17):
@@ -119,7 +123,7 @@ def _working_size(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, sub
     limb); where warped a has picture, 3 px in from its edge (outside it, a's black fill would make
     whatever b shows there look new). None when the torso is under 8 px there."""
     h, w = b.shape[:2]
-    f = min(1.0, 640.0 / max(h, w))
+    f = min(1.0, WORK_SIDE / max(h, w))
     torso = geometry.torso_length(geometry.keypoints(subject_b)) * f
     if not torso > 8:
         return None
@@ -130,7 +134,7 @@ def _working_size(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, sub
     small_a = cv2.warpAffine(cv2.resize(a, size, interpolation=cv2.INTER_AREA), mf, size, borderValue=0)
     seen = cv2.warpAffine(np.ones(small_b.shape[:2], np.uint8), mf, size, flags=cv2.INTER_NEAREST, borderValue=0)
     seen = cv2.erode(seen, np.ones((7, 7), np.uint8), borderType=cv2.BORDER_REPLICATE)
-    k = max(5, int(0.12 * torso)) | 1
+    k = max(5, int(STROKE_WIDTH * torso)) | 1
     return small_a, small_b, mf, f, torso, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)), seen
 
 
@@ -142,15 +146,54 @@ def _strokes(img: np.ndarray, opening: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return colour, colour & (1 - cv2.morphologyEx(colour, cv2.MORPH_OPEN, opening))
 
 
-# the limbs a drawn pose skeleton joins: upper arms, forearms, thighs, shins (the trunk's lines lie on the
-# clothes, and collapse into a stroke of their own on a body seen side-on)
-_BONES = tuple(
-    (KP[f"{side}_{a}"], KP[f"{side}_{b}"])
-    for side in ("left", "right")
-    for a, b in (("shoulder", "elbow"), ("elbow", "wrist"), ("hip", "knee"), ("knee", "ankle"))
+# the limbs a drawn pose skeleton joins, arms and legs: upper arms, forearms, thighs, shins (the trunk's
+# lines lie on the clothes, and collapse into a stroke of their own on a body seen side-on)
+_ARMS = tuple(
+    (KP[f"{s}_{a}"], KP[f"{s}_{b}"]) for s in ("left", "right") for a, b in (("shoulder", "elbow"), ("elbow", "wrist"))
+)
+_LEGS = tuple(
+    (KP[f"{s}_{a}"], KP[f"{s}_{b}"]) for s in ("left", "right") for a, b in (("hip", "knee"), ("knee", "ankle"))
 )
 BONE_SAMPLES = np.linspace(0.2, 0.8, 11)  # where along a limb a drawn line is looked for
-BONE_NEAR, BONE_HITS, MIN_BONES = 0.08, 0.7, 4
+BONE_NEAR, BONE_HITS, BONE_FIT, MIN_BONES = 0.12, 0.7, 0.03, 4
+
+
+def _lined(thin: np.ndarray, p: np.ndarray, q: np.ndarray, torso: float) -> bool:
+    """A thin stroke runs along the limb p -> q. The limb is crossed at BONE_SAMPLES along it, within
+    BONE_NEAR torso lengths of its axis; each crossing's runs of thin-mask pixels no wider than a stroke
+    are where a line may pass (a stripe across the limb fills the crossing: no run). The limb carries a
+    line when one straight line, within BONE_FIT torso lengths, passes through such runs in BONE_HITS
+    of the crossings (stripes at an angle to the limb meet it at scattered places). Points outside
+    the picture meet nothing."""
+    length = float(np.linalg.norm(q - p))
+    if not length > 4:
+        return False
+    u = (q - p) / length
+    v = np.array([-u[1], u[0]])
+    r = max(2, round(BONE_NEAR * torso))
+    offs = np.arange(-r, r + 1, dtype=np.float64)
+    pts = p + BONE_SAMPLES[:, None, None] * (q - p) + offs[None, :, None] * v  # (crossings, offsets, xy)
+    xs, ys = np.rint(pts[..., 0]).astype(int), np.rint(pts[..., 1]).astype(int)
+    inside = (xs >= 0) & (xs < thin.shape[1]) & (ys >= 0) & (ys < thin.shape[0])
+    hits = np.zeros(xs.shape, bool)
+    hits[inside] = thin[ys[inside], xs[inside]] > 0
+    runs = []  # (crossing, offset of a narrow run's middle)
+    for n, row in enumerate(hits):
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], row.astype(np.int8), [0]))))
+        for a, b in zip(edges[::2], edges[1::2], strict=True):
+            if offs[b - 1] - offs[a] <= STROKE_WIDTH * torso:
+                runs.append((n, (offs[a] + offs[b - 1]) / 2))
+    need = BONE_HITS * len(BONE_SAMPLES)
+    if len({n for n, _ in runs}) < need:
+        return False
+    tol = max(1.5, BONE_FIT * torso)
+    for (n0, o0), (n1, o1) in itertools.combinations(runs, 2):
+        if n0 == n1:
+            continue
+        slope = (o1 - o0) / (n1 - n0)
+        if len({n for n, o in runs if abs(o - (o0 + slope * (n - n0))) <= tol}) >= need:
+            return True
+    return False
 
 
 def drawn_skeleton(frame: np.ndarray, subject: Pose17, kp_conf: float) -> float | None:
@@ -160,36 +203,34 @@ def drawn_skeleton(frame: np.ndarray, subject: Pose17, kp_conf: float) -> float 
     Such a skeleton is redrawn in every frame where the body is, so the difference between the two
     frames hardly shows it, and each stroke alone is short (graphic_strokes). What gives it away is
     where its strokes lie: along the limbs, joint to joint. A limb (both ends at kp_conf) carries a
-    line when a thin graphic-coloured stroke (_strokes: saturated, bright, thinner than a limb) lies
-    within 0.08 torso lengths of at least 70 % of 11 points spaced along its middle 60 %; the share of
-    the 8 limbs (upper arms, forearms, thighs, shins) that carry one is the figure (a limb not seen
-    carries none, so a body half hidden does not read as lined on a few limbs). A coloured sleeve or
-    top is a blob, not a stroke; a stripe or a form line runs along a few limbs, not most. None when
-    fewer than 4 limbs are seen or the torso is under 8 px (the frame at most 640 px on the long
-    side)."""
+    line when a thin graphic-coloured stroke (_strokes: saturated, bright, thinner than a limb) runs
+    along it (_lined: crossing the limb at 11 points of its middle 60 %, within 0.12 torso lengths of
+    its axis, one straight line passes through a narrow run of the stroke in 70 % of them); the
+    share of the 8 limbs (upper arms, forearms, thighs, shins) that carry one is the figure (a limb
+    not seen carries none, so a body half hidden does not read as lined on a few limbs), counted only
+    when an arm and a leg both carry one: a skeleton is drawn over the whole body, while a band held
+    down the legs or a seam stripe lines the legs or the arms (0 then). A coloured sleeve or top is a
+    blob, not a stroke; stripes across a limb fill the crossings they meet. None when fewer than 4
+    limbs are seen or the torso is under 8 px (the frame at most WORK_SIDE px on the long side)."""
     h, w = frame.shape[:2]
-    f = min(1.0, 640.0 / max(h, w))
+    f = min(1.0, WORK_SIDE / max(h, w))
     k = geometry.keypoints(subject).copy()
     k[:, :2] *= f
     torso = geometry.torso_length(k)
     if not torso > 8:
         return None
     img = cv2.resize(frame, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-    o = max(5, int(0.12 * torso)) | 1
+    o = max(5, int(STROKE_WIDTH * torso)) | 1
     _, thin = _strokes(img, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (o, o)))
-    r = max(2, round(BONE_NEAR * torso))
-    near = cv2.dilate(thin, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-    ih, iw = near.shape
-    lined = measured = 0
-    for i, j in _BONES:
-        if not (k[i, 2] >= kp_conf and k[j, 2] >= kp_conf and np.isfinite(k[[i, j], :2]).all()):
-            continue
-        measured += 1
-        pts = k[i, :2] + BONE_SAMPLES[:, None] * (k[j, :2] - k[i, :2])
-        xs = np.clip(pts[:, 0].astype(int), 0, iw - 1)
-        ys = np.clip(pts[:, 1].astype(int), 0, ih - 1)
-        lined += int(np.mean(near[ys, xs] > 0) >= BONE_HITS)
-    return lined / len(_BONES) if measured >= MIN_BONES else None
+    lined = {}
+    for i, j in _ARMS + _LEGS:
+        if k[i, 2] >= kp_conf and k[j, 2] >= kp_conf and np.isfinite(k[[i, j], :2]).all():
+            lined[i, j] = _lined(thin, k[i, :2], k[j, :2], torso)
+    if len(lined) < MIN_BONES:
+        return None
+    if not any(lined.get(b, False) for b in _ARMS) or not any(lined.get(b, False) for b in _LEGS):
+        return 0.0  # a skeleton is drawn over the whole body; a band or a stripe lines the legs or the arms
+    return sum(lined.values()) / len(_ARMS + _LEGS)
 
 
 def graphic_strokes(a: np.ndarray, b: np.ndarray, m: np.ndarray, scale: float, subject_b: Pose17) -> float | None:
