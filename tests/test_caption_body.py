@@ -220,3 +220,42 @@ def test_the_captioner_abstains_on_a_still_plank_and_says_why():
         OfflineCaptioner()(still)
     pushed = p.model_copy(update={"before_pose": make_pose(push_up(0)), "after_pose": make_pose(push_up(1))})
     assert OfflineCaptioner()(pushed).text == f"{p.clip.label}: bend both arms"
+
+
+def bent_over() -> Points:
+    """A hinge side-on (a deadlift's set-up): the torso near horizontal over straight legs."""
+    return side_on(
+        {"nose": (120, 215), "eye": (125, 208), "ear": (138, 205), "shoulder": (160, 225), "elbow": (165, 285),
+         "wrist": (168, 340), "hip": (260, 230), "knee": (255, 320), "ankle": (250, 400)}
+    )  # fmt: skip
+
+
+def upright_side() -> Points:
+    """Standing side-on, arms down, on the push-up's floor (y = 400)."""
+    return side_on(
+        {"nose": (215, 60), "eye": (210, 52), "ear": (198, 55), "shoulder": (200, 110), "elbow": (205, 170),
+         "wrist": (210, 225), "hip": (200, 210), "knee": (202, 305), "ankle": (200, 400)}
+    )  # fmt: skip
+
+
+def test_getting_down_on_the_floor_and_up_again_is_said_first_and_checked():
+    """Standing to a plank (a burpee) is "get down on the floor", the plank to standing "get up off the
+    floor", said before the limbs (whose words, in the body's own frame, miss that the whole body went
+    down). A hinge over straight legs tilts the torso as far but is not lying; a push-up stays on the
+    floor; a cartwheel turns the body horizontal about hips that stay put. The check agrees with the
+    phrase where it happened, calls the reverse the other way and a push-up's "get down on the floor"
+    a change that did not happen."""
+    stand, down = make_pose(upright_side()), make_pose(push_up(0))
+    assert describe(stand, down).startswith("get down on the floor"), describe(stand, down)
+    assert describe(down, stand).startswith("get up off the floor"), describe(down, stand)
+    assert check_text(stand, down, "get down on the floor").agreement == "agree"
+    assert check_text(stand, down, "lie down").agreement == "agree"
+    assert check_text(down, stand, "get up off the floor").agreement == "agree"
+    assert check_text(down, stand, "get down on the floor").kinds == ("direction",)
+    assert check_text(make_pose(push_up(0)), make_pose(push_up(1)), "get down on the floor").kinds == ("limb",)
+    hinge = make_pose(bent_over())
+    assert "floor" not in (describe(stand, hinge) or ""), describe(stand, hinge)
+    wheel = [make_pose(cartwheel(a)) for a in (0, 90)]  # horizontal about the hips: not down on the floor
+    assert "floor" not in (describe(*wheel) or "") and check_text(*wheel, "lie down").agreement != "agree"
+    assert "floor" not in (describe(hinge, stand) or ""), describe(hinge, stand)
+    assert check_text(stand, hinge, "get down on the floor").agreement == "not_checkable"

@@ -36,7 +36,7 @@ import numpy as np
 from schemas.captions import Agreement, MotionChange
 from schemas.records import Pose17
 
-from .body import Body, turned
+from .body import Body, floor_move, turned
 from .phrases import Claim, change_claims, text_claims
 
 JOINT = {"arm": "wrist", "hand": "wrist", "leg": "ankle", "foot": "ankle", "knee": "knee"}
@@ -202,6 +202,18 @@ def check_claim(a: Body, b: Body, c: Claim, threshold: float) -> tuple[str | Non
         if turned(a, b):
             return Agreement.AGREE, f"{said}: facing flipped, the face turned away in one frame", None
         return None, f"{said}: left and right swap, the face not turned away in one frame only (no turn shown)", None
+    if c.direction in ("lie", "rise"):  # upright -> lying (a burpee's plank), lying -> upright
+        if a.tilt is None or b.tilt is None:
+            return None, f"{said}: torso axis not seen", None
+        figures = f"torso {a.tilt:.0f} -> {b.tilt:.0f} degrees from upright"
+        move = floor_move(a, b)
+        if move == ("down" if c.direction == "lie" else "up"):
+            return Agreement.AGREE, f"{said}: {figures}", None
+        if move is not None:
+            return Agreement.CONTRADICT, f"{said}: the other way ({figures})", DIRECTION
+        if (a.standing and b.standing) or (a.lying and b.lying):
+            return Agreement.CONTRADICT, f"{said}: did not happen ({figures})", LIMB
+        return None, f"{said}: not standing or not lying in one frame ({figures})", None
     if c.direction in ("lean", "step"):
         if c.direction == "step" and c.side in ("forward", "back"):
             ways, v = ("forward", "back"), forwards(a, b)

@@ -25,6 +25,7 @@ from .. import geometry
 from ..config import QualityConfig
 
 UPRIGHT_DEG = 45.0  # a torso within this angle of the image's vertical stands, sits or kneels upright
+LYING_DEG = (60.0, 120.0)  # a torso this far from the image's vertical lies (a plank, on the back or side)
 FACING_LATERAL = 0.15  # shoulders this far apart across the torso (torso lengths): facing is known
 SIDE_VIEW_LATERAL = 0.3  # shoulders closer than this across the torso: a side view (across = front/back)
 # a face (nose and eyes, mean confidence) under this, with an ear seen, is turned away. A captions
@@ -122,6 +123,27 @@ class Body:
         return self.ok and self.tilt <= UPRIGHT_DEG
 
     @property
+    def legs_tilt(self) -> float | None:
+        """Degrees between the hips -> ankles direction (the ankles seen, their mean) and the image's
+        down: 0 standing on them, 90 legs along the floor."""
+        ankles = [a for a in (self.p("left_ankle"), self.p("right_ankle")) if a is not None]
+        d = _unit(np.mean(ankles, axis=0) - self.hips) if ankles and self.hips is not None else None
+        return None if d is None else math.degrees(math.acos(float(np.clip(d[1], -1, 1))))
+
+    @property
+    def lying(self) -> bool:
+        """Torso and legs both along the floor (a plank, on the back or side); a hinge over straight legs
+        tilts the torso only."""
+        legs = self.legs_tilt
+        return self.ok and LYING_DEG[0] <= self.tilt <= LYING_DEG[1] and legs is not None and legs >= LYING_DEG[0]
+
+    @property
+    def standing(self) -> bool:
+        """Torso upright over legs that go down from the hips (standing, kneeling, a jump)."""
+        legs = self.legs_tilt
+        return self.upright and legs is not None and legs <= UPRIGHT_DEG
+
+    @property
     def lateral(self) -> float | None:
         """How far the person's left shoulder (else hip) lies from the right one across the torso, signed:
         > 0 when their left is on the `across` side (they face the camera, if upright), torso lengths."""
@@ -202,3 +224,20 @@ def turned(a: Body, b: Body) -> bool | None:
     if fa is None or fb is None:
         return None
     return fa != fb and a.face_away != b.face_away
+
+
+FLOOR_DROP = 0.5  # torso lengths the hips come down (or up) in the picture when a body gets down on the floor
+
+
+def floor_move(a: Body, b: Body) -> str | None:
+    """ "down": standing before and lying after, the hips coming down at least FLOOR_DROP torso lengths in
+    the picture (a burpee's plank, lying down); "up": the reverse; None otherwise. A cartwheel turns the
+    body horizontal about the hips, which stay where they were: not down on the floor."""
+    if a.hips is None or b.hips is None or not a.torso > 1:
+        return None
+    drop = float(b.hips[1] - a.hips[1]) / a.torso
+    if a.standing and b.lying and drop >= FLOOR_DROP:
+        return "down"
+    if a.lying and b.standing and drop <= -FLOOR_DROP:
+        return "up"
+    return None

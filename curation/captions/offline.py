@@ -6,6 +6,10 @@ down gets what their body did, not what the image's axes saw:
   - left / right: the person's own (COCO's left_* keypoints); lean and step go to the side their own
     left lies on, which the shoulders show however the body is turned;
   - out / in: across the torso, only when the shoulders are seen apart (never in a side view);
+  - get down on the floor, get up off the floor: standing in one frame (torso upright, legs going down
+    from the hips) and lying in the other (torso and legs 60-120 and over 60 degrees from the image's
+    vertical: a hinge over straight legs is not lying), the hips coming down (or up) half a torso
+    length in the picture (a cartwheel turns about them), said first;
   - crouch down, stand up, lean, bend forward, step, turn around: whole-body words that assume
     standing, said only when the torso is upright in both frames;
   - on the floor seen side-on (a sit-up, lying leg raises): the hips' angle, "bend forward at your
@@ -29,7 +33,7 @@ from schemas.captions import Agreement
 from schemas.records import Caption, FramePair, Pose17
 
 from .agreement import check_claim, forwards
-from .body import Body, signed_angle, turned
+from .body import Body, floor_move, signed_angle, turned
 from .phrases import text_claims
 
 CAPTIONER = "offline"
@@ -37,8 +41,9 @@ CAPTIONER = "offline"
 # turned away in one frame; v4: a foot lift needs the torso axis kept and the foot ending above the other,
 # out/in and a lean or step to the person's side need no side view in either frame, an arm's reach out to
 # the side is signed, a side-on lean needs the body side-on before; v5: a side-on body facing the same way
-# in both frames steps forward or back
-VERSION = "offline-v5"
+# in both frames steps forward or back; v6: upright to lying is "get down on the floor", lying to upright
+# "get up off the floor"
+VERSION = "offline-v6"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
 FOOT_ABOVE = 0.3  # torso lengths the lifted ankle ends above the other, along the body
@@ -194,6 +199,17 @@ def _hip_changes(a: Body, b: Body) -> list[Change]:
     return []  # bending backwards beyond the line of the body: not a phrase of ours
 
 
+def _posture_changes(a: Body, b: Body) -> list[Change]:
+    """Getting down on the floor (upright before, lying after: a burpee's plank, lying down) and up off
+    it: said before any limb, whose own words (in the body's frame) miss that the whole body went down."""
+    move = floor_move(a, b)
+    if move == "down":
+        return [Change(2.0, "get down on the floor")]
+    if move == "up":
+        return [Change(2.0, "get up off the floor")]
+    return []
+
+
 def _body_changes(a: Body, b: Body) -> list[Change]:
     """Whole-body words that assume the person stands (or sits) upright: said only when the torso is
     upright in both frames."""
@@ -275,7 +291,7 @@ def describe_pair(before: Pose17, after: Pose17, min_conf: float = 0.5, max_phra
     if any("both legs" in c.phrase for c in hips):
         raised = {"left", "right"}
     legs = [c for c in legs if not (c.phrase.startswith("lift your") and c.phrase.split()[2] in raised)]
-    changes = arms + legs + hips + _body_changes(a, b)
+    changes = _posture_changes(a, b) + arms + legs + hips + _body_changes(a, b)
     changes.sort(key=lambda c: (-c.magnitude, c.phrase))
     phrases: list[str] = []
     refuted: list[str] = []

@@ -5,6 +5,7 @@ words in any caption) as claims (side, part, direction), and an LLM's structured
     crouch down                            -> both legs fold (the hips come down towards the feet)
     move your right leg                    -> right leg move
     turn around                            -> whole body turn
+    get down on the floor                  -> whole body lie (upright before, lying after)
 
 Phrases that claim nothing testable ("change your pose", "bend forward", a narration) give no claim.
 """
@@ -21,7 +22,7 @@ from schemas.captions import MotionChange
 class Claim:
     side: str  # the person's own: left, right, both, none (a step: also forward, back)
     part: str  # arm, hand, leg, knee, foot, legs, hips, torso, head, whole_body
-    direction: str  # up down out in bend straighten move fold unfold lean step turn
+    direction: str  # up down out in bend straighten move fold unfold lean step turn lie rise
 
     def __str__(self) -> str:
         return f"{self.side} {self.part} {self.direction}"
@@ -53,6 +54,8 @@ PHRASES: list[tuple[re.Pattern, str | None, str, str]] = [
     (re.compile(r"\bcrouch down\b"), "legs", "fold", "both"),
     (re.compile(r"\bstand up\b"), "legs", "unfold", "both"),
     (re.compile(r"\bturn around\b"), "whole_body", "turn", "none"),
+    (re.compile(r"\b(?:get down (?:on|onto) the floor|lie down)\b"), "whole_body", "lie", "none"),
+    (re.compile(r"\bget up (?:off|from) the floor\b"), "whole_body", "rise", "none"),
     (re.compile(r"\bbend forward at your hips\b"), "hips", "bend", "both"),
     (re.compile(r"\blean back at your hips\b"), "hips", "straighten", "both"),
 ]
