@@ -243,8 +243,8 @@ def test_getting_down_on_the_floor_and_up_again_is_said_first_and_checked():
     floor", said before the limbs (whose words, in the body's own frame, miss that the whole body went
     down). A hinge over straight legs tilts the torso as far but is not lying; a push-up stays on the
     floor; a cartwheel turns the body horizontal about hips that stay put. The check agrees with the
-    phrase where it happened, calls the reverse the other way and a push-up's "get down on the floor"
-    a change that did not happen."""
+    phrase where it happened, calls the reverse the other way and a still plank's "get down on the
+    floor" a change that did not happen; the phrase comes first, and knees stand in for unseen feet."""
     stand, down = make_pose(upright_side()), make_pose(push_up(0))
     assert describe(stand, down).startswith("get down on the floor"), describe(stand, down)
     assert describe(down, stand).startswith("get up off the floor"), describe(down, stand)
@@ -252,10 +252,23 @@ def test_getting_down_on_the_floor_and_up_again_is_said_first_and_checked():
     assert check_text(stand, down, "lie down").agreement == "agree"
     assert check_text(down, stand, "get up off the floor").agreement == "agree"
     assert check_text(down, stand, "get down on the floor").kinds == ("direction",)
-    assert check_text(make_pose(push_up(0)), make_pose(push_up(1)), "get down on the floor").kinds == ("limb",)
+    assert check_text(make_pose(plank(0)), make_pose(plank(1)), "get down on the floor").kinds == ("limb",)
+    # a push-up's hips come down 0.7 torso lengths on the floor: lying in both frames, not checkable
+    assert check_text(make_pose(push_up(0)), make_pose(push_up(1)), "lie down").agreement == "not_checkable"
     hinge = make_pose(bent_over())
     assert "floor" not in (describe(stand, hinge) or ""), describe(stand, hinge)
     wheel = [make_pose(cartwheel(a)) for a in (0, 90)]  # horizontal about the hips: not down on the floor
     assert "floor" not in (describe(*wheel) or "") and check_text(*wheel, "lie down").agreement != "agree"
     assert "floor" not in (describe(hinge, stand) or ""), describe(hinge, stand)
     assert check_text(stand, hinge, "get down on the floor").agreement == "not_checkable"
+
+    assert check_text(stand, down, "get up off the floor").kinds == ("direction",)
+    assert check_text(stand, make_pose(upright_side()), "get up off the floor").kinds == ("limb",)
+    # the phrase comes first even where a limb moved more (arms overhead to lying: both arms come down)
+    overhead = make_pose(upright_side() | {"left_elbow": (200, 60), "left_wrist": (200, 10),
+                                           "right_elbow": (204, 57), "right_wrist": (204, 7)})  # fmt: skip
+    assert describe(overhead, down).startswith("get down on the floor"), describe(overhead, down)
+    # feet cut by the frame: the knees stand in for the ankles
+    no_feet = ("left_ankle", "right_ankle")
+    cut_stand, cut_down = make_pose(upright_side(), low=no_feet), make_pose(push_up(0), low=no_feet)
+    assert describe(cut_stand, cut_down).startswith("get down on the floor"), describe(cut_stand, cut_down)

@@ -17,7 +17,12 @@ measured in the body's own frame (curation.captions.body), in torso lengths or r
                       step forward or back: the hips, the way a side-on body faces (its nose), the face
                       looking the same way in both frames
   turn                the person's facing (to or from the camera) flips and the face turns away in one frame
-A claim agrees when its own side moved that way by at least `threshold`. It contradicts, and says how:
+  lie / rise          standing (torso and legs upright) in one frame and lying (both along the floor) in
+                      the other, the hips half a torso lower (higher) in the picture (body.floor_move):
+                      "get down on the floor", "lie down", "get up off the floor"; it did not happen when
+                      both frames stand or both lie and the hips moved under a third of that
+A claim agrees when its own side moved that way by at least `threshold` (lie / rise: body.floor_move).
+It contradicts, and says how:
   side        the other side did it, or the lean or step went to the other side
   direction   it moved the other way, or moved clearly but across the named direction (a push-up's
               wrist does not rise along the body: the arm folds)
@@ -36,7 +41,7 @@ import numpy as np
 from schemas.captions import Agreement, MotionChange
 from schemas.records import Pose17
 
-from .body import Body, floor_move, turned
+from .body import FLOOR_DROP, Body, floor_move, hips_drop, turned
 from .phrases import Claim, change_claims, text_claims
 
 JOINT = {"arm": "wrist", "hand": "wrist", "leg": "ankle", "foot": "ankle", "knee": "knee"}
@@ -205,15 +210,19 @@ def check_claim(a: Body, b: Body, c: Claim, threshold: float) -> tuple[str | Non
     if c.direction in ("lie", "rise"):  # upright -> lying (a burpee's plank), lying -> upright
         if a.tilt is None or b.tilt is None:
             return None, f"{said}: torso axis not seen", None
-        figures = f"torso {a.tilt:.0f} -> {b.tilt:.0f} degrees from upright"
+        drop, la, lb = hips_drop(a, b), a.legs_tilt, b.legs_tilt
+        legs = "legs not seen" if la is None or lb is None else f"legs {la:.0f} -> {lb:.0f}"
+        hips = "" if drop is None else f", hips down {drop:+.2f}"
+        figures = f"torso {a.tilt:.0f} -> {b.tilt:.0f} degrees from upright, {legs}{hips}"
         move = floor_move(a, b)
         if move == ("down" if c.direction == "lie" else "up"):
             return Agreement.AGREE, f"{said}: {figures}", None
         if move is not None:
             return Agreement.CONTRADICT, f"{said}: the other way ({figures})", DIRECTION
-        if (a.standing and b.standing) or (a.lying and b.lying):
+        same = (a.standing and b.standing) or (a.lying and b.lying)
+        if same and drop is not None and abs(drop) < FLOOR_DROP / 3:
             return Agreement.CONTRADICT, f"{said}: did not happen ({figures})", LIMB
-        return None, f"{said}: not standing or not lying in one frame ({figures})", None
+        return None, f"{said}: not standing in one frame and lying in the other ({figures})", None
     if c.direction in ("lean", "step"):
         if c.direction == "step" and c.side in ("forward", "back"):
             ways, v = ("forward", "back"), forwards(a, b)

@@ -124,11 +124,14 @@ class Body:
 
     @property
     def legs_tilt(self) -> float | None:
-        """Degrees between the hips -> ankles direction (the ankles seen, their mean) and the image's
-        down: 0 standing on them, 90 legs along the floor."""
-        ankles = [a for a in (self.p("left_ankle"), self.p("right_ankle")) if a is not None]
-        d = _unit(np.mean(ankles, axis=0) - self.hips) if ankles and self.hips is not None else None
-        return None if d is None else math.degrees(math.acos(float(np.clip(d[1], -1, 1))))
+        """Degrees between the hips -> ankles direction (the ankles seen, their mean; the knees where no
+        ankle is seen: feet cut by the frame) and the image's down: 0 standing on them, 90 along the floor."""
+        for joint in ("ankle", "knee"):
+            ends = [e for e in (self.p(f"left_{joint}"), self.p(f"right_{joint}")) if e is not None]
+            if ends and self.hips is not None:
+                d = _unit(np.mean(ends, axis=0) - self.hips)
+                return None if d is None else math.degrees(math.acos(float(np.clip(d[1], -1, 1))))
+        return None
 
     @property
     def lying(self) -> bool:
@@ -139,7 +142,8 @@ class Body:
 
     @property
     def standing(self) -> bool:
-        """Torso upright over legs that go down from the hips (standing, kneeling, a jump)."""
+        """Torso upright over legs that go down from the hips (standing, a jump; a tall kneel seen
+        side-on, thighs down and shins back, reads about 47 degrees: not standing)."""
         legs = self.legs_tilt
         return self.upright and legs is not None and legs <= UPRIGHT_DEG
 
@@ -229,13 +233,22 @@ def turned(a: Body, b: Body) -> bool | None:
 FLOOR_DROP = 0.5  # torso lengths the hips come down (or up) in the picture when a body gets down on the floor
 
 
+def hips_drop(a: Body, b: Body) -> float | None:
+    """How far the hips came down in the picture from a to b (< 0: up), in the larger of the two frames'
+    torso lengths (a body lying seen from its head or feet shows a shortened torso)."""
+    size = max(a.torso, b.torso)
+    if a.hips is None or b.hips is None or not size > 1:
+        return None
+    return float(b.hips[1] - a.hips[1]) / size
+
+
 def floor_move(a: Body, b: Body) -> str | None:
     """ "down": standing before and lying after, the hips coming down at least FLOOR_DROP torso lengths in
     the picture (a burpee's plank, lying down); "up": the reverse; None otherwise. A cartwheel turns the
     body horizontal about the hips, which stay where they were: not down on the floor."""
-    if a.hips is None or b.hips is None or not a.torso > 1:
+    drop = hips_drop(a, b)
+    if drop is None:
         return None
-    drop = float(b.hips[1] - a.hips[1]) / a.torso
     if a.standing and b.lying and drop >= FLOOR_DROP:
         return "down"
     if a.lying and b.standing and drop <= -FLOOR_DROP:

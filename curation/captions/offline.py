@@ -199,14 +199,17 @@ def _hip_changes(a: Body, b: Body) -> list[Change]:
     return []  # bending backwards beyond the line of the body: not a phrase of ours
 
 
+FLOOR_PHRASES = ("get down on the floor", "get up off the floor")
+
+
 def _posture_changes(a: Body, b: Body) -> list[Change]:
     """Getting down on the floor (upright before, lying after: a burpee's plank, lying down) and up off
     it: said before any limb, whose own words (in the body's frame) miss that the whole body went down."""
     move = floor_move(a, b)
     if move == "down":
-        return [Change(2.0, "get down on the floor")]
+        return [Change(2.0, FLOOR_PHRASES[0])]
     if move == "up":
-        return [Change(2.0, "get up off the floor")]
+        return [Change(2.0, FLOOR_PHRASES[1])]
     return []
 
 
@@ -292,7 +295,7 @@ def describe_pair(before: Pose17, after: Pose17, min_conf: float = 0.5, max_phra
         raised = {"left", "right"}
     legs = [c for c in legs if not (c.phrase.startswith("lift your") and c.phrase.split()[2] in raised)]
     changes = _posture_changes(a, b) + arms + legs + hips + _body_changes(a, b)
-    changes.sort(key=lambda c: (-c.magnitude, c.phrase))
+    changes.sort(key=lambda c: (c.phrase not in FLOOR_PHRASES, -c.magnitude, c.phrase))  # the floor first
     phrases: list[str] = []
     refuted: list[str] = []
     for c in changes:
