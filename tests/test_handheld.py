@@ -492,6 +492,25 @@ def test_a_real_clip_with_a_pose_skeleton_drawn_over_the_dancer_gives_no_pair(de
     assert off.accepted and all(p.pair.quality.drawn_skeleton > limit for p in off.pairs)
 
 
+def test_a_cue_list_that_grows_beside_a_lifter_is_not_something_he_holds(detector, monkeypatch):  # noqa: F811
+    """A real deadlift demo (tests/data/extra) with a list of cues beside the lifter that gains a line
+    every few seconds. A new line at the bar's height is a thin straight row pointing at his hands, which
+    the held-object rule took for something he holds (overlay_change 0; a pair from 5.54 to 9.34 s was
+    accepted across two new lines). A row of many small pieces in one frame only is letters: with the
+    rule (camera._glyphs) no pair spans a new line; without it, one does."""
+    path = Path(__file__).parent / "data" / "extra" / "deadlift_cue_list_grows.mp4"
+    new_lines = (6.8, 8.9)  # seen frame by frame (the list also grows at 1.7, 13.5 and 18.3 s)
+
+    def across(res):
+        times = [(p.pair.before_time_s, p.pair.after_time_s) for p in res.pairs]
+        return [t for t in times if any(t[0] < x < t[1] for x in new_lines)]
+
+    on = run_clip(path, detector)
+    assert on.accepted and not across(on), [(p.pair.before_time_s, p.pair.after_time_s) for p in on.pairs]
+    monkeypatch.setattr(camera, "_glyphs", lambda *args: False)
+    assert across(run_clip(path, detector))
+
+
 def test_bright_text_in_one_frame_only_is_an_overlay(detector, clips):  # noqa: F811
     """An exercise name or a pose-name caption that appears or changes between the frames, drawn in thin
     near-white letters by the feet (within the body's reach, where the background comparison leaves a

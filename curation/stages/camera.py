@@ -128,7 +128,9 @@ def _people_mask(
     return mask
 
 
-def held_objects(changed: np.ndarray, off: np.ndarray, hands: np.ndarray, thickness: float) -> np.ndarray:
+def held_objects(
+    changed: np.ndarray, off: np.ndarray, hands: np.ndarray, thickness: float, signed: np.ndarray | None = None
+) -> np.ndarray:
     """The changed pixels beyond the body's reach (`changed` uint8 0/1, `off` bool) that belong to
     something a hand holds (a bar, a bat, a club, a rope held taut): each piece of change there (small
     gaps bridged) that is thin (at most `thickness` pixels across at its 95th percentile) and made of
@@ -137,8 +139,11 @@ def held_objects(changed: np.ndarray, off: np.ndarray, hands: np.ndarray, thickn
     finds them; a bar seen in both frames is two, meeting where it is anchored). A thin bar's change
     breaks where it crosses a background of its own shade, so its pieces count by their line, not by
     touching the hand. A pop-up is thick; a drawing's strokes curve and a caption does not point at a
-    hand (bright text is checked apart: text_change). Returns a bool mask of the pixels to leave out
-    of the overlay regions."""
+    hand (bright text is checked apart: text_change). Nor is a row of many small pieces that is in one
+    frame only (`signed`: warped a - b, one sign on GLYPH_ONE_SIDE of it): letters that appear or vanish
+    beside the hands at a bar's height (a cue list that grows), where a held thing is one piece or a few
+    and, moving, changes both ways. Returns a bool mask of the pixels to leave out of the overlay
+    regions."""
     held = np.zeros(changed.shape, bool)
     zone = hands > 0
     if thickness <= 0 or not zone.any():
@@ -181,9 +186,24 @@ def held_objects(changed: np.ndarray, off: np.ndarray, hands: np.ndarray, thickn
                 if zone[py[inside], px[inside]].any():
                     cv2.line(lines, (int(x1), int(y1)), (int(x2), int(y2)), 1, int(np.ceil(width)) + 2)
                     break
-        if int((part & (lines > 0)).sum()) >= 0.95 * count:
+        if int((part & (lines > 0)).sum()) >= 0.95 * count and not _glyphs(part, beyond[box], signed, box):
             held[box] |= part
     return held
+
+
+GLYPH_PIECES, GLYPH_ONE_SIDE = 6, 0.9  # a row of letters: this many separate pieces, this share one way
+
+
+def _glyphs(part: np.ndarray, beyond: np.ndarray, signed: np.ndarray | None, box: tuple[slice, slice]) -> bool:
+    """The piece is a row of letters in one frame only: at least GLYPH_PIECES separate pieces of change
+    (before the gaps were bridged) and GLYPH_ONE_SIDE of its pixels changed the same way."""
+    if signed is None:
+        return False
+    pieces = cv2.connectedComponents((part & (beyond > 0)).astype(np.uint8), connectivity=8)[0] - 1
+    if pieces < GLYPH_PIECES:
+        return False
+    brighter = float(np.mean(signed[box][part] > 0))
+    return max(brighter, 1.0 - brighter) >= GLYPH_ONE_SIDE
 
 
 def compare_background(
@@ -224,7 +244,8 @@ def compare_background(
     around = ((ad > CHANGE_LEVEL) & (valid == 255) & off).astype(np.uint8)
     if hands is not None and reach > 0:
         raw = ((ad > CHANGE_LEVEL) & (valid == 255)).astype(np.uint8)
-        around[held_objects(raw, off, hands, HELD_THICKNESS * reach / REACH)] = 0  # reach / REACH: a torso
+        held = held_objects(raw, off, hands, HELD_THICKNESS * reach / REACH, d - brightness)  # reach / REACH: a torso
+        around[held] = 0
     around = cv2.morphologyEx(around, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     # the letters of one line of text belong together: close horizontal gaps (not across a body)
     around = cv2.morphologyEx(around, cv2.MORPH_CLOSE, np.ones((3, 9), np.uint8)) & off.astype(np.uint8)
