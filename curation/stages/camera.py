@@ -129,7 +129,7 @@ def _people_mask(
 
 
 def held_objects(
-    changed: np.ndarray, off: np.ndarray, hands: np.ndarray, thickness: float, signed: np.ndarray | None = None
+    changed: np.ndarray, off: np.ndarray, hands: np.ndarray, thickness: float, signed: np.ndarray
 ) -> np.ndarray:
     """The changed pixels beyond the body's reach (`changed` uint8 0/1, `off` bool) that belong to
     something a hand holds (a bar, a bat, a club, a rope held taut): each piece of change there (small
@@ -186,7 +186,7 @@ def held_objects(
                 if zone[py[inside], px[inside]].any():
                     cv2.line(lines, (int(x1), int(y1)), (int(x2), int(y2)), 1, int(np.ceil(width)) + 2)
                     break
-        if int((part & (lines > 0)).sum()) >= 0.95 * count and not _glyphs(part, beyond[box], signed, box):
+        if int((part & (lines > 0)).sum()) >= 0.95 * count and not _glyphs(part, signed[box]):
             held[box] |= part
     return held
 
@@ -194,15 +194,13 @@ def held_objects(
 GLYPH_PIECES, GLYPH_ONE_SIDE = 6, 0.9  # a row of letters: this many separate pieces, this share one way
 
 
-def _glyphs(part: np.ndarray, beyond: np.ndarray, signed: np.ndarray | None, box: tuple[slice, slice]) -> bool:
-    """The piece is a row of letters in one frame only: at least GLYPH_PIECES separate pieces of change
-    (before the gaps were bridged) and GLYPH_ONE_SIDE of its pixels changed the same way."""
-    if signed is None:
+def _glyphs(part: np.ndarray, signed: np.ndarray) -> bool:
+    """The piece (its changed pixels, before the gaps were bridged) is a row of letters in one frame
+    only: at least GLYPH_PIECES separate pieces, and GLYPH_ONE_SIDE of its pixels changed the same way
+    (`signed`: warped a - b over the piece's box)."""
+    if cv2.connectedComponents(part.astype(np.uint8), connectivity=8)[0] - 1 < GLYPH_PIECES:
         return False
-    pieces = cv2.connectedComponents((part & (beyond > 0)).astype(np.uint8), connectivity=8)[0] - 1
-    if pieces < GLYPH_PIECES:
-        return False
-    brighter = float(np.mean(signed[box][part] > 0))
+    brighter = float(np.mean(signed[part] > 0))
     return max(brighter, 1.0 - brighter) >= GLYPH_ONE_SIDE
 
 
