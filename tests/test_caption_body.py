@@ -102,6 +102,16 @@ def leg_raise(angle: float) -> Points:
     return rotate(lying, LEGS, (250, 390), -angle)
 
 
+def boat(lift: float) -> Points:
+    """A seated boat pose seen side-on: the torso leaning back 20 degrees, hands on the floor behind, knees
+    bent; the bent legs turned up about the hips by `lift` degrees (0: feet on the floor)."""
+    seated = side_on(
+        {"nose": (240, 262), "eye": (236, 255), "ear": (218, 258), "shoulder": (216, 296), "elbow": (195, 340),
+         "wrist": (180, 388), "hip": (250, 390), "knee": (320, 330), "ankle": (380, 390)}
+    )  # fmt: skip
+    return rotate(seated, LEGS, (250, 390), -lift)
+
+
 def cartwheel(angle: float) -> Points:
     """A cartwheel facing the camera: arms over the head, the body turned in the image plane by `angle`
     about the hips and travelling sideways, the legs in a straddle while off the ground."""
@@ -121,6 +131,7 @@ SEQUENCES = {
     "sit-up": [sit_up(a) for a in (0, 40, 80, 40, 0)],
     "leg raises": [leg_raise(a) for a in (0, 45, 90, 45, 0)],
     "cartwheel": [cartwheel(a) for a in (0, 90, 180, 270, 360)],
+    "boat": [boat(a) for a in (0, 20, 40, 20, 0)],
 }
 # what each step is (before -> after): the caption, or None (the captioner abstains)
 EXPECTED = {
@@ -130,6 +141,7 @@ EXPECTED = {
                "lean back at your hips"],
     "leg raises": ["raise both legs", "raise both legs", "lower both legs", "lower both legs"],
     "cartwheel": ["spread your legs", None, None, "bring your legs together"],
+    "boat": ["raise both legs", "raise both legs", "lower both legs", "lower both legs"],
 }  # fmt: skip
 # image-frame words that would be wrong anywhere in these sequences
 WRONG = ("crouch", "stand up", "raise your left arm", "raise your right arm", "lower your", "lower both arms",
@@ -272,3 +284,26 @@ def test_getting_down_on_the_floor_and_up_again_is_said_first_and_checked():
     no_feet = ("left_ankle", "right_ankle")
     cut_stand, cut_down = make_pose(upright_side(), low=no_feet), make_pose(push_up(0), low=no_feet)
     assert describe(cut_stand, cut_down).startswith("get down on the floor"), describe(cut_stand, cut_down)
+
+
+def test_both_feet_off_the_floor_is_raise_both_legs_only_where_the_legs_leave_it():
+    """Seated, the feet leaving the floor barely turn the thighs against the torso: the body's own frame
+    said only the arms ("lower your right arm" on a real boat pose). Both ankles up 0.35 torso lengths in
+    the picture and against the hips, the hips still and the torso's direction kept, is "raise both legs"
+    (boat() above; the check agrees). Not where the feet stay on the floor while the body comes closer
+    (a walk towards the camera brings standing feet down the picture), nor for a jump (the hips rise
+    with the feet) or a cartwheel (the torso turns about the hips)."""
+    sat, lifted = make_pose(boat(0)), make_pose(boat(35))
+    assert describe(sat, lifted) == "raise both legs"
+    assert check_text(sat, lifted, "raise both legs").agreement == "agree"
+    assert check_text(lifted, sat, "raise both legs").kinds == ("direction",)
+    standing = make_pose(STANDING)
+    closer = make_pose({k: (200 + 1.3 * (x - 200), 250 + 1.3 * (y - 250)) for k, (x, y) in STANDING.items()})
+    assert "both legs" not in (describe(closer, standing) or "") and "both legs" not in (
+        describe(standing, closer) or ""
+    )
+    knees_up = {"left_knee": (235, 230), "right_knee": (165, 230), "left_ankle": (240, 300), "right_ankle": (160, 300)}
+    tuck = make_pose({k: (x, y - 60) for k, (x, y) in STANDING.items()} | knees_up)
+    assert "both legs" not in (describe(standing, tuck) or ""), describe(standing, tuck)
+    wheel = [make_pose(cartwheel(a)) for a in (0, 90)]
+    assert "both legs" not in (describe(*wheel) or ""), describe(*wheel)

@@ -33,7 +33,6 @@ Claims without a side where one is needed, or joints not visible, are not checka
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +40,7 @@ import numpy as np
 from schemas.captions import Agreement, MotionChange
 from schemas.records import Pose17
 
-from .body import FLOOR_DROP, Body, floor_move, hips_drop, turned
+from .body import FLOOR_DROP, Body, floor_move, floor_rise, hips_drop, turned
 from .phrases import Claim, change_claims, text_claims
 
 JOINT = {"arm": "wrist", "hand": "wrist", "leg": "ankle", "foot": "ankle", "knee": "knee"}
@@ -79,11 +78,6 @@ def _points(a: Body, b: Body, side: str, part: str) -> list[tuple[np.ndarray, np
     return [(a.p(f"{side}_{j}"), b.p(f"{side}_{j}")) for j in LIMB_JOINTS.get(part, ())]
 
 
-def _agreed(u: float, v: float) -> float:
-    """Two measures of one movement: the smaller where they agree in sign, else 0."""
-    return math.copysign(min(abs(u), abs(v)), u) if u * v > 0 else 0.0
-
-
 def _limb_motion(a: Body, b: Body, side: str, part: str) -> float | None:
     ds = []
     for j in LIMB_JOINTS.get(part, ()):
@@ -117,9 +111,8 @@ def _sided(a: Body, b: Body, side: str, part: str, direction: str) -> Moved | No
         # down to feet that stay put, and a hinge turns the torso axis (measured from the hips along
         # that axis, both "raise" the feet); a pull-up or a jump lifts the feet with the hips.
         # (each joint is seen in both frames: total is not None)
-        d = (a.p(f"{side}_{joint}") - b.p(f"{side}_{joint}")) / a.torso  # > 0 along y: up, image y grows down
-        hips = None if a.hips is None or b.hips is None else (a.hips - b.hips) / a.torso
-        rose = d[1] if hips is None else _agreed(d[1], d[1] - hips[1])
+        d = (a.p(f"{side}_{joint}") - b.p(f"{side}_{joint}")) / a.torso
+        rose = floor_rise(a, b, f"{side}_{joint}")
         total = float(np.mean([np.linalg.norm(q - p) / a.torso for p, q in _points(a, b, side, part)]))
         return Moved(rose if direction == "up" else -rose, across=abs(d[0]), total=total)
     if direction in ("up", "down"):

@@ -254,3 +254,22 @@ def floor_move(a: Body, b: Body) -> str | None:
     if a.lying and b.standing and drop <= -FLOOR_DROP:
         return "up"
     return None
+
+
+def agreed(u: float, v: float) -> float:
+    """Two measures of one movement: the smaller where they agree in sign, else 0."""
+    return math.copysign(min(abs(u), abs(v)), u) if u * v > 0 else 0.0
+
+
+def floor_rise(a: Body, b: Body, joint: str) -> float | None:
+    """How far a leg's `joint` came up off the floor from a to b (< 0: down), in a's torso lengths: up in
+    the picture and relative to the hips there, the smaller where both say the same way (a squat brings
+    the hips down to feet that stay put; a pull-up or a jump lifts the feet with the hips). None when the
+    joint is not seen in both frames."""
+    pa, pb = a.p(joint), b.p(joint)
+    if pa is None or pb is None or not a.torso > 1:
+        return None
+    up = float(pa[1] - pb[1]) / a.torso  # image y grows down
+    if a.hips is None or b.hips is None:
+        return up
+    return agreed(up, up - float(a.hips[1] - b.hips[1]) / a.torso)

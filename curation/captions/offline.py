@@ -13,7 +13,9 @@ down gets what their body did, not what the image's axes saw:
   - crouch down, stand up, lean, bend forward, step, turn around: whole-body words that assume
     standing, said only when the torso is upright in both frames;
   - on the floor seen side-on (a sit-up, lying leg raises): the hips' angle, "bend forward at your
-    hips" when the torso came up to the thighs, "raise both legs" when the legs came up to it.
+    hips" when the torso came up to the thighs, "raise both legs" when the legs came up to it;
+  - both feet up off the floor (or down to it) in the picture, the hips still and the torso's direction
+    kept (a seated boat pose, a hanging knee raise): "raise both legs" ("lower both legs").
 A pose it cannot describe that way gets no caption rather than a wrong one: `describe` returns None
 and the captioner raises `Abstain` (the pair becomes a counted caption_failed reject, detail
 "abstained: ..."). Every phrase is checked against the keypoints (curation.captions.agreement) before it
@@ -33,7 +35,7 @@ from schemas.captions import Agreement
 from schemas.records import Caption, FramePair, Pose17
 
 from .agreement import check_claim, forwards
-from .body import Body, floor_move, signed_angle, turned
+from .body import Body, floor_move, floor_rise, hips_drop, signed_angle, turned
 from .phrases import text_claims
 
 CAPTIONER = "offline"
@@ -42,11 +44,15 @@ CAPTIONER = "offline"
 # out/in and a lean or step to the person's side need no side view in either frame, an arm's reach out to
 # the side is signed, a side-on lean needs the body side-on before; v5: a side-on body facing the same way
 # in both frames steps forward or back; v6: upright to lying is "get down on the floor", lying to upright
-# "get up off the floor"
-VERSION = "offline-v6"
+# "get up off the floor"; v7: both feet up off the floor (or down to it) with the hips and the torso's
+# direction kept is "raise both legs" ("lower both legs"): a seated boat pose, a hanging knee raise
+VERSION = "offline-v7"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
 FOOT_ABOVE = 0.3  # torso lengths the lifted ankle ends above the other, along the body
+LEGS_RISE = 0.35  # torso lengths both ankles come up off the floor (in the picture, against the hips; as a foot lift)
+LEGS_HIPS_STILL = 0.25  # torso lengths the hips may move in the picture meanwhile (a jump lifts them)
+LEGS_AXIS_TURN = 30.0  # degrees the torso axis may turn meanwhile (a cartwheel turns about the hips)
 
 
 class Abstain(ValueError):
@@ -199,6 +205,25 @@ def _hip_changes(a: Body, b: Body) -> list[Change]:
     return []  # bending backwards beyond the line of the body: not a phrase of ours
 
 
+def _legs_off_floor(a: Body, b: Body) -> list[Change]:
+    """Both feet up off the floor, or down to it, while the hips stay and the torso keeps its direction,
+    the legs not standing where they are up (a walk towards the camera brings standing feet down the
+    picture): a seated boat pose, a hanging knee raise, leg raises on the back. Measured as the
+    caption check measures a leg's up (body.floor_rise), which the body's own frame misses on a seated
+    body: the thighs and knees barely turn against the torso while the feet leave the floor."""
+    drop = hips_drop(a, b)
+    if drop is None or abs(drop) > LEGS_HIPS_STILL or abs(signed_angle(a.up, b.up)) > LEGS_AXIS_TURN:
+        return []
+    rises = [floor_rise(a, b, f"{side}_ankle") for side in ("left", "right")]
+    if any(r is None for r in rises):
+        return []
+    if min(rises) >= LEGS_RISE and not b.standing:
+        return [Change(float(np.mean(rises)), "raise both legs")]
+    if max(rises) <= -LEGS_RISE and not a.standing:
+        return [Change(-float(np.mean(rises)), "lower both legs")]
+    return []
+
+
 FLOOR_PHRASES = ("get down on the floor", "get up off the floor")
 
 
@@ -288,7 +313,7 @@ def describe_pair(before: Pose17, after: Pose17, min_conf: float = 0.5, max_phra
     if not a.ok or not b.ok:
         return Description(None, "no torso axis (shoulders and hips, or shoulders and head) in both frames")
     arms = _both_arms(_arm_changes(a, b, "right"), _arm_changes(a, b, "left"))
-    hips = _hip_changes(a, b)
+    hips = _hip_changes(a, b) + _legs_off_floor(a, b)
     legs = _leg_changes(a, b)
     raised = {c.phrase.split()[-1] for c in hips if c.phrase.startswith("raise your")}  # "left" / "right"
     if any("both legs" in c.phrase for c in hips):
