@@ -307,3 +307,11 @@ def test_both_feet_off_the_floor_is_raise_both_legs_only_where_the_legs_leave_it
     assert "both legs" not in (describe(standing, tuck) or ""), describe(standing, tuck)
     wheel = [make_pose(cartwheel(a)) for a in (0, 90)]
     assert "both legs" not in (describe(*wheel) or ""), describe(*wheel)
+    # the hips rising with the feet (the whole seated body lifted 0.4 torso lengths): not the legs alone
+    up = make_pose({k: (x, y - 40) for k, (x, y) in boat(35).items()})
+    assert "both legs" not in (describe(sat, up) or ""), describe(sat, up)
+    # lying leg raises, one thigh turned further than the other: both feet rose, so "raise both legs"
+    # stands alone rather than beside the hips' "raise your left leg"
+    uneven = rotate(leg_raise(0), ("left_knee", "left_ankle"), (250, 390), -50)
+    uneven = make_pose(rotate(uneven, ("right_knee", "right_ankle"), (254, 387), -30))
+    assert describe(make_pose(leg_raise(0)), uneven) == "raise both legs", describe(make_pose(leg_raise(0)), uneven)

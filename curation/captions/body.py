@@ -265,7 +265,7 @@ def floor_rise(a: Body, b: Body, joint: str) -> float | None:
     """How far a leg's `joint` came up off the floor from a to b (< 0: down), in a's torso lengths: up in
     the picture and relative to the hips there, the smaller where both say the same way (a squat brings
     the hips down to feet that stay put; a pull-up or a jump lifts the feet with the hips). None when the
-    joint is not seen in both frames."""
+    joint is not seen in both frames or a's torso is not measured."""
     pa, pb = a.p(joint), b.p(joint)
     if pa is None or pb is None or not a.torso > 1:
         return None

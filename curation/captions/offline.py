@@ -2,7 +2,8 @@
 
 Everything is said in the body's own frame (curation.captions.body), so a person on the floor or upside
 down gets what their body did, not what the image's axes saw:
-  - raise / lower (arms, legs, a foot): along the torso axis, "up" towards the head;
+  - raise / lower (arms, legs, a foot): along the torso axis, "up" towards the head (but both feet
+    off the floor, below, which is measured in the picture);
   - left / right: the person's own (COCO's left_* keypoints); lean and step go to the side their own
     left lies on, which the shoulders show however the body is turned;
   - out / in: across the torso, only when the shoulders are seen apart (never in a side view);
@@ -14,8 +15,10 @@ down gets what their body did, not what the image's axes saw:
     standing, said only when the torso is upright in both frames;
   - on the floor seen side-on (a sit-up, lying leg raises): the hips' angle, "bend forward at your
     hips" when the torso came up to the thighs, "raise both legs" when the legs came up to it;
-  - both feet up off the floor (or down to it) in the picture, the hips still and the torso's direction
-    kept (a seated boat pose, a hanging knee raise): "raise both legs" ("lower both legs").
+  - both feet up off the floor (or down to it) in the picture, the hips not moving up or down and the
+    torso's direction kept, the legs not standing where they are up (a seated boat pose, a hanging knee
+    raise with the knees above the hips): "raise both legs" ("lower both legs"), which then stands for
+    a one-leg phrase of the hips' angle (both feet rose: not only the leg whose thigh turned most).
 A pose it cannot describe that way gets no caption rather than a wrong one: `describe` returns None
 and the captioner raises `Abstain` (the pair becomes a counted caption_failed reject, detail
 "abstained: ..."). Every phrase is checked against the keypoints (curation.captions.agreement) before it
@@ -51,7 +54,7 @@ ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
 FOOT_ABOVE = 0.3  # torso lengths the lifted ankle ends above the other, along the body
 LEGS_RISE = 0.35  # torso lengths both ankles come up off the floor (in the picture, against the hips; as a foot lift)
-LEGS_HIPS_STILL = 0.25  # torso lengths the hips may move in the picture meanwhile (a jump lifts them)
+LEGS_HIPS_STILL = 0.25  # torso lengths the hips may move up or down in the picture meanwhile (a jump lifts them)
 LEGS_AXIS_TURN = 30.0  # degrees the torso axis may turn meanwhile (a cartwheel turns about the hips)
 
 
@@ -208,7 +211,8 @@ def _hip_changes(a: Body, b: Body) -> list[Change]:
 def _legs_off_floor(a: Body, b: Body) -> list[Change]:
     """Both feet up off the floor, or down to it, while the hips stay and the torso keeps its direction,
     the legs not standing where they are up (a walk towards the camera brings standing feet down the
-    picture): a seated boat pose, a hanging knee raise, leg raises on the back. Measured as the
+    picture): a seated boat pose, a hanging knee raise with the knees above the hips, leg raises on the
+    back. The hips' move is up or down only (hips_drop). Measured as the
     caption check measures a leg's up (body.floor_rise), which the body's own frame misses on a seated
     body: the thighs and knees barely turn against the torso while the feet leave the floor."""
     drop = hips_drop(a, b)
@@ -313,7 +317,9 @@ def describe_pair(before: Pose17, after: Pose17, min_conf: float = 0.5, max_phra
     if not a.ok or not b.ok:
         return Description(None, "no torso axis (shoulders and hips, or shoulders and head) in both frames")
     arms = _both_arms(_arm_changes(a, b, "right"), _arm_changes(a, b, "left"))
-    hips = _hip_changes(a, b) + _legs_off_floor(a, b)
+    both = _legs_off_floor(a, b)  # both feet rose (fell): no one-leg phrase of the hips' angle beside it
+    verb = both[0].phrase.split()[0] if both else None
+    hips = [c for c in _hip_changes(a, b) if not (verb and c.phrase.startswith(f"{verb} your"))] + both
     legs = _leg_changes(a, b)
     raised = {c.phrase.split()[-1] for c in hips if c.phrase.startswith("raise your")}  # "left" / "right"
     if any("both legs" in c.phrase for c in hips):
