@@ -15,10 +15,8 @@ down gets what their body did, not what the image's axes saw:
     standing, said only when the torso is upright in both frames;
   - on the floor seen side-on (a sit-up, lying leg raises): the hips' angle, "bend forward at your
     hips" when the torso came up to the thighs, "raise both legs" when the legs came up to it;
-  - both feet up off the floor (or down to it) in the picture, the hips not moving up or down and the
-    torso's direction kept, the legs not standing where they are up (a seated boat pose, a hanging knee
-    raise with the knees above the hips): "raise both legs" ("lower both legs"), which then stands for
-    a one-leg phrase of the hips' angle (both feet rose: not only the leg whose thigh turned most).
+  - both feet up off the floor (or down to it) in the picture, the hips and the torso's direction kept
+    (a seated boat pose): "raise both legs" ("lower both legs"), instead of the hips' one-leg phrase.
 A pose it cannot describe that way gets no caption rather than a wrong one: `describe` returns None
 and the captioner raises `Abstain` (the pair becomes a counted caption_failed reject, detail
 "abstained: ..."). Every phrase is checked against the keypoints (curation.captions.agreement) before it
@@ -209,12 +207,11 @@ def _hip_changes(a: Body, b: Body) -> list[Change]:
 
 
 def _legs_off_floor(a: Body, b: Body) -> list[Change]:
-    """Both feet up off the floor, or down to it, while the hips stay and the torso keeps its direction,
-    the legs not standing where they are up (a walk towards the camera brings standing feet down the
-    picture): a seated boat pose, a hanging knee raise with the knees above the hips, leg raises on the
-    back. The hips' move is up or down only (hips_drop). Measured as the
-    caption check measures a leg's up (body.floor_rise), which the body's own frame misses on a seated
-    body: the thighs and knees barely turn against the torso while the feet leave the floor."""
+    """Both feet up off the floor, or down to it, while the hips stay (up or down: hips_drop) and the
+    torso keeps its direction, the legs not standing where they are up (a walk towards the camera brings
+    standing feet down the picture): a seated boat pose, a hanging knee raise with the knees above the
+    hips, leg raises on the back. Measured as the caption check measures a leg's up (body.floor_rise),
+    which the body's own frame misses seated: the thighs barely turn while the feet leave the floor."""
     drop = hips_drop(a, b)
     if drop is None or abs(drop) > LEGS_HIPS_STILL or abs(signed_angle(a.up, b.up)) > LEGS_AXIS_TURN:
         return []
