@@ -46,7 +46,7 @@ CAPTIONER = "offline"
 # the side is signed, a side-on lean needs the body side-on before; v5: a side-on body facing the same way
 # in both frames steps forward or back; v6: upright to lying is "get down on the floor", lying to upright
 # "get up off the floor"; v7: both feet up off the floor (or down to it) with the hips and the torso's
-# direction kept is "raise both legs" ("lower both legs"): a seated boat pose, a hanging knee raise
+# direction kept is "raise both legs" ("lower both legs"): a seated boat pose
 VERSION = "offline-v7"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
