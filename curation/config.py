@@ -141,11 +141,9 @@ class QualityConfig(_Section):
         " plate, cut), else partial_body (whole-body configs; the figure can be negative: -10 switches it off)",
     )
     max_graphic_stroke: float = Field(
-        1.2,
-        ge=0,
-        description="longest drawn stroke (saturated, thinner than a limb, straight) in one frame only, in torso"
-        " lengths: a graphic over the body, else overlay_changed",
-    )
+        1.2, ge=0, description="longest drawn stroke (saturated, thinner than a limb, straight) in one frame only"
+        " (torso lengths): a graphic over the body, else overlay_changed",
+    )  # fmt: skip
     max_drawn_skeleton: float = Field(
         0.45, ge=0, le=1, description="share of the person's 8 limbs with a line drawn along them, else overlay_changed"
     )
@@ -155,6 +153,10 @@ class QualityConfig(_Section):
         description="largest word of bright text (thin near-white strokes in a row, off the body) in one frame"
         " only, in stroke pixels per squared torso length: a caption that appears or changes, else overlay_changed",
     )
+    max_text_box_change: float = Field(
+        0.002, ge=0, le=1, description="largest text box (share of the frame; RapidOCR's detector) whose text"
+        " changes between the frames (a subtitle, a bullet line), else overlay_changed; 1: the detector is not run",
+    )  # fmt: skip
     max_background_change: float = Field(
         0.25, ge=0, le=1, description="share of the background that changes (a fade, a cross-fade), else shot_cut"
     )

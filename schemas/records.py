@@ -215,6 +215,7 @@ class QualityFigures(BaseModel):
     graphic_stroke: float | None = None  # longest drawn stroke (saturated, thin, straight) in one frame only / torso
     drawn_skeleton: float | None = None  # share of the person's limbs with a drawn line along them (larger frame)
     text_change: float | None = None  # largest bright-text word in one frame only: stroke pixels / torso^2
+    text_box_change: float | None = None  # largest detected text box whose text changed / frame area
     other_track_score: float | None = None  # best score of another person tracked elsewhere in the clip
     transition_mix: float | None = None  # share of another shot blended into either frame (a dissolve's ghost)
     borderline: bool = False  # a figure within quality.borderline_margin of its threshold

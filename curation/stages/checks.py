@@ -195,6 +195,11 @@ def check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person
     if c.quality.text_change is not None and c.quality.text_change > q.max_text_change:
         c.detail = f"bright text ({c.quality.text_change:.3f} torso^2 of strokes) is in one frame only (a caption)"
         return RejectReason.OVERLAY_CHANGED
+    if q.max_text_box_change < 1:
+        c.quality.text_box_change, box = track.changed_text(c.i, c.j, al)
+        if c.quality.text_box_change > q.max_text_box_change:
+            c.detail = f"text changed between the frames ({c.quality.text_box_change:.4f} of the frame at {box})"
+            return RejectReason.OVERLAY_CHANGED
     mark_margins(c, cfg, q, crop)
     if c.quality.borderline and q.borderline == "drop":
         c.detail = f"borderline: {c.quality.borderline_checks}"

@@ -129,11 +129,16 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         if moving:
             # the candidates that show motion name why the clip has no pair (jumps whose head the top
             # edge cuts are partial_body, not low_motion for their still moments): the check the
-            # furthest of them reached; the text check is run last, so a candidate it stopped (its
-            # text_change over the limit) passed every other check
-            limit = track.quality_cfg.max_text_change
+            # furthest of them reached; the text checks are run last, so a candidate they stopped (its
+            # text_change or text_box_change over the limit) passed every other check
+            q = track.quality_cfg
             text = any(
-                why is RejectReason.OVERLAY_CHANGED and c.quality is not None and (c.quality.text_change or 0) > limit
+                why is RejectReason.OVERLAY_CHANGED
+                and c.quality is not None
+                and (
+                    (c.quality.text_change or 0) > q.max_text_change
+                    or (c.quality.text_box_change or 0) > q.max_text_box_change
+                )
                 for c, why in zip(cands, reasons, strict=True)
             )
             reason = RejectReason.OVERLAY_CHANGED if text else max(moving, key=CHECK_ORDER.index)

@@ -16,7 +16,7 @@ import numpy as np
 from schemas.records import MotionFigures, PairStrategy, Pose17, QualityFigures, RejectReason
 
 from ..config import MotionConfig, QualityConfig
-from . import body, camera, people, quality, silhouette
+from . import body, camera, people, quality, silhouette, text_boxes
 from .figures import PoseChange, blend_share, hist_similarity, scene_hist
 
 
@@ -151,6 +151,7 @@ class ClipTrack:
     _mix: dict[int, float] = field(default_factory=dict, repr=False)
     _hists: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _skeleton: dict[int, float | None] = field(default_factory=dict, repr=False)
+    _text: dict[int, list[text_boxes.Box]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(
@@ -250,6 +251,17 @@ class ClipTrack:
         """Bright text in one of sampled frames i and j only, on their alignment (silhouette.text_change)."""
         people_i, people_j = self.obs[i].poses, self.obs[j].poses
         return silhouette.text_change(self.frames[i], self.frames[j], al.matrix, al.scale, people_i, people_j)
+
+    def changed_text(self, i: int, j: int, al: camera.PairAlignment) -> tuple[float, text_boxes.Box | None]:
+        """The largest detected text box whose text changed between sampled frames i and j, as a share of
+        the frame, and the box (text_boxes.changed_text; each frame's boxes found once)."""
+        for k in (i, j):
+            if k not in self._text:
+                self._text[k] = text_boxes.text_boxes(self.frames[k])
+        people_i, people_j = self.obs[i].poses, self.obs[j].poses
+        return text_boxes.changed_text(
+            self.frames[i], self.frames[j], self._text[i], self._text[j], al.matrix, al.scale, people_i, people_j
+        )
 
     def drawn_skeleton(self, i: int, j: int) -> float | None:
         """The larger share of the subject's limbs with a line drawn along them in sampled frames i and j

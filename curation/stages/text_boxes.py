@@ -1,0 +1,110 @@
+"""Text that changes between a pair's two frames, found by a packaged text detector.
+
+A subtitle that changes sentence, a bullet line that appears, a counter that ticks over: white glyphs
+outlined in black over a pale curtain pass the pixel checks (silhouette.text_change wants a dark ground
+around bright strokes; the overlay regions leave out what lies within the body's reach, and a subtitle
+beside the head does). RapidOCR's PP-OCRv4 detection model (`rapidocr_onnxruntime`, which holds the
+model in its wheel; run through onnxruntime, detection only) finds the text boxes of each frame; a box
+of either frame whose pixels off the drawn body changed between the frames (CHANGED_SHARE of them by
+more than CHANGED_LEVEL gray levels, after alignment) holds text that changed. Text that stays (a
+watermark, a title, a wall clock) changes nothing. A box that is no line of text (LINE_ASPECT, LINE_HEIGHT:
+the detector boxes a leg and a ball now and then) is not judged; text on the body (a jersey number)
+moves with it and
+is judged only on a box's pixels off the drawn figure, and only where a quarter of it lies there
+(MIN_OFF_BODY: a subtitle beside the head is partly inside the head's drawn disk).
+
+Measured on the ninth out-of-sample batch and kept pairs (docs/design.md): changing subtitles 0.54-0.58
+of a box's pixels, an appearing bullet line 0.29, unchanged text 0.0, text near a moving person
+0.08-0.12, a jersey number 0.87 before the body is masked.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+
+from schemas.records import Pose17
+
+from .silhouette import body_shapes
+
+Box = tuple[float, float, float, float]
+CHANGED_LEVEL = 40  # gray levels a text pixel differs by between the frames when its text changed
+CHANGED_SHARE = 0.25  # share of a box's judged pixels that changed: its text changed
+MIN_OFF_BODY = 0.25  # share of a box off the drawn body for it to be judged (text on a shirt moves with it)
+DETECT_SIDE = 736  # the detector's input, longest side (pixels): RapidOCR's own default size
+LINE_ASPECT, LINE_HEIGHT = 2.0, 0.2  # a line of text: at least twice as wide as high, under 0.2 of the frame high
+
+
+@functools.lru_cache(maxsize=1)
+def _detector():
+    from rapidocr_onnxruntime import RapidOCR  # imported when first needed: onnxruntime is a big import
+
+    return RapidOCR(det_limit_side_len=DETECT_SIDE, det_limit_type="max", intra_op_num_threads=1)
+
+
+def text_boxes(frame: np.ndarray) -> list[Box]:
+    """The axis-aligned boxes (x1, y1, x2, y2) of the text the detector finds in an RGB frame."""
+    found, _ = _detector()(np.ascontiguousarray(frame[..., ::-1]), use_det=True, use_cls=False, use_rec=False)
+    boxes = []
+    for quad in found if found is not None else []:
+        q = np.asarray(quad, np.float64).reshape(-1, 2)
+        boxes.append((float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())))
+    return boxes
+
+
+def _changed_share(x: np.ndarray, y: np.ndarray, ys: slice, xs: slice, judged: np.ndarray) -> float:
+    """The share of the judged pixels of box (ys, xs) where y's gray level differs from x's by more than
+    CHANGED_LEVEL, at the best of x's shifts by up to a pixel (a text that stayed, shifted by a pixel by
+    resampling or a re-encode, changes nothing; a text that changed does at every shift)."""
+    h, w = y.shape
+    best = 1.0
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            sy = slice(min(max(ys.start + dy, 0), h), min(max(ys.stop + dy, 0), h))
+            sx = slice(min(max(xs.start + dx, 0), w), min(max(xs.stop + dx, 0), w))
+            if sy.stop - sy.start != ys.stop - ys.start or sx.stop - sx.start != xs.stop - xs.start:
+                continue  # that shift leaves the frame
+            diff = np.abs(x[sy, sx] - y[ys, xs]) > CHANGED_LEVEL
+            best = min(best, float(diff[judged].mean()))
+    return best
+
+
+def changed_text(
+    a: np.ndarray,
+    b: np.ndarray,
+    boxes_a: list[Box],
+    boxes_b: list[Box],
+    m: np.ndarray,
+    scale: float,
+    people_a: list[Pose17],
+    people_b: list[Pose17],
+) -> tuple[float, Box | None]:
+    """The largest text box, as a share of the frame, whose text changed between RGB frames a and b
+    (boxes in their own pixels; m: a -> b in small-frame pixels at `scale`), and that box in b's pixels;
+    (0.0, None) when no text changed. Changed means in both frames of reference: on the screen (a
+    caption laid over the picture stays put there while a stabilised camera moves the scene) and after
+    the camera is taken out (text in the scene, a poster, stays put there)."""
+    h, w = b.shape[:2]
+    full = np.asarray(m, np.float64).copy()
+    full[:, 2] /= scale  # the same similarity in decoded pixels
+    ga = cv2.GaussianBlur(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), (3, 3), 0).astype(np.int16)
+    gb = cv2.GaussianBlur(cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), (3, 3), 0).astype(np.int16)
+    warped = cv2.warpAffine(ga, full, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
+    valid = cv2.warpAffine(np.full((h, w), 255, np.uint8), full, (w, h), flags=cv2.INTER_NEAREST) == 255
+    off = (body_shapes((h, w), people_a, people_b, full, 1.0)[0] > 0) & valid
+    best, where = 0.0, None
+    for x1, y1, x2, y2 in list(boxes_a) + list(boxes_b):
+        if x2 - x1 < LINE_ASPECT * (y2 - y1) or y2 - y1 > LINE_HEIGHT * h:
+            continue  # not a line of text: the detector also boxes a leg or a ball now and then
+        ys = slice(max(0, int(y1)), min(h, int(np.ceil(y2))))
+        xs = slice(max(0, int(x1)), min(w, int(np.ceil(x2))))
+        judged = off[ys, xs]
+        if judged.size == 0 or judged.mean() < MIN_OFF_BODY:
+            continue
+        changed = min(_changed_share(ga, gb, ys, xs, judged), _changed_share(warped, gb, ys, xs, judged))
+        share = judged.size / (h * w)
+        if changed >= CHANGED_SHARE and share > best:
+            best, where = share, (float(x1), float(y1), float(x2), float(y2))
+    return best, where
