@@ -75,7 +75,7 @@ def _processor_for(cfg_json: str) -> ClipProcessor:
     except SetupError:
         raise
     except Exception as e:  # the model cannot load here: a problem of the run, not of any clip
-        raise SetupError(f"the pose model cannot be set up: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise SetupError(f"the models cannot be set up: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 
 
 _SETUP = threading.Lock()  # one set-up at a time: a second caller waits for the first's processor

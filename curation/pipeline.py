@@ -26,7 +26,7 @@ from .coarse import after_coarse, serial_coarse
 from .config import BuildConfig
 from .plan import result_versions
 from .sources.ntu import read_skeleton, reference_pose
-from .stages import camera, crop
+from .stages import camera, crop, text_boxes
 from .stages.decode import DecodeFailure
 from .stages.decode_pool import Decoded, DecodePool, decode_clip
 from .stages.motion import ClipTrack, FrameObs, Selection, select_egocentric, select_pairs
@@ -106,6 +106,8 @@ class ClipProcessor:
             # egocentric-only builds (EPIC) never run the pose model: don't load it for them
             if not self.cfg.sources or any(self.cfg.mode_for(s.kind) == "body" for s in self.cfg.sources):
                 self.detector.setup()
+                if self.cfg.quality.max_text_box_change < 1:
+                    text_boxes.load()  # the text detector too: one that cannot load stops the run, not a clip
             self.captioner.setup()
         except BaseException:
             self._decoder.close()

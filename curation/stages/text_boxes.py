@@ -33,8 +33,13 @@ Box = tuple[float, float, float, float]
 CHANGED_LEVEL = 40  # gray levels a text pixel differs by between the frames when its text changed
 CHANGED_SHARE = 0.25  # share of a box's judged pixels that changed: its text changed
 MIN_OFF_BODY = 0.25  # share of a box off the drawn body for it to be judged (text on a shirt moves with it)
-DETECT_SIDE = 736  # the detector's input, longest side (pixels): RapidOCR's own default size
+DETECT_SIDE = 736  # frames longer than this (pixels) are shrunk to it for the detector (its cost grows with size)
 LINE_ASPECT, LINE_HEIGHT = 2.0, 0.2  # a line of text: at least twice as wide as high, under 0.2 of the frame high
+
+
+def load() -> None:
+    """Load the detector now (the build's set-up: a model that cannot load is a problem of the run)."""
+    _detector()
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,10 +51,12 @@ def _detector():
 
 def text_boxes(frame: np.ndarray) -> list[Box]:
     """The axis-aligned boxes (x1, y1, x2, y2) of the text the detector finds in an RGB frame."""
-    found, _ = _detector()(np.ascontiguousarray(frame[..., ::-1]), use_det=True, use_cls=False, use_rec=False)
+    f = min(1.0, DETECT_SIDE / max(frame.shape[:2]))
+    small = frame if f == 1.0 else cv2.resize(frame, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    found, _ = _detector()(np.ascontiguousarray(small[..., ::-1]), use_det=True, use_cls=False, use_rec=False)
     boxes = []
     for quad in found if found is not None else []:
-        q = np.asarray(quad, np.float64).reshape(-1, 2)
+        q = np.asarray(quad, np.float64).reshape(-1, 2) / f
         boxes.append((float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())))
     return boxes
 
@@ -82,7 +89,8 @@ def changed_text(
     people_b: list[Pose17],
 ) -> tuple[float, Box | None]:
     """The largest text box, as a share of the frame, whose text changed between RGB frames a and b
-    (boxes in their own pixels; m: a -> b in small-frame pixels at `scale`), and that box in b's pixels;
+    (boxes in their own pixels; m: a -> b in small-frame pixels at `scale`), and that box, in the pixels of
+    the frame it was found in;
     (0.0, None) when no text changed. Changed means in both frames of reference: on the screen (a
     caption laid over the picture stays put there while a stabilised camera moves the scene) and after
     the camera is taken out (text in the scene, a poster, stays put there)."""
@@ -93,18 +101,26 @@ def changed_text(
     gb = cv2.GaussianBlur(cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), (3, 3), 0).astype(np.int16)
     warped = cv2.warpAffine(ga, full, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
     valid = cv2.warpAffine(np.full((h, w), 255, np.uint8), full, (w, h), flags=cv2.INTER_NEAREST) == 255
-    off = (body_shapes((h, w), people_a, people_b, full, 1.0)[0] > 0) & valid
+    scene_off = (body_shapes((h, w), people_a, people_b, full, 1.0)[0] > 0) & valid  # a's people moved
+    screen_off = body_shapes((h, w), people_a, people_b, np.eye(2, 3), 1.0)[0] > 0  # where each frame shows them
     best, where = 0.0, None
-    for x1, y1, x2, y2 in list(boxes_a) + list(boxes_b):
+    for box, in_a in [(x, True) for x in boxes_a] + [(x, False) for x in boxes_b]:
+        x1, y1, x2, y2 = box
         if x2 - x1 < LINE_ASPECT * (y2 - y1) or y2 - y1 > LINE_HEIGHT * h:
             continue  # not a line of text: the detector also boxes a leg or a ball now and then
-        ys = slice(max(0, int(y1)), min(h, int(np.ceil(y2))))
-        xs = slice(max(0, int(x1)), min(w, int(np.ceil(x2))))
-        judged = off[ys, xs]
-        if judged.size == 0 or judged.mean() < MIN_OFF_BODY:
-            continue
-        changed = min(_changed_share(ga, gb, ys, xs, judged), _changed_share(warped, gb, ys, xs, judged))
-        share = judged.size / (h * w)
-        if changed >= CHANGED_SHARE and share > best:
+        scene = box
+        if in_a:  # where a's text lies in b's frame once the camera is taken out
+            c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]) @ full[:, :2].T + full[:, 2]
+            scene = (*c.min(0), *c.max(0))
+        shares = []
+        for (bx1, by1, bx2, by2), x, off in ((box, ga, screen_off), (scene, warped, scene_off)):
+            ys = slice(min(h, max(0, int(by1))), max(0, min(h, int(np.ceil(by2)))))
+            xs = slice(min(w, max(0, int(bx1))), max(0, min(w, int(np.ceil(bx2)))))
+            judged = off[ys, xs]
+            if judged.size == 0 or judged.mean() < MIN_OFF_BODY:
+                break
+            shares.append(_changed_share(x, gb, ys, xs, judged))
+        share = (x2 - x1) * (y2 - y1) / (h * w)
+        if len(shares) == 2 and min(shares) >= CHANGED_SHARE and share > best:
             best, where = share, (float(x1), float(y1), float(x2), float(y2))
     return best, where
