@@ -32,9 +32,12 @@ _ENGINE_PACKAGES = {"openvino": ("openvino", "openvino"), "onnx": ("onnxruntime"
 
 
 def engine_installed(engine: str) -> bool:
+    """The engine can run here: its runtime (and for ONNX the exporter's `onnx` package too: onnxruntime
+    alone arrives with the text detector, rapidocr-onnxruntime)."""
     if engine == "torch":
         return True
-    return importlib.util.find_spec(_ENGINE_PACKAGES[engine][0]) is not None
+    needs = (_ENGINE_PACKAGES[engine][0],) + (("onnx",) if engine == "onnx" else ())
+    return all(importlib.util.find_spec(n) is not None for n in needs)
 
 
 def resolve_engine(engine: str, device: str) -> str:
@@ -86,7 +89,10 @@ def exported_model(weights: Path, engine: str, imgsz: int, device: str, half: bo
     from filelock import FileLock
 
     if not engine_installed(engine):
-        raise RuntimeError(f"pose engine {engine!r} is not installed (pip install {_ENGINE_PACKAGES[engine][1]})")
+        extra = " onnx" if engine == "onnx" else ""  # the exporter's package
+        raise RuntimeError(
+            f"pose engine {engine!r} is not installed (pip install {_ENGINE_PACKAGES[engine][1]}{extra})"
+        )
     tag = f"{weights_version(weights)}-{engine_version(engine)}-{imgsz}"
     tag = "".join(c if c.isalnum() or c == "-" else "_" for c in tag)  # no dots: exporters parse names
     if half:
