@@ -35,10 +35,8 @@ def subtitled(frame: np.ndarray, text: str, y: int, dx: int = 0) -> np.ndarray:
 
 def changed(a, b, pa, pb, m=None):
     al = camera.align_pair(a, b, [pa], [pb], *ARGS)
-    matrix = al.matrix if m is None else m
-    return text_boxes.changed_text(
-        a, b, text_boxes.text_boxes(a), text_boxes.text_boxes(b), matrix, al.scale, [pa], [pb]
-    )[0]
+    full = al.full_matrix() if m is None else m
+    return text_boxes.changed_text(a, b, text_boxes.text_boxes(a), text_boxes.text_boxes(b), full, [pa], [pb])[0]
 
 
 def test_a_changing_subtitle_is_found_and_a_steady_one_is_not(detector, clips):  # noqa: F811
@@ -66,10 +64,9 @@ def test_on_the_screen_and_in_the_scene_after_the_camera_is_taken_out(detector, 
     a, b, pa, pb = two_frames(detector, clips)
     limit = QualityConfig().max_text_box_change
     y = int(min(pa.keypoints[0][1], pb.keypoints[0][1]))
-    small = camera.small_gray(a)[1]
 
-    def m(dx, dy):
-        return np.array([[1.0, 0.0, dx * small], [0.0, 1.0, dy * small]])
+    def m(dx, dy):  # the camera a -> b in the frames' pixels
+        return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
 
     text = "HOW LOW SHOULD YOU GO"
     caption = (subtitled(a, text, y), subtitled(shifted(b, 6, 0), text, y))

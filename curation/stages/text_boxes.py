@@ -9,9 +9,8 @@ of either frame whose pixels off the drawn body changed between the frames (CHAN
 more than CHANGED_LEVEL gray levels, after alignment) holds text that changed. Text that stays (a
 watermark, a title, a wall clock) changes nothing. A box that is no line of text (LINE_ASPECT, LINE_HEIGHT:
 the detector boxes a leg and a ball now and then) is not judged; text on the body (a jersey number)
-moves with it and
-is judged only on a box's pixels off the drawn figure, and only where a quarter of it lies there
-(MIN_OFF_BODY: a subtitle beside the head is partly inside the head's drawn disk).
+moves with it and is judged only on a box's pixels off the drawn figure, and only where a quarter of it
+lies there (MIN_OFF_BODY: a subtitle beside the head is partly inside the head's drawn disk).
 
 Measured on the ninth out-of-sample batch and kept pairs (docs/design.md): changing subtitles 0.54-0.58
 of a box's pixels, an appearing bullet line 0.29, unchanged text 0.0, text near a moving person
@@ -83,20 +82,17 @@ def changed_text(
     b: np.ndarray,
     boxes_a: list[Box],
     boxes_b: list[Box],
-    m: np.ndarray,
-    scale: float,
+    full: np.ndarray,
     people_a: list[Pose17],
     people_b: list[Pose17],
 ) -> tuple[float, Box | None]:
     """The largest text box, as a share of the frame, whose text changed between RGB frames a and b
-    (boxes in their own pixels; m: a -> b in small-frame pixels at `scale`), and that box, in the pixels of
-    the frame it was found in;
-    (0.0, None) when no text changed. Changed means in both frames of reference: on the screen (a
-    caption laid over the picture stays put there while a stabilised camera moves the scene) and after
-    the camera is taken out (text in the scene, a poster, stays put there)."""
+    (boxes in their own pixels; full: the camera a -> b in their pixels, PairAlignment.full_matrix), and
+    that box, in the pixels of the frame it was found in; (0.0, None) when no text changed. Changed
+    means in both frames of reference: on the screen (a caption laid over the picture stays put there
+    while a stabilised camera moves the scene) and after the camera is taken out (text in the scene, a
+    poster, stays put there)."""
     h, w = b.shape[:2]
-    full = np.asarray(m, np.float64).copy()
-    full[:, 2] /= scale  # the same similarity in decoded pixels
     ga = cv2.GaussianBlur(cv2.cvtColor(a, cv2.COLOR_RGB2GRAY), (3, 3), 0).astype(np.int16)
     gb = cv2.GaussianBlur(cv2.cvtColor(b, cv2.COLOR_RGB2GRAY), (3, 3), 0).astype(np.int16)
     warped = cv2.warpAffine(ga, full, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)

@@ -260,7 +260,7 @@ class ClipTrack:
                 self._text[k] = text_boxes.text_boxes(self.frames[k])
         people_i, people_j = self.obs[i].poses, self.obs[j].poses
         return text_boxes.changed_text(
-            self.frames[i], self.frames[j], self._text[i], self._text[j], al.matrix, al.scale, people_i, people_j
+            self.frames[i], self.frames[j], self._text[i], self._text[j], al.full_matrix(), people_i, people_j
         )
 
     def drawn_skeleton(self, i: int, j: int) -> float | None:
