@@ -24,7 +24,7 @@ from schemas.shard import encode_jpeg
 from .captions import OfflineCaptioner
 from .coarse import after_coarse, serial_coarse
 from .config import BuildConfig
-from .plan import result_versions
+from .plan import build_versions
 from .sources.ntu import read_skeleton, reference_pose
 from .stages import camera, crop, text_boxes
 from .stages.decode import DecodeFailure
@@ -117,8 +117,7 @@ class ClipProcessor:
 
     @property
     def versions(self) -> dict[str, str]:
-        pose = self.cfg.pose
-        return result_versions(pose.weights, pose.engine, pose.device, pose.path) | {
+        return build_versions(self.cfg) | {
             "captioner": self.captioner.name,
             "code": code_version(),
         }

@@ -20,6 +20,7 @@ from schemas.records import Clip
 
 from .config import BuildConfig
 from .sources import ContentIds, Listing, list_sources
+from .stages import text_boxes
 from .stages.pose import default_weights, engine_version, resolve_device, resolve_engine, resolve_path, weights_version
 from .store import Output, write_json
 
@@ -62,18 +63,33 @@ def _weights_version(weights: str | None) -> str:
 
 
 def result_versions(
-    weights: str | None = None, engine: str = "auto", device: str = "auto", path: str = "auto"
+    weights: str | None = None,
+    engine: str = "auto",
+    device: str = "auto",
+    path: str = "auto",
+    text_detector: bool = False,
 ) -> dict[str, str]:
     """What produced the results besides the settings: pose model (name and content hash), engine (the
-    one `auto` resolves to here, with its version), code results version. Recorded on every unit and
-    in stats.json; part of the fingerprint, so a build that changes engine redoes its clips."""
+    one `auto` resolves to here, with its version), code results version, and with `text_detector` (the
+    text-box check on) the text detector's packages. Recorded on every unit and in stats.json; part of
+    the fingerprint, so a build that changes engine or detector redoes its clips."""
     device = resolve_device(device)
     on_device = resolve_path(path, device) == "device"  # its letterbox differs a little: other results
-    return {
+    versions = {
         "pose_model": _weights_version(weights),
         "pose_engine": engine_version(resolve_engine(engine, device)) + ("+device-path" if on_device else ""),
         "results": str(RESULTS_VERSION),
     }
+    if text_detector:
+        versions["text_detector"] = text_boxes.version()
+    return versions
+
+
+def build_versions(cfg: BuildConfig) -> dict[str, str]:
+    """result_versions for a build's settings."""
+    pose = cfg.pose
+    on = cfg.quality.max_text_box_change < 1
+    return result_versions(pose.weights, pose.engine, pose.device, pose.path, text_detector=on)
 
 
 def fingerprint(cfg: BuildConfig) -> str:
@@ -87,7 +103,7 @@ def fingerprint(cfg: BuildConfig) -> str:
         relevant["decode"].pop(tuning, None)
     relevant["shards"] = {"jpeg_quality": cfg.shards.jpeg_quality}
     relevant["caption"] = cfg.caption.result_settings()
-    relevant["versions"] = result_versions(cfg.pose.weights, cfg.pose.engine, cfg.pose.device, cfg.pose.path)
+    relevant["versions"] = build_versions(cfg)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

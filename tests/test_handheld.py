@@ -505,12 +505,21 @@ def test_a_cue_list_that_grows_beside_a_lifter_is_not_something_he_holds(detecto
         times = [(p.pair.before_time_s, p.pair.after_time_s) for p in res.pairs]
         return [t for t in times if any(t[0] < x < t[1] for x in new_lines)]
 
+    from curation.stages import text_boxes
+
+    detected = []
+    find = text_boxes.text_boxes
+    monkeypatch.setattr(text_boxes, "text_boxes", lambda frame: detected.append(1) or find(frame))
     on = run_clip(path, detector)
     assert on.accepted and not across(on), [(p.pair.before_time_s, p.pair.after_time_s) for p in on.pairs]
+    assert detected and all(p.pair.quality.text_box_change == 0 for p in on.pairs)
     monkeypatch.setattr(camera, "_glyphs", lambda *args: False)
-    # the text detector (text_box_change) is a second check on the same lines: off here, so that this
-    # shows the glyph rule alone
-    assert across(run_clip(path, detector, quality={"max_text_box_change": 1.0}))
+    # the text detector (text_box_change) is a second check on the same lines: off here (never called,
+    # its figure not measured), so that this shows the glyph rule alone
+    detected.clear()
+    off = run_clip(path, detector, quality={"max_text_box_change": 1.0})
+    assert across(off) and not detected
+    assert all(p.pair.quality.text_box_change is None for p in off.pairs)
 
 
 def test_bright_text_in_one_frame_only_is_an_overlay(detector, clips):  # noqa: F811

@@ -75,3 +75,25 @@ def test_on_the_screen_and_in_the_scene_after_the_camera_is_taken_out(detector, 
     assert changed(*poster, pa, pb, m=m(6, 0)) <= limit
     ending = (subtitled(a, text, y), shifted(b, 0, 16))
     assert changed(*ending, pa, pb, m=m(0, 16)) > limit
+
+
+def test_the_detector_is_recorded_with_the_results(tmp_path, monkeypatch):
+    """The detector's package and runtime versions are in the results' versions and the fingerprint
+    while the check is on (an onnxruntime upgrade that moves the boxes redoes the clips); with the check
+    off (max_text_box_change 1) they are not, and a detector upgrade changes nothing."""
+    import importlib.metadata as md
+
+    from curation.config import load_config
+    from curation.plan import build_versions, fingerprint
+
+    on = load_config(None, output=str(tmp_path))
+    off = load_config(None, output=str(tmp_path), quality={"max_text_box_change": 1.0})
+    recorded = build_versions(on)["text_detector"]
+    ocr, runtime = md.version("rapidocr-onnxruntime"), md.version("onnxruntime")
+    assert recorded == f"rapidocr-onnxruntime-{ocr}/onnxruntime-{runtime}"
+    assert "text_detector" not in build_versions(off)
+    before = fingerprint(on), fingerprint(off)
+    real = md.version
+    monkeypatch.setattr(md, "version", lambda name: "99.0" if name == "onnxruntime" else real(name))
+    assert build_versions(on)["text_detector"].endswith("/onnxruntime-99.0")
+    assert fingerprint(on) != before[0] and fingerprint(off) == before[1]

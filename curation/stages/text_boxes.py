@@ -36,6 +36,20 @@ DETECT_SIDE = 736  # frames longer than this (pixels) are shrunk to it for the d
 LINE_ASPECT, LINE_HEIGHT = 2.0, 0.2  # a line of text: at least twice as wide as high, under 0.2 of the frame high
 
 
+def version() -> str:
+    """The detector's package and its runtime, with their versions: recorded with the results (an upgrade
+    that moves the boxes redoes the clips, as a new pose engine does)."""
+    import importlib.metadata as md
+
+    found = []
+    for package in ("rapidocr-onnxruntime", "onnxruntime"):
+        try:
+            found.append(f"{package}-{md.version(package)}")
+        except md.PackageNotFoundError:
+            found.append(f"{package}-missing")
+    return "/".join(found)
+
+
 def load() -> None:
     """Load the detector now (the build's set-up: a model that cannot load is a problem of the run)."""
     _detector()
