@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from schemas.records import COCO17, PairingMode, PairStrategy
 
-from .configcheck import check_keys
+from .configcheck import check_keys, read_config_file
 from .errors import ConfigError
 from .sources import SourceConfig
 
@@ -187,6 +186,11 @@ class QualityConfig(_Section):
         0.25, ge=0, le=1, description="another detection at this score overlapping the person: multiple_people"
     )
     other_person_overlap: float = Field(0.1, ge=0, le=1, description="share of the other box inside the person's")
+    max_second_look_person: float = Field(
+        0.2, ge=0, le=1, description="another person in the pair's crop, where the picture changed, found by a"
+        " second look at both frames at 1280 px (a bystander too small or blurred at 640, uncovered or walking by;"
+        " the subject's own parts aside), else multiple_people; 1: the second look is not run",
+    )  # fmt: skip
     same_person_oks: float = Field(
         0.5, ge=0, le=1, description="an overlapping detection whose keypoints match this well is the same body"
     )
@@ -349,22 +353,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> BuildConfig:
     """Defaults < YAML < environment < overrides (nested dicts merge). Raises ConfigError (one line)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ConfigError(f"config file {p} is not a YAML text file ({type(e).__name__})") from e
-        except OSError as e:
-            raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(loaded).__name__}")
-        data = loaded
+    data = read_config_file(path) if path is not None else {}
     clean = {k: v for k, v in overrides.items() if v is not None}
     check_keys(data, BuildConfig)
     check_keys(clean, BuildConfig)

@@ -1,14 +1,36 @@
-"""Unknown configuration keys are an error with a near-match suggestion, never silently ignored: the
-YAML file's keys checked against the settings models (a list of sources by each item's `kind`)."""
+"""Configuration files and keys: the YAML file read with one-line errors, and unknown keys an error with a
+near-match suggestion, never silently ignored: the file's keys checked against the settings models (a
+list of sources by each item's `kind`)."""
 
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, get_args
 
+import yaml
 from pydantic import BaseModel
 
 from .errors import ConfigError
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The YAML file's mapping of keys; ConfigError (one line) when it is missing, unreadable, not YAML
+    or not a mapping."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"config file {p} is not a YAML text file ({type(e).__name__})") from e
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of keys, not {type(loaded).__name__}")
+    return loaded
 
 
 def check_keys(data: Any, model: type[BaseModel], where: str = "") -> None:

@@ -26,7 +26,7 @@ from .coarse import after_coarse, serial_coarse
 from .config import BuildConfig
 from .plan import build_versions
 from .sources.ntu import read_skeleton, reference_pose
-from .stages import camera, crop, text_boxes
+from .stages import camera, crop, second_look, text_boxes
 from .stages.decode import DecodeFailure
 from .stages.decode_pool import Decoded, DecodePool, decode_clip
 from .stages.motion import ClipTrack, FrameObs, Selection, select_egocentric, select_pairs
@@ -108,6 +108,8 @@ class ClipProcessor:
                 self.detector.setup()
                 if self.cfg.quality.max_text_box_change < 1:
                     text_boxes.load()  # the text detector too: one that cannot load stops the run, not a clip
+                if self.cfg.quality.max_second_look_person < 1:
+                    second_look.load(self.cfg.pose)  # and the second look's model
             self.captioner.setup()
         except BaseException:
             self._decoder.close()
@@ -247,6 +249,7 @@ class ClipProcessor:
         info = decoded.info
         source_scale = max(info.source_width, info.source_height) / max(1, info.width, info.height) if info else 1.0
         track = ClipTrack.build(obs, frames, cfg.motion, q, source_scale=source_scale)
+        track.pose_cfg = cfg.pose
         sel = select_egocentric(track, cfg.egocentric) if egocentric else select_pairs(track, cfg.motion, cfg.pairing)
         res.funnel = sel.funnel
         res.seconds["motion"] = time.perf_counter() - t2

@@ -216,6 +216,7 @@ class QualityFigures(BaseModel):
     drawn_skeleton: float | None = None  # share of the person's limbs with a drawn line along them (larger frame)
     text_change: float | None = None  # largest bright-text word in one frame only: stroke pixels / torso^2
     text_box_change: float | None = None  # largest detected text box whose text changed / frame area
+    second_look_person: float | None = None  # best other person in the crop at 1280 px
     other_track_score: float | None = None  # best score of another person tracked elsewhere in the clip
     transition_mix: float | None = None  # share of another shot blended into either frame (a dissolve's ghost)
     borderline: bool = False  # a figure within quality.borderline_margin of its threshold

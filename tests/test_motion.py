@@ -52,8 +52,9 @@ def track(poses_per_frame, fps=4.0, frames=None):
     still = textured()
     frames = frames or [still for _ in obs]
     # the frames are one still texture under synthetic keypoints: no pixel of the person changes, so the
-    # image evidence of a pose change (quality.min_person_change) is switched off for these logic tests
-    return ClipTrack.build(obs, frames, CFG, QualityConfig(min_person_change=0))
+    # image evidence of a pose change (quality.min_person_change) is switched off for these logic tests,
+    # and so is the second look for people at 1280 px (a pose model on a texture: tests/test_second_look.py)
+    return ClipTrack.build(obs, frames, CFG, QualityConfig(min_person_change=0, max_second_look_person=1.0))
 
 
 def arm_raise(n=12):

@@ -1,6 +1,7 @@
 """The checks one candidate pair goes through (stages/motion.py runs them over a clip's candidates):
 second person in the window, identity, frame edge and whole body, person size, cut and dissolve,
-camera motion and alignment, overlays, sharpness, pose change, margins to each threshold."""
+camera motion and alignment, overlays, sharpness, pose change, text, a second look for people,
+margins to each threshold."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import math
 
 from schemas.records import MotionFigures, QualityFigures, RejectReason
 
-from ..config import MotionConfig
+from ..config import MotionConfig, PairingConfig
 from . import body, quality
+from . import crop as crops
 from . import figures as pose_figures
 from .figures import PoseChange, moves, pose_change, same_person
 from .margins import MARGIN_REASONS, mark_margins
@@ -44,13 +46,18 @@ def shows_motion(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> bool:
     return math.isfinite(ch.mean) and moves(ch.mean, ch.limb, cfg)
 
 
-def check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person") -> RejectReason | None:
+def check(
+    track: ClipTrack, c: Candidate, cfg: MotionConfig, pairing: PairingConfig | None = None
+) -> RejectReason | None:
     """None when the candidate passes; fills c.motion and c.quality when it gets that far. The checks
     run roughly in CHECK_ORDER's order: the costliest (the background alignment, the text search) only
     for a candidate that passed the cheaper ones, so a still candidate may stop as low_motion before a
-    later shot_cut or blurry check, and the text check and the margins come last. A clip's reason is
+    later shot_cut or blurry check, and the text checks, the second look (another person at 1280 px, in
+    the pair's crop: `pairing` gives the crop) and the margins come last. A clip's reason is
     ranked by CHECK_ORDER (stages/motion.py)."""
     q = track.quality_cfg
+    pairing = pairing or PairingConfig()
+    crop = pairing.crop
     window = range(c.i, c.j + 1)
     if any(track.kinds[k] is FrameKind.MULTI for k in window):
         return RejectReason.MULTIPLE_PEOPLE
@@ -200,6 +207,17 @@ def check(track: ClipTrack, c: Candidate, cfg: MotionConfig, crop: str = "person
         if c.quality.text_box_change > q.max_text_box_change:
             c.detail = f"text changed between the frames ({c.quality.text_box_change:.4f} of the frame at {box})"
             return RejectReason.OVERLAY_CHANGED
+    if q.max_second_look_person < 1:
+        region = content
+        if crop == "person":  # a person the crop leaves out is not in the pair
+            region = crops.person_box([a.box, b.box], content, pairing.crop_pad, pairing.crop_aspect)
+        diagonal = math.hypot(*track.frames[c.i].shape[:2])
+        drift = int(math.ceil(cfg.max_camera_motion * diagonal)) if al.status in ("static", "stabilised") else None
+        c.quality.second_look_person, box = track.second_look(c.i, c.j, region, al.full_matrix(), drift)
+        if c.quality.second_look_person > q.max_second_look_person:
+            score = c.quality.second_look_person
+            c.detail = f"another person ({score:.2f} at {box}) is seen at 1280 px (the second look)"
+            return RejectReason.MULTIPLE_PEOPLE
     mark_margins(c, cfg, q, crop)
     if c.quality.borderline and q.borderline == "drop":
         c.detail = f"borderline: {c.quality.borderline_checks}"

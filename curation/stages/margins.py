@@ -20,6 +20,7 @@ MARGIN_REASONS = {
     "box_past_border": RejectReason.PARTIAL_BODY,
     "foot_room": RejectReason.PARTIAL_BODY,
     "other_person_score": RejectReason.MULTIPLE_PEOPLE,
+    "second_look_person": RejectReason.MULTIPLE_PEOPLE,
     "camera_motion": RejectReason.CAMERA_MOTION,
     "background_residual": RejectReason.CAMERA_MOTION,
     "overlay_change": RejectReason.OVERLAY_CHANGED,
@@ -48,6 +49,7 @@ def mark_margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -
         "box_past_border": (qf.box_past_border if cfg.whole_body else None, q.max_box_past_border, "max"),
         "foot_room": (qf.foot_room if cfg.whole_body else None, q.min_foot_room, "min"),
         "other_person_score": (qf.other_person_score, q.other_person_conf, "max"),
+        "second_look_person": (qf.second_look_person, q.max_second_look_person, "max"),
         "camera_motion": (mf.camera_motion if qf.camera_status == "stabilised" else None, cfg.max_camera_motion, "max"),
         "background_residual": (
             qf.background_residual if qf.camera_status == "stabilised" else None,

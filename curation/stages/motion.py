@@ -129,19 +129,22 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         if moving:
             # the candidates that show motion name why the clip has no pair (jumps whose head the top
             # edge cuts are partial_body, not low_motion for their still moments): the check the
-            # furthest of them reached; the text checks are run last, so a candidate they stopped (its
-            # text_change or text_box_change over the limit) passed every other check
+            # furthest of them reached; the text checks and then the second look are run last, so a
+            # candidate they stopped (its text_change, text_box_change or second_look_person over the
+            # limit) passed every other check
             q = track.quality_cfg
+            stopped = [(c.quality, why) for c, why in zip(cands, reasons, strict=True) if c.quality is not None]
+            second = any(
+                why is RejectReason.MULTIPLE_PEOPLE and (f.second_look_person or 0) > q.max_second_look_person
+                for f, why in stopped
+            )
             text = any(
                 why is RejectReason.OVERLAY_CHANGED
-                and c.quality is not None
-                and (
-                    (c.quality.text_change or 0) > q.max_text_change
-                    or (c.quality.text_box_change or 0) > q.max_text_box_change
-                )
-                for c, why in zip(cands, reasons, strict=True)
+                and ((f.text_change or 0) > q.max_text_change or (f.text_box_change or 0) > q.max_text_box_change)
+                for f, why in stopped
             )
-            reason = RejectReason.OVERLAY_CHANGED if text else max(moving, key=CHECK_ORDER.index)
+            reason = max(moving, key=CHECK_ORDER.index)
+            reason = RejectReason.MULTIPLE_PEOPLE if second else RejectReason.OVERLAY_CHANGED if text else reason
             detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
             return Selection([], reason, f"{detail} ({summary})", funnel)
         # the first check that brought the count to zero decides
@@ -163,23 +166,28 @@ def _search(
     the strategy has pairs_per_clip. A candidate after the last pair needed, or overlapping a pair
     taken, could not change the choice, so it is not checked; a clip where none passes has every
     candidate checked (its reason and detail count them all). Two strategies may agree on a pair: it
-    is kept once. The pairs come in time order."""
-    checked: dict[int, RejectReason | None] = {}
-    chosen: dict[tuple[int, int], Candidate] = {}
-    for strategy in pcfg.strategies:
-        mine = [n for n, c in enumerate(cands) if c.strategy == strategy]
-        mine.sort(key=lambda n: _order(cands[n], checks.change(track, cands[n], cfg).mean))
-        taken: list[Candidate] = []
-        for n in mine:
-            c = cands[n]
-            if len(taken) >= pcfg.pairs_per_clip:
-                break
-            if any(c.j > o.i and c.i < o.j for o in taken):
-                continue
-            checked[n] = checks.check(track, c, cfg, pcfg.crop)
-            if checked[n] is None:
-                taken.append(c)
-                chosen.setdefault((c.i, c.j), c)
+    is kept once. The pairs come in time order. A pass in which the second look remembered a new
+    bystander is run again, so that pairs checked before he was found are judged with him too."""
+    for _ in range(3):  # again while a pass remembers someone new (ClipTrack.second_look), at most twice
+        remembered = track.remembered
+        checked: dict[int, RejectReason | None] = {}
+        chosen: dict[tuple[int, int], Candidate] = {}
+        for strategy in pcfg.strategies:
+            mine = [n for n, c in enumerate(cands) if c.strategy == strategy]
+            mine.sort(key=lambda n: _order(cands[n], checks.change(track, cands[n], cfg).mean))
+            taken: list[Candidate] = []
+            for n in mine:
+                c = cands[n]
+                if len(taken) >= pcfg.pairs_per_clip:
+                    break
+                if any(c.j > o.i and c.i < o.j for o in taken):
+                    continue
+                checked[n] = checks.check(track, c, cfg, pcfg)
+                if checked[n] is None:
+                    taken.append(c)
+                    chosen.setdefault((c.i, c.j), c)
+        if track.remembered == remembered:
+            break
     return checked, [chosen[k] for k in sorted(chosen)]
 
 

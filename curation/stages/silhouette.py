@@ -35,8 +35,9 @@ REACH = 0.35  # the body's reach around its drawn figure, in torso lengths (body
 _HEAD = [KP[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear")]
 
 
-def _draw_figure(drawn: np.ndarray, k: np.ndarray, torso: float) -> None:
-    """One body's figure from its keypoints (x, y in drawn's pixels), 255 on `drawn`."""
+def _draw_figure(drawn: np.ndarray, k: np.ndarray, torso: float, held: bool = True) -> None:
+    """One body's figure from its keypoints (x, y in drawn's pixels), 255 on `drawn`; `held`: with the
+    disks around the hands for what they hold."""
 
     def capsule(a: np.ndarray, b: np.ndarray, r: float) -> None:
         cv2.line(drawn, tuple(int(v) for v in a), tuple(int(v) for v in b), 255, max(1, int(2 * r * torso)))
@@ -45,7 +46,7 @@ def _draw_figure(drawn: np.ndarray, k: np.ndarray, torso: float) -> None:
         capsule(k[i, :2], k[j, :2], r)
     for i, j, f, r in _ENDS:
         capsule(k[j, :2], k[j, :2] + f * (k[j, :2] - k[i, :2]), r)
-    for wrist in (KP["left_wrist"], KP["right_wrist"]):  # what the hands hold: a bar, a ball
+    for wrist in (KP["left_wrist"], KP["right_wrist"]) if held else ():  # what the hands hold: a bar, a ball
         cv2.circle(drawn, tuple(int(v) for v in k[wrist, :2]), int(0.6 * torso), 255, -1)
     trunk = k[_TRUNK, :2].astype(np.int32)
     cv2.fillConvexPoly(drawn, trunk, 255)
@@ -69,7 +70,12 @@ def _people_in_b(people_a: list[Pose17], people_b: list[Pose17], m: np.ndarray, 
 
 
 def body_shapes(
-    shape: tuple[int, int], people_a: list[Pose17], people_b: list[Pose17], m: np.ndarray, scale: float
+    shape: tuple[int, int],
+    people_a: list[Pose17],
+    people_b: list[Pose17],
+    m: np.ndarray,
+    scale: float,
+    held: bool = True,
 ) -> tuple[np.ndarray, float]:
     """0 where a person's body is, 255 elsewhere, in b's small-frame pixels (a's people moved by m), and
     the body's reach: 0.35 of the largest torso drawn, in the same pixels.
@@ -80,14 +86,15 @@ def body_shapes(
     reach of the figure is the body's (a toe, long hair, a skirt, a shadow at the feet); beyond it, it
     is not, even when the changed region touches the body (a caption whose line runs under the feet).
     The detector's box is not the body: a caption under the feet or a graphic beside the legs lies
-    inside it. A person without a measurable torso is masked by its tight box."""
+    inside it. A person without a measurable torso is masked by its tight box. `held` False leaves the
+    hands' disks out: the body alone (what hides a spot behind it)."""
     h, w = shape
     drawn = np.zeros((h, w), np.uint8)
     largest = 0.0
     for p, k, torso, move in _people_in_b(people_a, people_b, m, scale):
         if torso is not None:
             largest = max(largest, torso)
-            _draw_figure(drawn, k, torso)
+            _draw_figure(drawn, k, torso, held)
             continue
         x1, y1, x2, y2 = (np.asarray(p.box) * scale).tolist()
         if move is not None:

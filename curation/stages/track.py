@@ -15,8 +15,8 @@ import numpy as np
 
 from schemas.records import MotionFigures, PairStrategy, Pose17, QualityFigures, RejectReason
 
-from ..config import MotionConfig, QualityConfig
-from . import body, camera, people, quality, silhouette, text_boxes
+from ..config import MotionConfig, PoseConfig, QualityConfig
+from . import body, camera, people, quality, second_look, silhouette, text_boxes
 from .figures import PoseChange, blend_share, hist_similarity, scene_hist
 
 
@@ -146,12 +146,15 @@ class ClipTrack:
     others: list[people.Track] = field(default_factory=list)  # other people through the clip (not reflections)
     source_scale: float = 1.0  # source video pixels per decoded pixel
     motion_cfg: MotionConfig = field(default_factory=MotionConfig)
+    pose_cfg: PoseConfig = field(default_factory=PoseConfig)  # the second look's model (second_look.py)
     _grays: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
     _plain: dict[int, bool] = field(default_factory=dict, repr=False)
     _mix: dict[int, float] = field(default_factory=dict, repr=False)
     _hists: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _skeleton: dict[int, float | None] = field(default_factory=dict, repr=False)
     _text: dict[int, list[text_boxes.Box]] = field(default_factory=dict, repr=False)
+    _second: dict[int, list[Pose17]] = field(default_factory=dict, repr=False)
+    _seen: list[tuple[float, tuple[float, float, float, float], int]] = field(default_factory=list, repr=False)
 
     @classmethod
     def build(
@@ -262,6 +265,48 @@ class ClipTrack:
         return text_boxes.changed_text(
             self.frames[i], self.frames[j], self._text[i], self._text[j], al.full_matrix(), people_i, people_j
         )
+
+    @property
+    def remembered(self) -> int:
+        """How many people the second look has remembered in this clip (second_look())."""
+        return len(self._seen)
+
+    def second_look(
+        self, i: int, j: int, region: body.Box, full: np.ndarray, drift: int | None
+    ) -> tuple[float, second_look.Box | None]:
+        """The best score of another person than the subject in sampled frames i and j, inside `region`,
+        where the picture changed between them (full: the camera i -> j, PairAlignment.full_matrix) or
+        clearly a person, found at the second look's input size, and that person's box
+        (second_look.other_person; each frame looked at once). Where the camera is still or taken out
+        (`drift`: how far, in pixels, it may have moved since another pair; None: it moves), a person
+        found over quality.max_second_look_person is remembered, and counts for this pair where a frame
+        shows that spot as it was or the spot changed, unless the subject covers it in both frames
+        (second_look.still_there): a bystander the model sees in one frame and misses in the next.
+        motion._search checks the clip's candidates again when a pass remembered someone new, so the
+        pairs taken do not depend on which was checked first."""
+        change = second_look.changed(self.frames[i], self.frames[j], full)
+        subjects = [(self.person(i, self.motion_cfg), full), (self.person(j, self.motion_cfg), np.eye(2, 3))]
+        best: tuple[float, second_look.Box | None] = (0.0, None)
+        for k, (subject, to_j) in zip((i, j), subjects, strict=True):
+            if k not in self._second:
+                self._second[k] = second_look.people(self.frames[k], self.pose_cfg)
+            kp, oks = self.motion_cfg.keypoint_conf, self.quality_cfg.same_person_oks
+            found = second_look.other_person(self._second[k], subject, region, change, to_j, kp, oks)
+            best = max(best, found, key=lambda x: x[0])
+        if drift is None:
+            return best
+        if best[0] > self.quality_cfg.max_second_look_person and best[1] is not None:
+            found_in = i if best[1] in [tuple(p.box) for p in self._second[i]] else j
+            if all(b != best[1] for _, b, _ in self._seen):
+                self._seen.append((best[0], best[1], found_in))
+        frames = [self.frames[i], self.frames[j]]
+        bodies = [subjects[0][0], subjects[1][0]]
+        seen = [
+            (s, b)
+            for s, b, k in self._seen
+            if second_look.still_there(b, self.frames[k], region, frames, bodies, change, drift)
+        ]
+        return max([best, *seen], key=lambda x: x[0])
 
     def drawn_skeleton(self, i: int, j: int) -> float | None:
         """The larger share of the subject's limbs with a line drawn along them in sampled frames i and j
