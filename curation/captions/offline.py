@@ -46,8 +46,9 @@ CAPTIONER = "offline"
 # the side is signed, a side-on lean needs the body side-on before; v5: a side-on body facing the same way
 # in both frames steps forward or back; v6: upright to lying is "get down on the floor", lying to upright
 # "get up off the floor"; v7: both feet up off the floor (or down to it) with the hips and the torso's
-# direction kept is "raise both legs" ("lower both legs"): a seated boat pose
-VERSION = "offline-v7"
+# direction kept is "raise both legs" ("lower both legs"): a seated boat pose; v8: the hips' leg phrase
+# needs the feet to leave the floor too (a squat seen side-on turned the thighs: "raise both legs")
+VERSION = "offline-v8"
 ABSTAINED = "abstained: "  # how an abstention's reject detail starts
 FOOT_AXIS_TURN = 15.0  # degrees the torso axis may turn between the frames for a foot lift to be read
 FOOT_ABOVE = 0.3  # torso lengths the lifted ankle ends above the other, along the body
@@ -166,9 +167,8 @@ def _leg_changes(a: Body, b: Body) -> list[Change]:
 
 
 def _hip_changes(a: Body, b: Body) -> list[Change]:
-    """On the floor, seen side-on: the angle between thighs and torso (a sit-up, lying leg raises, a deep
-    bend from standing). The part that turned in the image names the phrase; both read the same in the
-    body's frame."""
+    """On the floor, seen side-on: the thighs-torso angle (a sit-up, lying leg raises, a deep bend from
+    standing). The part that turned in the image names the phrase (the legs' only with their feet)."""
     if (a.upright and b.upright) or not (a.side_view and b.side_view):
         return []
     front = a.front or b.front
@@ -191,12 +191,12 @@ def _hip_changes(a: Body, b: Body) -> list[Change]:
         return []  # one thigh forward, one back: a stride, not a phrase of ours
     ahead = next(iter(forward.values()))
     mag = float(np.mean([abs(fb - fa) for fa, fb in flex.values()])) / 60
-    if max(thigh_turn.values()) > torso_turn:  # the legs moved
-        if ahead and all(fb > 20 for _, fb in flex.values()):
-            who = "both legs" if len(flex) == 2 else f"your {next(iter(flex))} leg"
+    if max(thigh_turn.values()) > torso_turn:  # the legs moved, and their feet with them: a squat turns
+        rise = [floor_rise(a, b, f"{s}_ankle") for s in flex]  # the thighs over feet left on the floor
+        who = "both legs" if len(flex) == 2 else f"your {next(iter(flex))} leg"
+        if ahead and all(fb > 20 for _, fb in flex.values()) and all(r and r >= LEGS_RISE for r in rise):
             return [Change(mag, f"raise {who}")]
-        if not ahead and all(fa > 20 for fa, _ in flex.values()):
-            who = "both legs" if len(flex) == 2 else f"your {next(iter(flex))} leg"
+        if not ahead and all(fa > 20 for fa, _ in flex.values()) and all(r and r <= -LEGS_RISE for r in rise):
             return [Change(mag, f"lower {who}")]
         return []
     if ahead and all(fb > 20 for _, fb in flex.values()):
