@@ -51,6 +51,31 @@ def test_a_changing_subtitle_is_found_and_a_steady_one_is_not(detector, clips): 
     assert changed(before, subtitled(b, "HOW LOW SHOULD YOU GO", y, dx=1), pa, pb) <= limit  # the same one
 
 
+def cue_lines(frame: np.ndarray, lines: list[str], y: int) -> np.ndarray:
+    """A list of cues as tutorials type them in: thin gray letters, one line under the other, on white."""
+    out = frame.copy()
+    h, w = out.shape[:2]
+    step = h // 22
+    out[y - step : y + step * 4, : w // 2 + w // 8] = 255
+    for n, text in enumerate(lines):
+        cv2.putText(out, text, (6, y + n * step), cv2.FONT_HERSHEY_SIMPLEX, h / 1400, (110, 110, 110), 1, cv2.LINE_AA)
+    return out
+
+
+def test_a_thin_cue_line_typed_in_is_found(detector, clips):  # noqa: F811
+    """A new line of thin gray cue text in the after frame (the tenth batch's walking-lunge tutorial): its
+    glyphs fill too little of their box for the quarter of its pixels the subtitles reach, but most of its
+    ink is new. The same lines in both frames are not."""
+    a, b, pa, pb = two_frames(detector, clips)
+    limit = QualityConfig().max_text_box_change
+    y = int(min(pa.keypoints[0][1], pb.keypoints[0][1]))
+    cues = ["One leg steps forward", "Keep the heel down"]
+    before, after = cue_lines(a, cues, y), cue_lines(b, cues + ["Shin stays vertical"], y)
+    assert len(text_boxes.text_boxes(after)) > len(text_boxes.text_boxes(before)), "the new line is boxed"
+    assert changed(before, after, pa, pb) > limit
+    assert changed(before, cue_lines(b, cues, y), pa, pb) <= limit
+
+
 def shifted(frame: np.ndarray, dx: float, dy: float) -> np.ndarray:
     """The frame as a camera moved by (dx, dy) pixels would show it."""
     m = np.float32([[1, 0, dx], [0, 1, dy]])

@@ -6,7 +6,8 @@ around bright strokes; the overlay regions leave out what lies within the body's
 beside the head does). RapidOCR's PP-OCRv4 detection model (`rapidocr_onnxruntime`, which holds the
 model in its wheel; run through onnxruntime, detection only) finds the text boxes of each frame; a box
 of either frame whose pixels off the drawn body changed between the frames (CHANGED_SHARE of them by
-more than CHANGED_LEVEL gray levels, after alignment) holds text that changed. Text that stays (a
+more than CHANGED_LEVEL gray levels, after alignment; or, for thin light glyphs that fill little of their
+box, INK_CHANGED of its ink) holds text that changed. Text that stays (a
 watermark, a title, a wall clock) changes nothing. A box that is no line of text (LINE_ASPECT, LINE_HEIGHT:
 the detector boxes a leg and a ball now and then) is not judged; text on the body (a jersey number)
 moves with it and is judged only on a box's pixels off the drawn figure, and only where a quarter of it
@@ -31,6 +32,7 @@ from .silhouette import body_shapes
 Box = tuple[float, float, float, float]
 CHANGED_LEVEL = 40  # gray levels a text pixel differs by between the frames when its text changed
 CHANGED_SHARE = 0.25  # share of a box's judged pixels that changed: its text changed
+INK_CHANGED, MIN_INK_SHARE = 0.6, 0.05  # or this share of its ink, and of its pixels (thin glyphs typed in)
 MIN_OFF_BODY = 0.25  # share of a box off the drawn body for it to be judged (text on a shirt moves with it)
 DETECT_SIDE = 736  # frames longer than this (pixels) are shrunk to it for the detector (its cost grows with size)
 LINE_ASPECT, LINE_HEIGHT = 2.0, 0.2  # a line of text: at least twice as wide as high, under 0.2 of the frame high
@@ -74,21 +76,35 @@ def text_boxes(frame: np.ndarray) -> list[Box]:
     return boxes
 
 
-def _changed_share(x: np.ndarray, y: np.ndarray, ys: slice, xs: slice, judged: np.ndarray) -> float:
+def _changed_share(x: np.ndarray, y: np.ndarray, ys: slice, xs: slice, judged: np.ndarray) -> tuple[float, float]:
     """The share of the judged pixels of box (ys, xs) where y's gray level differs from x's by more than
-    CHANGED_LEVEL, at the best of x's shifts by up to a pixel (a text that stayed, shifted by a pixel by
-    resampling or a re-encode, changes nothing; a text that changed does at every shift)."""
+    CHANGED_LEVEL, and the same count over the box's ink (pixels that stand out by CHANGED_LEVEL from
+    the box's median in either frame), at the best of x's shifts by up to a pixel (a text that stayed,
+    shifted by a pixel by resampling or a re-encode, changes nothing; a text that changed does at every
+    shift)."""
     h, w = y.shape
-    best = 1.0
+    best = (1.0, 1.0)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             sy = slice(min(max(ys.start + dy, 0), h), min(max(ys.stop + dy, 0), h))
             sx = slice(min(max(xs.start + dx, 0), w), min(max(xs.stop + dx, 0), w))
             if sy.stop - sy.start != ys.stop - ys.start or sx.stop - sx.start != xs.stop - xs.start:
                 continue  # that shift leaves the frame
-            diff = np.abs(x[sy, sx] - y[ys, xs]) > CHANGED_LEVEL
-            best = min(best, float(diff[judged].mean()))
+            xa, yb = x[sy, sx], y[ys, xs]
+            diff = (np.abs(xa - yb) > CHANGED_LEVEL) & judged
+            ink = (np.abs(xa - np.median(xa[judged])) > CHANGED_LEVEL) | (
+                np.abs(yb - np.median(yb[judged])) > CHANGED_LEVEL
+            )
+            share = float(diff.sum() / judged.sum())
+            if share < best[0]:
+                best = (share, float(diff.sum() / max(1, (ink & judged).sum())))
     return best
+
+
+def _text_changed(share: tuple[float, float]) -> bool:
+    """A box's text changed: CHANGED_SHARE of its pixels, or (thin light glyphs fill little of their box:
+    a line typed in) INK_CHANGED of its ink and MIN_INK_SHARE of its pixels."""
+    return share[0] >= CHANGED_SHARE or (share[0] >= MIN_INK_SHARE and share[1] >= INK_CHANGED)
 
 
 def changed_text(
@@ -131,6 +147,6 @@ def changed_text(
                 break
             shares.append(_changed_share(x, gb, ys, xs, judged))
         share = (x2 - x1) * (y2 - y1) / (h * w)
-        if len(shares) == 2 and min(shares) >= CHANGED_SHARE and share > best:
+        if len(shares) == 2 and all(map(_text_changed, shares)) and share > best:
             best, where = share, (float(x1), float(y1), float(x2), float(y2))
     return best, where
