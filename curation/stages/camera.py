@@ -336,14 +336,19 @@ def stabilise(frame_b: np.ndarray, pose_b: Pose17, m_full: np.ndarray) -> tuple[
     return warped, transform_pose(pose_b, inv)
 
 
+def moved_box(box, m: np.ndarray) -> tuple[float, float, float, float]:
+    """The axis-aligned box around `box` (x1, y1, x2, y2) moved by the 2x3 matrix m."""
+    x1, y1, x2, y2 = box
+    corners = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]], float) @ m[:, :2].T + m[:, 2]
+    (a, b), (c, d) = corners.min(0), corners.max(0)
+    return float(a), float(b), float(c), float(d)
+
+
 def transform_pose(pose: Pose17, m: np.ndarray) -> Pose17:
     k = np.asarray(pose.keypoints, np.float64)
     xy = k[:, :2] @ m[:, :2].T + m[:, 2]
     kps = [[float(x), float(y), float(c)] for (x, y), c in zip(xy, k[:, 2], strict=True)]
-    x1, y1, x2, y2 = pose.box
-    corners = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]], float) @ m[:, :2].T + m[:, 2]
-    box = [*map(float, corners.min(0)), *map(float, corners.max(0))]
-    return pose.model_copy(update={"keypoints": kps, "box": box})
+    return pose.model_copy(update={"keypoints": kps, "box": list(moved_box(pose.box, m))})
 
 
 def common_area(m_full: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:

@@ -23,6 +23,8 @@ import numpy as np
 from schemas.records import Pose17
 
 from ..config import PoseConfig
+from .camera import moved_box
+from .people import iou
 from .pose import PoseDetector
 from .quality import keypoint_similarity
 from .silhouette import body_shapes
@@ -57,11 +59,8 @@ def people(frame: np.ndarray, pose: PoseConfig) -> list[Pose17]:
         return detector(frame[None])[0]
 
 
-def _iou(a: Box, b: Box) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
+def _centre_in(box: Box, region: Box) -> bool:
+    return region[0] <= (box[0] + box[2]) / 2 <= region[2] and region[1] <= (box[1] + box[3]) / 2 <= region[3]
 
 
 def changed(a: np.ndarray, b: np.ndarray, full: np.ndarray) -> np.ndarray:
@@ -83,12 +82,6 @@ def _share(mask: np.ndarray, box: Box) -> float:
     return float(part.mean()) if part.size else 0.0
 
 
-def _moved(box: Box, m: np.ndarray) -> Box:
-    c = np.array([[box[0], box[1]], [box[2], box[1]], [box[0], box[3]], [box[2], box[3]]]) @ m[:, :2].T + m[:, 2]
-    (x1, y1), (x2, y2) = c.min(0), c.max(0)
-    return float(x1), float(y1), float(x2), float(y2)
-
-
 def other_person(
     found: list[Pose17],
     subject: Pose17,
@@ -105,19 +98,18 @@ def other_person(
     appears, leaves, moves or is uncovered by the subject changes the picture there; a thing the model
     takes for a person at this size (a plate on a rack, a teapot on a table: 0.2-0.29) stays as it was."""
     figure = body_shapes(change.shape, [subject], [], to_b, 1.0)[0] == 0  # the subject's figure, in b's pixels
-    x1, y1, x2, y2 = region
     sx1, sy1, sx2, sy2 = subject.box
     best: tuple[float, Box | None] = (0.0, None)
     for p in found:
         bx1, by1, bx2, by2 = box = tuple(float(v) for v in p.box)
-        if not (x1 <= (bx1 + bx2) / 2 <= x2 and y1 <= (by1 + by2) / 2 <= y2) or p.score <= best[0]:
+        if not _centre_in(box, region) or p.score <= best[0]:
             continue
-        if _iou(box, subject.box) >= SAME_BOX or keypoint_similarity(subject, p, kp_conf) >= same_oks:
+        if iou(box, subject.box) >= SAME_BOX or keypoint_similarity(subject, p, kp_conf) >= same_oks:
             continue
         inside = max(0.0, min(bx2, sx2) - max(bx1, sx1)) * max(0.0, min(by2, sy2) - max(by1, sy1))
         if inside >= SAME_BOX * (sx2 - sx1) * (sy2 - sy1):
             continue  # a looser box around the subject
-        seen = _moved(box, to_b)
+        seen = moved_box(box, to_b)
         if _share(figure, seen) >= ON_FIGURE:
             continue  # a part of the subject boxed on its own (legs, an arm)
         if _share(change, seen) < MIN_CHANGED and p.score < STILL_PERSON:
@@ -143,8 +135,7 @@ def still_there(
     `seen_in`'s pixels; a camera that moved since by up to `drift` pixels (static or stabilised pairs,
     under the camera-motion limit) is allowed for where it is looked for as it was, not elsewhere (its
     place against the crop, the body and the change)."""
-    x1, y1, x2, y2 = region
-    if not (x1 <= (box[0] + box[2]) / 2 <= x2 and y1 <= (box[1] + box[3]) / 2 <= y2):
+    if not _centre_in(box, region):
         return False
     shown = [  # the body itself hides who stands behind it, not what its hands may hold
         _share(body_shapes(f.shape[:2], [], [s], np.eye(2, 3), 1.0, held=False)[0] == 0, box) < COVERED

@@ -27,6 +27,7 @@ import numpy as np
 
 from schemas.records import Pose17
 
+from .camera import moved_box
 from .silhouette import body_shapes
 
 Box = tuple[float, float, float, float]
@@ -134,10 +135,7 @@ def changed_text(
         x1, y1, x2, y2 = box
         if x2 - x1 < LINE_ASPECT * (y2 - y1) or y2 - y1 > LINE_HEIGHT * h:
             continue  # not a line of text: the detector also boxes a leg or a ball now and then
-        scene = box
-        if in_a:  # where a's text lies in b's frame once the camera is taken out
-            c = np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]]) @ full[:, :2].T + full[:, 2]
-            scene = (*c.min(0), *c.max(0))
+        scene = moved_box(box, full) if in_a else box  # where a's text lies in b's frame, camera taken out
         shares = []
         for (bx1, by1, bx2, by2), x, off in ((box, ga, screen_off), (scene, warped, scene_off)):
             ys = slice(min(h, max(0, int(by1))), max(0, min(h, int(np.ceil(by2)))))
