@@ -139,6 +139,11 @@ class QualityConfig(_Section):
         " points up); a foot in view: about 0.15-0.3; less is a foot the detector did not see (hidden behind a"
         " plate, cut), else partial_body (whole-body configs; the figure can be negative: -10 switches it off)",
     )
+    max_hidden_limb: float = Field(
+        0.8, ge=0, le=1, description="share of a limb's middle, in either frame, over textured pixels that the other"
+        " frame shows unchanged there (a barrier or counter in front of the legs, the keypoints guessed through it),"
+        " else partial_body; legs in whole-body configs, arms always; 1: not measured",
+    )  # fmt: skip
     max_graphic_stroke: float = Field(
         1.2, ge=0, description="longest drawn stroke (saturated, thinner than a limb, straight) in one frame only"
         " (torso lengths): a graphic over the body, else overlay_changed",

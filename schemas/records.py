@@ -206,6 +206,7 @@ class QualityFigures(BaseModel):
     box_past_border: float | None = None  # box past the outermost joint to a border it touches / torso (larger)
     extremity_margin: float | None = None  # ankles' and nose's distance to the picture's border / torso (lower)
     foot_room: float | None = None  # how far the box runs past the ankles (along the shins or below) / torso (lower)
+    hidden_limb: float | None = None  # largest share of a limb over what the other frame shows unchanged there
     camera_status: str | None = None  # "static" | "stabilised" (curation/stages/camera.py)
     background_residual: float | None = None  # median background difference after alignment (gray levels)
     brightness_change: float | None = None  # median signed background difference (a fade)

@@ -47,14 +47,19 @@ def textured(seed: int = 0, shape=(480, 640)) -> np.ndarray:
     return np.stack([img] * 3, -1)
 
 
+LOGIC = QualityConfig(min_person_change=0, max_second_look_person=1.0, max_hidden_limb=1.0)
+
+
 def track(poses_per_frame, fps=4.0, frames=None):
     obs = [FrameObs(i * 10, i / fps, p) for i, p in enumerate(poses_per_frame)]
     still = textured()
     frames = frames or [still for _ in obs]
     # the frames are one still texture under synthetic keypoints: no pixel of the person changes, so the
     # image evidence of a pose change (quality.min_person_change) is switched off for these logic tests,
-    # and so is the second look for people at 1280 px (a pose model on a texture: tests/test_second_look.py)
-    return ClipTrack.build(obs, frames, CFG, QualityConfig(min_person_change=0, max_second_look_person=1.0))
+    # and so are the second look for people at 1280 px (a pose model on a texture: tests/test_second_look.py)
+    # and the hidden limbs (keypoints over a texture that does not change are limbs not shown:
+    # tests/test_occlusion.py)
+    return ClipTrack.build(obs, frames, CFG, LOGIC)
 
 
 def arm_raise(n=12):
@@ -264,13 +269,13 @@ def test_a_box_running_on_to_the_border_past_the_joints_is_a_cut_body():
     assert kept and all(c.quality.box_past_border == pytest.approx(0.3) for c in kept)  # the figure, stored
     # and its margin, (0.5 - 0.3) / 0.5 = 0.4: under a borderline margin of 0.45 it names the check
     obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(frames)]
-    wide = QualityConfig(min_person_change=0, borderline_margin=0.45, borderline="keep")
+    wide = LOGIC.model_copy(update={"borderline_margin": 0.45, "borderline": "keep"})
     close = select_pairs(ClipTrack.build(obs, [textured()] * 12, CFG, wide), CFG, PairingConfig()).pairs
     assert close and all("box_past_border" in (c.quality.borderline_checks or "").split(",") for c in close)
     # the threshold is a setting: raised past 0.6, the cut clip's pairs pass (a re-filter of the figure)
     frames = [[at_left_border(make_pose(RIGHT_ARM_UP if i >= 6 else None), 0.6)] for i in range(12)]
     obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(frames)]
-    looser = QualityConfig(min_person_change=0, max_box_past_border=0.7)
+    looser = LOGIC.model_copy(update={"max_box_past_border": 0.7})
     assert select_pairs(ClipTrack.build(obs, [textured()] * 12, CFG, looser), CFG, PairingConfig()).pairs
 
 
@@ -323,7 +328,7 @@ def test_a_box_that_stops_at_the_ankles_saw_no_feet():
     assert kept and all(c.quality.foot_room == pytest.approx(0.2, abs=1e-3) for c in kept)  # stored
     # the threshold is a setting, its margin named when close: 0.2 against 0.19 is borderline
     obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(frames)]
-    close = QualityConfig(min_person_change=0, min_foot_room=0.19, borderline="keep")
+    close = LOGIC.model_copy(update={"min_foot_room": 0.19, "borderline": "keep"})
     near = select_pairs(ClipTrack.build(obs, [textured()] * 12, CFG, close), CFG, PairingConfig()).pairs
     assert near and all("foot_room" in (c.quality.borderline_checks or "").split(",") for c in near)
 

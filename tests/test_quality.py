@@ -432,7 +432,8 @@ def test_a_frame_with_swapped_legs_is_dropped_and_counted():
         poses[k] = [_swap_legs(poses[k][0])]
     obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(poses)]
     bg = textured()
-    track = ClipTrack.build(obs, [bg] * 12, cfg, QualityConfig(min_person_change=0))  # synthetic keypoints
+    logic = QualityConfig(min_person_change=0, max_hidden_limb=1.0)  # synthetic keypoints over a texture
+    track = ClipTrack.build(obs, [bg] * 12, cfg, logic)
     assert [k for k, kind in enumerate(track.kinds) if kind is FrameKind.SWAPPED] == [7, 9]
     sel = select_pairs(track, cfg, PairingConfig(pairs_per_clip=3))
     assert sel.funnel["frames_lr_swapped"] == 2 and sel.pairs

@@ -10,7 +10,7 @@ import math
 from schemas.records import MotionFigures, QualityFigures, RejectReason
 
 from ..config import MotionConfig, PairingConfig
-from . import body, quality
+from . import body, occlusion, quality
 from . import crop as crops
 from . import figures as pose_figures
 from .figures import PoseChange, moves, pose_change, same_person
@@ -52,8 +52,9 @@ def check(
     """None when the candidate passes; fills c.motion and c.quality when it gets that far. The checks
     run roughly in CHECK_ORDER's order: the costliest (the background alignment, the text search) only
     for a candidate that passed the cheaper ones, so a still candidate may stop as low_motion before a
-    later shot_cut or blurry check, and the text checks, the second look (another person at 1280 px, in
-    the pair's crop: `pairing` gives the crop) and the margins come last. A clip's reason is
+    later shot_cut or blurry check, and a limb hidden behind what the other frame shows (partial_body),
+    the text checks, the second look (another person at 1280 px, in the pair's crop: `pairing` gives
+    the crop) and the margins come last. A clip's reason is
     ranked by CHECK_ORDER (stages/motion.py)."""
     q = track.quality_cfg
     pairing = pairing or PairingConfig()
@@ -197,6 +198,13 @@ def check(
         return RejectReason.LOW_MOTION
     if not moving:
         return RejectReason.LOW_MOTION
+    if q.max_hidden_limb < 1:
+        frames = track.frames[c.i], track.frames[c.j]
+        limb = occlusion.hidden_limb(*frames, a, b, al.full_matrix(), cfg.keypoint_conf, cfg.whole_body)
+        c.quality.hidden_limb = limb
+        if limb is not None and limb > q.max_hidden_limb:
+            c.detail = f"{limb:.0%} of a limb lies over what the other frame shows unchanged there: hidden behind it"
+            return RejectReason.PARTIAL_BODY
     # the costliest check comes last, so only a pair that passed every other one pays for it
     c.quality.text_change = track.text_change(c.i, c.j, al)
     if c.quality.text_change is not None and c.quality.text_change > q.max_text_change:

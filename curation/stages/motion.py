@@ -129,9 +129,9 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         if moving:
             # the candidates that show motion name why the clip has no pair (jumps whose head the top
             # edge cuts are partial_body, not low_motion for their still moments): the check the
-            # furthest of them reached; the text checks and then the second look are run last, so a
-            # candidate they stopped (its text_change, text_box_change or second_look_person over the
-            # limit) passed every other check
+            # furthest of them reached; the hidden limbs, the text checks and then the second look are
+            # run last, so a candidate they stopped (its hidden_limb, text_change, text_box_change or
+            # second_look_person over the limit) passed every check before them
             q = track.quality_cfg
             stopped = [(c.quality, why) for c, why in zip(cands, reasons, strict=True) if c.quality is not None]
             second = any(
@@ -143,7 +143,11 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
                 and ((f.text_change or 0) > q.max_text_change or (f.text_box_change or 0) > q.max_text_box_change)
                 for f, why in stopped
             )
+            hidden = any(
+                why is RejectReason.PARTIAL_BODY and (f.hidden_limb or 0) > q.max_hidden_limb for f, why in stopped
+            )
             reason = max(moving, key=CHECK_ORDER.index)
+            reason = RejectReason.PARTIAL_BODY if hidden else reason
             reason = RejectReason.MULTIPLE_PEOPLE if second else RejectReason.OVERLAY_CHANGED if text else reason
             detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
             return Selection([], reason, f"{detail} ({summary})", funnel)
