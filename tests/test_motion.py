@@ -74,6 +74,20 @@ def test_pairs_from_a_clean_arm_raise():
     assert all(p.j <= q.i or p.i >= q.j for p in sel.pairs for q in sel.pairs if p is not q)  # no overlap
 
 
+def test_keypoints_over_a_still_scene_are_hidden_limbs_and_name_the_clip():
+    """The same arm raise with the hidden-limb check on: its keypoints lie over one still texture that
+    the other frame shows unchanged, limbs the picture does not show (stages/occlusion.py). Every moving
+    candidate stops there, late in the checks, and the clip is named by it (checks.LATE_CHECKS), with the
+    figure kept on the candidates; a limit of 1 lets the pairs through and measures nothing."""
+    obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(arm_raise())]
+    on = LOGIC.model_copy(update={"max_hidden_limb": 0.8})
+    sel = select_pairs(ClipTrack.build(obs, [textured()] * 12, CFG, on), CFG, PairingConfig(pairs_per_clip=2))
+    assert not sel.pairs and sel.reason is RejectReason.PARTIAL_BODY, (sel.reason, sel.detail)
+    assert "partial_body" in sel.detail and "low_motion" in sel.detail  # the still pairs stop earlier
+    kept = select_pairs(track(arm_raise()), CFG, PairingConfig(pairs_per_clip=2)).pairs
+    assert kept and all(c.quality.hidden_limb is None for c in kept)
+
+
 def test_segment_endpoints_strategy_takes_first_and_last_frames():
     sel = select_pairs(track(arm_raise()), CFG, PairingConfig(strategies=["segment_endpoints"]))
     assert [(c.i, c.j, c.strategy) for c in sel.pairs] == [(0, 11, "segment_endpoints")]

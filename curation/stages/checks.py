@@ -9,7 +9,7 @@ import math
 
 from schemas.records import MotionFigures, QualityFigures, RejectReason
 
-from ..config import MotionConfig, PairingConfig
+from ..config import MotionConfig, PairingConfig, QualityConfig
 from . import body, occlusion, quality
 from . import crop as crops
 from . import figures as pose_figures
@@ -30,6 +30,23 @@ CHECK_ORDER = (
     RejectReason.BLURRY,
     RejectReason.LOW_MOTION,
 )
+# the checks run after the pose change, in their order (figure, its quality limit, the reason): a candidate
+# one of them stopped passed every check before it, whatever CHECK_ORDER ranks its reason
+LATE_CHECKS = (
+    ("hidden_limb", "max_hidden_limb", RejectReason.PARTIAL_BODY),
+    ("text_change", "max_text_change", RejectReason.OVERLAY_CHANGED),
+    ("text_box_change", "max_text_box_change", RejectReason.OVERLAY_CHANGED),
+    ("second_look_person", "max_second_look_person", RejectReason.MULTIPLE_PEOPLE),
+)
+
+
+def late_check(quality: QualityFigures | None, why: RejectReason | None, q: QualityConfig) -> int | None:
+    """The index in LATE_CHECKS of the late check that stopped a candidate (its figures `quality`, its
+    reason `why`), or None when an earlier check did, or none."""
+    for k, (name, limit, reason) in enumerate(LATE_CHECKS):
+        if quality is not None and why is reason and (getattr(quality, name) or 0) > getattr(q, limit):
+            return k
+    return None
 
 
 def change(track: ClipTrack, c: Candidate, cfg: MotionConfig) -> PoseChange:

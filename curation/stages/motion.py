@@ -129,26 +129,11 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         if moving:
             # the candidates that show motion name why the clip has no pair (jumps whose head the top
             # edge cuts are partial_body, not low_motion for their still moments): the check the
-            # furthest of them reached; the hidden limbs, the text checks and then the second look are
-            # run last, so a candidate they stopped (its hidden_limb, text_change, text_box_change or
-            # second_look_person over the limit) passed every check before them
-            q = track.quality_cfg
-            stopped = [(c.quality, why) for c, why in zip(cands, reasons, strict=True) if c.quality is not None]
-            second = any(
-                why is RejectReason.MULTIPLE_PEOPLE and (f.second_look_person or 0) > q.max_second_look_person
-                for f, why in stopped
-            )
-            text = any(
-                why is RejectReason.OVERLAY_CHANGED
-                and ((f.text_change or 0) > q.max_text_change or (f.text_box_change or 0) > q.max_text_box_change)
-                for f, why in stopped
-            )
-            hidden = any(
-                why is RejectReason.PARTIAL_BODY and (f.hidden_limb or 0) > q.max_hidden_limb for f, why in stopped
-            )
-            reason = max(moving, key=CHECK_ORDER.index)
-            reason = RejectReason.PARTIAL_BODY if hidden else reason
-            reason = RejectReason.MULTIPLE_PEOPLE if second else RejectReason.OVERLAY_CHANGED if text else reason
+            # furthest of them reached: a late check (checks.LATE_CHECKS: hidden limbs, text, the second
+            # look) is reached after every other, whatever CHECK_ORDER ranks its reason
+            late = [checks.late_check(c.quality, why, track.quality_cfg) for c, why in zip(cands, reasons, strict=True)]
+            furthest = max((k for k in late if k is not None), default=None)
+            reason = max(moving, key=CHECK_ORDER.index) if furthest is None else checks.LATE_CHECKS[furthest][2]
             detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
             return Selection([], reason, f"{detail} ({summary})", funnel)
         # the first check that brought the count to zero decides
