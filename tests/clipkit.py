@@ -192,6 +192,15 @@ KINDS: dict[str, Spec] = {
             facts={"cut_edge": "left"},
         ),
         Spec(
+            "blur_fill",
+            "the dribbler's portrait video shown in a landscape frame between blurred, enlarged copies of "
+            "itself (as YouTube shows phone videos): the picture is the middle 202 columns; the bands "
+            "change with it",
+            "accept",
+            size=(640, 360),
+            facts={"picture": (219, 0, 421, 360)},
+        ),
+        Spec(
             "legs_cut_bottom",
             "the dribbler cropped so that the bottom edge cuts him at mid-thigh (landscape crop)",
             "reject",
@@ -693,6 +702,19 @@ def _horizontal_cut() -> list[np.ndarray]:
     return [np.ascontiguousarray(cv2.rotate(f, cv2.ROTATE_90_CLOCKWISE)[:, 355:959]) for f in dribbler()]
 
 
+def _blur_fill() -> list[np.ndarray]:
+    x1, _, x2, _ = KINDS["blur_fill"].facts["picture"]
+    w, h = KINDS["blur_fill"].size
+    out = []
+    for f in dribbler():
+        big = cv2.resize(f, (w, round(f.shape[0] * w / f.shape[1])), interpolation=cv2.INTER_AREA)
+        top = (big.shape[0] - h) // 2
+        canvas = (cv2.GaussianBlur(big[top : top + h], (0, 0), 18) * 0.8).astype(np.uint8)
+        canvas[:, x1:x2] = cv2.resize(f, (x2 - x1, h), interpolation=cv2.INTER_AREA)
+        out.append(canvas)
+    return out
+
+
 def _legs_cut_bottom() -> list[np.ndarray]:
     return [np.ascontiguousarray(f[120:516]) for f in dribbler()]  # hips ~450, knees ~570: cut at mid-thigh
 
@@ -797,6 +819,7 @@ _MAKERS = {
     "overlay_text_change": _overlay_text_change,
     "hidden_partner": _hidden_partner,
     "horizontal_cut": _horizontal_cut,
+    "blur_fill": _blur_fill,
     "legs_cut_bottom": _legs_cut_bottom,
     "counter": _counter,
     "crossfade": _crossfade,

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clipkit import KINDS, make
+from clipkit import KINDS, make, read
 from conftest import write_video
 from test_quality import detector, run_clip  # noqa: F401  (the module's pose model fixture)
 
 from curation.config import MotionConfig, QualityConfig
-from curation.stages import camera, crop, quality, silhouette
+from curation.stages import body, camera, crop, quality, silhouette
 from schemas.records import Pose17
 
 pytestmark = pytest.mark.slow
@@ -129,6 +129,42 @@ def test_bodies_cut_by_the_frame_or_hidden_are_partial(detector, clips, kind):  
         quality={"min_edge_margin": 0},
     )
     assert "partial_body" not in clip_reasons(upper)
+
+
+def test_a_vertical_video_between_blurred_copies_of_itself_is_the_picture(detector, clips, monkeypatch):  # noqa: F811
+    """A phone video shown as YouTube shows it, between blurred, enlarged copies of itself: the bands
+    are found (the straight edges either side of the picture), nobody is looked for and no background
+    compared in them, and the crops stay inside the picture. Without the bands found the blurred copies,
+    changing with the picture, reject every pair (overlay_changed, shot_cut, camera_motion)."""
+    path = make("blur_fill", clips)
+    picture = KINDS["blur_fill"].facts["picture"]
+    frames, _ = read(path)
+    assert body.content_box(list(frames[::5])) == picture
+    res = run_clip(path, detector)
+    assert res.pairs, res.rejects
+    for p in res.pairs:
+        x1, _, x2, _ = p.pair.crop_box
+        assert picture[0] <= x1 and x2 <= picture[2], p.pair.crop_box
+    monkeypatch.setattr(body, "framed_picture", lambda frames, box: box)
+    assert body.content_box(list(frames[::5])) == (0, 0, 640, 360)
+    assert not run_clip(path, detector).pairs
+
+
+def test_a_scene_s_own_straight_edges_do_not_frame_a_picture():
+    """A door frame on one side and a wall corner off the middle (straight, full-height edges that stay
+    put) are not bands: framed_picture wants a pair of them mirrored about the middle. White bars are."""
+    rng = np.random.default_rng(3)
+    scene = np.full((360, 640, 3), 180, np.uint8)
+    scene[:, 100:130] = 60  # a door frame
+    scene[:, 420:] = 140  # a wall corner, 100 columns off the mirror image of the door
+    scene = np.clip(scene + rng.normal(0, 3, scene.shape), 0, 255).astype(np.uint8)
+    frames = [scene.copy() for _ in range(8)]
+    assert body.framed_picture(frames, (0, 0, 640, 360)) == (0, 0, 640, 360)
+    barred = [f.copy() for f in frames]
+    for f in barred:
+        f[:, :160] = 250
+        f[:, 480:] = 250
+    assert body.framed_picture(barred, (0, 0, 640, 360)) == (160, 0, 480, 360)
 
 
 @pytest.mark.parametrize("kind", ["crossfade", "fade_black", "card_dissolve"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from schemas.records import KP, Pose17
@@ -31,9 +32,10 @@ HEAD = [KP[n] for n in ("nose", "left_eye", "right_eye", "left_ear", "right_ear"
 LEGS = (("left_hip", "left_knee", "left_ankle"), ("right_hip", "right_knee", "right_ankle"))
 
 
-def content_box(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0.35) -> Box:
+def content_box(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0.35, framed: bool = True) -> Box:
     """The picture inside black letterbox/pillarbox bars, over up to 8 frames of one clip: a border row
-    or column belongs to a bar when it is dark in every frame looked at."""
+    or column belongs to a bar when it is dark in every frame looked at; and (`framed`) inside bands of
+    any other shade that frame it (framed_picture)."""
     h, w = frames[0].shape[:2]
     pick = [frames[k] for k in np.linspace(0, len(frames) - 1, min(8, len(frames))).round().astype(int)]
     gray = np.stack([f.max(axis=2) if f.ndim == 3 else f for f in pick]).astype(np.float32)
@@ -51,7 +53,87 @@ def content_box(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0
 
     top, bottom = bar(rows, int(max_bar * h))
     left, right = bar(cols, int(max_bar * w))
+    if not framed:
+        return left, top, w - right, h - bottom
+    # bands of any shade, looked for on the whole frame; a dark bar's own edge stands unless the band
+    # found reaches 3 % further in (a caption or a logo on the bar: the dark rule stops at its letters)
+    fx1, fy1, fx2, fy2 = framed_picture(pick, (0, 0, w, h))
+    left, right = (max(v, f) if v == 0 or f - v > 0.03 * w else v for v, f in ((left, fx1), (right, w - fx2)))
+    top, bottom = (max(v, f) if v == 0 or f - v > 0.03 * h else v for v, f in ((top, fy1), (bottom, h - fy2)))
     return left, top, w - right, h - bottom
+
+
+EDGE_STEP, EDGE_ROWS, EDGE_SYMMETRY = 6.0, 0.4, 0.02
+BANDS_BUSY = 0.16  # share of the bands' pixels on an edge: a blurred copy, a bar with a caption or logo stay under
+
+
+def _busy_bands(grays: list[np.ndarray], lo: int, hi: int, axis: int) -> float:
+    """The median share, over the frames, of the bands' pixels (columns before `lo` and from `hi`, or
+    rows for axis 0; 3 px off their edge) where the gradient is over 40 gray levels."""
+    shares = []
+    for g in grays:
+        g = g if axis == 1 else g.T
+        grad = np.abs(cv2.Sobel(g, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(g, cv2.CV_32F, 0, 1))
+        band = np.concatenate([grad[:, : max(0, lo - 3)].ravel(), grad[:, hi + 3 :].ravel()])
+        if band.size:
+            shares.append(float((band > 40).mean()))
+    return float(np.median(shares)) if shares else 0.0
+
+
+def framed_picture(frames: list[np.ndarray], box: Box) -> Box:
+    """The picture inside `box` when a video was framed into a larger one by bands that are not dark
+    (a vertical video between blurred, enlarged copies of itself; white bars; bars that carry a logo
+    or a caption): on both sides, at the same distance from the box's
+    edges (within EDGE_SYMMETRY of its width), a straight edge at the same column in every row -- the
+    step between neighbouring columns the largest within 6 columns and at least EDGE_STEP gray levels in
+    EDGE_ROWS of the rows, in the median over the frames. Then rows alike, for bands above and below.
+    A scene's own vertical edges (a door frame, a rack's upright) cover part of the height and stand
+    where they stand, not mirrored about the middle; bands busy with edges of their own (panels of
+    drawings, a second video: over BANDS_BUSY) are no frame. Returns `box` where no such pair is found."""
+    x1, y1, x2, y2 = box
+    grays = [cv2.cvtColor(np.ascontiguousarray(f[y1:y2, x1:x2]), cv2.COLOR_RGB2GRAY).astype(np.float32) for f in frames]
+    for axis in (1, 0):  # columns (side bands), then rows (bands above and below)
+        shares = []
+        for g in grays:
+            g = g if axis == 1 else g.T
+            step = np.abs(np.diff(g, axis=1))
+            peak = (step >= cv2.dilate(step, np.ones((1, 13), np.uint8))) & (step >= EDGE_STEP)
+            shares.append(peak.mean(axis=0))
+        if not shares or len(shares[0]) < 50:
+            continue
+        a = np.median(shares, axis=0)
+        n = len(a) + 1
+        edges = [x for x in np.flatnonzero(a >= EDGE_ROWS) if 0.04 * n <= x + 1 <= 0.96 * n]
+        pairs = [
+            (lo, hi)
+            for lo in edges
+            if lo + 1 <= 0.45 * n
+            for hi in edges
+            if hi + 1 >= 0.55 * n and abs((lo + 1) - (n - 1 - hi)) <= EDGE_SYMMETRY * n
+        ]
+        if not pairs:
+            continue
+        lo, hi = (int(v) for v in min(pairs, key=lambda p: (p[0] + n - 1 - p[1], -min(a[p[0]], a[p[1]]))))  # outermost
+        if _busy_bands(grays, lo + 1, hi + 1, axis) > BANDS_BUSY:
+            continue  # panels with pictures of their own beside it (drawings, a second video): not a frame
+        if axis == 1:
+            x1, x2 = x1 + lo + 1, x1 + hi + 1
+            grays = [g[:, lo + 1 : hi + 1] for g in grays]
+        else:
+            y1, y2 = y1 + lo + 1, y1 + hi + 1
+    return x1, y1, x2, y2
+
+
+def picture_mask(shape: tuple[int, int], picture: Box | None, scale: float) -> np.ndarray:
+    """255 inside the clip's picture (body.content_box, decoded pixels; None: the whole frame), 0 on
+    the bars or bands that frame it, in small-frame pixels."""
+    mask = np.zeros(shape, np.uint8)
+    if picture is None:
+        mask[:] = 255
+        return mask
+    x1, y1, x2, y2 = (int(round(v * scale)) for v in picture)
+    mask[max(0, y1) : y2, max(0, x1) : x2] = 255
+    return mask
 
 
 def edge_margin(pose: Pose17, content: Box) -> float:

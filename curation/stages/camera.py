@@ -30,6 +30,7 @@ import numpy as np
 
 from schemas.records import Pose17
 
+from .body import picture_mask
 from .corners import grid_corners
 from .quality import IDENTITY, background_mask, motion_magnitude, small_gray
 from .silhouette import REACH, body_shapes, graphic_strokes, hand_zones
@@ -213,6 +214,7 @@ def compare_background(
     bodies: np.ndarray | None = None,
     reach: float = 0.0,
     hands: np.ndarray | None = None,
+    picture: np.ndarray | None = None,
 ) -> tuple[float | None, float | None, float | None, float | None, tuple[int, int, int, int] | None]:
     """(residual, brightness, changed share, largest changed region, its box) of b against a warped by
     m, over b's background where both frames have pixels. Regions smaller than `min_region` of the
@@ -224,6 +226,8 @@ def compare_background(
     warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
     valid = cv2.warpAffine(np.full_like(ga, 255), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     valid = cv2.erode(valid, np.ones((7, 7), np.uint8))  # interpolation at the warped border is not data
+    if picture is not None:
+        valid = np.minimum(valid, picture)  # the bands framing the picture (`picture`: 255 inside) are not data
     use = (valid == 255) & (mask_b == 255)
     if use.sum() < 0.05 * h * w:
         return None, None, None, None, None
@@ -271,10 +275,13 @@ def align_pair(
     min_region: float = 0.002,
     pad: float = 0.15,
     grays: tuple | None = None,
+    picture: tuple[int, int, int, int] | None = None,
 ) -> PairAlignment:
     """The camera between a and b (RGB frames of one clip). `chained`: the composed consecutive-step
     similarity a -> b in small-frame pixels, None when a step could not be measured; `textureless`:
-    those steps lacked background corners (then the plain background's pixels decide)."""
+    those steps lacked background corners (then the plain background's pixels decide). `picture`: the
+    clip's picture (body.content_box); the bands around it are not compared (a blurred copy of the
+    picture beside a vertical video changes with it)."""
     (ga, s), (gb, _) = grays or (small_gray(a), small_gray(b))
     h, w = gb.shape
     plain = False
@@ -285,13 +292,16 @@ def align_pair(
         plain = True
     else:
         m = np.asarray(chained, np.float64)
-    mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
+    pic = picture_mask((h, w), picture, s)
+    mask_b = _people_mask((h, w), people_a, people_b, m, s, pad) & pic
     if not plain:
         m = _refine(ga, gb, m, mask_b)
-        mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
+        mask_b = _people_mask((h, w), people_a, people_b, m, s, pad) & pic
     bodies, reach = body_shapes((h, w), people_a, people_b, m, s)
     hands = hand_zones((h, w), people_a, people_b, m, s)
-    residual, brightness, share, largest, box = compare_background(ga, gb, m, mask_b, min_region, bodies, reach, hands)
+    residual, brightness, share, largest, box = compare_background(
+        ga, gb, m, mask_b, min_region, bodies, reach, hands, picture=pic
+    )
     motion = motion_magnitude(m, w, h)
     if plain and (residual is None or residual > max_residual):
         status = "unmeasurable"  # no texture to align, and the pixels differ: nothing says it is still

@@ -185,7 +185,8 @@ def check(
     c.motion = figures.model_copy(update={"camera_motion": al.motion})
     if al.status == "moving":
         if al.motion <= cfg.max_camera_motion:
-            c.detail = f"background residual {al.residual:.1f} after alignment: the camera cannot be taken out"
+            left = "too little background" if al.residual is None else f"background residual {al.residual:.1f}"
+            c.detail = f"{left} after alignment: the camera cannot be taken out"
         return RejectReason.CAMERA_MOTION
     if (al.brightness is not None and abs(al.brightness) > q.max_brightness_change) or (
         al.changed_share is not None and al.changed_share > q.max_background_change

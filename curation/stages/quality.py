@@ -31,6 +31,7 @@ import numpy as np
 
 from schemas.records import KP, Pose17
 
+from . import body
 from .corners import grid_corners
 
 # ---------------------------------------------------------------- person size and frame edge
@@ -239,7 +240,12 @@ def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | None, np
 
 
 def background_step(
-    a: np.ndarray, b: np.ndarray, people: list[Pose17], min_features: int = 12, min_inliers: float = 0.5
+    a: np.ndarray,
+    b: np.ndarray,
+    people: list[Pose17],
+    min_features: int = 12,
+    min_inliers: float = 0.5,
+    picture: tuple[int, int, int, int] | None = None,
 ) -> BackgroundStep:
     """Robust camera motion between two frames from background corners (people masked out).
 
@@ -250,7 +256,7 @@ def background_step(
     ga, s = small_gray(a)
     gb, _ = small_gray(b)
     h, w = ga.shape
-    mask = background_mask((h, w), people, s)
+    mask = background_mask((h, w), people, s) & body.picture_mask((h, w), picture, s)
     pts = grid_corners(ga, mask)
     n = len(pts)
     if n < min_features:

@@ -147,6 +147,7 @@ class ClipTrack:
     source_scale: float = 1.0  # source video pixels per decoded pixel
     motion_cfg: MotionConfig = field(default_factory=MotionConfig)
     pose_cfg: PoseConfig = field(default_factory=PoseConfig)  # the second look's model (second_look.py)
+    bands: body.Box | None = None  # the picture when bands that are not dark bars frame it, else None
     _grays: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict, repr=False)
     _plain: dict[int, bool] = field(default_factory=dict, repr=False)
     _mix: dict[int, float] = field(default_factory=dict, repr=False)
@@ -167,6 +168,12 @@ class ClipTrack:
     ) -> ClipTrack:
         q = q or QualityConfig()
         content = body.content_box(frames) if frames else None
+        # bands that are not dark bars (a blurred copy of the picture, white bars, bars with a caption):
+        # nobody stands in them and the background is not compared there (dark bars never change)
+        bands = content if frames and content != body.content_box(frames, framed=False) else None
+        if bands is not None:
+            for o in obs:
+                o.poses = [p for p in o.poses if inside(p, bands)]
         subjects = people.steady_subjects([o.poses for o in obs], cfg.person_conf)
         for o, subj in zip(obs, subjects, strict=True):  # the subject first: confident(...)[0] is it
             if subj is not None and o.poses and o.poses[0] is not subj:
@@ -195,7 +202,9 @@ class ClipTrack:
         sharp = [None if v is None else v / max(top, 1e-9) for v in raw]
         hidden = [hidden_person_score(o, cfg, q, excluded) for o in obs]
         others = [t for t in tracks if not t.reflection]
-        return cls(obs, kinds, sim, steps, list(frames), sharp, hidden, q, content, others, source_scale, cfg)
+        return cls(
+            obs, kinds, sim, steps, list(frames), sharp, hidden, q, content, others, source_scale, cfg, bands=bands
+        )
 
     def person(self, k: int, cfg: MotionConfig) -> Pose17:
         return confident(self.obs[k].poses, cfg)[0]
@@ -211,7 +220,7 @@ class ClipTrack:
                 people = self.obs[k].poses + self.obs[k + 1].poses
                 self.similarity[k] = self.similar(k, k + 1)
                 self.steps[k] = quality.background_step(
-                    a, b, people, q.min_background_features, q.min_background_inliers
+                    a, b, people, q.min_background_features, q.min_background_inliers, self.bands
                 )
         steps = self.steps[i:j]
         sim = min(self.similarity[i:j])
@@ -248,6 +257,7 @@ class ClipTrack:
             cfg.max_camera_motion,
             cfg.max_background_residual,
             grays=(self.gray(i), self.gray(j)),
+            picture=self.bands,
         )
 
     def text_change(self, i: int, j: int, al: camera.PairAlignment) -> float | None:
@@ -353,6 +363,13 @@ class ClipTrack:
     def background_match(self, i: int, j: int, m: np.ndarray) -> float | None:
         people = self.obs[i].poses + self.obs[j].poses
         return quality.background_match(self.frames[i], self.frames[j], m, people, grays=(self.gray(i), self.gray(j)))
+
+
+def inside(pose: Pose17, box: tuple[int, int, int, int]) -> bool:
+    """The centre of the person's box lies inside `box` (the clip's picture)."""
+    x1, y1, x2, y2 = pose.box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
 
 
 def unmeasured(steps: list[quality.BackgroundStep]) -> str:
