@@ -15,7 +15,7 @@ from clipkit import KINDS, make, read
 KIND_NAMES = [
     "pan_follow", "slow_zoom_still", "plain_static", "handheld_shake", "overlay_popup", "overlay_text_change",
     "hidden_partner", "horizontal_cut", "legs_cut_bottom", "counter", "crossfade", "fade_black", "mirror",
-    "card_dissolve",
+    "card_dissolve", "blur_fill",
 ]  # fmt: skip
 
 

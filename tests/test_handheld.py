@@ -150,6 +150,39 @@ def test_a_vertical_video_between_blurred_copies_of_itself_is_the_picture(detect
     assert not run_clip(path, detector).pairs
 
 
+def _room(floor_and_ceiling: bool) -> list[np.ndarray]:
+    """Eight frames of a plain room: a centred door far off (jambs at 280 and 360 from row 130 down), and the
+    lines where the ceiling and the floor meet the wall (rows 108 and 252) when asked."""
+    rng = np.random.default_rng(5)
+    room = np.full((360, 640, 3), 190, np.uint8)
+    room[130:, 280:284] = 90
+    room[130:, 356:360] = 90
+    if floor_and_ceiling:
+        room[:108] = 225
+        room[252:] = 120
+    return [np.clip(room + rng.normal(0, 2, room.shape), 0, 255).astype(np.uint8) for _ in range(8)]
+
+
+def test_a_room_s_own_edges_mirrored_about_the_middle_do_not_frame_it():
+    """A centred door's jambs leave the top third of the frame: no band. The lines where the
+    ceiling and the floor meet the wall run the whole width, mirrored about the middle, so the picture
+    alone reads them as bands; a person standing on the floor (his ankles below the line) shows they
+    are the room's own: the track keeps the whole frame and drops nobody."""
+    from curation.stages.track import ClipTrack, FrameObs
+
+    assert body.framed_picture(_room(False), (0, 0, 640, 360)) == (0, 0, 640, 360)
+    frames = _room(True)
+    assert body.content_box(frames) == (0, 108, 640, 252)
+    k = np.zeros((17, 3))
+    k[:, 0], k[:, 2] = 320, 0.9
+    k[:, 1] = np.linspace(120, 300, 17)  # head under the ceiling line, ankles on the floor
+    person = Pose17(keypoints=k.tolist(), frame_width=640, frame_height=360, box=[290, 110, 350, 310], score=0.9)
+    obs = [FrameObs(i, i / 4, [person]) for i in range(8)]
+    track = ClipTrack.build(obs, frames, MotionConfig(), QualityConfig())
+    assert track.content == (0, 0, 640, 360) and track.bands is None
+    assert all(o.poses == [person] for o in track.obs)
+
+
 def test_a_scene_s_own_straight_edges_do_not_frame_a_picture():
     """A door frame on one side and a wall corner off the middle (straight, full-height edges that stay
     put) are not bands: framed_picture wants a pair of them mirrored about the middle. White bars are."""

@@ -83,27 +83,36 @@ def _busy_bands(grays: list[np.ndarray], lo: int, hi: int, axis: int) -> float:
 def framed_picture(frames: list[np.ndarray], box: Box) -> Box:
     """The picture inside `box` when a video was framed into a larger one by bands that are not dark
     (a vertical video between blurred, enlarged copies of itself; white bars; bars that carry a logo
-    or a caption): on both sides, at the same distance from the box's
-    edges (within EDGE_SYMMETRY of its width), a straight edge at the same column in every row -- the
-    step between neighbouring columns the largest within 6 columns and at least EDGE_STEP gray levels in
-    EDGE_ROWS of the rows, in the median over the frames. Then rows alike, for bands above and below.
-    A scene's own vertical edges (a door frame, a rack's upright) cover part of the height and stand
-    where they stand, not mirrored about the middle; bands busy with edges of their own (panels of
-    drawings, a second video: over BANDS_BUSY) are no frame. Returns `box` where no such pair is found."""
+    or a caption): on both sides, at the same distance from the box's edges (within EDGE_SYMMETRY of
+    its width), a straight edge at the same column -- the step between neighbouring columns the largest
+    within 6 columns and at least EDGE_STEP gray levels in EDGE_ROWS of the rows, and in half that in
+    each third of the height, in the median over the frames. Then rows alike, for bands above and below. A door frame
+    covers part of the height; bands busy with edges of their own (panels of drawings, a second video:
+    over BANDS_BUSY) are no frame; a scene's own edges mirrored about the middle (two pillars, the lines
+    where the floor and the ceiling meet the wall) are left to the caller, who sees where the people
+    stand (ClipTrack.build). Returns `box` where no such pair is found."""
     x1, y1, x2, y2 = box
-    grays = [cv2.cvtColor(np.ascontiguousarray(f[y1:y2, x1:x2]), cv2.COLOR_RGB2GRAY).astype(np.float32) for f in frames]
+    grays = [
+        (
+            f[y1:y2, x1:x2] if f.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(f[y1:y2, x1:x2]), cv2.COLOR_RGB2GRAY)
+        ).astype(np.float32)
+        for f in frames
+    ]
     for axis in (1, 0):  # columns (side bands), then rows (bands above and below)
         shares = []
         for g in grays:
             g = g if axis == 1 else g.T
             step = np.abs(np.diff(g, axis=1))
             peak = (step >= cv2.dilate(step, np.ones((1, 13), np.uint8))) & (step >= EDGE_STEP)
-            shares.append(peak.mean(axis=0))
-        if not shares or len(shares[0]) < 50:
+            shares.append([t.mean(axis=0) for t in np.array_split(peak, 3, axis=0)])  # per third of the rows
+        if not shares or len(shares[0][0]) < 50:
             continue
-        a = np.median(shares, axis=0)
+        thirds = np.median(shares, axis=0)  # (3, columns - 1)
+        a = thirds.mean(axis=0)
+        # a band's edge runs the picture's whole height: some of it in every third (a door's does not)
+        whole = thirds.min(axis=0) >= EDGE_ROWS / 2
         n = len(a) + 1
-        edges = [x for x in np.flatnonzero(a >= EDGE_ROWS) if 0.04 * n <= x + 1 <= 0.96 * n]
+        edges = [x for x in np.flatnonzero((a >= EDGE_ROWS) & whole) if 0.04 * n <= x + 1 <= 0.96 * n]
         pairs = [
             (lo, hi)
             for lo in edges

@@ -229,7 +229,8 @@ def compare_background(
     if picture is not None:
         valid = np.minimum(valid, picture)  # the bands framing the picture (`picture`: 255 inside) are not data
     use = (valid == 255) & (mask_b == 255)
-    if use.sum() < 0.05 * h * w:
+    area = h * w if picture is None else int(np.count_nonzero(picture))  # the bands are not background
+    if use.sum() < 0.05 * area:
         return None, None, None, None, None
     d = cv2.GaussianBlur(warped, (5, 5), 0).astype(np.float32) - cv2.GaussianBlur(gb, (5, 5), 0).astype(np.float32)
     brightness = float(np.median(d[use]))

@@ -274,7 +274,8 @@ def background_step(
         # does most of the frame move together under a few points that stay put (an overlay)?
         m, inl = _similarity(src[moved], dst[moved])
         if m is not None and not _is_static(m) and inl.sum() >= min_inliers * moved.sum():
-            spread = np.ptp(src[moved][inl], axis=0) / np.array([w, h])
+            px1, py1, px2, py2 = (0, 0, w, h) if picture is None else (round(v * s) for v in picture)
+            spread = np.ptp(src[moved][inl], axis=0) / np.array([max(1, px2 - px1), max(1, py2 - py1)])
             if spread.min() >= 0.4:  # the camera moves under static marks, not one object in the scene
                 overlay = int((~moved).sum())
                 return BackgroundStep(m.astype(np.float64), n, tracked, float(inl.mean()), overlay, "ok")
@@ -306,7 +307,13 @@ def motion_magnitude(m: np.ndarray, width: int, height: int) -> float:
 
 
 def background_match(
-    a: np.ndarray, b: np.ndarray, m: np.ndarray, people: list[Pose17], block: int = 16, grays: tuple | None = None
+    a: np.ndarray,
+    b: np.ndarray,
+    m: np.ndarray,
+    people: list[Pose17],
+    block: int = 16,
+    grays: tuple | None = None,
+    picture: tuple[int, int, int, int] | None = None,
 ) -> float | None:
     """Share of the textured background blocks of frame b that frame a, aligned by `m` (small-frame
     pixels a -> b), still matches (normalised cross-correlation >= 0.5). Low: a different place,
@@ -316,7 +323,7 @@ def background_match(
     h, w = gb.shape
     warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
     valid = cv2.warpAffine(np.full_like(ga, 255), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
-    keep = (valid == 255) & (background_mask((h, w), people, s) == 255)
+    keep = (valid == 255) & (background_mask((h, w), people, s) == 255) & (body.picture_mask((h, w), picture, s) == 255)
     by, bx = h // block, w // block
     if by == 0 or bx == 0:
         return None

@@ -170,7 +170,10 @@ class ClipTrack:
         content = body.content_box(frames) if frames else None
         # bands that are not dark bars (a blurred copy of the picture, white bars, bars with a caption):
         # nobody stands in them and the background is not compared there (dark bars never change)
-        bands = content if frames and content != body.content_box(frames, framed=False) else None
+        dark = body.content_box(frames, framed=False) if frames else None
+        bands = content if content != dark else None
+        if bands is not None and any(joint_outside(p, bands, cfg) for o in obs for p in confident(o.poses, cfg)):
+            content, bands = dark, None  # a person's joint in a "band": the scene's own edges, not a frame
         if bands is not None:
             for o in obs:
                 o.poses = [p for p in o.poses if inside(p, bands)]
@@ -362,7 +365,16 @@ class ClipTrack:
 
     def background_match(self, i: int, j: int, m: np.ndarray) -> float | None:
         people = self.obs[i].poses + self.obs[j].poses
-        return quality.background_match(self.frames[i], self.frames[j], m, people, grays=(self.gray(i), self.gray(j)))
+        grays = (self.gray(i), self.gray(j))
+        return quality.background_match(self.frames[i], self.frames[j], m, people, grays=grays, picture=self.bands)
+
+
+def joint_outside(pose: Pose17, box: tuple[int, int, int, int], cfg: MotionConfig) -> bool:
+    """A joint of the person shown at cfg.keypoint_conf lies outside `box`."""
+    k = np.asarray(pose.keypoints, float)
+    seen = (k[:, 2] >= cfg.keypoint_conf) & np.isfinite(k[:, :2]).all(1)
+    x, y = k[seen, 0], k[seen, 1]
+    return bool(((x < box[0]) | (x > box[2]) | (y < box[1]) | (y > box[3])).any())
 
 
 def inside(pose: Pose17, box: tuple[int, int, int, int]) -> bool:
