@@ -36,6 +36,11 @@ def content_box(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0
     """The picture inside black letterbox/pillarbox bars, over up to 8 frames of one clip: a border row
     or column belongs to a bar when it is dark in every frame looked at; and (`framed`) inside bands of
     any other shade that frame it (framed_picture)."""
+    return picture_boxes(frames, dark, max_bar)[1 if framed else 0]
+
+
+def picture_boxes(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0.35) -> tuple[Box, Box]:
+    """(inside the dark bars, inside any bands as well): content_box both ways, the frames read once."""
     h, w = frames[0].shape[:2]
     pick = [frames[k] for k in np.linspace(0, len(frames) - 1, min(8, len(frames))).round().astype(int)]
     gray = np.stack([f.max(axis=2) if f.ndim == 3 else f for f in pick]).astype(np.float32)
@@ -53,14 +58,13 @@ def content_box(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0
 
     top, bottom = bar(rows, int(max_bar * h))
     left, right = bar(cols, int(max_bar * w))
-    if not framed:
-        return left, top, w - right, h - bottom
+    dark_box = (left, top, w - right, h - bottom)
     # bands of any shade, looked for on the whole frame; a dark bar's own edge stands unless the band
     # found reaches 3 % further in (a caption or a logo on the bar: the dark rule stops at its letters)
     fx1, fy1, fx2, fy2 = framed_picture(pick, (0, 0, w, h))
     left, right = (max(v, f) if v == 0 or f - v > 0.03 * w else v for v, f in ((left, fx1), (right, w - fx2)))
     top, bottom = (max(v, f) if v == 0 or f - v > 0.03 * h else v for v, f in ((top, fy1), (bottom, h - fy2)))
-    return left, top, w - right, h - bottom
+    return dark_box, (left, top, w - right, h - bottom)
 
 
 EDGE_STEP, EDGE_ROWS, EDGE_SYMMETRY = 6.0, 0.4, 0.02

@@ -167,10 +167,9 @@ class ClipTrack:
         source_scale: float = 1.0,
     ) -> ClipTrack:
         q = q or QualityConfig()
-        content = body.content_box(frames) if frames else None
+        dark, content = body.picture_boxes(frames) if frames else (None, None)
         # bands that are not dark bars (a blurred copy of the picture, white bars, bars with a caption):
         # nobody stands in them and the background is not compared there (dark bars never change)
-        dark = body.content_box(frames, framed=False) if frames else None
         bands = content if content != dark else None
         if bands is not None and any(joint_outside(p, bands, cfg) for o in obs for p in confident(o.poses, cfg)):
             content, bands = dark, None  # a person's joint in a "band": the scene's own edges, not a frame
