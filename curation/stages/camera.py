@@ -293,11 +293,13 @@ def align_pair(
         plain = True
     else:
         m = np.asarray(chained, np.float64)
-    pic = picture_mask((h, w), picture, s)
-    mask_b = _people_mask((h, w), people_a, people_b, m, s, pad) & pic
+    pic = None if picture is None else picture_mask((h, w), picture, s)  # the bands hold no background
+    mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
+    mask_b = mask_b if pic is None else mask_b & pic
     if not plain:
         m = _refine(ga, gb, m, mask_b)
-        mask_b = _people_mask((h, w), people_a, people_b, m, s, pad) & pic
+        mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
+        mask_b = mask_b if pic is None else mask_b & pic
     bodies, reach = body_shapes((h, w), people_a, people_b, m, s)
     hands = hand_zones((h, w), people_a, people_b, m, s)
     residual, brightness, share, largest, box = compare_background(

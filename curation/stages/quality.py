@@ -256,7 +256,9 @@ def background_step(
     ga, s = small_gray(a)
     gb, _ = small_gray(b)
     h, w = ga.shape
-    mask = background_mask((h, w), people, s) & body.picture_mask((h, w), picture, s)
+    mask = background_mask((h, w), people, s)
+    if picture is not None:  # bands around the picture (ClipTrack.bands) hold no background
+        mask &= body.picture_mask((h, w), picture, s)
     pts = grid_corners(ga, mask)
     n = len(pts)
     if n < min_features:
@@ -323,7 +325,9 @@ def background_match(
     h, w = gb.shape
     warped = cv2.warpAffine(ga, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0)
     valid = cv2.warpAffine(np.full_like(ga, 255), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
-    keep = (valid == 255) & (background_mask((h, w), people, s) == 255) & (body.picture_mask((h, w), picture, s) == 255)
+    keep = (valid == 255) & (background_mask((h, w), people, s) == 255)
+    if picture is not None:
+        keep &= body.picture_mask((h, w), picture, s) == 255
     by, bx = h // block, w // block
     if by == 0 or bx == 0:
         return None
