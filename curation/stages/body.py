@@ -43,21 +43,23 @@ def picture_boxes(frames: list[np.ndarray], dark: float = 24.0, max_bar: float =
     """(inside the dark bars, inside any bands as well): content_box both ways, the frames read once."""
     h, w = frames[0].shape[:2]
     pick = [frames[k] for k in np.linspace(0, len(frames) - 1, min(8, len(frames))).round().astype(int)]
-    gray = np.stack([f.max(axis=2) if f.ndim == 3 else f for f in pick]).astype(np.float32)
-    rows = np.percentile(gray, 98, axis=2).max(axis=0)  # brightest of each row, over frames
-    cols = np.percentile(gray, 98, axis=1).max(axis=0)
+    # the brightest channel (np.maximum: many times faster than a max over the last axis of size 3)
+    gray = np.stack([np.maximum(np.maximum(f[..., 0], f[..., 1]), f[..., 2]) if f.ndim == 3 else f for f in pick])
 
-    def bar(profile: np.ndarray, limit: int) -> tuple[int, int]:
+    def brightest(line: np.ndarray) -> float:  # a row or column's 98th percentile, the brightest over frames
+        return float(np.percentile(line.astype(np.float32), 98, axis=1).max())
+
+    def bar(line, limit: int) -> tuple[int, int]:  # lines are read from each border in while dark, no further
         lo = 0
-        while lo < limit and profile[lo] < dark:
+        while lo < limit and brightest(line(lo)) < dark:
             lo += 1
         hi = 0
-        while hi < limit and profile[-1 - hi] < dark:
+        while hi < limit and brightest(line(-1 - hi)) < dark:
             hi += 1
         return lo, hi
 
-    top, bottom = bar(rows, int(max_bar * h))
-    left, right = bar(cols, int(max_bar * w))
+    top, bottom = bar(lambda i: gray[:, i, :], int(max_bar * h))
+    left, right = bar(lambda i: gray[:, :, i], int(max_bar * w))
     dark_box = (left, top, w - right, h - bottom)
     # bands of any shade, looked for on the whole frame; a dark bar's own edge stands unless the band
     # found reaches 3 % further in (a caption or a logo on the bar: the dark rule stops at its letters)
@@ -96,18 +98,18 @@ def framed_picture(frames: list[np.ndarray], box: Box) -> Box:
     where the floor and the ceiling meet the wall) are left to the caller, who sees where the people
     stand (ClipTrack.build). Returns `box` where no such pair is found."""
     x1, y1, x2, y2 = box
+    # uint8 throughout: the steps, their local maxima and the Sobel sums are the same integers as in float
     grays = [
-        (
-            f[y1:y2, x1:x2] if f.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(f[y1:y2, x1:x2]), cv2.COLOR_RGB2GRAY)
-        ).astype(np.float32)
+        f[y1:y2, x1:x2] if f.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(f[y1:y2, x1:x2]), cv2.COLOR_RGB2GRAY)
         for f in frames
     ]
     for axis in (1, 0):  # columns (side bands), then rows (bands above and below)
         shares = []
+        kernel = np.ones((1, 13) if axis == 1 else (13, 1), np.uint8)
         for g in grays:
-            g = g if axis == 1 else g.T
-            step = np.abs(np.diff(g, axis=1))
-            peak = (step >= cv2.dilate(step, np.ones((1, 13), np.uint8))) & (step >= EDGE_STEP)
+            step = cv2.absdiff(g[:, 1:], g[:, :-1]) if axis == 1 else cv2.absdiff(g[1:], g[:-1])
+            peak = (step >= cv2.dilate(step, kernel)) & (step >= EDGE_STEP)
+            peak = peak if axis == 1 else peak.T
             shares.append([t.mean(axis=0) for t in np.array_split(peak, 3, axis=0)])  # per third of the rows
         if not shares or len(shares[0][0]) < 50:
             continue
