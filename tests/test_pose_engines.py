@@ -5,6 +5,9 @@ made once and reused, and an engine that is not installed is a one-line error of
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -95,6 +98,33 @@ def test_openvino_infers_in_fp32_whatever_the_cpu(path, real_frames):
     assert backend.ov_compiled_model.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
     assert det.precision == "f32" and det.machine["pose_precision"] == "f32"  # as recorded with each unit
     assert sum(map(len, det(real_frames[:4]))) > 0  # the recompiled model still detects
+
+
+def test_setting_up_openvino_sends_no_usage_events(tmp_path):
+    """`import openvino` sends a usage event to Google Analytics, forking the importing process to do it,
+    unless the user's consent file declines or CI=true. Set up as a user would run it (no CI variable, a
+    home without a consent file), the pose model loads, detects, and nothing is sent nor forked."""
+    code = """
+import json, multiprocessing, numpy as np
+from openvino_telemetry.utils.opt_in_checker import OptInChecker
+before = OptInChecker().check(False, True)  # openvino's tools ask without a dialog, disabled in CI
+from curation.config import load_config
+from curation.stages.pose import PoseDetector
+pose = {"engine": "openvino", "device": "cpu"}
+det = PoseDetector(load_config(None, output="/tmp/unused", pose=pose).pose).setup()
+import openvino_telemetry
+print(json.dumps({"before": before.name, "after": OptInChecker().check(False, True).name,
+    "consent": openvino_telemetry.Telemetry().consent, "children": len(multiprocessing.active_children()),
+    "people": len(det(np.zeros((1, 360, 640, 3), np.uint8))[0])}))
+"""
+    keep = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env = keep | {"HOME": str(tmp_path), "MOTIONPAIRS_ENGINE_CACHE": str(engine_cache())}  # the export made
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["before"] == "NO_FILE"  # without the switch openvino would send (no consent file says no)
+    assert got == {"before": "NO_FILE", "after": "DECLINED", "consent": False, "children": 0, "people": 0}
+    assert not (tmp_path / "intel").exists()  # no client id, no usage counter written for the user
 
 
 def test_the_device_path_batches_frames_of_any_size_together(real_frames):

@@ -153,6 +153,23 @@ def cpu_description() -> dict:
     }
 
 
+def no_openvino_telemetry() -> None:
+    """Send no usage events from this process. `import openvino` sends one to Google Analytics
+    (openvino.tools.ovc through openvino_telemetry) unless the user's consent file declines or CI=true,
+    forking the importing process (a build's: gigabytes) to send it; without internet the child waits
+    on DNS, and the process's exit waits on the child. A data pipeline sends nothing anywhere: this
+    process is treated as openvino's tools treat a CI job (they ask `disable_in_ci`), before openvino is
+    first imported. The user's consent file is left as it is."""
+    try:
+        from openvino_telemetry.utils.opt_in_checker import OptInChecker
+    except ImportError:  # no telemetry package: nothing sends
+        return
+    if not hasattr(OptInChecker, "_run_in_ci"):  # pragma: no cover - another version of the package
+        log.warning("openvino_telemetry of an unknown shape: its usage events are not switched off")
+        return
+    OptInChecker._run_in_ci = staticmethod(lambda: True)
+
+
 def openvino_f32(autobackend, model_file: Path) -> str:
     """Pin OpenVINO's CPU inference to fp32. Its CPU plugin infers in bf16 by default on CPUs with AMX or
     AVX512-BF16 (recent Xeons) and in fp32 elsewhere, so the same clips can give different keypoints, and

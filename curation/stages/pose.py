@@ -30,6 +30,7 @@ from .engines import (  # noqa: F401 - re-exported: the engine helpers were defi
     engine_installed,
     engine_version,
     exported_model,
+    no_openvino_telemetry,
     openvino_f32,
     resolve_engine,
     resolve_path,
@@ -109,6 +110,8 @@ class PoseDetector:
         check_device(self.device)
         half = self.cfg.half and self.device != "cpu"
         model_file = self.weights
+        if self.engine == "openvino":
+            no_openvino_telemetry()
         if self.engine != "torch":
             model_file = exported_model(self.weights, self.engine, self.cfg.imgsz, self.device, half)
         if self.path == "device":
