@@ -54,6 +54,9 @@ def export_int8(weights: Path, calib: list, work: Path) -> Path:
     import cv2
     from ultralytics import YOLO
 
+    from curation.stages.engines import no_openvino_telemetry
+
+    no_openvino_telemetry()  # before the exporter imports openvino (and NNCF)
     images = work / "calib" / "images" / "val"
     images.mkdir(parents=True)
     for i, f in enumerate(calib):

@@ -20,6 +20,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 for k in [k for k in os.environ if k.startswith("MOTIONPAIRS_")]:
     del os.environ[k]
 
+from curation.stages.engines import no_openvino_telemetry  # noqa: E402
+
+no_openvino_telemetry()  # no usage events from tests run alone, without CI=true, either
+
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

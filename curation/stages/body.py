@@ -40,7 +40,8 @@ def content_box(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0
 
 
 def picture_boxes(frames: list[np.ndarray], dark: float = 24.0, max_bar: float = 0.35) -> tuple[Box, Box]:
-    """(inside the dark bars, inside any bands as well): content_box both ways, the frames read once."""
+    """(inside the dark bars, inside any bands as well): content_box both ways, the frames (RGB, 3
+    channels, or gray; decoded frames are uint8) read once."""
     h, w = frames[0].shape[:2]
     pick = [frames[k] for k in np.linspace(0, len(frames) - 1, min(8, len(frames))).round().astype(int)]
     # the brightest channel (np.maximum: many times faster than a max over the last axis of size 3)
@@ -103,6 +104,7 @@ def framed_picture(frames: list[np.ndarray], box: Box) -> Box:
         f[y1:y2, x1:x2] if f.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(f[y1:y2, x1:x2]), cv2.COLOR_RGB2GRAY)
         for f in frames
     ]
+    grays = [g if g.dtype == np.uint8 else g.astype(np.float32) for g in grays]  # decoded frames are uint8
     for axis in (1, 0):  # columns (side bands), then rows (bands above and below)
         shares = []
         kernel = np.ones((1, 13) if axis == 1 else (13, 1), np.uint8)
