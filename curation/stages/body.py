@@ -141,13 +141,10 @@ def framed_picture(frames: list[np.ndarray], box: Box) -> Box:
     return x1, y1, x2, y2
 
 
-def picture_mask(shape: tuple[int, int], picture: Box | None, scale: float) -> np.ndarray:
-    """255 inside the clip's picture (body.content_box, decoded pixels; None: the whole frame), 0 on
-    the bars or bands that frame it, in small-frame pixels."""
+def picture_mask(shape: tuple[int, int], picture: Box, scale: float) -> np.ndarray:
+    """255 inside the clip's picture (body.content_box, decoded pixels), 0 on the bars or bands that
+    frame it, in small-frame pixels. (Callers with no bands found build no mask.)"""
     mask = np.zeros(shape, np.uint8)
-    if picture is None:
-        mask[:] = 255
-        return mask
     x1, y1, x2, y2 = (int(round(v * scale)) for v in picture)
     mask[max(0, y1) : y2, max(0, x1) : x2] = 255
     return mask

@@ -293,13 +293,16 @@ def align_pair(
         plain = True
     else:
         m = np.asarray(chained, np.float64)
-    pic = None if picture is None else picture_mask((h, w), picture, s)  # the bands hold no background
-    mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
-    mask_b = mask_b if pic is None else mask_b & pic
+    pic = None if picture is None else picture_mask((h, w), picture, s)
+
+    def background(m: np.ndarray) -> np.ndarray:  # off the people; the bands around the picture hold none
+        mask = _people_mask((h, w), people_a, people_b, m, s, pad)
+        return mask if pic is None else mask & pic
+
+    mask_b = background(m)
     if not plain:
         m = _refine(ga, gb, m, mask_b)
-        mask_b = _people_mask((h, w), people_a, people_b, m, s, pad)
-        mask_b = mask_b if pic is None else mask_b & pic
+        mask_b = background(m)
     bodies, reach = body_shapes((h, w), people_a, people_b, m, s)
     hands = hand_zones((h, w), people_a, people_b, m, s)
     residual, brightness, share, largest, box = compare_background(
