@@ -194,7 +194,8 @@ class QualityConfig(_Section):
     max_second_look_person: float = Field(
         0.2, ge=0, le=1, description="another person in the pair's crop, where the picture changed, found by a"
         " second look at both frames at 1280 px (a bystander too small or blurred at 640, uncovered or walking by;"
-        " the subject's own parts aside), else multiple_people; 1: the second look is not run",
+        " the subject's own parts aside), or at the crop alone at 960 px (a figure under half the subject's"
+        " height: teammates far behind), else multiple_people; 1: the second look is not run",
     )  # fmt: skip
     same_person_oks: float = Field(
         0.5, ge=0, le=1, description="an overlapping detection whose keypoints match this well is the same body"

@@ -144,6 +144,25 @@ def test_the_device_path_batches_frames_of_any_size_together(real_frames):
             np.testing.assert_allclose(np.asarray(p.keypoints), np.asarray(q.keypoints), atol=0.05)
 
 
+@pytest.mark.parametrize("path", ["predictor", "device"])
+def test_a_call_at_a_smaller_input_size_is_a_model_set_up_at_that_size(path, real_frames):
+    """The second look runs its 1280-px model at 960 px on a pair's crop (second_look.people_in): a call's
+    `imgsz` gives the detections of a model set up at that size (the export has dynamic shapes), and the
+    model's own size is unchanged after it."""
+
+    def at(size: int) -> PoseDetector:
+        pose = {"engine": "openvino", "device": "cpu", "path": path, "imgsz": size}
+        return PoseDetector(load_config(None, output="/tmp/unused", pose=pose).pose).setup()
+
+    big, small = at(1280), at(960)
+    frames = [np.ascontiguousarray(f[: f.shape[0] // 2, : f.shape[1] // 2]) for f in real_frames[::4]]
+    own = big(frames)
+    for a, b in zip(big(frames, 960), small(frames), strict=True):
+        assert [(p.box, p.keypoints, p.score) for p in a] == [(p.box, p.keypoints, p.score) for p in b]
+    assert sum(map(len, own)) > 0
+    assert [[p.box for p in r] for r in big(frames)] == [[p.box for p in r] for r in own]
+
+
 def test_the_device_path_is_recorded_as_another_result(tmp_path):
     from curation.plan import result_versions
 

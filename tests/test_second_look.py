@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from clipkit import make
 from test_handheld import clips, two_frames  # noqa: F401  (the module's clip folder fixture)
-from test_quality import detector, run_clip  # noqa: F401  (the module's pose model fixture)
+from test_quality import detector, reasons, run_clip  # noqa: F401  (the module's pose model fixture)
 
 from curation.config import PoseConfig, QualityConfig
 from curation.stages import second_look
@@ -112,9 +112,10 @@ def test_the_subjects_parts_and_still_things_are_not_people(detector, name, monk
 
 def test_a_bystander_the_model_sees_once_counts_for_every_pair_that_shows_him(detector, clips, bystander, monkeypatch):  # noqa: F811
     """The dribbler clip with the small man standing still behind him in every frame, and a second look
-    that sees him in one sampled frame only (the others' detections of him removed, as the model misses
-    a blurred bystander now and then): once seen, he counts for every pair whose frames show his spot as
-    it was, whichever pair was checked first; without that memory the other pairs pass."""
+    (the whole frame's; the crop's never) that sees him in one sampled frame only (the others'
+    detections of him removed, as the model misses a blurred bystander now and then): once seen, he
+    counts for every pair whose frames show his spot as it was, whichever pair was checked first;
+    without that memory the other pairs pass."""
     import decord
 
     from curation.config import MotionConfig, PairingConfig
@@ -136,6 +137,12 @@ def test_a_bystander_the_model_sees_once_counts_for_every_pair_that_shows_him(de
         return [p for p in found if not (x <= (p.box[0] + p.box[2]) / 2 <= x + w)]
 
     monkeypatch.setattr(second_look, "people", once)
+    crop_look = second_look.people_in  # nor does the crop's look see him (it would, enlarged)
+    monkeypatch.setattr(
+        second_look,
+        "people_in",
+        lambda f, region, pose: [p for p in crop_look(f, region, pose) if not x <= (p.box[0] + p.box[2]) / 2 <= x + w],
+    )
     cfg, pcfg = MotionConfig(), PairingConfig()
 
     def select():
@@ -160,3 +167,63 @@ def test_a_limit_of_1_never_looks_again(detector, clips, monkeypatch):  # noqa: 
     calls.clear()
     off = run_clip(make_clip(clips), detector, quality={"max_second_look_person": 1.0})
     assert off.accepted and not calls and all(p.pair.quality.second_look_person is None for p in off.pairs)
+
+
+EXTRA = Path(__file__).parent / "data" / "extra"
+
+
+def test_the_crop_alone_finds_a_figure_the_whole_frame_misses(detector, clips, bystander):  # noqa: F811
+    """The bystander shrunk to 30 px, under what the whole frame's look at 1280 px finds, is found in a
+    crop around him enlarged to 960 px, his box in the frame's pixels; a crop the size of the frame
+    enlarges nothing, so that look is not run."""
+    a, b, pa, pb = two_frames(detector, clips)
+    small = cv2.resize(bystander, (max(1, bystander.shape[1] // 2), 30), interpolation=cv2.INTER_AREA)
+    b2 = pasted(b, small)
+    x, y = AT
+    h, w = b2.shape[:2]
+    region = (x - 80.0, y - 70.0, x + 100.0, y + 110.0)
+    whole = [p for p in second_look.people(b2, PoseConfig()) if x - 10 < (p.box[0] + p.box[2]) / 2 < x + 30]
+    found = [p for p in second_look.people_in(b2, region, PoseConfig()) if p.score > LIMIT]
+    assert not [p for p in whole if p.score > LIMIT], whole
+    assert any(q.box[0] < x + 8 < q.box[2] and q.box[1] < y + 15 < q.box[3] for q in found), found
+    assert all(q.frame_width == w and q.frame_height == h for q in found)
+    # counted as another person: small against the subject (a far figure), and the picture changed there
+    score, box = second_look.other_person(
+        found, pb, region, second_look.changed(b2, a, np.eye(2, 3)), np.eye(2, 3), 0.5, 0.5, far=True
+    )
+    assert score > LIMIT and box is not None
+    assert second_look.people_in(b2, (0, 0, w, h), PoseConfig()) == []
+
+
+def test_teammates_far_behind_a_kicker_are_other_people(detector, monkeypatch):  # noqa: F811
+    """A real rugby drill (tests/data/extra, MIT): teammates 20-30 px tall walk across the far field behind
+    the kicker in every pair's crop. The whole frame at 1280 px misses them, the crop alone at 960 px
+    finds them, and the clip gives no pair (multiple_people); without the crop's look its pairs pass,
+    both labelled drop (docs/out-of-sample, fifteenth batch)."""
+    clip = EXTRA / "rugby_far_teammates.mp4"
+    res = run_clip(clip, detector)
+    assert not res.accepted and reasons(res) == ["multiple_people"], res.rejects
+    monkeypatch.setattr(second_look, "people_in", lambda frame, region, pose: [])
+    assert run_clip(clip, detector).accepted
+
+
+def test_a_pair_a_margin_drops_is_not_looked_at_again(detector, monkeypatch):  # noqa: F811
+    """Most candidates that reach the costliest checks (text, the second look) already have a figure
+    within quality.borderline_margin of its threshold (a pose change just over its limit) and are
+    dropped whatever those find, so they are dropped first (checks.early_borderline). On a real clip
+    that saves looks and changes nothing: the same pairs with the same figures, and the same rejects,
+    as when every candidate is looked at."""
+    from curation.stages import checks
+
+    looks = []
+    find = second_look.look
+    monkeypatch.setattr(second_look, "look", lambda f, crop, pose: looks.append(crop) or find(f, crop, pose))
+    clip = REAL / "squat_side_wall.mp4"
+    early = run_clip(clip, detector)
+    early_looks = len(looks)
+    looks.clear()
+    monkeypatch.setattr(checks, "early_borderline", lambda *args: None)
+    every = run_clip(clip, detector)
+    assert early.accepted and 0 < early_looks < len(looks), (early_looks, len(looks))
+    assert [p.pair.model_dump() for p in early.pairs] == [p.pair.model_dump() for p in every.pairs]
+    assert [(r.reason, r.detail) for r in early.rejects] == [(r.reason, r.detail) for r in every.rejects]

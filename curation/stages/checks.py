@@ -223,7 +223,11 @@ def check(
         if limb is not None and limb > q.max_hidden_limb:
             c.detail = f"{limb:.0%} of a limb lies over what the other frame shows unchanged there: hidden behind it"
             return RejectReason.PARTIAL_BODY
-    # the costliest check comes last, so only a pair that passed every other one pays for it
+    # the costliest checks come last, so only a pair that passed every other one pays for them, and not
+    # one that a figure measured so far puts within a margin of its threshold (most candidates here:
+    # borderline pose changes), which is dropped whatever they find (quality.borderline "drop")
+    if (reason := early_borderline(c, cfg, q, crop)) is not None:
+        return reason
     c.quality.text_change = track.text_change(c.i, c.j, al)
     if c.quality.text_change is not None and c.quality.text_change > q.max_text_change:
         c.detail = f"bright text ({c.quality.text_change:.3f} torso^2 of strokes) is in one frame only (a caption)"
@@ -242,8 +246,19 @@ def check(
         c.quality.second_look_person, box = track.second_look(c.i, c.j, region, al.full_matrix(), drift)
         if c.quality.second_look_person > q.max_second_look_person:
             score = c.quality.second_look_person
-            c.detail = f"another person ({score:.2f} at {box}) is seen at 1280 px (the second look)"
+            c.detail = f"another person ({score:.2f} at {box}) is seen at the second look"
             return RejectReason.MULTIPLE_PEOPLE
+    return _borderline(c, cfg, q, crop)
+
+
+def early_borderline(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> RejectReason | None:
+    """_borderline before the costliest checks: it drops what the last one would (a test turns it off)."""
+    return _borderline(c, cfg, q, crop)
+
+
+def _borderline(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> RejectReason | None:
+    """Mark the candidate's margins (of the figures measured so far); the reason that drops it when one is
+    within quality.borderline_margin and borderline pairs are dropped, else None."""
     mark_margins(c, cfg, q, crop)
     if c.quality.borderline and q.borderline == "drop":
         c.detail = f"borderline: {c.quality.borderline_checks}"

@@ -136,14 +136,16 @@ class PoseDetector:
     def version(self) -> str:
         return weights_version(self.weights)
 
-    def __call__(self, frames_rgb: np.ndarray | list[np.ndarray]) -> list[list[Pose17]]:
-        """Every person above cfg.det_conf in each frame, highest score first."""
+    def __call__(self, frames_rgb: np.ndarray | list[np.ndarray], imgsz: int | None = None) -> list[list[Pose17]]:
+        """Every person above cfg.det_conf in each frame, highest score first; `imgsz`: this call's input
+        size, under the one set up (cfg.imgsz, the default; the models are exported with dynamic shapes)."""
         if self.model is None:
             self.setup()
         if len(frames_rgb) == 0:
             return []
+        imgsz = imgsz or self.cfg.imgsz
         if isinstance(self.model, DevicePath):
-            return self.model(frames_rgb)
+            return self.model(frames_rgb, imgsz)
         # The predictor letterboxes a batch of one frame size to the smallest stride-aligned rectangle and a
         # batch of mixed sizes to the full square: each size goes alone, so a frame's poses never depend
         # on which other clips share its batch.
@@ -153,7 +155,7 @@ class PoseDetector:
             images = [np.ascontiguousarray(frames_rgb[i][..., ::-1]) for i in idxs]
             extra = {"half": True} if self.cfg.half and self.device != "cpu" else {}
             results = self.model.predict(
-                images, conf=self.cfg.det_conf, imgsz=self.cfg.imgsz, device=self.device, verbose=False, **extra
+                images, conf=self.cfg.det_conf, imgsz=imgsz, device=self.device, verbose=False, **extra
             )
             for i, r in zip(idxs, results, strict=True):
                 out[i] = poses_from_result(r)
@@ -246,25 +248,26 @@ class DevicePath:
         self.kpt_shape = tuple(self.backend.kpt_shape)
         self.nc = len(self.backend.names)
 
-    def letterbox(self, frames: np.ndarray):
+    def letterbox(self, frames: np.ndarray, size: int | None = None):
         """(n, h, w, 3) uint8 RGB frames of one size -> (n, 3, size, size) in [0, 1] on the device, padded
         with grey 114 as ultralytics' LetterBox does (same rounding, so its scale_boxes inverts it)."""
         torch = self.torch
+        size = size or self.size
         host = torch.from_numpy(frames)
         if self.device.type == "cuda":
             host = host.pin_memory()
         x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         n, _, h, w = x.shape
-        r = min(self.size / h, self.size / w)
+        r = min(size / h, size / w)
         nh, nw = max(round(h * r), 1), max(round(w * r), 1)
         if (nh, nw) != (h, w):
             x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
-        top, left = round((self.size - nh) / 2 - 0.1), round((self.size - nw) / 2 - 0.1)
-        pad = (left, self.size - nw - left, top, self.size - nh - top)
+        top, left = round((size - nh) / 2 - 0.1), round((size - nw) / 2 - 0.1)
+        pad = (left, size - nw - left, top, size - nh - top)
         x = torch.nn.functional.pad(x, pad, value=114.0).div_(255.0)
         return x.half() if self.half else x
 
-    def __call__(self, frames_rgb) -> list[list[Pose17]]:
+    def __call__(self, frames_rgb, size: int | None = None) -> list[list[Pose17]]:
         from ultralytics.utils import ops
         from ultralytics.utils.nms import non_max_suppression
 
@@ -272,13 +275,16 @@ class DevicePath:
         groups = _by_shape(frames_rgb)
         order = [i for idxs in groups.values() for i in idxs]
         with torch.inference_mode():
-            batch = torch.cat([self.letterbox(np.stack([frames_rgb[i] for i in idxs])) for idxs in groups.values()])
+            size = size or self.size
+            batch = torch.cat(
+                [self.letterbox(np.stack([frames_rgb[i] for i in idxs]), size) for idxs in groups.values()]
+            )
             preds = self.backend(batch)
             dets = non_max_suppression(
                 preds, self.conf, 0.7, max_det=300, nc=self.nc, end2end=getattr(self.backend, "end2end", False)
             )
             out: list[list[Pose17]] = [[] for _ in frames_rgb]
-            square = (self.size, self.size)
+            square = (size, size)
             for i, det in zip(order, dets, strict=True):
                 h, w = frames_rgb[i].shape[:2]
                 if len(det) == 0:

@@ -10,6 +10,13 @@ SECOND_LOOK_IMGSZ, and the best score of a person there who is not the subject, 
 (one the crop leaves out is not in the pair). At that size the model also boxes parts of the subject
 (the legs of a push-up, an arm holding a bar): a box mostly on the subject's drawn figure (ON_FIGURE),
 one that is the subject's box again, or one whose keypoints coincide with the subject's is the subject.
+
+Where nothing is found there, the pair's crop is looked at on its own, enlarged to CROP_LOOK_IMGSZ
+(people_in): teammates walking 20-30 px tall behind a rugby kicker, which the whole frame at 1280 px
+misses, are found at 0.5-0.6 in a crop a third of the frame wide. At that magnification the subject
+falls apart into parts (the legs of a cartwheel boxed as a person, 0.63 of the body's height), so only a
+figure under FAR_FIGURE of the subject's height counts there: one far behind it; a larger one is the
+whole frame's look to find.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ MIN_CHANGED = 0.2  # share of a box's pixels that changed for a person there to 
 STILL_PERSON = 0.5  # a person this clear counts where the picture did not change too (one standing still)
 COVERED = 0.75  # share of a box on the subject's body (what the hands hold aside) that hides who stands there
 SAME_BOX = 0.5  # IoU with the subject's box that makes a box the subject's
+CROP_LOOK_IMGSZ = 960  # the pose model's input for the pair's crop alone (people_in)
+FAR_FIGURE = 0.5  # at the crop's look, a box under this share of the subject's height counts (far behind it)
 
 
 @functools.lru_cache(maxsize=4)  # as many as the build keeps clip processors
@@ -52,11 +61,44 @@ def load(pose: PoseConfig) -> None:
     _detector(pose.model_dump_json())
 
 
-def people(frame: np.ndarray, pose: PoseConfig) -> list[Pose17]:
-    """Every person the pose model finds in an RGB frame at SECOND_LOOK_IMGSZ, in the frame's pixels."""
+def _find(frame: np.ndarray, pose: PoseConfig, imgsz: int) -> list[Pose17]:
+    """The second look's model at `imgsz` (the crop's look runs it at CROP_LOOK_IMGSZ: the same
+    detections as a model set up at that size)."""
     detector, lock = _detector(pose.model_dump_json())
     with lock:  # one model, called from the clip post-processing thread(s)
-        return detector(frame[None])[0]
+        return detector(frame[None], imgsz)[0]
+
+
+def people(frame: np.ndarray, pose: PoseConfig) -> list[Pose17]:
+    """Every person the pose model finds in an RGB frame at SECOND_LOOK_IMGSZ, in the frame's pixels."""
+    return _find(frame, pose, SECOND_LOOK_IMGSZ)
+
+
+def people_in(frame: np.ndarray, region: Box, pose: PoseConfig) -> list[Pose17]:
+    """Every person the pose model finds in `region` of an RGB frame, the region alone enlarged to
+    CROP_LOOK_IMGSZ, in the frame's pixels; none when that enlarges it no more than the whole frame's
+    look does (a crop as large as the frame: there is nothing more to see)."""
+    h, w = frame.shape[:2]
+    x1, y1 = max(0, int(region[0])), max(0, int(region[1]))
+    x2, y2 = min(w, int(np.ceil(region[2]))), min(h, int(np.ceil(region[3])))
+    if x2 - x1 < 8 or y2 - y1 < 8 or CROP_LOOK_IMGSZ / max(x2 - x1, y2 - y1) <= SECOND_LOOK_IMGSZ / max(h, w):
+        return []
+    found = _find(np.ascontiguousarray(frame[y1:y2, x1:x2]), pose, CROP_LOOK_IMGSZ)
+    return [
+        Pose17(
+            keypoints=[[x + x1, y + y1, c] for x, y, c in p.keypoints],
+            frame_width=w,
+            frame_height=h,
+            box=[p.box[0] + x1, p.box[1] + y1, p.box[2] + x1, p.box[3] + y1],
+            score=p.score,
+        )
+        for p in found
+    ]
+
+
+def look(frame: np.ndarray, crop: Box | None, pose: PoseConfig) -> list[Pose17]:
+    """The whole frame's look (`crop` None: people()) or the crop's alone (people_in())."""
+    return people(frame, pose) if crop is None else people_in(frame, crop, pose)
 
 
 def _centre_in(box: Box, region: Box) -> bool:
@@ -90,13 +132,16 @@ def other_person(
     to_b: np.ndarray,
     kp_conf: float,
     same_oks: float,
+    far: bool = False,
 ) -> tuple[float, Box | None]:
     """The best score of a person in `found` (one frame's second look) who is not the subject, whose box
     centre lies in `region` (the pair's crop) and whose box changed between the frames (MIN_CHANGED of
     its pixels in `change`, the pair's changed() mask, with to_b taking the frame's pixels to b's) or
     who scores STILL_PERSON, and that person's box; (0.0, None) when there is none. A person who
     appears, leaves, moves or is uncovered by the subject changes the picture there; a thing the model
-    takes for a person at this size (a plate on a rack, a teapot on a table: 0.2-0.29) stays as it was."""
+    takes for a person at this size (a plate on a rack, a teapot on a table: 0.2-0.29) stays as it was.
+    `far`: `found` is the crop's look (people_in), where only a box under FAR_FIGURE of the subject's
+    height counts."""
     figure = body_shapes(change.shape, [subject], [], to_b, 1.0)[0] == 0  # the subject's figure, in b's pixels
     sx1, sy1, sx2, sy2 = subject.box
     best: tuple[float, Box | None] = (0.0, None)
@@ -104,6 +149,8 @@ def other_person(
         bx1, by1, bx2, by2 = box = tuple(float(v) for v in p.box)
         if not _centre_in(box, region) or p.score <= best[0]:
             continue
+        if far and by2 - by1 >= FAR_FIGURE * (sy2 - sy1):
+            continue  # at the crop's magnification, a part of the subject (or the whole frame's to find)
         if iou(box, subject.box) >= SAME_BOX or keypoint_similarity(subject, p, kp_conf) >= same_oks:
             continue
         inside = max(0.0, min(bx2, sx2) - max(bx1, sx1)) * max(0.0, min(by2, sy2) - max(by1, sy1))

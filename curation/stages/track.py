@@ -154,7 +154,7 @@ class ClipTrack:
     _hists: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     _skeleton: dict[int, float | None] = field(default_factory=dict, repr=False)
     _text: dict[int, list[text_boxes.Box]] = field(default_factory=dict, repr=False)
-    _second: dict[int, list[Pose17]] = field(default_factory=dict, repr=False)
+    _second: dict[tuple[int, tuple | None], list[Pose17]] = field(default_factory=dict, repr=False)
     _seen: list[tuple[float, tuple[float, float, float, float], int]] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -289,7 +289,8 @@ class ClipTrack:
         """The best score of another person than the subject in sampled frames i and j, inside `region`,
         where the picture changed between them (full: the camera i -> j, PairAlignment.full_matrix) or
         clearly a person, found at the second look's input size, and that person's box
-        (second_look.other_person; each frame looked at once). Where the camera is still or taken out
+        (second_look.other_person; each frame looked at once), or else a far-off figure in the crop
+        enlarged on its own (second_look.people_in). Where the camera is still or taken out
         (`drift`: how far, in pixels, it may have moved since another pair; None: it moves), a person
         found over quality.max_second_look_person is remembered, and counts for this pair where a frame
         shows that spot as it was or the spot changed, unless the subject covers it in both frames
@@ -298,17 +299,23 @@ class ClipTrack:
         pairs taken do not depend on which was checked first."""
         change = second_look.changed(self.frames[i], self.frames[j], full)
         subjects = [(self.person(i, self.motion_cfg), full), (self.person(j, self.motion_cfg), np.eye(2, 3))]
+        kp, oks = self.motion_cfg.keypoint_conf, self.quality_cfg.same_person_oks
+        limit = self.quality_cfg.max_second_look_person
         best: tuple[float, second_look.Box | None] = (0.0, None)
-        for k, (subject, to_j) in zip((i, j), subjects, strict=True):
-            if k not in self._second:
-                self._second[k] = second_look.people(self.frames[k], self.pose_cfg)
-            kp, oks = self.motion_cfg.keypoint_conf, self.quality_cfg.same_person_oks
-            found = second_look.other_person(self._second[k], subject, region, change, to_j, kp, oks)
-            best = max(best, found, key=lambda x: x[0])
+        found_in = i
+        for crop in (None, tuple(region)):  # the whole frame, then the crop alone where that found no one
+            for k, (subject, to_j) in zip((i, j), subjects, strict=True):
+                if crop is not None and best[0] > limit:
+                    break
+                if (k, crop) not in self._second:
+                    self._second[k, crop] = second_look.look(self.frames[k], crop, self.pose_cfg)
+                found = second_look.other_person(
+                    self._second[k, crop], subject, region, change, to_j, kp, oks, crop is not None
+                )
+                best, found_in = (found, k) if found[0] > best[0] else (best, found_in)
         if drift is None:
             return best
-        if best[0] > self.quality_cfg.max_second_look_person and best[1] is not None:
-            found_in = i if best[1] in [tuple(p.box) for p in self._second[i]] else j
+        if best[0] > limit and best[1] is not None:
             if all(b != best[1] for _, b, _ in self._seen):
                 self._seen.append((best[0], best[1], found_in))
         frames = [self.frames[i], self.frames[j]]
