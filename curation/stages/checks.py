@@ -70,9 +70,9 @@ def check(
     run roughly in CHECK_ORDER's order: the costliest (the background alignment, the text search) only
     for a candidate that passed the cheaper ones, so a still candidate may stop as low_motion before a
     later shot_cut or blurry check, and a limb hidden behind what the other frame shows (partial_body),
-    the text checks, the second look (another person at 1280 px, in the pair's crop: `pairing` gives
-    the crop) and the margins come last. A clip's reason is
-    ranked by CHECK_ORDER (stages/motion.py)."""
+    the margins of the figures measured so far, the text checks, the second look (another person at
+    1280 px, or far behind in the crop alone at 960, in the pair's crop: `pairing` gives the crop) and
+    the margins of them all come last. A clip's reason is ranked by CHECK_ORDER (stages/motion.py)."""
     q = track.quality_cfg
     pairing = pairing or PairingConfig()
     crop = pairing.crop
@@ -252,7 +252,8 @@ def check(
 
 
 def early_borderline(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -> RejectReason | None:
-    """_borderline before the costliest checks: it drops what the last one would (a test turns it off)."""
+    """_borderline before the costliest checks: it drops a candidate the final one would drop too, as
+    borderline, where a late check might have named it first (another reason; a test turns it off)."""
     return _borderline(c, cfg, q, crop)
 
 

@@ -138,7 +138,9 @@ class PoseDetector:
 
     def __call__(self, frames_rgb: np.ndarray | list[np.ndarray], imgsz: int | None = None) -> list[list[Pose17]]:
         """Every person above cfg.det_conf in each frame, highest score first; `imgsz`: this call's input
-        size, under the one set up (cfg.imgsz, the default; the models are exported with dynamic shapes)."""
+        size, under the one set up (cfg.imgsz, the default; the models are exported with dynamic shapes).
+        A call at another size rewrites the predictor's arguments: callers sharing one detector across
+        threads hold one lock around each call (second_look does)."""
         if self.model is None:
             self.setup()
         if len(frames_rgb) == 0:
