@@ -29,7 +29,8 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
 # 33: where the second look finds no one, the pair's crop alone at 960 px: a figure under half the
-# subject's height there is another person (teammates far behind; second_look.people_in);
+# subject's height there is another person (teammates far behind; second_look.people_in); a candidate a
+# margin drops skips the text checks and the second look (checks.early_borderline: funnel reasons move);
 # 32: the picture inside bands that are not dark (blur fill, white bars, bars with a caption) is the frame:
 # nobody detected in the bands, no background compared there (body.framed_picture);
 # 31: a limb over what the other frame shows unchanged there is hidden behind it (hidden_limb, partial_body);
