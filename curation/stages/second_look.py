@@ -13,7 +13,7 @@ one that is the subject's box again, or one whose keypoints coincide with the su
 
 Where nothing is found there, the pair's crop is looked at on its own, enlarged to CROP_LOOK_IMGSZ
 (people_in): teammates walking 20-30 px tall behind a rugby kicker, which the whole frame at 1280 px
-misses, are found at 0.5-0.6 in a crop a third of the frame wide. At that magnification the subject
+misses, are found at about 0.5 in a crop a third of the frame wide. At that magnification the subject
 falls apart into parts (the legs of a cartwheel boxed as a person, 0.63 of the body's height), so only a
 figure under FAR_FIGURE of the subject's height counts there: one far behind it; a larger one is the
 whole frame's look to find.
