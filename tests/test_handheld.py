@@ -305,6 +305,20 @@ def test_person_box_pads_keeps_the_aspect_and_never_cuts_the_person():
     assert inside[1] >= 32 and inside[3] <= 224
 
 
+def test_a_pose_moved_into_a_crop_and_back_is_the_same_pose():
+    """crop.shift_pose (frame -> crop) and crop.unshift_pose (a pose found in a crop -> its frame, as the
+    second look's crop look needs) undo each other."""
+    from schemas.records import Pose17
+
+    kps = [[100.0 + 3 * k, 60.0 + 5 * k, 0.9] for k in range(17)]
+    pose = Pose17(keypoints=kps, frame_width=640, frame_height=360, box=[90.0, 50.0, 200.0, 160.0], score=0.8)
+    box = (80, 40, 280, 240)
+    inside = crop.shift_pose(pose, box)
+    assert inside.box == [10.0, 10.0, 120.0, 120.0] and (inside.frame_width, inside.frame_height) == (200, 200)
+    assert inside.keypoints[0] == [20.0, 20.0, 0.9]
+    assert crop.unshift_pose(inside, box, 640, 360) == pose
+
+
 def test_pair_precision_in_eval(tmp_path, capsys):
     import pandas as pd
 

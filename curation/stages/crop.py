@@ -56,16 +56,25 @@ def cut(frame: np.ndarray, box: Box) -> np.ndarray:
     return np.ascontiguousarray(frame[y1:y2, x1:x2])
 
 
-def shift_pose(pose: Pose17, box: Box) -> Pose17:
-    """The pose in the crop's pixels."""
-    x1, y1, x2, y2 = box
-    kps = [[x - x1, y - y1, c] for x, y, c in pose.keypoints]
+def _moved(pose: Pose17, dx: float, dy: float, width: int, height: int) -> Pose17:
     b = pose.box
     return pose.model_copy(
         update={
-            "keypoints": kps,
-            "box": [b[0] - x1, b[1] - y1, b[2] - x1, b[3] - y1],
-            "frame_width": int(x2 - x1),
-            "frame_height": int(y2 - y1),
+            "keypoints": [[x + dx, y + dy, c] for x, y, c in pose.keypoints],
+            "box": [b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy],
+            "frame_width": int(width),
+            "frame_height": int(height),
         }
     )
+
+
+def shift_pose(pose: Pose17, box: Box) -> Pose17:
+    """The pose in the crop's pixels."""
+    x1, y1, x2, y2 = box
+    return _moved(pose, -x1, -y1, x2 - x1, y2 - y1)
+
+
+def unshift_pose(pose: Pose17, box: Box, width: int, height: int) -> Pose17:
+    """A pose found in the crop `box`, in the pixels of the frame (width x height) it was cut from:
+    shift_pose undone."""
+    return _moved(pose, box[0], box[1], width, height)

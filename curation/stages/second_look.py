@@ -30,6 +30,7 @@ import numpy as np
 from schemas.records import Pose17
 
 from ..config import PoseConfig
+from . import crop
 from .camera import moved_box
 from .people import iou
 from .pose import PoseDetector
@@ -83,22 +84,13 @@ def people_in(frame: np.ndarray, region: Box, pose: PoseConfig) -> list[Pose17]:
     x2, y2 = min(w, int(np.ceil(region[2]))), min(h, int(np.ceil(region[3])))
     if x2 - x1 < 8 or y2 - y1 < 8 or CROP_LOOK_IMGSZ / max(x2 - x1, y2 - y1) <= SECOND_LOOK_IMGSZ / max(h, w):
         return []
-    found = _find(np.ascontiguousarray(frame[y1:y2, x1:x2]), pose, CROP_LOOK_IMGSZ)
-    return [
-        Pose17(
-            keypoints=[[x + x1, y + y1, c] for x, y, c in p.keypoints],
-            frame_width=w,
-            frame_height=h,
-            box=[p.box[0] + x1, p.box[1] + y1, p.box[2] + x1, p.box[3] + y1],
-            score=p.score,
-        )
-        for p in found
-    ]
+    box = (x1, y1, x2, y2)
+    return [crop.unshift_pose(p, box, w, h) for p in _find(crop.cut(frame, box), pose, CROP_LOOK_IMGSZ)]
 
 
-def look(frame: np.ndarray, crop: Box | None, pose: PoseConfig) -> list[Pose17]:
-    """The whole frame's look (`crop` None: people()) or the crop's alone (people_in())."""
-    return people(frame, pose) if crop is None else people_in(frame, crop, pose)
+def look(frame: np.ndarray, region: Box | None, pose: PoseConfig) -> list[Pose17]:
+    """The whole frame's look (`region` None: people()) or the pair's crop alone (people_in())."""
+    return people(frame, pose) if region is None else people_in(frame, region, pose)
 
 
 def _centre_in(box: Box, region: Box) -> bool:
