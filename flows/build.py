@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,6 +41,14 @@ if logging.getLogger("curation").level == logging.NOTSET:
 # In-process progress hooks, keyed by output folder: the CLI registers its progress bar's ("plan": the
 # plan made, "clip": a clip done). A flow run started elsewhere (a deployment) reports through its logs.
 PROGRESS_HOOKS: dict[str, dict[str, Callable[[Any], None]]] = {}
+
+# The SIGTERM handler of the process that started a flow run in-process (the CLI's: stop at the next unit
+# boundary), keyed by output folder. Prefect swaps SIGTERM for its own during a flow run (a runner's
+# cancel: TerminationSignal raised wherever the main thread is); one landing while Prefect creates a task
+# run fails inside its task engine ("Task run is not set") and the flow ends Failed with a traceback. The
+# flow's body puts the starter's handler back, so the CLI's runs stop as its local engine does; a flow run
+# started by a deployment's runner keeps Prefect's.
+SIGTERM_HANDLERS: dict[str, Any] = {}
 
 
 def _sources(unit: WorkUnit) -> str:
@@ -161,6 +171,9 @@ def build_dataset(
     if input is not None:
         extra["sources"] = [{"kind": "folder", "root": input}]
     cfg = load_config(config_path, output=output, **extra)
+    starter = SIGTERM_HANDLERS.get(output)
+    if starter is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, starter)  # Prefect puts back this same handler when the run ends
     try:
         stats = build(  # one writer per output, also for scheduled runs
             cfg,
@@ -184,6 +197,8 @@ def build_on_prefect(
     this process (`api`, started earlier by the caller, or one started here; or PREFECT_API_URL's), its
     progress told to `watcher`."""
     PROGRESS_HOOKS[cfg.output] = {"plan": watcher.plan, "clip": watcher.clip}
+    if callable(handler := signal.getsignal(signal.SIGTERM)):  # a Python handler (the CLI's), not SIG_DFL
+        SIGTERM_HANDLERS[cfg.output] = handler
     overrides = cfg.model_dump(mode="json", exclude={"output"})
     api = (api or EphemeralAPI()).start()  # from the main thread: the parent-death signal is tied to the forking one
     ahead = None
@@ -195,10 +210,11 @@ def build_on_prefect(
             return build_dataset(output=cfg.output, config_path=None, overrides=overrides, wait=wait)
     except CancelledRun as e:  # the run ended Cancelled (stopped on request): one line, exit 130
         raise BuildStopped(str(e) or "stopped; committed units stand, run the build again to resume") from None
-    except TerminationSignal as e:  # Prefect owns SIGTERM during a flow run: the unit in progress is dropped
+    except TerminationSignal as e:  # SIGTERM before the flow's body took it back: the run ends Crashed
         raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
     finally:
         PROGRESS_HOOKS.pop(cfg.output, None)
+        SIGTERM_HANDLERS.pop(cfg.output, None)
         EARLY_PLANS.pop(cfg.model_dump_json(), None)
         if ahead is not None:
             ahead.close()

@@ -498,16 +498,19 @@ def test_prefect_build_stops_cleanly_on_sigterm_and_leaves_no_server_after_sigki
 
     out = tmp_path / "out"
     args = build_args(small_input, out, fast_cfg)[:-2]  # the default engine: prefect, ephemeral API
-    p = popen(args, start_new_session=True)
+    p = popen(args, env={"PREFECT_LOGGING_LEVEL": "INFO"}, start_new_session=True)
     deadline = time.monotonic() + 240
     while not list(out.glob("parts/*.json")) and p.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     servers = [c for c in _children(p.pid) if "uvicorn" in " ".join(c.cmdline())]
     assert servers, "no Prefect API child while the build ran"
-    p.send_signal(signal.SIGTERM)
-    rc = p.wait(120)
+    p.send_signal(signal.SIGTERM)  # while the flow runs units as task runs (Prefect's own SIGTERM bridge
+    rc = p.wait(120)  # raised wherever its engine was, a task run's creation included: "Task run is not set")
     err = p.stderr.read()
-    assert rc == 130 and "stopped" in err and "Traceback" not in err, (rc, err[-2000:])
+    # the CLI's handler, as on the local engine: the unit in progress finishes, the run ends Cancelled
+    assert rc == 130 and "motionpairs: stopped: stopped on request" in err, (rc, err[-2000:])
+    assert "Traceback" not in err and "Finished in state Cancelled('stopped on request" in err, err[-2000:]
+    assert "Failed(" not in err and "Crashed(" not in err, err[-2000:]
     assert Output(out).records() and leftovers(out) == []  # committed units stand
     for s in servers:
         assert not s.is_running() or s.status() == psutil.STATUS_ZOMBIE
