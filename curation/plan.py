@@ -28,6 +28,7 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 
 # Bump when a code change alters what the build decides or writes for the same input and settings:
 # every unit is redone on the next run (a code change that does not alter results leaves data be).
+# 34: a pairless clip whose moving candidates stopped 90 % at one check is named by it (motion.CLIP_REASON_SHARE);
 # 33: where the second look finds no one, the pair's crop alone at 960 px: a figure under half the
 # subject's height there is another person (teammates far behind; second_look.people_in); a candidate a
 # margin drops skips the text checks and the second look (checks.early_borderline: funnel reasons move);
@@ -60,7 +61,7 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # 9: a left/right flip with the face seen in both frames is not a turn (issue 22);
 # 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions,
 # abstentions (issue 25); 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
-RESULTS_VERSION = 33
+RESULTS_VERSION = 34
 
 
 @functools.lru_cache(maxsize=8)

@@ -88,6 +88,26 @@ def test_keypoints_over_a_still_scene_are_hidden_limbs_and_name_the_clip():
     assert kept and all(c.quality.hidden_limb is None for c in kept)
 
 
+def test_a_clip_whose_moving_pairs_nearly_all_stop_at_one_check_is_named_by_it(monkeypatch):
+    """A camera panning 24 px a step (0.03 of the diagonal over a step is the most a pair is stabilised
+    for) but holding still over two steps in the middle: one candidate across the arm raise passes the
+    camera and stops late, at the hidden limbs (partial_body); the other 54 stop at the camera. The
+    clip's trouble is its camera: it is named camera_motion, not by the furthest check that one reached
+    (as a tracking camera of the sixteenth out-of-sample batch was `overlay_changed`)."""
+    from curation.stages import motion
+
+    offsets = np.concatenate([[0], np.cumsum([24] * 5 + [0, 0] + [24] * 4)]).astype(int)
+    scene = textured(3, (480, 640 + int(offsets[-1]) + 8))
+    frames = [np.ascontiguousarray(scene[:, o : o + 640]) for o in offsets]
+    obs = [FrameObs(i * 10, i / 4.0, p) for i, p in enumerate(arm_raise())]
+    on = LOGIC.model_copy(update={"max_hidden_limb": 0.8})
+    sel = select_pairs(ClipTrack.build(obs, frames, CFG, on), CFG, PairingConfig())
+    assert not sel.pairs and sel.reason is RejectReason.CAMERA_MOTION, sel.detail
+    assert "partial_body 1, camera_motion 54" in sel.detail
+    monkeypatch.setattr(motion, "CLIP_REASON_SHARE", 1.01)  # off: the furthest check reached names it
+    assert select_pairs(ClipTrack.build(obs, frames, CFG, on), CFG, PairingConfig()).reason is RejectReason.PARTIAL_BODY
+
+
 def test_segment_endpoints_strategy_takes_first_and_last_frames():
     sel = select_pairs(track(arm_raise()), CFG, PairingConfig(strategies=["segment_endpoints"]))
     assert [(c.i, c.j, c.strategy) for c in sel.pairs] == [(0, 11, "segment_endpoints")]

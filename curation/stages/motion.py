@@ -64,6 +64,10 @@ __all__ = [
 
 # ---------------------------------------------------------------- the funnel
 
+# the share of a pairless clip's moving candidates that, stopped at one check, names the clip's reason
+# (else the check the furthest of them reached)
+CLIP_REASON_SHARE = 0.9
+
 
 def _candidates(track: ClipTrack, strategy: PairStrategy, pcfg: PairingConfig) -> list[Candidate]:
     good = [k for k, kind in enumerate(track.kinds) if kind is FrameKind.BODY]
@@ -121,19 +125,24 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
         funnel[f"after_{reason.value}"] = remaining
     if not pairs:  # then every candidate was checked (pairs_per_clip >= 1: no strategy stopped early)
         reasons = [checked[n] for n in range(len(cands))]
-        moving = {
+        moving = Counter(
             why
             for c, why in zip(cands, reasons, strict=True)
             if why is not None and why is not RejectReason.LOW_MOTION and checks.shows_motion(track, c, cfg)
-        }
+        )
         if moving:
             # the candidates that show motion name why the clip has no pair (jumps whose head the top
             # edge cuts are partial_body, not low_motion for their still moments): the check the
             # furthest of them reached: a late check (checks.LATE_CHECKS: hidden limbs, text, the second
-            # look) is reached after every other, whatever CHECK_ORDER ranks its reason
+            # look) is reached after every other, whatever CHECK_ORDER ranks its reason. Unless nearly
+            # all of them stopped at one check (a tracking camera: 67 of 70 on the camera, 3 on an
+            # overlay past it): that check is the clip's trouble, the few past it exceptions
             late = [checks.late_check(c.quality, why, track.quality_cfg) for c, why in zip(cands, reasons, strict=True)]
             furthest = max((k for k in late if k is not None), default=None)
             reason = max(moving, key=CHECK_ORDER.index) if furthest is None else checks.LATE_CHECKS[furthest][2]
+            common, n = moving.most_common(1)[0]
+            if n >= CLIP_REASON_SHARE * moving.total():
+                reason = common
             detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
             return Selection([], reason, f"{detail} ({summary})", funnel)
         # the first check that brought the count to zero decides
