@@ -315,6 +315,7 @@ def build(
             for record in executor.run_units(cfg, plan, out.ticket()):
                 if stage is not None:
                     stage.submit(record)
+            check_stop()  # asked during the last unit: stop there too (the next run finalizes)
             if stage is not None:
                 log.info("captions: %s", stage.finish())
         except BaseException:

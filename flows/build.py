@@ -167,13 +167,13 @@ def build_dataset(
     A build stopped on request (curation.build.STOP) ends the run Cancelled, with the reason as its
     message and no traceback: what it committed stands and the next run resumes. (Called directly, the
     flow then raises prefect's CancelledRun; `build_on_prefect` turns it into BuildStopped.)"""
+    starter = SIGTERM_HANDLERS.get(output)
+    if starter is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, starter)  # Prefect puts back this same handler when the run ends
     extra: dict[str, Any] = dict(overrides or {})
     if input is not None:
         extra["sources"] = [{"kind": "folder", "root": input}]
     cfg = load_config(config_path, output=output, **extra)
-    starter = SIGTERM_HANDLERS.get(output)
-    if starter is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, starter)  # Prefect puts back this same handler when the run ends
     try:
         stats = build(  # one writer per output, also for scheduled runs
             cfg,
@@ -212,12 +212,32 @@ def build_on_prefect(
         raise BuildStopped(str(e) or "stopped; committed units stand, run the build again to resume") from None
     except TerminationSignal as e:  # SIGTERM before the flow's body took it back: the run ends Crashed
         raise BuildStopped("terminated; committed units stand, run the build again to resume") from e
+    except Exception as e:
+        # a signal raised inside Prefect's own machinery can come out as another error (its task engine,
+        # interrupted while creating a task run: "Task run is not set"): still a stop, not a failure
+        cause = _signal_behind(e)
+        if isinstance(cause, KeyboardInterrupt):  # the CLI's second signal: stop at once
+            raise KeyboardInterrupt from None
+        if cause is not None:
+            raise BuildStopped("terminated; committed units stand, run the build again to resume") from None
+        raise
     finally:
         PROGRESS_HOOKS.pop(cfg.output, None)
         SIGTERM_HANDLERS.pop(cfg.output, None)
         EARLY_PLANS.pop(cfg.model_dump_json(), None)
         if ahead is not None:
             ahead.close()
+
+
+def _signal_behind(e: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or TerminationSignal that `e` was raised while handling, if any."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (KeyboardInterrupt, TerminationSignal)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def report_artifact(output: str, stats: dict[str, Any]) -> None:
