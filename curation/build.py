@@ -41,8 +41,7 @@ from .store import OnWait, Output
 
 log = logging.getLogger(__name__)
 
-# Set by the CLI's SIGTERM/SIGINT handler: the build stops at the next unit boundary.
-STOP = threading.Event()
+STOP = threading.Event()  # set by the CLI's SIGTERM/SIGINT handler: the build stops at the next unit boundary
 
 
 class BuildStopped(RuntimeError):
