@@ -538,10 +538,7 @@ def test_a_stop_asked_during_the_last_unit_stops_before_finalize(tmp_path, small
     """SIGTERM/Ctrl-C set curation.build.STOP; the build stops at the next unit boundary, and the end of
     the last unit is one too: finalize (minutes at Kinetics scale) is left to the next run, which makes
     the generation from the committed units without building them again."""
-    from prefect.exceptions import TerminationSignal
-
     from curation import build as mp_build
-    from flows.build import _signal_behind
 
     source = {"kind": "folder", "root": str(small_input)}
     cfg = load_config(str(fast_cfg), output=str(tmp_path / "out"), sources=[source])
@@ -567,7 +564,16 @@ def test_a_stop_asked_during_the_last_unit_stops_before_finalize(tmp_path, small
     assert leftovers(tmp_path / "out") == []
     stats = build(cfg)  # the next run: nothing to build again, only the generation to make
     assert stats["clips_in"] == len(seen) and verify(cfg.output) == [] and Output(cfg.output).current()
-    # a stop raised inside Prefect's own machinery comes out as another error: still read as a stop
+
+
+def test_an_error_raised_while_handling_a_stop_signal_is_read_as_a_stop():
+    """A second signal can land inside Prefect's task-run creation, which then raises its own error
+    (ValueError 'Task run is not set') while handling the TerminationSignal: the CLI reads that as a
+    stop (exit 130), not a failure; an error with no signal behind it stays an error."""
+    from prefect.exceptions import TerminationSignal
+
+    from flows.build import _signal_behind
+
     try:
         try:
             raise TerminationSignal(signal.SIGTERM)
@@ -575,6 +581,13 @@ def test_a_stop_asked_during_the_last_unit_stops_before_finalize(tmp_path, small
             raise ValueError("Task run is not set")  # noqa: B904 - as Prefect's task engine raises it
     except ValueError as e:
         assert isinstance(_signal_behind(e), TerminationSignal)
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("teardown failed")  # noqa: B904
+    except RuntimeError as e:
+        assert isinstance(_signal_behind(e), KeyboardInterrupt)
     assert _signal_behind(ValueError("a failure")) is None
 
 

@@ -137,12 +137,14 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
             # look) is reached after every other, whatever CHECK_ORDER ranks its reason. Unless nearly
             # all of them stopped at one check (a tracking camera: 67 of 70 on the camera, 3 on an
             # overlay past it): that check is the clip's trouble, the few past it exceptions
-            late = [checks.late_check(c.quality, why, track.quality_cfg) for c, why in zip(cands, reasons, strict=True)]
-            furthest = max((k for k in late if k is not None), default=None)
-            reason = max(moving, key=CHECK_ORDER.index) if furthest is None else checks.LATE_CHECKS[furthest][2]
             common, n = moving.most_common(1)[0]
             if n >= CLIP_REASON_SHARE * moving.total():
                 reason = common
+            else:
+                q = track.quality_cfg
+                late = [checks.late_check(c.quality, why, q) for c, why in zip(cands, reasons, strict=True)]
+                furthest = max((k for k in late if k is not None), default=None)
+                reason = max(moving, key=CHECK_ORDER.index) if furthest is None else checks.LATE_CHECKS[furthest][2]
             detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
             return Selection([], reason, f"{detail} ({summary})", funnel)
         # the first check that brought the count to zero decides
