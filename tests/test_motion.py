@@ -91,7 +91,8 @@ def test_keypoints_over_a_still_scene_are_hidden_limbs_and_name_the_clip():
 def test_a_clip_whose_moving_pairs_nearly_all_stop_at_one_check_is_named_by_it(monkeypatch):
     """A camera panning 24 px a step (0.03 of the diagonal over a step is the most a pair is stabilised
     for) but holding still over two steps in the middle: one candidate across the arm raise passes the
-    camera and stops late, at the hidden limbs (partial_body); the other 54 stop at the camera. The
+    camera and stops late, at the hidden limbs (partial_body); the other 54 stop at the camera (34 of
+    them show motion). The
     clip's trouble is its camera: it is named camera_motion, not by the furthest check that one reached
     (as a tracking camera of the sixteenth out-of-sample batch was `overlay_changed`)."""
     from curation.stages import motion
@@ -104,8 +105,11 @@ def test_a_clip_whose_moving_pairs_nearly_all_stop_at_one_check_is_named_by_it(m
     sel = select_pairs(ClipTrack.build(obs, frames, CFG, on), CFG, PairingConfig())
     assert not sel.pairs and sel.reason is RejectReason.CAMERA_MOTION, sel.detail
     assert "partial_body 1, camera_motion 54" in sel.detail
+    assert "named by 34 of the 35 that show motion stopped at camera_motion" in sel.detail  # which rule named it
     monkeypatch.setattr(motion, "CLIP_REASON_SHARE", 1.01)  # off: the furthest check reached names it
-    assert select_pairs(ClipTrack.build(obs, frames, CFG, on), CFG, PairingConfig()).reason is RejectReason.PARTIAL_BODY
+    off = select_pairs(ClipTrack.build(obs, frames, CFG, on), CFG, PairingConfig())
+    assert off.reason is RejectReason.PARTIAL_BODY, off.detail
+    assert "named by the furthest check the 35 that show motion reached" in off.detail
 
 
 def test_segment_endpoints_strategy_takes_first_and_last_frames():

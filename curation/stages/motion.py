@@ -140,20 +140,22 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
             common, n = moving.most_common(1)[0]
             if n >= CLIP_REASON_SHARE * moving.total():
                 reason = common
+                named = f"{n} of the {moving.total()} that show motion stopped at {common.value}"
             else:
                 q = track.quality_cfg
                 late = [checks.late_check(c.quality, why, q) for c, why in zip(cands, reasons, strict=True)]
                 furthest = max((k for k in late if k is not None), default=None)
                 reason = max(moving, key=CHECK_ORDER.index) if furthest is None else checks.LATE_CHECKS[furthest][2]
-            detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
-            return Selection([], reason, f"{detail} ({summary})", funnel)
+                named = f"the furthest check the {moving.total()} that show motion reached"
+            detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); named by {named}"
+            return Selection([], reason, f"{detail}; {_best(cands)} ({summary})", funnel)
         # the first check that brought the count to zero decides
         left = len(cands)
         for reason in CHECK_ORDER:
             left -= failed[reason]
             if left == 0:
-                detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); {_best(cands)}"
-                return Selection([], reason, f"{detail} ({summary})", funnel)
+                detail = f"{len(cands)} candidate pairs, none passed ({_failures(failed)}); none shows motion"
+                return Selection([], reason, f"{detail}; {_best(cands)} ({summary})", funnel)
     return Selection(pairs, None, "", funnel)
 
 
