@@ -168,10 +168,15 @@ class StreamedSamples:
                 part = pq.read_table(p, schema=schema).filter(pa.array(keep))
                 where = where[keep]
                 keypoint_verdicts(part, checks, self.verdicts, min_conf)
-                part = part.append_column(ROW, pa.array(where))
+                # the part's rows in the order of their groups, then a slice per group: one take for
+                # the part, not a filter per group (a part's rows reach every group of a large build)
+                order = np.argsort(where // ROWS_PER_GROUP, kind="stable")
+                where = where[order]
+                part = part.take(pa.array(order)).append_column(ROW, pa.array(where))
                 group = where // ROWS_PER_GROUP
-                for g in np.unique(group):
-                    pending.setdefault(int(g), []).append(part.filter(pa.array(group == g)))
+                starts = np.flatnonzero(np.diff(group, prepend=-1))
+                for a, b in zip(starts, [*starts[1:], len(group)], strict=True):
+                    pending.setdefault(int(group[a]), []).append(part.slice(int(a), int(b - a)))
                 buffered += part.num_rows
                 if buffered >= ROWS_PER_GROUP // 4:  # written in batches of some size: few chunks to read back
                     flush()

@@ -691,3 +691,28 @@ def test_tuning_settings_leave_the_fingerprint_and_a_results_version_change_redo
     stats = build(cfg)
     old, new = str(config.RESULTS_VERSION - 1), str(config.RESULTS_VERSION)
     assert stats["changed_versions"] == {"results": [old, new]} and verify(str(tmp_path / "o")) == []
+
+
+def test_the_manifest_streamed_in_many_row_groups_is_the_manifest_in_one(reference, tmp_path, monkeypatch):
+    """samples.parquet is written a row group at a time from runs the parts are sorted out into
+    (generation.StreamedSamples): with a row group of one row, each part's rows go to as many runs as
+    it has rows, and what comes back is the same table, in the spine's order."""
+    import pyarrow as pa
+
+    from curation import generation
+    from schemas.manifest import samples_table
+
+    out = Output(reference)
+    paths = out.local_parts([r["unit_id"] for r in out.records()], "samples")
+    schema = samples_table([]).schema
+    spine, offsets = generation.read_spine(paths, schema)
+    assert spine.num_rows >= 2 and len(paths) >= 2  # rows from more than one part
+    streamed = {}
+    for rows in (generation.ROWS_PER_GROUP, 1):
+        monkeypatch.setattr(generation, "ROWS_PER_GROUP", rows)
+        (tmp_path / str(rows)).mkdir()
+        samples = generation.StreamedSamples(paths, offsets, spine, schema, tmp_path / str(rows), {}, 0.5)
+        assert len(samples.runs) == (1 if rows > 1 else spine.num_rows)
+        streamed[rows] = pa.concat_tables(list(samples))
+    one, many = streamed.values()
+    assert many.equals(one) and one.column("pair_id").to_pylist() == spine.column("pair_id").to_pylist()
