@@ -49,8 +49,10 @@ def resolve_engine(engine: str, device: str) -> str:
     return "openvino" if engine_installed("openvino") else "torch"
 
 
+@functools.lru_cache(maxsize=8)
 def engine_version(engine: str) -> str:
-    """ultralytics' minor version and the engine with its version: recorded as the pose engine."""
+    """ultralytics' minor version and the engine with its version: recorded as the pose engine. Read
+    once a process (the packages' metadata files: about 1 ms, and every unit record asks)."""
     import importlib.metadata as md
 
     try:

@@ -39,9 +39,10 @@ DETECT_SIDE = 736  # frames longer than this (pixels) are shrunk to it for the d
 LINE_ASPECT, LINE_HEIGHT = 2.0, 0.2  # a line of text: at least twice as wide as high, under 0.2 of the frame high
 
 
+@functools.lru_cache(maxsize=1)
 def version() -> str:
     """The detector's package and its runtime, with their versions: recorded with the results (an upgrade
-    that moves the boxes redoes the clips, as a new pose engine does)."""
+    that moves the boxes redoes the clips, as a new pose engine does). Read once a process."""
     import importlib.metadata as md
 
     found = []
