@@ -92,9 +92,9 @@ def test_a_clip_whose_moving_pairs_nearly_all_stop_at_one_check_is_named_by_it(m
     """A camera panning 24 px a step (0.03 of the diagonal over a step is the most a pair is stabilised
     for) but holding still over two steps in the middle: one candidate across the arm raise passes the
     camera and stops late, at the hidden limbs (partial_body); the other 54 stop at the camera (34 of
-    them show motion). The
-    clip's trouble is its camera: it is named camera_motion, not by the furthest check that one reached
-    (as a tracking camera of the sixteenth out-of-sample batch was `overlay_changed`)."""
+    them show motion). The clip's trouble is its camera: it is named camera_motion, not by the furthest
+    check that one reached (as a tracking camera of the sixteenth out-of-sample batch was
+    `overlay_changed`), and its detail says which rule named it."""
     from curation.stages import motion
 
     offsets = np.concatenate([[0], np.cumsum([24] * 5 + [0, 0] + [24] * 4)]).astype(int)
