@@ -102,6 +102,9 @@ class MotionConfig(_Section):
     min_leg_extent: float = Field(
         1.0, ge=0, description="hip-knee-ankle length of the shorter leg / torso length for a whole body"
     )
+    min_leg_extent_lying: float = Field(
+        0.6, ge=0, description="the same for a body lying in the picture (torso and legs within 45 deg of level)"
+    )
     min_scene_similarity: float = Field(0.5, ge=-1, le=1, description="histogram correlation below this: a cut")
 
     def model_post_init(self, _: Any) -> None:

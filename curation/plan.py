@@ -61,7 +61,9 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # 9: a left/right flip with the face seen in both frames is not a turn (issue 22);
 # 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions,
 # abstentions (issue 25); 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
-RESULTS_VERSION = 34
+# 35: a body lying in the picture (torso and legs within 45 degrees of level) may show legs down to
+# motion.min_leg_extent_lying (0.6) torso long: a push-up seen from its head end (body_tilt);
+RESULTS_VERSION = 35
 
 
 @functools.lru_cache(maxsize=8)

@@ -202,7 +202,8 @@ class QualityFigures(BaseModel):
     overlay_points: int = 0  # static background points set aside as an overlay (most in one step)
     person_px_source: float | None = None  # person's box height in the source video's pixels (larger frame)
     person_px_output: float | None = None  # ... in the stored image's pixels
-    leg_extent: float | None = None  # shorter shown leg (hip-knee-ankle) / torso, lower of the two frames
+    leg_extent: float | None = None  # shorter shown leg (hip-knee-ankle) / torso, the frame nearer its limit
+    body_tilt: float | None = None  # that frame's torso and legs' larger angle from horizontal, degrees (lying: <= 45)
     box_past_border: float | None = None  # box past the outermost joint to a border it touches / torso (larger)
     extremity_margin: float | None = None  # ankles' and nose's distance to the picture's border / torso (lower)
     foot_room: float | None = None  # how far the box runs past the ankles (along the shins or below) / torso (lower)

@@ -426,3 +426,51 @@ def test_candidates_are_checked_only_until_the_pairs_are_chosen():
         assert want and [(c.strategy, c.i, c.j) for c in sel.pairs] == want
         assert sel.funnel["candidates_checked"] < sel.funnel["candidates"] == len(cands)
         assert any(c.i < 8 < c.j for c in cands if checks.check(ref, c, CFG) is not None)
+
+
+def test_a_body_lying_toward_the_camera_may_show_shorter_legs():
+    """A push-up filmed from its head end (out-of-sample batch 19's living-room push-ups): the legs lie
+    farther from the camera than the torso, so perspective shortens them to 0.6-1.0 torso lengths,
+    under the whole-body limit (motion.min_leg_extent 1.0) that an upright body is held to. A body
+    whose torso and legs both lie within 45 degrees of level is held to motion.min_leg_extent_lying
+    (0.6) instead; a standing body, and a hinge whose shins stay upright (a deadlift's bent torso),
+    keep the upright limit. The tilt of the frame the limit binds is stored with the pair."""
+    from curation.stages import body
+
+    def lying(arm_bent: bool, legs: float = 80.0, scale=1.0, dx=0.0, dy=0.0):
+        """A plank along x, head on the left, torso 100 px, legs `legs` px (hip to ankle)."""
+        pts = {n: (x, 300.0) for n, x in (("nose", 90), ("left_eye", 85), ("right_eye", 85), ("left_ear", 100))}
+        pts |= {"right_ear": (100, 290), "left_shoulder": (150, 310), "right_shoulder": (150, 290)}
+        pts |= {"left_hip": (250, 310), "right_hip": (250, 290)}
+        pts |= {f"{s}_knee": (250 + legs / 2, y) for s, y in (("left", 312), ("right", 292))}
+        pts |= {f"{s}_ankle": (250 + legs, y) for s, y in (("left", 314), ("right", 294))}
+        ex = 80 if arm_bent else 150  # bent, the elbows swing 70 px (0.7 torso) out toward the head
+        pts |= {f"{s}_elbow": (ex, y) for s, y in (("left", 350), ("right", 330))}
+        pts |= {f"{s}_wrist": (140, y) for s, y in (("left", 395), ("right", 385))}
+        return make_pose({k: (x * scale + dx, y * scale + dy) for k, (x, y) in pts.items()})
+
+    flat = lying(False)
+    assert body.tilt(flat) < 10 and body.leg_extent(flat, body.shown(flat, (0, 0, 640, 480), 0.5)) == pytest.approx(
+        0.8, abs=0.01
+    )
+    assert classify(FrameObs(0, 0, [flat]), CFG) is FrameKind.BODY
+    assert classify(FrameObs(0, 0, [lying(False, legs=50)]), CFG) is FrameKind.PARTIAL  # 0.5: cut or hidden
+    assert classify(FrameObs(0, 0, [flat]), CFG.model_copy(update={"min_leg_extent_lying": 1.0})) is FrameKind.PARTIAL
+    # the same legs' length upright: partial
+    short = make_pose(
+        {"left_knee": (228, 290), "right_knee": (172, 290), "left_ankle": (230, 330)} | {"right_ankle": (170, 330)}
+    )
+    assert body.tilt(short) > 80 and classify(FrameObs(0, 0, [short]), CFG) is FrameKind.PARTIAL
+    # a hinge: the torso 27 degrees off level (a deadlift's bottom) over upright shins keeps the upright limit
+    hinge = {"left_shoulder": (150, 200), "right_shoulder": (150, 190), "left_hip": (240, 245), "right_hip": (240, 235)}
+    hinge |= {"left_knee": (250, 290), "right_knee": (250, 280), "left_ankle": (245, 325), "right_ankle": (245, 315)}
+    bent = make_pose(hinge)
+    assert 60 < body.tilt(bent) and classify(FrameObs(0, 0, [bent]), CFG) is FrameKind.PARTIAL
+    # a push-up clip: its pairs keep the short legs and the tilt, with no leg margin near its limit
+    frames = [[lying(i % 4 >= 2, scale=1.8, dx=-120, dy=-400)] for i in range(12)]  # big enough
+    sel = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2))
+    assert sel.pairs, (sel.reason, sel.detail)
+    for c in sel.pairs:
+        assert c.quality.leg_extent == pytest.approx(0.8, abs=0.01) and c.quality.body_tilt < 10
+        assert "leg_extent" not in (c.quality.borderline_checks or "")
+    assert not select_pairs(track(frames), CFG.model_copy(update={"min_leg_extent_lying": 1.0}), PairingConfig()).pairs

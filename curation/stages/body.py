@@ -221,6 +221,32 @@ def leg_extent(pose: Pose17, seen: np.ndarray) -> float:
     return worst
 
 
+LYING_TILT = 45.0  # degrees: a torso and legs both this near the horizontal in the picture are a body lying
+
+
+def tilt(pose: Pose17) -> float:
+    """How upright the body is in the picture: the larger of the torso's (shoulder centre -> hip centre)
+    and the legs' (hip centre -> ankle centre) angle from the horizontal, in degrees; NaN without those
+    joints' locations. A plank, a push-up or a body lying reads under LYING_TILT; a standing, sitting or
+    hinged body (a deadlift's bent torso over upright shins) over it."""
+    k = np.asarray(pose.keypoints, float)
+    s, h = geometry.shoulder_centre(k), geometry.hip_centre(k)
+    a = (k[KP["left_ankle"], :2] + k[KP["right_ankle"], :2]) / 2
+    worst = 0.0
+    for v in (h - s, a - h):
+        if not (np.isfinite(v).all() and np.any(v)):
+            return math.nan
+        worst = max(worst, math.degrees(math.atan2(abs(float(v[1])), abs(float(v[0])))))
+    return worst
+
+
+def leg_limit(body_tilt: float, upright: float, lying: float) -> float:
+    """The shortest legs (hip-knee-ankle / torso) a whole body may show at this tilt: `lying` for a body
+    lying in the picture (filmed from its head end, the legs lie farther from the camera than the torso
+    and perspective shortens them: a push-up seen from the front reads 0.6-1.0), else `upright`."""
+    return lying if math.isfinite(body_tilt) and body_tilt <= LYING_TILT else upright
+
+
 def foot_room(pose: Pose17, kp_conf: float) -> float | None:
     """How far the detector's box runs on past the ankles, in torso lengths: per leg whose knee and
     ankle are at kp_conf, the farther of the box's reach past the ankle the way the shin points (knee

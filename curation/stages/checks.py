@@ -97,8 +97,13 @@ def check(
     margins = [m for m in margins if m is not None]
     sharp = [track.sharpness[k] for k in (c.i, c.j) if track.sharpness[k] is not None]
     height_px = max(a.box[3] - a.box[1], b.box[3] - b.box[1])
-    legs = [body.leg_extent(p, body.shown(p, content, cfg.keypoint_conf)) for p in (a, b)]
-    legs = [v for v in legs if math.isfinite(v)]
+    # the legs of the frame nearer its limit (a lying body's limit is lower), with that frame's tilt
+    legs = [(body.leg_extent(p, body.shown(p, content, cfg.keypoint_conf)), body.tilt(p)) for p in (a, b)]
+    legs = sorted(
+        (e / max(body.leg_limit(t, cfg.min_leg_extent, cfg.min_leg_extent_lying), 1e-9), e, t)
+        for e, t in legs
+        if math.isfinite(e)
+    )
     ends = [body.extremity_margin(p, content, cfg.keypoint_conf) for p in (a, b)]
     ends = [v for v in ends if v is not None]
     feet = [v for v in (body.foot_room(p, cfg.keypoint_conf) for p in (a, b)) if v is not None]
@@ -112,7 +117,8 @@ def check(
         background_inliers=None,
         person_px_source=float(height_px * track.source_scale),
         person_px_output=float(height_px),
-        leg_extent=min(legs) if legs else None,
+        leg_extent=legs[0][1] if legs else None,
+        body_tilt=legs[0][2] if legs and math.isfinite(legs[0][2]) else None,
         extremity_margin=min(ends) if ends else None,
         box_past_border=max(body.past_border(p, content, cfg.keypoint_conf) for p in (a, b)),
         foot_room=min(feet) if feet else None,

@@ -8,6 +8,7 @@ import math
 from schemas.records import RejectReason
 
 from ..config import MotionConfig, QualityConfig
+from .body import leg_limit as _limit
 from .track import Candidate
 
 # each margin: (figure, threshold, "min" | "max"); the reason a too-close figure is dropped for
@@ -42,11 +43,13 @@ def mark_margins(c: Candidate, cfg: MotionConfig, q: QualityConfig, crop: str) -
     """Each figure's margin to its threshold, relative to the threshold (negative: past it). A pair
     with any margin under quality.borderline_margin is marked borderline, naming the checks."""
     qf, mf = c.quality, c.motion
+    tilt = math.nan if qf.body_tilt is None else qf.body_tilt  # a lying body's legs have a lower limit
+    legs = _limit(tilt, cfg.min_leg_extent, cfg.min_leg_extent_lying)
     checks = {
         "person_px_source": (qf.person_px_source, q.min_person_px, "min"),
         "person_px_output": (qf.person_px_output, q.min_person_px_output, "min"),
         "edge_margin": (qf.edge_margin, q.min_edge_margin, "min"),
-        "leg_extent": (qf.leg_extent, cfg.min_leg_extent if cfg.whole_body else 0.0, "min"),
+        "leg_extent": (qf.leg_extent, legs if cfg.whole_body else 0.0, "min"),
         "box_past_border": (qf.box_past_border if cfg.whole_body else None, q.max_box_past_border, "max"),
         "foot_room": (qf.foot_room if cfg.whole_body else None, q.min_foot_room, "min"),
         "hidden_limb": (qf.hidden_limb, q.max_hidden_limb, "max"),

@@ -75,7 +75,7 @@ def has_body(pose: Pose17, cfg: MotionConfig, content: body.Box | None = None) -
     if cfg.whole_body:
         content = content or (0, 0, pose.frame_width, pose.frame_height)
         extent = body.leg_extent(pose, body.shown(pose, content, cfg.keypoint_conf))
-        return extent >= cfg.min_leg_extent
+        return extent >= body.leg_limit(body.tilt(pose), cfg.min_leg_extent, cfg.min_leg_extent_lying)
     return True
 
 
@@ -84,6 +84,7 @@ def body_rule(cfg: MotionConfig) -> str:
     rule = f"{', '.join(cfg.required_keypoints)} at {cfg.keypoint_conf:g}, {cfg.min_visible_keypoints} keypoints seen"
     if cfg.whole_body:
         rule += f"; both legs shown hip to ankle, at least {cfg.min_leg_extent:g} torso long"
+        rule += f" ({cfg.min_leg_extent_lying:g} lying)"
     return rule
 
 
