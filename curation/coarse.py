@@ -56,7 +56,7 @@ def coarse_verdict(track: ClipTrack, cfg: MotionConfig, q: QualityConfig, planne
     content = track.content or (0, 0, people[0].frame_width, people[0].frame_height)
     if any(body.edge_margin(p, content) < 1.5 * q.min_edge_margin for p in people):
         return None
-    px = max(p.box[3] - p.box[1] for p in people)
+    px = max(body.person_px(p) for p in people)
     if px * track.source_scale < 0.8 * q.min_person_px or px < 0.8 * q.min_person_px_output:
         return Selection([], RejectReason.TOO_SMALL, f"largest person {px:.0f} px ({said})", funnel)
     half = cfg.model_copy(

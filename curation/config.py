@@ -122,9 +122,11 @@ class QualityConfig(_Section):
         0.4, ge=0, le=1, description="pairing.crop frame: person's box height / frame height, else too_small"
     )
     min_person_px: int = Field(
-        128, ge=0, description="person's box height in the source video's pixels (larger of the two), else too_small"
+        128,
+        ge=0,
+        description="person's box height (lying: longer side) in source pixels (larger frame), else too_small",
     )
-    min_person_px_output: int = Field(112, ge=0, description="person's box height in the stored image, else too_small")
+    min_person_px_output: int = Field(112, ge=0, description="... in the stored image's pixels, else too_small")
     max_overlay_change: float = Field(
         0.003, ge=0, le=1, description="largest changed region apart from the people / frame area, else overlay_changed"
     )

@@ -63,7 +63,8 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # abstentions (issue 25); 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
 # 35: a body lying in the picture (torso and legs within 45 degrees of level) may show legs down to
 # motion.min_leg_extent_lying (0.6) torso long: a push-up seen from its head end (body_tilt);
-RESULTS_VERSION = 35
+# 36: a lying body's size in pixels (person_px_*, too_small) is its box's longer side;
+RESULTS_VERSION = 36
 
 
 @functools.lru_cache(maxsize=8)

@@ -474,3 +474,32 @@ def test_a_body_lying_toward_the_camera_may_show_shorter_legs():
         assert c.quality.leg_extent == pytest.approx(0.8, abs=0.01) and c.quality.body_tilt < 10
         assert "leg_extent" not in (c.quality.borderline_checks or "")
     assert not select_pairs(track(frames), CFG.model_copy(update={"min_leg_extent_lying": 1.0}), PairingConfig()).pairs
+
+
+def test_a_lying_body_is_sized_by_its_length_not_its_box_height():
+    """quality.min_person_px (128 source pixels) and min_person_px_output (112) read the person's box
+    height, or for a body lying in the picture its longer side: a body lying along the frame (a push-up
+    side-on, a fall on snow: batch 16's slip, 320 px long in a box 120 px high) is as large as one
+    standing, where its box height alone made every pair too_small. An upright body keeps its height
+    (a wide crouch's box is wider than high: batch 15's rugby kicker, 105 px high); one 100 px tall
+    stays too small."""
+    from curation.stages import body
+
+    def rotated(moves=None):  # the standing body turned onto its side: along x, 320 px long, box 120 high
+        p = make_pose(moves)
+        k = [[y, 480.0 - x, c] for x, y, c in p.keypoints]
+        xs, ys = [v[0] for v in k], [v[1] for v in k]
+        return p.model_copy(update={"keypoints": k, "box": [min(xs) - 10, min(ys) - 5, max(xs) + 10, max(ys) + 5]})
+
+    lying = rotated()
+    assert lying.box[3] - lying.box[1] < 128 and body.person_px(lying) == pytest.approx(340)
+    frames = [[rotated(RIGHT_ARM_UP if i >= 6 else None)] for i in range(12)]
+    sel = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2))
+    assert sel.pairs and all(c.quality.person_px_source >= 340 for c in sel.pairs), sel.detail
+    # upright, a box wider than high (a wide crouch, arms out) is as tall as its box: its height decides
+    crouch = make_pose({"left_wrist": (420, 200), "right_wrist": (-20, 200)})
+    high, wide = crouch.box[3] - crouch.box[1], crouch.box[2] - crouch.box[0]
+    assert high < wide and body.person_px(crouch) == pytest.approx(high)
+    small = [[make_pose(RIGHT_ARM_UP if i >= 6 else None, scale=0.25, shift=(100, 100))] for i in range(12)]
+    assert body.person_px(small[0][0]) < 112
+    assert select_pairs(track(small), CFG, PairingConfig()).reason is RejectReason.TOO_SMALL

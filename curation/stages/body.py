@@ -150,6 +150,14 @@ def picture_mask(shape: tuple[int, int], picture: Box, scale: float) -> np.ndarr
     return mask
 
 
+def person_px(pose: Pose17) -> float:
+    """The person's height in pixels: the box's height, or for a body lying in the picture (tilt under
+    LYING_TILT: a push-up, a fall) its longer side, along which the body's length then runs (its box is
+    low though the body is as large as a standing one). A crouch or a wide stance keeps the height."""
+    x1, y1, x2, y2 = pose.box
+    return float(max(x2 - x1 if lies(tilt(pose)) else 0.0, y2 - y1, 0.0))
+
+
 def edge_margin(pose: Pose17, content: Box) -> float:
     """Distance of the person's box to the nearest border of the picture, over its shorter side (0: the
     box touches it, so the body is most likely cut by it)."""
@@ -240,11 +248,16 @@ def tilt(pose: Pose17) -> float:
     return worst
 
 
+def lies(body_tilt: float) -> bool:
+    """A body lying in the picture: its tilt (degrees) known and at most LYING_TILT."""
+    return math.isfinite(body_tilt) and body_tilt <= LYING_TILT
+
+
 def leg_limit(body_tilt: float, upright: float, lying: float) -> float:
     """The shortest legs (hip-knee-ankle / torso) a whole body may show at this tilt: `lying` for a body
     lying in the picture (filmed from its head end, the legs lie farther from the camera than the torso
     and perspective shortens them: a push-up seen from the front reads 0.6-1.0), else `upright`."""
-    return lying if math.isfinite(body_tilt) and body_tilt <= LYING_TILT else upright
+    return lying if lies(body_tilt) else upright
 
 
 def foot_room(pose: Pose17, kp_conf: float) -> float | None:

@@ -96,7 +96,7 @@ def check(
     margins = [quality.lr_margin(p, cfg.keypoint_conf, q.lr_min_separation) for p in (a, b)]
     margins = [m for m in margins if m is not None]
     sharp = [track.sharpness[k] for k in (c.i, c.j) if track.sharpness[k] is not None]
-    height_px = max(a.box[3] - a.box[1], b.box[3] - b.box[1])
+    height_px = max(body.person_px(a), body.person_px(b))
     # the legs of the frame nearer its limit (a lying body's limit is lower), with that frame's tilt
     legs = [(body.leg_extent(p, body.shown(p, content, cfg.keypoint_conf)), body.tilt(p)) for p in (a, b)]
     legs = sorted(

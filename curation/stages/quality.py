@@ -4,7 +4,8 @@ Each filter has a config key (`quality.*`, or `motion.max_camera_motion`), a rea
 enum, and a figure stored on the sample (schemas.records.QualityFigures), so that a threshold change is
 a re-filter of samples.parquet, not a re-run:
 
-  person size         box height / frame height (larger of the two frames)     -> too_small
+  person size         box height / frame height (crop: frame), box height (a body
+                      lying: its longer side) in pixels (body.person_px)        -> too_small
   hidden person       best score of another detection overlapping the person   -> multiple_people
   background          camera motion from a RANSAC similarity of background      -> camera_motion
                       features (static overlay points set aside); share of the
