@@ -31,9 +31,10 @@ def coarse_verdict(track: ClipTrack, cfg: MotionConfig, q: QualityConfig, planne
     decides, so that the frames between cannot change the verdict: no coarse frame shows a person
     (no_person); every one with a person shows several and they are most (multiple_people); half or
     more show one person and none a whole body (partial_body); one whole body in every frame, too small
-    for min_person_px in all, away from the edges (too_small); or one still whole body in every frame,
-    before a measured, still camera, moving under half of min_pose_change / min_limb_change between
-    any two of them (low_motion)."""
+    for min_person_px in all by its box's longer side (a bound on the full pass's size, which reads a
+    lying body's longer side and an upright one's height), away from the edges (too_small); or one
+    still whole body in every frame, before a measured, still camera, moving under half of
+    min_pose_change / min_limb_change between any two of them (low_motion)."""
     n = len(track.kinds)
     kinds = collections.Counter(track.kinds)
     person = n - kinds[FrameKind.NONE]
@@ -56,7 +57,7 @@ def coarse_verdict(track: ClipTrack, cfg: MotionConfig, q: QualityConfig, planne
     content = track.content or (0, 0, people[0].frame_width, people[0].frame_height)
     if any(body.edge_margin(p, content) < 1.5 * q.min_edge_margin for p in people):
         return None
-    px = max(body.person_px(p) for p in people)
+    px = max(max(p.box[2] - p.box[0], p.box[3] - p.box[1]) for p in people)  # >= body.person_px, any tilt
     if px * track.source_scale < 0.8 * q.min_person_px or px < 0.8 * q.min_person_px_output:
         return Selection([], RejectReason.TOO_SMALL, f"largest person {px:.0f} px ({said})", funnel)
     half = cfg.model_copy(

@@ -62,9 +62,10 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # 8: overlays judged off the drawn body, limb-change motion (issue 22); 7: body-relative offline captions,
 # abstentions (issue 25); 6: background alignment, overlays, tracked people, shown legs, person crops (issue 22)
 # 35: a body lying in the picture (torso and legs within 45 degrees of level) may show legs down to
-# motion.min_leg_extent_lying (0.6) torso long: a push-up seen from its head end (body_tilt);
+# motion.min_leg_extent_lying (0.6) torso long: a push-up seen three-quarters from the front (body_tilt);
 # 36: a lying body's size in pixels (person_px_*, too_small) is its box's longer side;
-RESULTS_VERSION = 36
+# 37: the coarse pass bounds the size by the box's longer side, whatever the tilt (never stricter);
+RESULTS_VERSION = 37
 
 
 @functools.lru_cache(maxsize=8)

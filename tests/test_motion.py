@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from posekit import KNEES_BENT, RIGHT_ARM_UP, make_pose
@@ -429,7 +431,7 @@ def test_candidates_are_checked_only_until_the_pairs_are_chosen():
 
 
 def test_a_body_lying_toward_the_camera_may_show_shorter_legs():
-    """A push-up filmed from its head end (out-of-sample batch 19's living-room push-ups): the legs lie
+    """A push-up filmed three-quarters from the front (out-of-sample batch 19's living-room push-ups): the legs lie
     farther from the camera than the torso, so perspective shortens them to 0.6-1.0 torso lengths,
     under the whole-body limit (motion.min_leg_extent 1.0) that an upright body is held to. A body
     whose torso and legs both lie within 45 degrees of level is held to motion.min_leg_extent_lying
@@ -449,6 +451,11 @@ def test_a_body_lying_toward_the_camera_may_show_shorter_legs():
         pts |= {f"{s}_wrist": (140, y) for s, y in (("left", 395), ("right", 385))}
         return make_pose({k: (x * scale + dx, y * scale + dy) for k, (x, y) in pts.items()})
 
+    # a pair's leg figure is that of the frame nearest its own limit (a burpee: lying 0.8, upright 1.1)
+    assert body.binding_legs([(0.8, 10.0), (1.1, 80.0)], 1.0, 0.6) == (1.1, 80.0)
+    assert body.binding_legs([(0.5, 10.0), (1.1, 80.0)], 1.0, 0.6) == (0.5, 10.0)
+    assert body.binding_legs([(float("nan"), 10.0)], 1.0, 0.6) is None
+    assert body.leg_limit(float("nan"), 1.0, 0.6) == 1.0  # a tilt not known: upright
     flat = lying(False)
     assert body.tilt(flat) < 10 and body.leg_extent(flat, body.shown(flat, (0, 0, 640, 480), 0.5)) == pytest.approx(
         0.8, abs=0.01
@@ -479,10 +486,13 @@ def test_a_body_lying_toward_the_camera_may_show_shorter_legs():
 def test_a_lying_body_is_sized_by_its_length_not_its_box_height():
     """quality.min_person_px (128 source pixels) and min_person_px_output (112) read the person's box
     height, or for a body lying in the picture its longer side: a body lying along the frame (a push-up
-    side-on, a fall on snow: batch 16's slip, 320 px long in a box 120 px high) is as large as one
-    standing, where its box height alone made every pair too_small. An upright body keeps its height
-    (a wide crouch's box is wider than high: batch 15's rugby kicker, 105 px high); one 100 px tall
-    stays too small."""
+    side-on, a fall on snow: batch 16's slip, about 200 px long in a box about 100 px high; here 340 by
+    120) is as large as one standing, where its box height alone made every pair too_small. An upright
+    body keeps its height (a wide crouch's box is wider than high: batch 15's rugby kicker, 105 px
+    high); one 110 px tall stays too small; a body whose hips or ankles are not seen is not known to lie.
+    The coarse pass, which must never reject a clip the full pass would accept, bounds the size by the
+    box's longer side whatever the tilt."""
+    from curation.coarse import coarse_verdict
     from curation.stages import body
 
     def rotated(moves=None):  # the standing body turned onto its side: along x, 320 px long, box 120 high
@@ -492,14 +502,36 @@ def test_a_lying_body_is_sized_by_its_length_not_its_box_height():
         return p.model_copy(update={"keypoints": k, "box": [min(xs) - 10, min(ys) - 5, max(xs) + 10, max(ys) + 5]})
 
     lying = rotated()
-    assert lying.box[3] - lying.box[1] < 128 and body.person_px(lying) == pytest.approx(340)
+    assert lying.box[3] - lying.box[1] < 128 and body.person_px(lying, 0.5) == pytest.approx(340)
+    unseen = rotated().model_copy(
+        update={"keypoints": [[x, y, 0.1 if n in (15, 16) else c] for n, (x, y, c) in enumerate(rotated().keypoints)]}
+    )
+    assert math.isnan(body.tilt(unseen, 0.5)) and body.person_px(unseen, 0.5) == pytest.approx(120)
     frames = [[rotated(RIGHT_ARM_UP if i >= 6 else None)] for i in range(12)]
     sel = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2))
     assert sel.pairs and all(c.quality.person_px_source >= 340 for c in sel.pairs), sel.detail
     # upright, a box wider than high (a wide crouch, arms out) is as tall as its box: its height decides
     crouch = make_pose({"left_wrist": (420, 200), "right_wrist": (-20, 200)})
     high, wide = crouch.box[3] - crouch.box[1], crouch.box[2] - crouch.box[0]
-    assert high < wide and body.person_px(crouch) == pytest.approx(high)
+    assert high < wide and body.person_px(crouch, 0.5) == pytest.approx(high)
     small = [[make_pose(RIGHT_ARM_UP if i >= 6 else None, scale=0.25, shift=(100, 100))] for i in range(12)]
-    assert body.person_px(small[0][0]) < 112
+    assert body.person_px(small[0][0], 0.5) < 112
     assert select_pairs(track(small), CFG, PairingConfig()).reason is RejectReason.TOO_SMALL
+    # the coarse pass: a lying body 260 px long in a box 92 px high is no coarse too_small (the full pass
+    # takes pairs from it); an upright one 92 px high is
+    low = [[rotated(RIGHT_ARM_UP if i >= 6 else None).model_copy()] for i in range(12)]
+    low = [
+        [
+            p.model_copy(
+                update={
+                    "keypoints": [[x * 0.75, y * 0.75, c] for x, y, c in p.keypoints],
+                    "box": [v * 0.75 for v in p.box],
+                }
+            )
+        ]
+        for (p,) in low
+    ]
+    assert low[0][0].box[3] - low[0][0].box[1] < 0.8 * 128 and body.person_px(low[0][0], 0.5) > 128
+    assert coarse_verdict(track(low), CFG, LOGIC, 48) is None and select_pairs(track(low), CFG, PairingConfig()).pairs
+    tiny = [[make_pose(RIGHT_ARM_UP if i >= 6 else None, scale=0.18, shift=(100, 100))] for i in range(12)]
+    assert coarse_verdict(track(tiny), CFG, LOGIC, 48).reason is RejectReason.TOO_SMALL

@@ -58,7 +58,7 @@ MAX_YIELD_ROWS = 300  # action labels listed (those that give nothing first); st
 # figures plotted, with the config key of their threshold and its side ("min" keeps values above)
 HISTOGRAMS = [
     ("pose_change", "motion.min_pose_change", "min", "pose change (limb motion / torso length)"),
-    ("person_px_source", "quality.min_person_px", "min", "person height in source pixels"),
+    ("person_px_source", "quality.min_person_px", "min", "person height in source pixels (lying: length)"),
     ("camera_motion", "motion.max_camera_motion", "max", "camera motion / frame diagonal"),
     ("overlay_change", "quality.max_overlay_change", "max", "changed region apart from the person / frame"),
     ("person_change", "quality.min_person_change", "min", "share of the person's box that changes"),

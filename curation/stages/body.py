@@ -9,8 +9,9 @@ its confidence:
   - it lies inside the detector's box of the person (padded): the box follows what the detector saw,
     the keypoints beyond it are extrapolated;
   - for the legs: hip -> knee -> ankle spans a length a leg has against the torso (a leg squeezed into
-    the box above an occluder is short), measured along the limb, so any orientation (lying, upside
-    down) is judged alike;
+    the box above an occluder is short), measured along the limb, so any orientation (upside down,
+    sideways) is judged alike, but for a body lying in the picture (tilt), whose legs, farther from a
+    camera at its head end, look shorter: it has its own limit (leg_limit);
   - for the feet (foot_room): the detector's box runs on past each ankle, along its shin or below it,
     where a foot in view is (a box that stops at the ankle saw no foot: a barbell plate over the feet).
 """
@@ -150,12 +151,13 @@ def picture_mask(shape: tuple[int, int], picture: Box, scale: float) -> np.ndarr
     return mask
 
 
-def person_px(pose: Pose17) -> float:
-    """The person's height in pixels: the box's height, or for a body lying in the picture (tilt under
+def person_px(pose: Pose17, kp_conf: float) -> float:
+    """The person's height in pixels: the box's height, or for a body lying in the picture (tilt at most
     LYING_TILT: a push-up, a fall) its longer side, along which the body's length then runs (its box is
-    low though the body is as large as a standing one). A crouch or a wide stance keeps the height."""
+    low though the body is as large as a standing one). A crouch or a wide stance keeps the height. The
+    box's longer side bounds it from above whatever the tilt (the coarse pass's bound)."""
     x1, y1, x2, y2 = pose.box
-    return float(max(x2 - x1 if lies(tilt(pose)) else 0.0, y2 - y1, 0.0))
+    return float(max(x2 - x1 if lies(tilt(pose, kp_conf)) else 0.0, y2 - y1, 0.0))
 
 
 def edge_margin(pose: Pose17, content: Box) -> float:
@@ -232,12 +234,16 @@ def leg_extent(pose: Pose17, seen: np.ndarray) -> float:
 LYING_TILT = 45.0  # degrees: a torso and legs both this near the horizontal in the picture are a body lying
 
 
-def tilt(pose: Pose17) -> float:
+def tilt(pose: Pose17, kp_conf: float = 0.0) -> float:
     """How upright the body is in the picture: the larger of the torso's (shoulder centre -> hip centre)
-    and the legs' (hip centre -> ankle centre) angle from the horizontal, in degrees; NaN without those
-    joints' locations. A plank, a push-up or a body lying reads under LYING_TILT; a standing, sitting or
-    hinged body (a deadlift's bent torso over upright shins) over it."""
+    and the legs' (hip centre -> ankle centre) angle from the horizontal, in degrees; NaN unless the
+    shoulders, hips and ankles are located at kp_conf. A plank, a push-up or a body lying reads under
+    LYING_TILT; a standing, sitting or hinged body (a deadlift's bent torso over upright shins) over it,
+    and so does a body pointing at the camera (filmed head-on, its torso projects upright and short)."""
     k = np.asarray(pose.keypoints, float)
+    joints = [KP[f"{s}_{j}"] for s in ("left", "right") for j in ("shoulder", "hip", "ankle")]
+    if not (k[joints, 2] >= kp_conf).all():
+        return math.nan
     s, h = geometry.shoulder_centre(k), geometry.hip_centre(k)
     a = (k[KP["left_ankle"], :2] + k[KP["right_ankle"], :2]) / 2
     worst = 0.0
@@ -255,9 +261,16 @@ def lies(body_tilt: float) -> bool:
 
 def leg_limit(body_tilt: float, upright: float, lying: float) -> float:
     """The shortest legs (hip-knee-ankle / torso) a whole body may show at this tilt: `lying` for a body
-    lying in the picture (filmed from its head end, the legs lie farther from the camera than the torso
-    and perspective shortens them: a push-up seen from the front reads 0.6-1.0), else `upright`."""
+    lying in the picture (filmed from the front or three-quarters, the legs lie farther from the camera
+    than the torso and perspective shortens them: such a push-up reads 0.6-1.0), else `upright`."""
     return lying if lies(body_tilt) else upright
+
+
+def binding_legs(legs: list[tuple[float, float]], upright: float, lying: float) -> tuple[float, float] | None:
+    """Of a pair's frames' (leg extent, tilt), the one nearest its own limit (leg_limit): the pair's
+    stored leg figure, whose margin is measured against that frame's limit. None without a finite one."""
+    known = [(e, t) for e, t in legs if math.isfinite(e)]
+    return min(known, key=lambda v: v[0] / max(leg_limit(v[1], upright, lying), 1e-9), default=None)
 
 
 def foot_room(pose: Pose17, kp_conf: float) -> float | None:

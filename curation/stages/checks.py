@@ -96,14 +96,11 @@ def check(
     margins = [quality.lr_margin(p, cfg.keypoint_conf, q.lr_min_separation) for p in (a, b)]
     margins = [m for m in margins if m is not None]
     sharp = [track.sharpness[k] for k in (c.i, c.j) if track.sharpness[k] is not None]
-    height_px = max(body.person_px(a), body.person_px(b))
+    height_px = max(body.person_px(a, cfg.keypoint_conf), body.person_px(b, cfg.keypoint_conf))
     # the legs of the frame nearer its limit (a lying body's limit is lower), with that frame's tilt
-    legs = [(body.leg_extent(p, body.shown(p, content, cfg.keypoint_conf)), body.tilt(p)) for p in (a, b)]
-    legs = sorted(
-        (e / max(body.leg_limit(t, cfg.min_leg_extent, cfg.min_leg_extent_lying), 1e-9), e, t)
-        for e, t in legs
-        if math.isfinite(e)
-    )
+    kc = cfg.keypoint_conf
+    legs = [(body.leg_extent(p, body.shown(p, content, kc)), body.tilt(p, kc)) for p in (a, b)]
+    legs = body.binding_legs(legs, cfg.min_leg_extent, cfg.min_leg_extent_lying)
     ends = [body.extremity_margin(p, content, cfg.keypoint_conf) for p in (a, b)]
     ends = [v for v in ends if v is not None]
     feet = [v for v in (body.foot_room(p, cfg.keypoint_conf) for p in (a, b)) if v is not None]
@@ -117,8 +114,8 @@ def check(
         background_inliers=None,
         person_px_source=float(height_px * track.source_scale),
         person_px_output=float(height_px),
-        leg_extent=legs[0][1] if legs else None,
-        body_tilt=legs[0][2] if legs and math.isfinite(legs[0][2]) else None,
+        leg_extent=legs[0] if legs else None,
+        body_tilt=legs[1] if legs and math.isfinite(legs[1]) else None,
         extremity_margin=min(ends) if ends else None,
         box_past_border=max(body.past_border(p, content, cfg.keypoint_conf) for p in (a, b)),
         foot_room=min(feet) if feet else None,

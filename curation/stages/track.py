@@ -75,7 +75,8 @@ def has_body(pose: Pose17, cfg: MotionConfig, content: body.Box | None = None) -
     if cfg.whole_body:
         content = content or (0, 0, pose.frame_width, pose.frame_height)
         extent = body.leg_extent(pose, body.shown(pose, content, cfg.keypoint_conf))
-        return extent >= body.leg_limit(body.tilt(pose), cfg.min_leg_extent, cfg.min_leg_extent_lying)
+        tilt = body.tilt(pose, cfg.keypoint_conf)
+        return extent >= body.leg_limit(tilt, cfg.min_leg_extent, cfg.min_leg_extent_lying)
     return True
 
 
