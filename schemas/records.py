@@ -200,9 +200,7 @@ class QualityFigures(BaseModel):
     background_match: float | None  # share of textured background blocks matching after alignment
     background_inliers: float | None  # lowest share of tracked background points the camera motion explains
     overlay_points: int = 0  # static background points set aside as an overlay (most in one step)
-    person_px_source: float | None = (
-        None  # person's box height (lying: its longer side) in source pixels (larger frame)
-    )
+    person_px_source: float | None = None  # box height (lying: longer side) in source pixels (larger frame)
     person_px_output: float | None = None  # ... in the stored image's pixels
     leg_extent: float | None = None  # shorter shown leg (hip-knee-ankle) / torso, the frame nearer its limit
     body_tilt: float | None = None  # that frame's torso and legs' larger angle from horizontal, degrees (lying: <= 45)

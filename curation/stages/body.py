@@ -11,7 +11,7 @@ its confidence:
   - for the legs: hip -> knee -> ankle spans a length a leg has against the torso (a leg squeezed into
     the box above an occluder is short), measured along the limb, so any orientation (upside down,
     sideways) is judged alike, but for a body lying in the picture (tilt), whose legs, farther from a
-    camera at its head end, look shorter: it has its own limit (leg_limit);
+    camera in front of it, look shorter: it has its own limit (leg_limit);
   - for the feet (foot_room): the detector's box runs on past each ankle, along its shin or below it,
     where a foot in view is (a box that stops at the ankle saw no foot: a barbell plate over the feet).
 """
