@@ -535,3 +535,11 @@ def test_a_lying_body_is_sized_by_its_length_not_its_box_height():
     assert coarse_verdict(track(low), CFG, LOGIC, 48) is None and select_pairs(track(low), CFG, PairingConfig()).pairs
     tiny = [[make_pose(RIGHT_ARM_UP if i >= 6 else None, scale=0.18, shift=(100, 100))] for i in range(12)]
     assert coarse_verdict(track(tiny), CFG, LOGIC, 48).reason is RejectReason.TOO_SMALL
+    # the bound: an upright body whose box is wide (arms spread; a sit-up's seated phase between lying
+    # ones) is sized by its height in the full pass, but the coarse pass does not call it too small
+    spread = [[make_pose({"left_wrist": (900, 150), "right_wrist": (-500, 150)}, scale=0.18, shift=(150, 100))]] * 12
+    p = spread[0][0]
+    assert body.person_px(p, 0.5) == pytest.approx(p.box[3] - p.box[1])
+    assert p.box[3] - p.box[1] < 0.8 * 128 < p.box[2] - p.box[0]
+    verdict = coarse_verdict(track(spread), CFG, LOGIC, 48)
+    assert verdict is None or verdict.reason is not RejectReason.TOO_SMALL
