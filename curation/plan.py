@@ -65,7 +65,7 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # motion.min_leg_extent_lying (0.6) torso long: a push-up seen three-quarters from the front (body_tilt);
 # 36: a lying body's size in pixels (person_px_*, too_small) is its box's longer side;
 # 37: the coarse pass bounds the size by the box's longer side, whatever the tilt (never stricter);
-RESULTS_VERSION = 37
+RESULTS_VERSION = 38
 
 
 @functools.lru_cache(maxsize=8)

@@ -201,6 +201,33 @@ def test_identity_switch_and_shot_cut():
     assert sel.reason == "shot_cut" and sel.funnel["after_shot_cut"] == 0
 
 
+def test_a_torso_bent_toward_the_camera_is_the_same_person():
+    """A push-up filmed head-on (out-of-sample batch 20's living room): the torso points at the camera,
+    so its length in the picture runs from about 50 px at the top to 5-15 px at the bottom while the
+    shoulders keep 110-165 px. The identity check sizes a body by the larger of its torso length and
+    shoulder width, so the turn toward the camera is no identity_switch; someone else (far off, or
+    twice the size) still is."""
+    from curation.stages.figures import same_person
+
+    def head_on(torso: float, shoulders: float):
+        """Hips at y 250, shoulder centre `torso` px above, shoulders `shoulders` px apart."""
+        y, h = 250 - torso, shoulders / 2
+        moves = {"left_shoulder": (200 + h, y), "right_shoulder": (200 - h, y)}
+        moves |= {"nose": (200, y - 20), "left_eye": (210, y - 28), "right_eye": (190, y - 28)}
+        moves |= {"left_ear": (220, y - 24), "right_ear": (180, y - 24)}
+        return make_pose(moves)
+
+    top, bottom = head_on(50, 130), head_on(12, 160)
+    assert same_person(top, bottom, CFG) and same_person(bottom, top, CFG)
+    assert same_person(make_pose(), head_on(40, 120), CFG)  # standing (torso 100), then bent over
+    assert not same_person(top, make_pose(shift=(380, 0)), CFG)  # a jump to someone elsewhere
+    assert not same_person(make_pose(), make_pose(scale=2.0, shift=(-200, -250)), CFG)  # twice the size
+    # a clip of push-ups seen head-on gives pairs (each frame's torso 5 times shorter at the bottom)
+    frames = [[head_on(50, 130) if i % 4 < 2 else head_on(10, 165)] for i in range(12)]
+    sel = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2))
+    assert sel.funnel["after_identity_switch"] > 0, (sel.reason, sel.detail)
+
+
 def test_camera_motion_measures_background_shift():
     scene = textured(1, (300, 400))
     a, b = scene[50:250, 50:350], scene[50:250, 62:362]  # the camera panned 12 px

@@ -100,17 +100,22 @@ def moves(mean: float, limb: float | None, cfg: MotionConfig) -> bool:
 
 
 def same_person(a: Pose17, b: Pose17, cfg: MotionConfig) -> bool:
-    """The body centre stays within max_track_jump torsos and the size within max_size_ratio; frames
-    without both hips (a partial body) compare shoulder centres and widths."""
+    """The body centre stays within max_track_jump sizes and the size within max_size_ratio. A body's
+    size is the larger of its torso length and its shoulder width (with both shoulders seen in both
+    frames): a torso bent toward the camera (a push-up filmed head-on) shortens in the picture while
+    the shoulders keep their width. Frames without both hips (a partial body) compare shoulder centres
+    and widths."""
     hips = _hips_visible(cfg.keypoint_conf, a, b)
-    if not hips and not all(
-        p.visible(s, cfg.keypoint_conf) for p in (a, b) for s in ("left_shoulder", "right_shoulder")
-    ):
+    shoulders = all(p.visible(s, cfg.keypoint_conf) for p in (a, b) for s in ("left_shoulder", "right_shoulder"))
+    if not hips and not shoulders:
         return True  # nothing to compare by: no evidence of a switch
     ra, ta = root_and_torso(a, hips)
     rb, tb = root_and_torso(b, hips)
     if not hips:  # shoulder widths vary with turning: allow for it
         ta, tb = max(ta, tb), max(ta, tb)
+    elif shoulders:
+        ta = max(ta, geometry.shoulder_width(geometry.keypoints(a)) or 0.0)
+        tb = max(tb, geometry.shoulder_width(geometry.keypoints(b)) or 0.0)
     if min(ta, tb) <= 1e-6:
         return False
     if max(ta, tb) / min(ta, tb) > cfg.max_size_ratio:
