@@ -65,7 +65,11 @@ CONTENT_IDS = ".content-ids.json"  # cache of the inputs' content identities, in
 # motion.min_leg_extent_lying (0.6) torso long: a push-up seen three-quarters from the front (body_tilt);
 # 36: a lying body's size in pixels (person_px_*, too_small) is its box's longer side;
 # 37: the coarse pass bounds the size by the box's longer side, whatever the tilt (never stricter);
-RESULTS_VERSION = 38
+# 38: the identity check sizes a body by the larger of torso length and shoulder width (a torso bent
+# toward the camera: head-on push-ups and burpees were identity_switch);
+# 39: a candidate repeating a pair already taken from the clip (near-duplicate pHashes) is passed over
+# unchecked and the search goes on (the generation's near-duplicate step used to drop it after the build);
+RESULTS_VERSION = 39
 
 
 @functools.lru_cache(maxsize=8)

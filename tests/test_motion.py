@@ -421,6 +421,45 @@ def test_a_clip_whose_moving_pairs_the_text_check_stopped_is_overlay_changed(mon
     assert sel.reason == "overlay_changed", sel.detail
 
 
+def distinct_pictures(monkeypatch, n: int, classes=None) -> list[np.ndarray]:
+    """n copies of the still texture whose perceptual hashes (quality.phash, which the search's
+    near-duplicate rule reads) are those of their class: each its own by default, so that no two pairs
+    of a synthetic clip repeat each other; classes far apart in hash bits."""
+    from curation.stages import quality
+
+    imgs = [textured() for _ in range(n)]
+    classes = classes or list(range(n))
+    code = {id(im): f"{(0x5A5A5A5A5A5A5A5A * (c + 1)) % (1 << 64):016x}" for im, c in zip(imgs, classes, strict=True)}
+    monkeypatch.setattr(quality, "phash", lambda frame: code[id(frame)])
+    return imgs
+
+
+def test_a_pair_that_repeats_one_already_taken_is_passed_over(monkeypatch):
+    """Two pairs of one clip whose before and after pictures are both within
+    quality.max_duplicate_distance pHash bits are near-duplicates, which the dataset drops when a
+    generation is made (curation/store/dedupe.py). The search passes over a candidate that repeats a
+    pair it has taken, unchecked, and takes the next one that does not: the clip keeps its
+    pairs_per_clip pairs rather than losing one after the build (out-of-sample batch 19's downward
+    dog: its second pair repeated the first)."""
+    from curation.stages import quality
+
+    poses = [[make_pose(RIGHT_ARM_UP if i % 4 >= 2 else None)] for i in range(16)]
+    pcfg = PairingConfig(pairs_per_clip=2)
+    # one still picture in every frame: whatever the first pair, every other candidate repeats it
+    sel = select_pairs(track(poses), CFG, pcfg)
+    assert len(sel.pairs) == 1 and sel.funnel["candidates_repeating"] > 0
+    still = textured()
+    assert quality.hamming(quality.phash(still), quality.phash(still.copy())) == 0
+    # two pictures (frames 0-7 and 8-15): the second pair is one that ends or starts in the other
+    imgs = distinct_pictures(monkeypatch, 16, classes=[k // 8 for k in range(16)])
+    sel = select_pairs(track(poses, frames=imgs), CFG, pcfg)
+    assert len(sel.pairs) == 2 and len({(p.i // 8, p.j // 8) for p in sel.pairs}) == 2
+    assert sel.funnel["candidates_repeating"] > 0
+    # every picture its own: the pick is the largest changes, no candidate repeating another
+    sel = select_pairs(track(poses, frames=distinct_pictures(monkeypatch, 16)), CFG, pcfg)
+    assert len(sel.pairs) == 2 and sel.funnel["candidates_repeating"] == 0
+
+
 def _pick_from_all(passed, pcfg):
     """The pick as it was before the search: every candidate checked, then per strategy the largest
     pose changes first with windows that do not overlap, a pair two strategies agree on kept once."""
@@ -436,7 +475,7 @@ def _pick_from_all(passed, pcfg):
     return sorted(chosen, key=lambda c: (c.i, c.j))
 
 
-def test_candidates_are_checked_only_until_the_pairs_are_chosen():
+def test_candidates_are_checked_only_until_the_pairs_are_chosen(monkeypatch):
     """select_pairs checks candidates in the order the pick takes them and stops once each strategy has
     its pairs: the pairs are those that checking every candidate gives (here the largest changes span
     a frame with two people, so the first candidates fail and the search goes on past them)."""
@@ -445,10 +484,11 @@ def test_candidates_are_checked_only_until_the_pairs_are_chosen():
     arm = {1: None, 2: RIGHT_ARM_UP, 3: KNEES_BENT, 4: {**RIGHT_ARM_UP, **KNEES_BENT}}
     frames = [[make_pose(arm[1 + (i * 7) % 4])] for i in range(16)]
     frames[8] = frames[8] + [make_pose(shift=(300, 0), score=0.9)]  # someone else in frame 8
+    imgs = distinct_pictures(monkeypatch, 16)  # no pair repeats another (that rule: the test below)
     for per_clip in (1, 2, 3):
         pcfg = PairingConfig(pairs_per_clip=per_clip, strategies=["max_motion", "segment_endpoints"])
-        sel = select_pairs(track(frames), CFG, pcfg)
-        ref = track(frames)  # every candidate checked, then picked
+        sel = select_pairs(track(frames, frames=imgs), CFG, pcfg)
+        ref = track(frames, frames=imgs)  # every candidate checked, then picked
         cands = [c for s in pcfg.strategies for c in motion._candidates(ref, s, pcfg)]
         passed = [c for c in cands if checks.check(ref, c, CFG) is None]
         want = [(c.strategy, c.i, c.j) for c in _pick_from_all(passed, pcfg)]

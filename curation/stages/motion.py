@@ -19,7 +19,7 @@ from collections import Counter
 from schemas.records import PairStrategy, RejectReason
 
 from ..config import MotionConfig, PairingConfig
-from . import checks
+from . import checks, quality
 from .checks import CHECK_ORDER
 from .egocentric import select_egocentric
 from .figures import LIMB_MASK, moves, pose_change, root_and_torso, same_person, scene_similarity
@@ -118,8 +118,8 @@ def select_pairs(track: ClipTrack, cfg: MotionConfig, pcfg: PairingConfig) -> Se
 
     checked, pairs = _search(track, cands, cfg, pcfg)
     failed = Counter(why for why in checked.values() if why is not None)
-    funnel["candidates_checked"] = len(checked)
-    remaining = len(checked)
+    funnel["candidates_checked"] = remaining = len(checked) - failed[RejectReason.DUPLICATE]
+    funnel["candidates_repeating"] = failed[RejectReason.DUPLICATE]
     for reason in CHECK_ORDER:
         remaining -= failed[reason]
         funnel[f"after_{reason.value}"] = remaining
@@ -168,8 +168,24 @@ def _search(
     the strategy has pairs_per_clip. A candidate after the last pair needed, or overlapping a pair
     taken, could not change the choice, so it is not checked; a clip where none passes has every
     candidate checked (its reason and detail count them all). Two strategies may agree on a pair: it
-    is kept once. The pairs come in time order. A pass in which the second look remembered a new
-    bystander is run again, so that pairs checked before he was found are judged with him too."""
+    is kept once. A candidate that repeats a pair already taken from the clip (both frames within
+    quality.max_duplicate_distance pHash bits: the dataset's near-duplicate rule, which would drop it
+    when the generation is made) is `duplicate`, not checked, and the search goes on for another. The
+    pairs come in time order. A pass in which the second look remembered a new bystander is run again, so that pairs
+    checked before he was found are judged with him too."""
+    hashes: dict[int, str] = {}
+
+    def repeats(c: Candidate, chosen: dict[tuple[int, int], Candidate]) -> bool:
+        for k in (c.i, c.j):
+            if k not in hashes:
+                hashes[k] = quality.phash(track.frames[k])
+        limit = track.quality_cfg.max_duplicate_distance
+        return any(
+            quality.hamming(hashes[c.i], hashes[o.i]) <= limit and quality.hamming(hashes[c.j], hashes[o.j]) <= limit
+            for key, o in chosen.items()
+            if key != (c.i, c.j)
+        )
+
     for _ in range(3):  # again while a pass remembers someone new (ClipTrack.second_look), at most twice
         remembered = track.remembered
         checked: dict[int, RejectReason | None] = {}
@@ -184,7 +200,8 @@ def _search(
                     break
                 if any(c.j > o.i and c.i < o.j for o in taken):
                     continue
-                checked[n] = checks.check(track, c, cfg, pcfg)
+                # a repeat is known from two hashes, before the checks: it is not checked
+                checked[n] = RejectReason.DUPLICATE if repeats(c, chosen) else checks.check(track, c, cfg, pcfg)
                 if checked[n] is None:
                     taken.append(c)
                     chosen.setdefault((c.i, c.j), c)
