@@ -85,8 +85,8 @@ class MotionConfig(_Section):
         description="or: the largest root-relative limb-joint motion / torso length (an arm-only edit: a curl, "
         "a wave, moves one wrist far and the mean little); 0 turns it off",
     )
-    max_track_jump: float = Field(1.0, gt=0, description="body-centre jump between sampled frames / torso")
-    max_size_ratio: float = Field(1.6, gt=1, description="torso length may change at most by this factor")
+    max_track_jump: float = Field(1.0, gt=0, description="body-centre jump between sampled frames / body size")
+    max_size_ratio: float = Field(1.6, gt=1, description="size change at most (size: torso or shoulders, the larger)")
     max_camera_motion: float = Field(
         0.03, ge=0, description="camera motion over the pair / frame diagonal a pair may be stabilised for"
     )
