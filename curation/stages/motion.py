@@ -171,8 +171,8 @@ def _search(
     is kept once. A candidate that repeats a pair already taken from the clip (both frames within
     quality.max_duplicate_distance pHash bits: the dataset's near-duplicate rule, which would drop it
     when the generation is made) is `duplicate`, not checked, and the search goes on for another. The
-    pairs come in time order. A pass in which the second look remembered a new bystander is run again, so that pairs
-    checked before he was found are judged with him too."""
+    pairs come in time order. A pass in which the second look remembered a new bystander is run again,
+    so that pairs checked before he was found are judged with him too."""
     hashes: dict[int, str] = {}
 
     def repeats(c: Candidate, chosen: dict[tuple[int, int], Candidate]) -> bool:
