@@ -222,10 +222,12 @@ def test_a_torso_bent_toward_the_camera_is_the_same_person():
     assert same_person(make_pose(), head_on(40, 120), CFG)  # standing (torso 100), then bent over
     assert not same_person(top, make_pose(shift=(380, 0)), CFG)  # a jump to someone elsewhere
     assert not same_person(make_pose(), make_pose(scale=2.0, shift=(-200, -250)), CFG)  # twice the size
-    # a clip of push-ups seen head-on gives pairs (each frame's torso 5 times shorter at the bottom)
+    # a clip of push-ups seen head-on (each frame's torso 5 times shorter at the bottom): every checked
+    # candidate gets past the identity check (synthetic keypoints over a still texture: its arms barely
+    # move against this size, so the clip is low_motion, which is not what this tests)
     frames = [[head_on(50, 130) if i % 4 < 2 else head_on(10, 165)] for i in range(12)]
     sel = select_pairs(track(frames), CFG, PairingConfig(pairs_per_clip=2))
-    assert sel.funnel["after_identity_switch"] > 0, (sel.reason, sel.detail)
+    assert 0 < sel.funnel["after_identity_switch"] == sel.funnel["candidates_checked"], (sel.reason, sel.detail)
 
 
 def test_camera_motion_measures_background_shift():
